@@ -1,0 +1,117 @@
+//! Order books, sequencing, checksums and ingest decoding: pure code run by
+//! the ingest thread. Nothing here does I/O or reads a clock; timestamps come in
+//! as arguments.
+
+pub mod book;
+pub mod checksum;
+pub mod decimal;
+pub mod decode;
+pub mod market;
+pub mod symbol;
+pub mod synth;
+
+
+/// Index of a symbol in the ingest thread's table; dense, assigned on first snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SymbolId(pub u32);
+
+/// One feed connection. A feed is its connection (PROTOCOL §3): a reconnecting
+/// feed handler gets a new `FeedId` and owns nothing until it sends snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FeedId(pub u64);
+
+/// Why a readable ingest message was rejected (PROTOCOL §3, "readable but
+/// invalid"). The feed connection stays open.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RejectReason {
+    #[error("invalid symbol: {0}")]
+    InvalidSymbol(String),
+    #[error("bad decimal: {0}")]
+    BadDecimal(String),
+    #[error("message has no body (empty oneof)")]
+    EmptyMessage,
+    #[error("decimals out of range 0..=18: {0}")]
+    BadDecimals(i32),
+    #[error("bad level: {0}")]
+    BadLevel(String),
+    #[error("bad message: {0}")]
+    BadMessage(String),
+    #[error("no snapshot for symbol {0}")]
+    NoSnapshot(String),
+    #[error("symbol {0} is owned by another feed")]
+    NotOwner(String),
+    #[error("feed sequence gap on {symbol}: expected {expected}, got {got}")]
+    FeedGap { symbol: String, expected: u64, got: u64 },
+    #[error("book {0} is stale after a feed gap; waiting for a snapshot")]
+    BookStale(String),
+    #[error("hello after the first message")]
+    LateHello,
+}
+
+impl RejectReason {
+    /// Stable label for metrics (`tickwire_ingest_rejected_total{reason=…}`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            RejectReason::InvalidSymbol(_) => "invalid_symbol",
+            RejectReason::BadDecimal(_) => "bad_decimal",
+            RejectReason::EmptyMessage => "empty_message",
+            RejectReason::BadDecimals(_) => "bad_decimals",
+            RejectReason::BadLevel(_) => "bad_level",
+            RejectReason::BadMessage(_) => "bad_message",
+            RejectReason::NoSnapshot(_) => "no_snapshot",
+            RejectReason::NotOwner(_) => "not_owner",
+            RejectReason::FeedGap { .. } => "feed_gap",
+            RejectReason::BookStale(_) => "book_stale",
+            RejectReason::LateHello => "late_hello",
+        }
+    }
+}
+
+/// A rejected message. `delta_symbol` names the book when the message was a
+/// delta whose symbol could be read: if this feed owns that book, it can no
+/// longer be trusted and is treated as a feed gap (PROTOCOL §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub delta_symbol: Option<String>,
+}
+
+impl From<RejectReason> for Rejection {
+    fn from(reason: RejectReason) -> Self {
+        Rejection { reason, delta_symbol: None }
+    }
+}
+
+/// Why a feed connection is closed (PROTOCOL §3, "unreadable stream").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    #[error("frame length {0} exceeds the 1 MiB limit")]
+    FrameTooLarge(u64),
+    #[error("invalid length prefix")]
+    BadLength,
+    #[error("undecodable protobuf: {0}")]
+    Undecodable(String),
+    #[error("line is not a JSON object: {0}")]
+    NotJsonObject(String),
+    #[error("line over the 1 MiB limit")]
+    LineTooLong,
+    #[error("a hello with a token is required first")]
+    MissingHello,
+    #[error("wrong token")]
+    BadToken,
+}
+
+impl StreamError {
+    /// Stable label for metrics (`tickwire_ingest_closed_total{reason=…}`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            StreamError::FrameTooLarge(_) => "frame_too_large",
+            StreamError::BadLength => "bad_length",
+            StreamError::Undecodable(_) => "undecodable",
+            StreamError::NotJsonObject(_) => "not_json_object",
+            StreamError::LineTooLong => "line_too_long",
+            StreamError::MissingHello => "missing_hello",
+            StreamError::BadToken => "bad_token",
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! TODO(owner): see the module map in lib.rs.

@@ -1,0 +1,1 @@
+//! Typed configuration; every default documented with its unit.

@@ -1,0 +1,42 @@
+//! # tickwire
+//!
+//! A market-data fan-out engine: exchange feed handlers push order-book
+//! snapshots, deltas and trades over TCP; very many WebSocket clients subscribe
+//! by symbol. Books are never silently wrong: a client receives a gap-free
+//! sequence or an explicit `Stale` followed by a snapshot.
+//!
+//! ## Threads
+//!
+//! ```text
+//!  feed handlers ──TCP──▶ ingest thread ──rtrb ring per worker──▶ worker-N (mio) ──▶ sockets
+//!  (protobuf or           owns every book,        ◀──snapshot requests──
+//!   JSON lines)           assigns sequences,
+//!                         encodes each message ONCE into a WebSocket frame
+//! ```
+//!
+//! ## Modules (dependency arrows point one way)
+//!
+//! `net → {fanout, ws, book, metrics} → {wire, config}`
+//!
+//! - [`wire`]: generated protobuf types, [`wire::EncodedFrame`], JSON rendering.
+//! - [`book`]: order books, checksums, sequencing and ownership ([`book::market`]),
+//!   ingest decoding, decimals, the synthetic market. Pure code.
+//! - [`ws`]: the sans-IO HTTP/WebSocket codec. No sockets, no clock.
+//! - [`net`]: the only module that touches sockets, `mio`, threads and wakers.
+//! - [`metrics`]: counters and Prometheus text.
+//! - [`config`]: typed configuration, every default with its unit.
+//!
+//! ## Invariants index
+//!
+//! - The ingest thread is the single writer of every book and sequence
+//!   ([`book::market::Market`]).
+//! - Every outgoing market-data message is encoded once ([`wire::EncodedFrame`]).
+//! - Peer input never panics the process: every decoder returns errors as values.
+#![forbid(unsafe_code)]
+
+pub mod book;
+pub mod config;
+pub mod metrics;
+pub mod net;
+pub mod wire;
+pub mod ws;

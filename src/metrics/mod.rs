@@ -1,0 +1,1 @@
+//! Per-thread counters and Prometheus text rendering.

@@ -1,0 +1,1 @@
+//! TODO(ws owner): conformance echo server.

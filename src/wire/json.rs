@@ -1,0 +1,1 @@
+//! JSON rendering of server messages (PROTOCOL §6).

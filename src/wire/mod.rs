@@ -1,0 +1,17 @@
+//! The wire contract in code: the generated protobuf types ([`pb`]), the
+//! server-frame header of RFC 6455, [`EncodedFrame`] (a complete WebSocket frame
+//! built once and shared by every connection), and JSON rendering.
+//!
+//! Run by the ingest thread (encoding) and read by workers (sharing). Never
+//! touches sockets.
+
+pub mod frame;
+pub mod json;
+
+pub mod pb {
+    //! Generated from `proto/tickwire.proto` by prost (see `build.rs`).
+    #![allow(clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/tickwire.v1.rs"));
+}
+
+pub use frame::{EncodedFrame, Opcode};
