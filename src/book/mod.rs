@@ -4,11 +4,13 @@
 
 pub mod book;
 pub mod checksum;
-pub mod decimal;
 pub mod decode;
 pub mod market;
 pub mod symbol;
 pub mod synth;
+
+/// Decimal strings are part of the wire contract (PROTOCOL §1); they live in `wire`.
+pub use crate::wire::decimal;
 
 
 /// Index of a symbol in the ingest thread's table; dense, assigned on first snapshot.

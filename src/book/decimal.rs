@@ -1,1 +1,0 @@
-//! TODO(owner): see the module map in lib.rs.
