@@ -5,6 +5,7 @@
 //! Run by the ingest thread (encoding) and read by workers (sharing). Never
 //! touches sockets.
 
+pub mod decimal;
 pub mod frame;
 pub mod json;
 

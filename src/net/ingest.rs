@@ -1,0 +1,494 @@
+//! The ingest thread: one mio loop over the two feed listeners (protobuf and
+//! JSON lines) and every feed connection.
+//!
+//! It owns the [`Market`] (every book and sequence) and is its only writer. For
+//! each accepted message it asks the market what to publish, encodes each
+//! published message once into an [`EncodedFrame`], and hands it to its
+//! [`MarketSink`] (the fan-out rings, or a recorder in tests).
+//!
+//! It must never block on a consumer: the sink takes what it can and counts
+//! the rest. Peer input never panics it: bad streams close that feed, bad
+//! messages are rejected, both counted by reason and logged with the feed's id
+//! and address.
+
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use tracing::{debug, info, warn};
+
+use crate::book::decode::{Decoded, FeedDecoder, Framing};
+use crate::book::market::{Market, Published};
+use crate::book::{FeedId, RejectReason, StreamError};
+use crate::config::IngestConfig;
+use crate::metrics::IngestCounters;
+use crate::wire::EncodedFrame;
+
+const PROTO_LISTENER: Token = Token(0);
+const JSON_LISTENER: Token = Token(1);
+const WAKER: Token = Token(2);
+const FIRST_FEED: usize = 16;
+
+/// Reads of one feed per readiness event before the loop serves others.
+const READS_PER_TURN: usize = 16;
+const READ_BUF_BYTES: usize = 64 * 1024;
+/// Rejections logged at `warn` per feed before only every 10,000th is.
+const REJECTS_LOGGED_PER_FEED: u64 = 20;
+
+/// Where published market data goes. Implemented by the fan-out engine (one
+/// ring per worker) and by test recorders. Runs on the ingest thread.
+pub trait MarketSink: Send + 'static {
+    /// One published message, in order, with its binary frame encoded once.
+    /// Must not block.
+    fn publish(&mut self, market: &Market, event: &Published, frame: &EncodedFrame);
+
+    /// Serves the sink's own inputs (e.g. snapshot requests from workers) once
+    /// per loop turn; returns the number of things done.
+    fn do_work(&mut self, _market: &Market, _now_ns: u64) -> usize {
+        0
+    }
+
+    /// Whether the sink has work waiting for room in a consumer (the loop then
+    /// polls again within a millisecond instead of sleeping).
+    fn has_pending(&self) -> bool {
+        false
+    }
+}
+
+/// A sink that drops everything (an engine with no subscribers).
+pub struct NullSink;
+
+impl MarketSink for NullSink {
+    fn publish(&mut self, _: &Market, _: &Published, _: &EncodedFrame) {}
+}
+
+/// Control-plane requests to the ingest thread (not market data).
+pub enum Control {
+    /// Run a closure against the market on the ingest thread (queries, metrics).
+    WithMarket(Box<dyn FnOnce(&Market) + Send>),
+    Shutdown,
+}
+
+/// The ingest server, bound but not yet running.
+pub struct IngestServer {
+    poll: Poll,
+    waker: Arc<Waker>,
+    proto: TcpListener,
+    json: TcpListener,
+    cfg: IngestConfig,
+    counters: Arc<IngestCounters>,
+    control_tx: Sender<Control>,
+    control_rx: Receiver<Control>,
+}
+
+/// A running ingest thread.
+pub struct IngestHandle {
+    pub proto_addr: SocketAddr,
+    pub json_addr: SocketAddr,
+    pub counters: Arc<IngestCounters>,
+    control: Sender<Control>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl IngestServer {
+    /// Binds both listeners (port 0 picks a free port; see [`IngestServer::proto_addr`]).
+    pub fn bind(cfg: IngestConfig) -> io::Result<IngestServer> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let mut proto = TcpListener::bind(cfg.proto_addr)?;
+        let mut json = TcpListener::bind(cfg.json_addr)?;
+        poll.registry().register(&mut proto, PROTO_LISTENER, Interest::READABLE)?;
+        poll.registry().register(&mut json, JSON_LISTENER, Interest::READABLE)?;
+        let (control_tx, control_rx) = crossbeam_channel::unbounded();
+        Ok(IngestServer {
+            poll,
+            waker,
+            proto,
+            json,
+            cfg,
+            counters: Arc::new(IngestCounters::default()),
+            control_tx,
+            control_rx,
+        })
+    }
+
+    pub fn proto_addr(&self) -> io::Result<SocketAddr> {
+        self.proto.local_addr()
+    }
+
+    pub fn json_addr(&self) -> io::Result<SocketAddr> {
+        self.json.local_addr()
+    }
+
+    /// Wakes the ingest thread; consumers call it after pushing into an empty ring.
+    pub fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
+    }
+
+    pub fn counters(&self) -> Arc<IngestCounters> {
+        self.counters.clone()
+    }
+
+    /// Starts the thread named `ingest`.
+    pub fn spawn(self, sink: Box<dyn MarketSink>) -> io::Result<IngestHandle> {
+        let proto_addr = self.proto.local_addr()?;
+        let json_addr = self.json.local_addr()?;
+        let counters = self.counters.clone();
+        let control = self.control_tx.clone();
+        let waker = self.waker.clone();
+        let mut lp = IngestLoop {
+            poll: self.poll,
+            proto: self.proto,
+            json: self.json,
+            cfg: self.cfg,
+            counters: self.counters,
+            control: self.control_rx,
+            market: Market::new(),
+            sink,
+            feeds: Vec::new(),
+            free: Vec::new(),
+            pending: Vec::new(),
+            next_feed_id: 1,
+            out: Vec::new(),
+            read_buf: vec![0; READ_BUF_BYTES].into_boxed_slice(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("ingest".into())
+            .spawn(move || lp.run())?;
+        Ok(IngestHandle { proto_addr, json_addr, counters, control, waker, thread: Some(thread) })
+    }
+}
+
+impl IngestHandle {
+    /// Runs `f` against the market on the ingest thread and returns its result,
+    /// or `None` if the thread does not answer within `timeout`.
+    pub fn with_market<R: Send + 'static>(
+        &self,
+        timeout: Duration,
+        f: impl FnOnce(&Market) -> R + Send + 'static,
+    ) -> Option<R> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let job = Box::new(move |m: &Market| {
+            let _ = tx.send(f(m));
+        });
+        self.control.send(Control::WithMarket(job)).ok()?;
+        self.waker.wake().ok()?;
+        rx.recv_timeout(timeout).ok()
+    }
+
+    /// A sender of control requests (for the HTTP side's queries).
+    pub fn control(&self) -> (Sender<Control>, Arc<Waker>) {
+        (self.control.clone(), self.waker.clone())
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.control.send(Control::Shutdown);
+        let _ = self.waker.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for IngestHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Feed {
+    stream: TcpStream,
+    addr: SocketAddr,
+    id: FeedId,
+    /// `feed_id` from the Hello, for logs; empty until then.
+    name: String,
+    decoder: FeedDecoder,
+    rejected: u64,
+}
+
+struct IngestLoop {
+    poll: Poll,
+    proto: TcpListener,
+    json: TcpListener,
+    cfg: IngestConfig,
+    counters: Arc<IngestCounters>,
+    control: Receiver<Control>,
+    market: Market,
+    sink: Box<dyn MarketSink>,
+    feeds: Vec<Option<Feed>>,
+    free: Vec<usize>,
+    /// Feeds that still had bytes to read when their turn's budget ran out.
+    pending: Vec<usize>,
+    next_feed_id: u64,
+    out: Vec<Published>,
+    read_buf: Box<[u8]>,
+}
+
+enum ReadOutcome {
+    /// Socket drained (would block).
+    Drained,
+    /// Budget used up; more may be waiting.
+    MoreLater,
+    Closed(&'static str, String),
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl IngestLoop {
+    fn run(&mut self) {
+        info!(proto = ?self.proto.local_addr().ok(), json = ?self.json.local_addr().ok(), "ingest listening");
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = if !self.pending.is_empty() {
+                Duration::ZERO
+            } else if self.sink.has_pending() {
+                Duration::from_millis(1)
+            } else {
+                Duration::from_millis(100)
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                warn!(error = %e, "ingest poll failed; stopping");
+                return;
+            }
+            let mut ready: Vec<usize> = std::mem::take(&mut self.pending);
+            for ev in events.iter() {
+                match ev.token() {
+                    PROTO_LISTENER => self.accept(Framing::Protobuf),
+                    JSON_LISTENER => self.accept(Framing::JsonLines),
+                    WAKER => {}
+                    Token(t) => ready.push(t - FIRST_FEED),
+                }
+            }
+            ready.sort_unstable();
+            ready.dedup();
+            for slot in ready {
+                self.serve_feed(slot);
+            }
+            if !self.serve_control() {
+                self.close_all();
+                return;
+            }
+            let now = now_ns();
+            self.sink.do_work(&self.market, now);
+        }
+    }
+
+    /// Returns false when asked to shut down.
+    fn serve_control(&mut self) -> bool {
+        while let Ok(c) = self.control.try_recv() {
+            match c {
+                Control::WithMarket(f) => f(&self.market),
+                Control::Shutdown => return false,
+            }
+        }
+        true
+    }
+
+    fn accept(&mut self, framing: Framing) {
+        loop {
+            let listener = match framing {
+                Framing::Protobuf => &self.proto,
+                Framing::JsonLines => &self.json,
+            };
+            let (mut stream, addr) = match listener.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    warn!(error = %e, "ingest accept failed");
+                    return;
+                }
+            };
+            self.counters.feeds_accepted.inc();
+            if self.counters.feeds_open.get() as usize >= self.cfg.max_feeds {
+                warn!(%addr, max = self.cfg.max_feeds, "feed refused: too many feeds");
+                self.counters.feeds_closed.inc("too_many_feeds");
+                continue; // dropping the stream closes it
+            }
+            let _ = stream.set_nodelay(true);
+            let slot = self.free.pop().unwrap_or_else(|| {
+                self.feeds.push(None);
+                self.feeds.len() - 1
+            });
+            if let Err(e) = self.poll.registry().register(&mut stream, Token(slot + FIRST_FEED), Interest::READABLE) {
+                warn!(%addr, error = %e, "feed register failed");
+                self.free.push(slot);
+                continue;
+            }
+            let id = FeedId(self.next_feed_id);
+            self.next_feed_id += 1;
+            info!(feed = id.0, %addr, ?framing, "feed connected");
+            self.counters.feeds_open.inc();
+            self.feeds[slot] = Some(Feed {
+                stream,
+                addr,
+                id,
+                name: String::new(),
+                decoder: FeedDecoder::new(framing, self.cfg.token.clone(), self.cfg.max_frame_bytes),
+                rejected: 0,
+            });
+            // Bytes may already be waiting (edge-triggered): read them now.
+            self.pending.push(slot);
+        }
+    }
+
+    fn serve_feed(&mut self, slot: usize) {
+        match self.read_feed(slot) {
+            ReadOutcome::Drained => {}
+            ReadOutcome::MoreLater => self.pending.push(slot),
+            ReadOutcome::Closed(reason, detail) => self.close_feed(slot, reason, &detail),
+        }
+    }
+
+    fn read_feed(&mut self, slot: usize) -> ReadOutcome {
+        for _ in 0..READS_PER_TURN {
+            let Some(feed) = self.feeds.get_mut(slot).and_then(Option::as_mut) else {
+                return ReadOutcome::Drained;
+            };
+            let n = match feed.stream.read(&mut self.read_buf) {
+                Ok(0) => return ReadOutcome::Closed("eof", String::new()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return ReadOutcome::Closed("io_error", e.to_string()),
+            };
+            self.counters.bytes_read.add(n as u64);
+            // CLOCK_REALTIME once per read: every message in these bytes was read now.
+            let ingest_ts_ns = now_ns();
+            feed.decoder.handle_bytes(&self.read_buf[..n]);
+            if let Err(e) = self.drain_decoder(slot, ingest_ts_ns) {
+                return ReadOutcome::Closed(e.label(), e.to_string());
+            }
+        }
+        ReadOutcome::MoreLater
+    }
+
+    /// Applies every complete message buffered for the feed in `slot`.
+    fn drain_decoder(&mut self, slot: usize, ingest_ts_ns: u64) -> Result<(), StreamError> {
+        loop {
+            // The slot is occupied: the caller just used it and nothing in between closes it.
+            let Some(feed) = self.feeds[slot].as_mut() else { return Ok(()) };
+            let market = &self.market;
+            let decoded = match feed.decoder.poll_message(&|s| market.decimals(s))? {
+                None => return Ok(()),
+                Some(d) => d,
+            };
+            let feed_id = feed.id;
+            let result = match decoded {
+                Ok(Decoded::Hello { feed_id: name }) => {
+                    info!(feed = feed_id.0, addr = %feed.addr, name = %name, "feed hello");
+                    feed.name = name;
+                    self.counters.accepted.inc("hello");
+                    Ok(())
+                }
+                Ok(Decoded::Snapshot(s)) => self
+                    .market
+                    .handle_snapshot(feed_id, s, ingest_ts_ns, &mut self.out)
+                    .map(|_| self.counters.accepted.inc("snapshot")),
+                Ok(Decoded::Delta(d)) => self
+                    .market
+                    .handle_delta(feed_id, d, ingest_ts_ns, &mut self.out)
+                    .map(|_| self.counters.accepted.inc("delta")),
+                Ok(Decoded::Trade(t)) => self
+                    .market
+                    .handle_trade(feed_id, t, ingest_ts_ns, &mut self.out)
+                    .map(|_| self.counters.accepted.inc("trade")),
+                Err(rejection) => {
+                    if let Some(symbol) = &rejection.delta_symbol {
+                        self.market.handle_invalid_delta(feed_id, symbol, &mut self.out);
+                    }
+                    Err(rejection.reason)
+                }
+            };
+            if let Err(reason) = result {
+                self.count_rejection(slot, &reason);
+            }
+            self.flush_published();
+        }
+    }
+
+    fn count_rejection(&mut self, slot: usize, reason: &RejectReason) {
+        self.counters.rejected.inc(reason.label());
+        let Some(feed) = self.feeds[slot].as_mut() else { return };
+        feed.rejected += 1;
+        if feed.rejected <= REJECTS_LOGGED_PER_FEED || feed.rejected % 10_000 == 0 {
+            warn!(
+                feed = feed.id.0,
+                name = %feed.name,
+                addr = %feed.addr,
+                reason = reason.label(),
+                rejected = feed.rejected,
+                "ingest message rejected: {reason}"
+            );
+        } else {
+            debug!(feed = feed.id.0, reason = reason.label(), "ingest message rejected: {reason}");
+        }
+    }
+
+    /// Encodes each published message once and hands it to the sink, in order.
+    fn flush_published(&mut self) {
+        for event in self.out.drain(..) {
+            let msg = match &event {
+                Published::Snapshot { msg, .. } => {
+                    self.counters.published_snapshots.inc();
+                    msg
+                }
+                Published::Delta { msg, .. } => {
+                    self.counters.published_deltas.inc();
+                    msg
+                }
+                Published::Trade { msg, .. } => {
+                    self.counters.published_trades.inc();
+                    msg
+                }
+                Published::Stale { msg, .. } => {
+                    self.counters.published_stale.inc();
+                    msg
+                }
+            };
+            let frame = EncodedFrame::binary(msg);
+            self.sink.publish(&self.market, &event, &frame);
+        }
+    }
+
+    fn close_feed(&mut self, slot: usize, reason: &'static str, detail: &str) {
+        let Some(mut feed) = self.feeds.get_mut(slot).and_then(Option::take) else { return };
+        let _ = self.poll.registry().deregister(&mut feed.stream);
+        self.free.push(slot);
+        self.counters.feeds_open.dec();
+        self.counters.feeds_closed.inc(reason);
+        if reason == "eof" {
+            info!(feed = feed.id.0, name = %feed.name, addr = %feed.addr, "feed disconnected");
+        } else {
+            warn!(feed = feed.id.0, name = %feed.name, addr = %feed.addr, reason, "feed closed: {detail}");
+        }
+        self.market.handle_feed_down(feed.id, &mut self.out);
+        self.flush_published();
+    }
+
+    fn close_all(&mut self) {
+        for slot in 0..self.feeds.len() {
+            if self.feeds[slot].is_some() {
+                self.close_feed(slot, "other", "ingest shutting down");
+            }
+        }
+    }
+}
