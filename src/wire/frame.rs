@@ -89,7 +89,8 @@ impl EncodedFrame {
         let mut buf = Vec::with_capacity(server_header_len(len) + len);
         write_server_header(&mut buf, true, Opcode::Binary, len);
         // Encoding into a Vec cannot fail: it grows as needed.
-        msg.encode(&mut buf).expect("Vec<u8> has unbounded capacity");
+        msg.encode(&mut buf)
+            .expect("Vec<u8> has unbounded capacity");
         EncodedFrame(buf.into())
     }
 

@@ -1,0 +1,301 @@
+//! Close codes (RFC 6455 §7.4, PROTOCOL §7), close-frame payloads, and
+//! [`ProtocolError`]: the one error type for everything a peer can get wrong
+//! on an open WebSocket, each variant mapped to the close code it earns.
+//!
+//! Pure values, used by whichever thread owns the connection. Never touches
+//! sockets or the clock.
+
+use std::fmt;
+
+/// A WebSocket close status code (RFC 6455 §7.4).
+///
+/// A newtype rather than an enum: application codes (4000–4999) are open-ended
+/// and a peer may send any `u16`; [`CloseCode::is_valid_on_wire`] says whether
+/// a received one is acceptable.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CloseCode(pub u16);
+
+impl CloseCode {
+    /// 1000: normal closure.
+    pub const NORMAL: CloseCode = CloseCode(1000);
+    /// 1001: going away (server shutting down).
+    pub const GOING_AWAY: CloseCode = CloseCode(1001);
+    /// 1002: protocol error.
+    pub const PROTOCOL_ERROR: CloseCode = CloseCode(1002);
+    /// 1003: unsupported data (PROTOCOL §7: a binary frame from a client).
+    pub const UNSUPPORTED_DATA: CloseCode = CloseCode(1003);
+    /// 1007: invalid frame payload data (invalid UTF-8).
+    pub const INVALID_PAYLOAD: CloseCode = CloseCode(1007);
+    /// 1008: policy violation.
+    pub const POLICY_VIOLATION: CloseCode = CloseCode(1008);
+    /// 1009: message too big (after reassembly).
+    pub const MESSAGE_TOO_BIG: CloseCode = CloseCode(1009);
+    /// 1011: internal error.
+    pub const INTERNAL_ERROR: CloseCode = CloseCode(1011);
+    /// 4001: slow consumer (PROTOCOL §7).
+    pub const SLOW_CONSUMER: CloseCode = CloseCode(4001);
+    /// 4002: rate limited (PROTOCOL §7).
+    pub const RATE_LIMITED: CloseCode = CloseCode(4002);
+    /// 4003: heartbeat timeout (PROTOCOL §7).
+    pub const HEARTBEAT_TIMEOUT: CloseCode = CloseCode(4003);
+
+    /// Whether a peer may put this code in a close frame.
+    ///
+    /// RFC 6455 §7.4.1/§7.4.2: 0–999 are unused; 1004, 1005, 1006 and 1015 are
+    /// reserved and MUST NOT be sent; 1000–2999 are for the protocol and its
+    /// extensions (of those, IANA has registered 1000–1003 and 1007–1014);
+    /// 3000–4999 are for libraries and applications; 5000+ are undefined.
+    pub fn is_valid_on_wire(self) -> bool {
+        matches!(self.0, 1000..=1003 | 1007..=1014 | 3000..=4999)
+    }
+}
+
+impl fmt::Debug for CloseCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CloseCode({})", self.0)
+    }
+}
+
+impl fmt::Display for CloseCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Largest close reason that fits a control frame: 125 bytes of payload
+/// (RFC 6455 §5.5) minus the 2-byte code.
+pub const MAX_CLOSE_REASON_BYTES: usize = 123;
+
+/// Every way a peer can violate RFC 6455 (or tickwire's limits) on an open
+/// connection. [`ProtocolError::close_code`] is the code the connection is
+/// closed with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// RFC 6455 §5.1: a server MUST close on an unmasked client frame.
+    #[error("client frame is not masked")]
+    UnmaskedFrame,
+    /// RFC 6455 §5.1: a client MUST close on a masked server frame.
+    #[error("server frame is masked")]
+    MaskedFrame,
+    /// RFC 6455 §5.2: RSV1–3 must be 0 unless an extension was negotiated
+    /// (none ever is here).
+    #[error("reserved bits set ({0:#05b})")]
+    ReservedBits(u8),
+    /// RFC 6455 §5.2: opcodes 0x3–0x7 and 0xB–0xF are reserved.
+    #[error("reserved opcode {0:#x}")]
+    ReservedOpcode(u8),
+    /// RFC 6455 §5.5: control frames carry at most 125 bytes.
+    #[error("control frame payload of {0} bytes (max 125)")]
+    ControlFrameTooLong(u64),
+    /// RFC 6455 §5.5: control frames MUST NOT be fragmented.
+    #[error("fragmented control frame")]
+    FragmentedControlFrame,
+    /// RFC 6455 §5.2: the most significant bit of a 64-bit length MUST be 0.
+    #[error("64-bit payload length has its top bit set")]
+    LengthTopBitSet,
+    /// RFC 6455 §5.4: a continuation frame with no message in progress.
+    #[error("continuation frame without a message in progress")]
+    UnexpectedContinuation,
+    /// RFC 6455 §5.4: a new text/binary frame while a fragmented message is
+    /// still in progress.
+    #[error("new data frame while a fragmented message is in progress")]
+    ExpectedContinuation,
+    /// RFC 6455 §8.1: text messages MUST be valid UTF-8.
+    #[error("text message is not valid UTF-8")]
+    InvalidUtf8,
+    /// PROTOCOL §7: a client message over the limit after reassembly.
+    #[error("message of at least {len} bytes exceeds the {max}-byte limit")]
+    MessageTooBig { len: u64, max: usize },
+    /// PROTOCOL §7: tickwire requests are text; a binary message is refused.
+    #[error("binary messages are not accepted on this endpoint")]
+    BinaryNotAccepted,
+    /// RFC 6455 §5.5.1: a close payload is empty or at least 2 bytes.
+    #[error("close frame payload of 1 byte")]
+    CloseTooShort,
+    /// RFC 6455 §7.4: a close code that may not be sent on the wire.
+    #[error("invalid close code {0}")]
+    InvalidCloseCode(u16),
+    /// RFC 6455 §5.5.1: the close reason MUST be UTF-8.
+    #[error("close reason is not valid UTF-8")]
+    InvalidCloseReason,
+}
+
+impl ProtocolError {
+    /// The close code this violation earns (PROTOCOL §7).
+    pub fn close_code(&self) -> CloseCode {
+        match self {
+            ProtocolError::InvalidUtf8 | ProtocolError::InvalidCloseReason => {
+                CloseCode::INVALID_PAYLOAD
+            }
+            ProtocolError::MessageTooBig { .. } => CloseCode::MESSAGE_TOO_BIG,
+            ProtocolError::BinaryNotAccepted => CloseCode::UNSUPPORTED_DATA,
+            ProtocolError::UnmaskedFrame
+            | ProtocolError::MaskedFrame
+            | ProtocolError::ReservedBits(_)
+            | ProtocolError::ReservedOpcode(_)
+            | ProtocolError::ControlFrameTooLong(_)
+            | ProtocolError::FragmentedControlFrame
+            | ProtocolError::LengthTopBitSet
+            | ProtocolError::UnexpectedContinuation
+            | ProtocolError::ExpectedContinuation
+            | ProtocolError::CloseTooShort
+            | ProtocolError::InvalidCloseCode(_) => CloseCode::PROTOCOL_ERROR,
+        }
+    }
+
+    /// A short reason for the close frame (ASCII, well under 123 bytes).
+    pub fn close_reason(&self) -> &'static str {
+        match self {
+            ProtocolError::UnmaskedFrame => "unmasked frame",
+            ProtocolError::MaskedFrame => "masked frame",
+            ProtocolError::ReservedBits(_) => "reserved bits set",
+            ProtocolError::ReservedOpcode(_) => "reserved opcode",
+            ProtocolError::ControlFrameTooLong(_) => "control frame too long",
+            ProtocolError::FragmentedControlFrame => "fragmented control frame",
+            ProtocolError::LengthTopBitSet => "invalid length",
+            ProtocolError::UnexpectedContinuation => "unexpected continuation",
+            ProtocolError::ExpectedContinuation => "expected continuation",
+            ProtocolError::InvalidUtf8 => "invalid utf-8",
+            ProtocolError::MessageTooBig { .. } => "message too big",
+            ProtocolError::BinaryNotAccepted => "binary not accepted",
+            ProtocolError::CloseTooShort => "close payload of 1 byte",
+            ProtocolError::InvalidCloseCode(_) => "invalid close code",
+            ProtocolError::InvalidCloseReason => "invalid close reason",
+        }
+    }
+}
+
+/// Parses a close frame's (unmasked) payload (RFC 6455 §5.5.1): empty, or a
+/// valid 2-byte code followed by a UTF-8 reason.
+pub fn parse_close_payload(payload: &[u8]) -> Result<Option<(CloseCode, &str)>, ProtocolError> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(ProtocolError::CloseTooShort),
+        [hi, lo, reason @ ..] => {
+            let code = CloseCode(u16::from_be_bytes([*hi, *lo]));
+            if !code.is_valid_on_wire() {
+                return Err(ProtocolError::InvalidCloseCode(code.0));
+            }
+            let reason =
+                std::str::from_utf8(reason).map_err(|_| ProtocolError::InvalidCloseReason)?;
+            Ok(Some((code, reason)))
+        }
+    }
+}
+
+/// Appends a close payload: the code in network byte order, then `reason`
+/// cut at a character boundary to fit [`MAX_CLOSE_REASON_BYTES`].
+pub fn write_close_payload(out: &mut Vec<u8>, code: CloseCode, reason: &str) {
+    out.extend_from_slice(&code.0.to_be_bytes());
+    out.extend_from_slice(truncate_reason(reason).as_bytes());
+}
+
+/// `reason`, cut at a character boundary to at most [`MAX_CLOSE_REASON_BYTES`].
+pub fn truncate_reason(reason: &str) -> &str {
+    if reason.len() <= MAX_CLOSE_REASON_BYTES {
+        return reason;
+    }
+    let mut end = MAX_CLOSE_REASON_BYTES;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_valid_on_the_wire_follow_rfc6455_7_4() {
+        // The lists Autobahn 7.7.x (valid) and 7.9.x (invalid) use.
+        for code in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999,
+        ] {
+            assert!(CloseCode(code).is_valid_on_wire(), "{code}");
+        }
+        for code in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
+            assert!(!CloseCode(code).is_valid_on_wire(), "{code}");
+        }
+        // Registered by IANA after RFC 6455: service restart, try again later, bad gateway.
+        for code in [1012, 1013, 1014] {
+            assert!(CloseCode(code).is_valid_on_wire(), "{code}");
+        }
+    }
+
+    #[test]
+    fn every_violation_maps_to_its_close_code() {
+        use ProtocolError::*;
+        let cases: [(ProtocolError, u16); 15] = [
+            (UnmaskedFrame, 1002),
+            (MaskedFrame, 1002),
+            (ReservedBits(0b100), 1002),
+            (ReservedOpcode(3), 1002),
+            (ControlFrameTooLong(126), 1002),
+            (FragmentedControlFrame, 1002),
+            (LengthTopBitSet, 1002),
+            (UnexpectedContinuation, 1002),
+            (ExpectedContinuation, 1002),
+            (InvalidUtf8, 1007),
+            (
+                MessageTooBig {
+                    len: 65537,
+                    max: 65536,
+                },
+                1009,
+            ),
+            (BinaryNotAccepted, 1003),
+            (CloseTooShort, 1002),
+            (InvalidCloseCode(1005), 1002),
+            (InvalidCloseReason, 1007),
+        ];
+        for (err, code) in cases {
+            assert_eq!(err.close_code(), CloseCode(code), "{err}");
+            assert!(err.close_reason().len() <= MAX_CLOSE_REASON_BYTES);
+        }
+    }
+
+    #[test]
+    fn close_payloads_parse_or_fail_with_the_right_error() {
+        assert_eq!(parse_close_payload(b""), Ok(None));
+        assert_eq!(
+            parse_close_payload(&[0x03]),
+            Err(ProtocolError::CloseTooShort)
+        );
+        assert_eq!(
+            parse_close_payload(&[0x03, 0xe8]),
+            Ok(Some((CloseCode::NORMAL, "")))
+        );
+        assert_eq!(
+            parse_close_payload(b"\x03\xe9bye"),
+            Ok(Some((CloseCode::GOING_AWAY, "bye")))
+        );
+        assert_eq!(
+            parse_close_payload(&[0x03, 0xed]),
+            Err(ProtocolError::InvalidCloseCode(1005))
+        );
+        assert_eq!(
+            parse_close_payload(&[0x03, 0xe8, 0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xff]),
+            Err(ProtocolError::InvalidCloseReason)
+        );
+    }
+
+    #[test]
+    fn close_payload_round_trips_and_long_reasons_are_cut_on_a_char_boundary() {
+        let mut out = Vec::new();
+        write_close_payload(&mut out, CloseCode::SLOW_CONSUMER, "slow");
+        assert_eq!(out, b"\x0f\xa1slow");
+        assert_eq!(
+            parse_close_payload(&out),
+            Ok(Some((CloseCode::SLOW_CONSUMER, "slow")))
+        );
+
+        let long = "é".repeat(100); // 200 bytes, 2 per char
+        let mut out = Vec::new();
+        write_close_payload(&mut out, CloseCode::NORMAL, &long);
+        assert_eq!(out.len(), 2 + 122);
+        assert!(parse_close_payload(&out).is_ok());
+    }
+}
