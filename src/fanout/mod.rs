@@ -1,0 +1,13 @@
+//! Fan-out: what crosses the rings between the ingest thread and the workers
+//! ([`ring`]), the ingest side's routing by interest ([`router`]), and the
+//! sans-IO worker core ([`worker`]): subscriptions, client requests,
+//! per-connection outboxes and the slow-consumer policy.
+//!
+//! Nothing here touches sockets, `mio` or the clock: `net` drives it.
+
+pub mod outbox;
+pub mod request;
+pub mod ring;
+pub mod router;
+pub mod subs;
+pub mod worker;

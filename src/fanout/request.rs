@@ -1,0 +1,305 @@
+//! Client requests (PROTOCOL §6): parsing and syntactic validation of one JSON
+//! text frame into a [`Request`], or the `bad_request` answer.
+//!
+//! Run by a worker thread for each complete text message a client sends. Pure:
+//! no sockets, no clock, no state. It must never panic on client input; every
+//! failure is a [`RequestError`] that the worker turns into an `Error` answer.
+//! The checks that need state (`too_many_subscriptions`, `unknown_symbol`) are
+//! the worker's, in that order, after this one.
+
+use sonic_rs::{JsonContainerTrait, JsonValueTrait, Value};
+
+use crate::book::symbol::is_valid_symbol;
+use crate::fanout::ring::Channel;
+
+/// What the client asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Subscribe,
+    Unsubscribe,
+}
+
+/// The channels of a request, in the order the client named them, without
+/// repeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Channels {
+    list: [Option<Channel>; 2],
+}
+
+impl Channels {
+    /// `["book"]`, the default (PROTOCOL §6).
+    pub fn book() -> Channels {
+        Channels {
+            list: [Some(Channel::Book), None],
+        }
+    }
+
+    fn push(&mut self, c: Channel) {
+        if self.list.contains(&Some(c)) {
+            return;
+        }
+        // Two distinct channels exist, so a free slot remains.
+        if let Some(slot) = self.list.iter_mut().find(|s| s.is_none()) {
+            *slot = Some(c);
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Channel> + '_ {
+        self.list.iter().flatten().copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list[0].is_none()
+    }
+
+    pub fn contains(&self, c: Channel) -> bool {
+        self.list.contains(&Some(c))
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.iter().map(|c| c.name().to_string()).collect()
+    }
+}
+
+/// A syntactically valid request. `symbols` are valid names, without
+/// repeats, in the client's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub op: Op,
+    pub id: u64,
+    pub symbols: Vec<String>,
+    pub channels: Channels,
+}
+
+/// The `code` of an `Error` answer (PROTOCOL §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadRequest,
+    TooManySubscriptions,
+    UnknownSymbol,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::UnknownSymbol => "unknown_symbol",
+        }
+    }
+}
+
+/// A refused request: the `Error{id, code, message}` answer to send.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message} (id {id})", code.as_str())]
+pub struct RequestError {
+    pub id: u64,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+fn bad(id: u64, message: impl Into<String>) -> RequestError {
+    RequestError {
+        id,
+        code: ErrorCode::BadRequest,
+        message: message.into(),
+    }
+}
+
+/// Longest symbol list accepted in one request; a longer one is a
+/// `bad_request` (it could never pass the subscription limit anyway, and this
+/// bounds the work a single frame can cause).
+pub const MAX_SYMBOLS_PER_REQUEST: usize = 10_000;
+
+/// Parses one client text message.
+///
+/// `id` is read first so that every later failure echoes it; an `id` that is
+/// present but not a non-negative integer is itself a `bad_request` with id 0.
+pub fn parse_request(text: &str) -> Result<Request, RequestError> {
+    let v: Value = sonic_rs::from_str(text).map_err(|_| bad(0, "request is not JSON"))?;
+    if !v.is_object() {
+        return Err(bad(0, "request is not a JSON object"));
+    }
+    let id = match v.get("id") {
+        None => 0,
+        Some(x) => x
+            .as_u64()
+            .ok_or_else(|| bad(0, "id must be a non-negative integer"))?,
+    };
+    let op = match v.get("op").and_then(|o| o.as_str()) {
+        Some("subscribe") => Op::Subscribe,
+        Some("unsubscribe") => Op::Unsubscribe,
+        Some(other) => return Err(bad(id, format!("unknown op {other:?}"))),
+        None => return Err(bad(id, "op must be \"subscribe\" or \"unsubscribe\"")),
+    };
+    let channels = match v.get("channels") {
+        None => Channels::book(),
+        Some(c) => {
+            let arr = c
+                .as_array()
+                .ok_or_else(|| bad(id, "channels must be an array of strings"))?;
+            let mut channels = Channels::default();
+            for item in arr.iter() {
+                let name = item
+                    .as_str()
+                    .ok_or_else(|| bad(id, "channels must be an array of strings"))?;
+                let channel = Channel::parse(name)
+                    .ok_or_else(|| bad(id, format!("unknown channel {name:?}")))?;
+                channels.push(channel);
+            }
+            if channels.is_empty() {
+                return Err(bad(id, "channels is empty"));
+            }
+            channels
+        }
+    };
+    let arr = v
+        .get("symbols")
+        .and_then(|s| s.as_array())
+        .ok_or_else(|| bad(id, "symbols must be an array of strings"))?;
+    if arr.is_empty() {
+        return Err(bad(id, "symbols is empty"));
+    }
+    if arr.len() > MAX_SYMBOLS_PER_REQUEST {
+        return Err(bad(
+            id,
+            format!("more than {MAX_SYMBOLS_PER_REQUEST} symbols"),
+        ));
+    }
+    let mut symbols: Vec<String> = Vec::with_capacity(arr.len());
+    for item in arr.iter() {
+        let s = item
+            .as_str()
+            .ok_or_else(|| bad(id, "symbols must be an array of strings"))?;
+        if !is_valid_symbol(s) {
+            return Err(bad(id, format!("invalid symbol {:?}", truncate(s))));
+        }
+        if !symbols.iter().any(|x| x == s) {
+            symbols.push(s.to_string());
+        }
+    }
+    Ok(Request {
+        op,
+        id,
+        symbols,
+        channels,
+    })
+}
+
+/// At most 40 chars of client input in an error message.
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(40) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> (u64, ErrorCode) {
+        let e = parse_request(text).expect_err(text);
+        (e.id, e.code)
+    }
+
+    #[test]
+    fn parses_a_full_subscribe() {
+        let r = parse_request(r#"{"op":"subscribe","symbols":["BTC-USD","ETH-USD"],"channels":["book","trades"],"id":7}"#)
+            .unwrap();
+        assert_eq!(r.op, Op::Subscribe);
+        assert_eq!(r.id, 7);
+        assert_eq!(r.symbols, vec!["BTC-USD", "ETH-USD"]);
+        assert_eq!(
+            r.channels.iter().collect::<Vec<_>>(),
+            vec![Channel::Book, Channel::Trades]
+        );
+    }
+
+    #[test]
+    fn defaults_and_dedup() {
+        let r = parse_request(r#"{"op":"unsubscribe","symbols":["A","A","B"]}"#).unwrap();
+        assert_eq!(r.op, Op::Unsubscribe);
+        assert_eq!(r.id, 0);
+        assert_eq!(r.symbols, vec!["A", "B"]);
+        assert_eq!(r.channels, Channels::book());
+        let r = parse_request(
+            r#"{"channels":["trades","trades"],"op":"subscribe","symbols":["A"],"x":1}"#,
+        )
+        .unwrap();
+        assert_eq!(r.channels.iter().collect::<Vec<_>>(), vec![Channel::Trades]);
+        assert_eq!(r.channels.names(), vec!["trades"]);
+    }
+
+    #[test]
+    fn bad_requests_echo_the_id_when_readable() {
+        use ErrorCode::BadRequest as B;
+        assert_eq!(err("not json"), (0, B));
+        assert_eq!(err("[1,2]"), (0, B));
+        assert_eq!(err("\"subscribe\""), (0, B));
+        assert_eq!(
+            err(r#"{"op":"subscribe","symbols":["A"],"id":"7"}"#),
+            (0, B)
+        );
+        assert_eq!(err(r#"{"op":"subscribe","symbols":["A"],"id":-1}"#), (0, B));
+        assert_eq!(
+            err(r#"{"op":"subscribe","symbols":["A"],"id":1.5}"#),
+            (0, B)
+        );
+        assert_eq!(err(r#"{"op":"sub","symbols":["A"],"id":3}"#), (3, B));
+        assert_eq!(err(r#"{"symbols":["A"],"id":3}"#), (3, B));
+        assert_eq!(
+            err(r#"{"op":"subscribe","symbols":["A"],"channels":["book","quotes"],"id":4}"#),
+            (4, B)
+        );
+        assert_eq!(
+            err(r#"{"op":"subscribe","symbols":["A"],"channels":[],"id":4}"#),
+            (4, B)
+        );
+        assert_eq!(
+            err(r#"{"op":"subscribe","symbols":["A"],"channels":"book","id":4}"#),
+            (4, B)
+        );
+        assert_eq!(err(r#"{"op":"subscribe","symbols":[],"id":5}"#), (5, B));
+        assert_eq!(err(r#"{"op":"subscribe","symbols":"A","id":5}"#), (5, B));
+        assert_eq!(
+            err(r#"{"op":"subscribe","symbols":["A",1],"id":5}"#),
+            (5, B)
+        );
+        assert_eq!(
+            err(r#"{"op":"subscribe","symbols":["OK","bad sym"],"id":6}"#),
+            (6, B)
+        );
+        assert_eq!(err(r#"{"op":"subscribe","symbols":[""],"id":6}"#), (6, B));
+        let long = format!(
+            r#"{{"op":"subscribe","symbols":["{}"],"id":6}}"#,
+            "A".repeat(33)
+        );
+        assert_eq!(err(&long), (6, B));
+    }
+
+    #[test]
+    fn never_panics_on_odd_input() {
+        for text in [
+            "",
+            "{",
+            "{}",
+            "null",
+            "{\"op\":null}",
+            "{\"id\":18446744073709551616}",
+            "\u{0}",
+        ] {
+            let _ = parse_request(text);
+        }
+        let e = parse_request(&format!(
+            r#"{{"op":"subscribe","symbols":["{}é"]}}"#,
+            "é".repeat(100)
+        ))
+        .unwrap_err();
+        assert!(e.message.len() < 120);
+    }
+}

@@ -1,0 +1,133 @@
+//! The messages that cross threads on the market-data path: one `rtrb` SPSC
+//! ring ingest → worker ([`ToWorker`]) and one worker → ingest ([`ToIngest`])
+//! per worker. Frames inside are already encoded: a worker never encodes
+//! market data.
+//!
+//! # Invariants
+//!
+//! - Each ring is FIFO, so per symbol a worker sees data in the ingest thread's
+//!   publish order: after a [`ToWorker::Snapshot`] with seq `S`, every
+//!   [`DataKind::Delta`] of that symbol has seq > `S`.
+//! - The ingest thread never blocks on a ring: when one is full it drops data for
+//!   that worker and later sends [`ToWorker::Dropped`] for each symbol it dropped,
+//!   before any further data of that symbol.
+
+use std::sync::Arc;
+
+use crate::book::SymbolId;
+use crate::wire::EncodedFrame;
+
+/// Index of a worker thread (`worker-N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkerId(pub u16);
+
+/// A subscription channel of PROTOCOL §6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    Book,
+    Trades,
+}
+
+impl Channel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::Book => "book",
+            Channel::Trades => "trades",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Channel> {
+        match s {
+            "book" => Some(Channel::Book),
+            "trades" => Some(Channel::Trades),
+            _ => None,
+        }
+    }
+}
+
+/// Why a book is not being published (PROTOCOL §3–§4), as sent to clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FeedStaleReason {
+    FeedGap,
+    FeedDown,
+}
+
+impl FeedStaleReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedStaleReason::FeedGap => "feed_gap",
+            FeedStaleReason::FeedDown => "feed_down",
+        }
+    }
+}
+
+/// One published message and how a worker routes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataKind {
+    /// A book delta: to book subscribers that hold a snapshot older than it.
+    Delta,
+    /// A trade: to trades subscribers.
+    Trade,
+    /// The feed replaced the book: a full `BookSnapshot` to every book
+    /// subscriber; a subscriber awaiting a snapshot takes it as its snapshot.
+    BookReplaced,
+    /// `Stale{feed_gap|feed_down}`: to book subscribers (and, for `FeedDown`,
+    /// trades subscribers too, PROTOCOL §4).
+    FeedStale(FeedStaleReason),
+}
+
+/// Ingest → worker.
+#[derive(Debug, Clone)]
+pub enum ToWorker {
+    /// A symbol appeared or its decimals changed. Sent to every worker, never
+    /// dropped; workers keep their own directory from these.
+    Instrument {
+        symbol: SymbolId,
+        name: Arc<str>,
+        price_decimals: u32,
+        size_decimals: u32,
+    },
+    /// Published market data for a symbol this worker has interest in.
+    /// `seq` is the book seq (deltas, replaced books) or the trade seq (trades).
+    /// `json` is present while the worker has JSON interest in the symbol.
+    Data {
+        symbol: SymbolId,
+        kind: DataKind,
+        seq: u64,
+        ingest_ts_ns: u64,
+        bin: EncodedFrame,
+        json: Option<EncodedFrame>,
+    },
+    /// The answer to [`ToIngest::SnapshotRequest`]: the current book at `seq`,
+    /// or, if the book is stale for a feed reason, `stale` and no frames (the
+    /// snapshot follows as [`DataKind::BookReplaced`] when the feed recovers).
+    Snapshot {
+        symbol: SymbolId,
+        seq: u64,
+        bin: Option<EncodedFrame>,
+        json: Option<EncodedFrame>,
+        stale: Option<FeedStaleReason>,
+    },
+    /// The ring was full: this many deltas and trades of `symbol` never reached
+    /// this worker. Book subscribers must resync (Stale + snapshot).
+    Dropped {
+        symbol: SymbolId,
+        deltas: u64,
+        trades: u64,
+    },
+}
+
+/// Worker → ingest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToIngest {
+    /// The worker's first local subscriber of `channel` on `symbol` (`on`), or its last one left.
+    Interest {
+        symbol: SymbolId,
+        channel: Channel,
+        on: bool,
+    },
+    /// Whether the worker has any JSON-encoded subscriber of `symbol`.
+    Json { symbol: SymbolId, on: bool },
+    /// One request per (worker, symbol) however many local clients wait.
+    SnapshotRequest { symbol: SymbolId },
+}

@@ -1,0 +1,454 @@
+//! The ingest side of the fan-out: which workers get which message.
+//!
+//! Run by the ingest thread, the single writer of all of this state. For each
+//! published message it picks the workers with interest in the symbol and that
+//! channel, attaches the JSON frame (rendered once) only when some of them want
+//! JSON, and pushes. It answers workers' snapshot requests from a per-symbol
+//! cache of the encoded snapshot, valid until the book changes.
+//!
+//! It never blocks on a worker. A full ring drops data for that worker alone and
+//! remembers, per symbol, how many deltas and trades it dropped; once the ring
+//! has room it sends [`ToWorker::Dropped`] before any further data of that
+//! symbol, and the worker resyncs its clients. Messages that must not be lost
+//! (instruments, snapshot answers) wait in a per-worker backlog instead; while a
+//! worker has a backlog, its data is dropped (and counted) rather than allowed
+//! to overtake it.
+//!
+//! # Invariants
+//!
+//! - Per worker, messages are pushed in publish order; a symbol with a pending
+//!   drop marker gets no data pushed until its marker is.
+//! - A cached snapshot's `seq` equals the book's current seq.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::book::SymbolId;
+use crate::book::market::{FeedStale, Market, Published};
+use crate::wire::EncodedFrame;
+use crate::wire::json::{self, Decimals};
+use crate::wire::pb;
+
+use super::ring::{Channel, DataKind, FeedStaleReason, ToIngest, ToWorker};
+
+/// Most workers one router serves (interest sets are `u64` bitmasks).
+pub const MAX_WORKERS: usize = 64;
+
+/// The ingest → worker rings as the router sees them.
+pub trait Rings {
+    fn workers(&self) -> usize;
+    /// Pushes without blocking; a full ring hands the message back.
+    fn try_push(&mut self, worker: usize, msg: ToWorker) -> Result<(), ToWorker>;
+}
+
+/// Counters of the router (its thread is their single writer).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RouterStats {
+    pub pushed: u64,
+    pub dropped_deltas: u64,
+    pub dropped_trades: u64,
+    pub drop_markers: u64,
+    pub snapshot_requests: u64,
+    pub snapshots_encoded: u64,
+    pub json_rendered: u64,
+    pub backlogged: u64,
+}
+
+#[derive(Default)]
+struct Route {
+    book: u64,
+    trades: u64,
+    json: u64,
+    decimals: Option<Decimals>,
+    /// The encoded snapshot at `seq`, until the book changes.
+    cache: Option<CachedSnapshot>,
+}
+
+struct CachedSnapshot {
+    seq: u64,
+    bin: EncodedFrame,
+    json: Option<EncodedFrame>,
+}
+
+#[derive(Default)]
+struct WorkerLane {
+    /// Must-deliver messages waiting for room, in order.
+    backlog: VecDeque<ToWorker>,
+    /// Symbols with data dropped for this worker: (deltas, trades) not delivered.
+    dropped: HashMap<SymbolId, (u64, u64)>,
+}
+
+/// Routing state of the ingest thread.
+pub struct Router {
+    routes: Vec<Route>,
+    lanes: Vec<WorkerLane>,
+    stats: RouterStats,
+    json_buf: String,
+}
+
+fn bit(worker: usize) -> u64 {
+    1u64 << worker
+}
+
+fn stale_reason(r: FeedStale) -> FeedStaleReason {
+    match r {
+        FeedStale::FeedGap => FeedStaleReason::FeedGap,
+        FeedStale::FeedDown => FeedStaleReason::FeedDown,
+    }
+}
+
+impl Router {
+    pub fn new(workers: usize) -> Router {
+        assert!(workers <= MAX_WORKERS, "at most {MAX_WORKERS} workers");
+        Router {
+            routes: Vec::new(),
+            lanes: (0..workers).map(|_| WorkerLane::default()).collect(),
+            stats: RouterStats::default(),
+            json_buf: String::new(),
+        }
+    }
+
+    pub fn stats(&self) -> &RouterStats {
+        &self.stats
+    }
+
+    /// Whether backlogs or drop markers wait for ring room (poll again soon).
+    pub fn has_pending(&self) -> bool {
+        self.lanes
+            .iter()
+            .any(|l| !l.backlog.is_empty() || !l.dropped.is_empty())
+    }
+
+    fn route(&mut self, symbol: SymbolId) -> &mut Route {
+        let i = symbol.0 as usize;
+        if self.routes.len() <= i {
+            self.routes.resize_with(i + 1, Route::default);
+        }
+        &mut self.routes[i]
+    }
+
+    /// Workers with interest in `symbol` (any channel): for tests and metrics.
+    pub fn interest(&self, symbol: SymbolId) -> (u64, u64, u64) {
+        self.routes
+            .get(symbol.0 as usize)
+            .map_or((0, 0, 0), |r| (r.book, r.trades, r.json))
+    }
+
+    /// Routes one published message; `frame` is its binary encoding.
+    pub fn publish(
+        &mut self,
+        market: &Market,
+        event: &Published,
+        frame: &EncodedFrame,
+        rings: &mut impl Rings,
+    ) {
+        let (symbol, kind, seq, msg) = match event {
+            Published::Snapshot { symbol, seq, msg } => {
+                (*symbol, DataKind::BookReplaced, *seq, msg)
+            }
+            Published::Delta { symbol, seq, msg } => (*symbol, DataKind::Delta, *seq, msg),
+            Published::Trade { symbol, seq, msg } => (*symbol, DataKind::Trade, *seq, msg),
+            Published::Stale {
+                symbol,
+                reason,
+                msg,
+            } => {
+                let seq = market.snapshot_seq(*symbol);
+                (
+                    *symbol,
+                    DataKind::FeedStale(stale_reason(*reason)),
+                    seq,
+                    msg,
+                )
+            }
+        };
+        if kind == DataKind::BookReplaced {
+            self.announce(market, symbol, msg, rings);
+        }
+        let route = self.route(symbol);
+        let targets = match kind {
+            DataKind::Delta
+            | DataKind::BookReplaced
+            | DataKind::FeedStale(FeedStaleReason::FeedGap) => route.book,
+            DataKind::Trade => route.trades,
+            DataKind::FeedStale(FeedStaleReason::FeedDown) => route.book | route.trades,
+        };
+        let decimals = route.decimals.unwrap_or_default();
+        let json = if targets & route.json != 0 {
+            self.json_buf.clear();
+            json::render(msg, decimals, &mut self.json_buf);
+            self.stats.json_rendered += 1;
+            Some(EncodedFrame::text(&self.json_buf))
+        } else {
+            None
+        };
+        let route = self.route(symbol);
+        match kind {
+            // The replaced book is the snapshot at `seq`: cache it for requests.
+            DataKind::BookReplaced => {
+                route.cache = Some(CachedSnapshot {
+                    seq,
+                    bin: frame.clone(),
+                    json: json.clone(),
+                });
+            }
+            DataKind::Delta => route.cache = None,
+            _ => {}
+        }
+        let json_mask = route.json;
+        let ingest_ts_ns = ingest_ts(msg);
+        let mut mask = targets;
+        while mask != 0 {
+            let w = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            let msg = ToWorker::Data {
+                symbol,
+                kind,
+                seq,
+                ingest_ts_ns,
+                bin: frame.clone(),
+                json: if json_mask & bit(w) != 0 {
+                    json.clone()
+                } else {
+                    None
+                },
+            };
+            self.push_data(w, symbol, kind, msg, rings);
+        }
+    }
+
+    /// Broadcasts the instrument when it is new or its decimals changed.
+    fn announce(
+        &mut self,
+        market: &Market,
+        symbol: SymbolId,
+        msg: &pb::ServerMessage,
+        rings: &mut impl Rings,
+    ) {
+        let Some(pb::server_message::Body::Snapshot(s)) = &msg.body else {
+            return;
+        };
+        let d = Decimals {
+            price: s.price_decimals.clamp(0, 18) as u32,
+            size: s.size_decimals.clamp(0, 18) as u32,
+        };
+        let route = self.route(symbol);
+        if route.decimals == Some(d) {
+            return;
+        }
+        route.decimals = Some(d);
+        let name: Arc<str> = Arc::from(market.name(symbol));
+        for w in 0..self.lanes.len() {
+            let msg = ToWorker::Instrument {
+                symbol,
+                name: name.clone(),
+                price_decimals: d.price,
+                size_decimals: d.size,
+            };
+            self.push_must(w, msg, rings);
+        }
+    }
+
+    fn push_data(
+        &mut self,
+        w: usize,
+        symbol: SymbolId,
+        kind: DataKind,
+        msg: ToWorker,
+        rings: &mut impl Rings,
+    ) {
+        let lane = &mut self.lanes[w];
+        let clean = lane.backlog.is_empty() && !lane.dropped.contains_key(&symbol);
+        if clean && rings.try_push(w, msg).is_ok() {
+            self.stats.pushed += 1;
+            return;
+        }
+        let entry = self.lanes[w].dropped.entry(symbol).or_insert((0, 0));
+        match kind {
+            DataKind::Trade => {
+                entry.1 += 1;
+                self.stats.dropped_trades += 1;
+            }
+            // A lost replaced book or feed notice is repaired by the resync's
+            // snapshot answer, which carries the book or its stale reason.
+            _ => {
+                entry.0 += 1;
+                self.stats.dropped_deltas += 1;
+            }
+        }
+    }
+
+    fn push_must(&mut self, w: usize, msg: ToWorker, rings: &mut impl Rings) {
+        let lane = &mut self.lanes[w];
+        if lane.backlog.is_empty() {
+            match rings.try_push(w, msg) {
+                Ok(()) => {
+                    self.stats.pushed += 1;
+                    return;
+                }
+                Err(msg) => lane.backlog.push_back(msg),
+            }
+        } else {
+            lane.backlog.push_back(msg);
+        }
+        self.stats.backlogged += 1;
+    }
+
+    /// Serves one request from worker `w`.
+    pub fn handle_request(
+        &mut self,
+        w: usize,
+        req: ToIngest,
+        market: &Market,
+        rings: &mut impl Rings,
+    ) {
+        if w >= self.lanes.len() {
+            return;
+        }
+        match req {
+            ToIngest::Interest {
+                symbol,
+                channel,
+                on,
+            } => {
+                let route = self.route(symbol);
+                let mask = match channel {
+                    Channel::Book => &mut route.book,
+                    Channel::Trades => &mut route.trades,
+                };
+                if on {
+                    *mask |= bit(w)
+                } else {
+                    *mask &= !bit(w)
+                }
+            }
+            ToIngest::Json { symbol, on } => {
+                let route = self.route(symbol);
+                if on {
+                    route.json |= bit(w)
+                } else {
+                    route.json &= !bit(w)
+                }
+            }
+            ToIngest::SnapshotRequest { symbol } => {
+                self.stats.snapshot_requests += 1;
+                let answer = self.snapshot_answer(w, symbol, market);
+                self.push_must(w, answer, rings);
+            }
+        }
+    }
+
+    fn snapshot_answer(&mut self, w: usize, symbol: SymbolId, market: &Market) -> ToWorker {
+        if let Some(reason) = market.stale_reason(symbol) {
+            let seq = market.snapshot_seq(symbol);
+            return ToWorker::Snapshot {
+                symbol,
+                seq,
+                bin: None,
+                json: None,
+                stale: Some(stale_reason(reason)),
+            };
+        }
+        let seq = market.snapshot_seq(symbol);
+        let wants_json = self.route(symbol).json & bit(w) != 0;
+        let fresh = matches!(&self.route(symbol).cache, Some(c) if c.seq == seq);
+        if !fresh {
+            let msg = pb::ServerMessage {
+                body: Some(pb::server_message::Body::Snapshot(market.snapshot(symbol))),
+            };
+            let bin = EncodedFrame::binary(&msg);
+            self.stats.snapshots_encoded += 1;
+            self.route(symbol).cache = Some(CachedSnapshot {
+                seq,
+                bin,
+                json: None,
+            });
+        }
+        if wants_json
+            && self
+                .route(symbol)
+                .cache
+                .as_ref()
+                .is_some_and(|c| c.json.is_none())
+        {
+            let msg = pb::ServerMessage {
+                body: Some(pb::server_message::Body::Snapshot(market.snapshot(symbol))),
+            };
+            self.json_buf.clear();
+            json::render(&msg, Decimals::default(), &mut self.json_buf);
+            self.stats.json_rendered += 1;
+            let text = EncodedFrame::text(&self.json_buf);
+            if let Some(c) = self.route(symbol).cache.as_mut() {
+                c.json = Some(text);
+            }
+        }
+        // The cache was filled just above.
+        let c = self
+            .route(symbol)
+            .cache
+            .as_ref()
+            .expect("snapshot cache filled above");
+        ToWorker::Snapshot {
+            symbol,
+            seq,
+            bin: Some(c.bin.clone()),
+            json: if wants_json { c.json.clone() } else { None },
+            stale: None,
+        }
+    }
+
+    /// Delivers backlogs, then drop markers, as rings have room. Returns the
+    /// number of messages pushed.
+    pub fn do_work(&mut self, rings: &mut impl Rings) -> usize {
+        let mut done = 0;
+        for w in 0..self.lanes.len() {
+            let lane = &mut self.lanes[w];
+            while let Some(msg) = lane.backlog.pop_front() {
+                match rings.try_push(w, msg) {
+                    Ok(()) => done += 1,
+                    Err(msg) => {
+                        lane.backlog.push_front(msg);
+                        break;
+                    }
+                }
+            }
+            if !lane.backlog.is_empty() || lane.dropped.is_empty() {
+                continue;
+            }
+            let mut delivered = Vec::new();
+            for (&symbol, &(deltas, trades)) in &lane.dropped {
+                if rings
+                    .try_push(
+                        w,
+                        ToWorker::Dropped {
+                            symbol,
+                            deltas,
+                            trades,
+                        },
+                    )
+                    .is_err()
+                {
+                    break;
+                }
+                delivered.push(symbol);
+                done += 1;
+                self.stats.drop_markers += 1;
+            }
+            for s in delivered {
+                lane.dropped.remove(&s);
+            }
+        }
+        self.stats.pushed += done as u64;
+        done
+    }
+}
+
+fn ingest_ts(msg: &pb::ServerMessage) -> u64 {
+    use pb::server_message::Body;
+    match &msg.body {
+        Some(Body::Snapshot(s)) => s.ingest_ts_ns,
+        Some(Body::Delta(d)) => d.ingest_ts_ns,
+        Some(Body::Trade(t)) => t.ingest_ts_ns,
+        _ => 0,
+    }
+}

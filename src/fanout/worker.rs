@@ -1,0 +1,2754 @@
+//! [`WorkerCore`]: the sans-IO brain of one worker thread (`worker-N`).
+//!
+//! Owns: the worker's symbol directory, its subscription index
+//! ([`SubIndex`]), one [`Outbox`] per connection, the snapshot-request
+//! coalescing, and every counter of the fan-out. The I/O shell (`net::worker`)
+//! owns the sockets, the WebSocket codec and the clock, and drives this core.
+//!
+//! Never: touches a socket, `mio`, a waker or the clock (`now_ns` is an
+//! argument), takes a lock, encodes market data (frames come pre-encoded from
+//! the ingest thread; only small control answers are encoded here), hashes on
+//! the delivery path, or allocates per delivery once warm.
+//!
+//! # The shell's loop turn
+//!
+//! 1. Drain the ingest ring in a bounded batch: [`WorkerCore::handle_ring`]
+//!    for each message. This only queues shared frames and marks connections
+//!    dirty.
+//! 2. Feed complete client text messages to [`WorkerCore::handle_text`] and
+//!    ws control frames (pong, close) to [`WorkerCore::queue_control`].
+//! 3. Push [`WorkerCore::poll_to_ingest`] into the worker → ingest ring; when
+//!    the ring is full, hand the message back with
+//!    [`WorkerCore::unpoll_to_ingest`] and retry next turn.
+//! 4. For each [`WorkerCore::poll_dirty`] connection, once: `writev` of
+//!    [`Outbox::io_slices`], then [`WorkerCore::handle_written`] with the byte
+//!    count the kernel took (this is where slow consumers are resynced).
+//! 5. For each [`WorkerCore::poll_close`]: queue the close frame
+//!    (`queue_control`), flush, then [`WorkerCore::close_conn`].
+//! 6. Every ~100 ms (timer wheel): [`WorkerCore::handle_timeout`] (max lag,
+//!    release of idle buffers).
+//!
+//! # Per-subscriber protocol (PROTOCOL §4, §7; DESIGN "Snapshots without gaps")
+//!
+//! A book subscriber is `Awaiting` (a snapshot request is out, coalesced per
+//! symbol), `AwaitingFeed` (told the book is stale for a feed reason, waits for
+//! the feed's `BookReplaced`), `Live` (holds snapshot `S` and has been queued
+//! exactly `S+1..=seq`), or `Dropping` (its connection is a slow consumer; it
+//! gets `Stale{slow_consumer}` and a fresh snapshot when the connection drains
+//! below low-water). A delta whose seq is not `last + 1` for a `Live`
+//! subscriber is never sent: it is counted as a contiguity violation and the
+//! subscriber is resynced.
+//!
+//! Unsubscribing a known symbol-channel that the connection does not hold is
+//! accepted and echoed (lenient, like the major exchange feeds); an unknown
+//! symbol is `unknown_symbol` for both ops.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::book::SymbolId;
+use crate::fanout::outbox::{Admit, Consumed, FrameClass, Outbox, OutboxLimits};
+use crate::fanout::request::{ErrorCode, Op, Request, RequestError, parse_request};
+use crate::fanout::ring::{Channel, DataKind, FeedStaleReason, ToIngest, ToWorker};
+use crate::fanout::subs::{ConnSub, IndexSizes, SubIndex, SubState, Transitions};
+use crate::wire::EncodedFrame;
+use crate::wire::json::{Decimals, render};
+use crate::wire::pb::{self, server_message::Body};
+
+/// A connection of this worker: a dense slot index chosen by the core, reused
+/// after [`WorkerCore::close_conn`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u32);
+
+/// The encoding a connection chose at the upgrade (PROTOCOL §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Proto,
+    Json,
+}
+
+/// WebSocket close code for a slow consumer (PROTOCOL §7).
+pub const CLOSE_SLOW_CONSUMER: u16 = 4001;
+
+/// Limits of one worker. Defaults are PROTOCOL's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// Most symbol-channels one connection may hold. Default 1000.
+    pub max_subscriptions: usize,
+    /// Stream frames are dropped above this. Default 256 KiB.
+    pub high_water_bytes: usize,
+    /// Dropped symbols are resynced below this. Default 64 KiB.
+    pub low_water_bytes: usize,
+    /// Closed with 4001 above this. Default 4 MiB.
+    pub hard_limit_bytes: usize,
+    /// Closed with 4001 when dropping for longer than this. Default 10 s.
+    pub max_lag_ns: u64,
+    /// A drained connection's queue buffer is freed after this long idle.
+    /// Default 1 s (a hot connection keeps its buffer between loop turns).
+    pub idle_release_ns: u64,
+    /// Most ring messages the shell handles per loop turn (for the shell). Default 1024.
+    pub ring_batch: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        let l = OutboxLimits::default();
+        WorkerConfig {
+            max_subscriptions: 1000,
+            high_water_bytes: l.high_water_bytes,
+            low_water_bytes: l.low_water_bytes,
+            hard_limit_bytes: l.hard_limit_bytes,
+            max_lag_ns: l.max_lag_ns,
+            idle_release_ns: 1_000_000_000,
+            ring_batch: 1024,
+        }
+    }
+}
+
+impl WorkerConfig {
+    fn limits(&self) -> OutboxLimits {
+        OutboxLimits {
+            high_water_bytes: self.high_water_bytes,
+            low_water_bytes: self.low_water_bytes,
+            hard_limit_bytes: self.hard_limit_bytes,
+            max_lag_ns: self.max_lag_ns,
+        }
+    }
+}
+
+/// Counters and sizes for metrics and for tests (nothing survives a close).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WorkerStats {
+    pub connections: usize,
+    pub index: IndexSizes,
+    pub symbols_known: usize,
+    pub awaiting_subs: usize,
+    pub dirty_pending: usize,
+    pub to_ingest_backlog: usize,
+    pub closes_pending: usize,
+    pub dropping_list: usize,
+    pub idle_list: usize,
+    pub buffered_bytes: usize,
+    pub queue_capacity_bytes: usize,
+    /// Market-data frames queued (deltas, trades, snapshots, feed Stale).
+    pub delivered_msgs: u64,
+    pub delivered_bytes: u64,
+    pub control_frames: u64,
+    pub snapshots_delivered: u64,
+    pub dropped_deltas: u64,
+    pub dropped_trades: u64,
+    pub ring_dropped_deltas: u64,
+    pub ring_dropped_trades: u64,
+    pub slow_consumer_resyncs: u64,
+    pub slow_consumer_closes: u64,
+    pub snapshot_requests_sent: u64,
+    pub snapshot_requests_coalesced: u64,
+    pub snapshot_answers_ignored: u64,
+    pub contiguity_violations: u64,
+    pub missing_json: u64,
+    pub requests_ok: u64,
+    pub requests_rejected: u64,
+    pub unrouted: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnState {
+    Free,
+    Open,
+    /// Closed by the core (4001); removed from every index, waiting for the
+    /// shell's `close_conn`.
+    Closing,
+}
+
+/// Per-connection state. Kept small: idle connections are a memory budget.
+///
+/// NB: exactly one cache line, aligned (`bench_delta_fanout_per_delivery`:
+/// ~15% fewer ns per delivery at 10,000 subscribers than 72 unaligned bytes),
+/// so a delivery touches one line of connection state. Cold fields live in
+/// the worker's side lists (e.g. the drain time is in `idle`).
+#[derive(Debug)]
+#[repr(align(64))]
+struct Conn {
+    outbox: Outbox,
+    encoding: Encoding,
+    state: ConnState,
+    dirty: bool,
+    in_dropping_list: bool,
+    in_idle_list: bool,
+}
+
+impl Conn {
+    fn new(encoding: Encoding) -> Conn {
+        Conn {
+            outbox: Outbox::new(),
+            encoding,
+            state: ConnState::Open,
+            dirty: false,
+            in_dropping_list: false,
+            in_idle_list: false,
+        }
+    }
+}
+
+/// Bytes of per-connection state held by the core outside allocations
+/// (connection slot + its subscription list header).
+pub const CONN_STATE_BYTES: usize =
+    std::mem::size_of::<Conn>() + std::mem::size_of::<Vec<ConnSub>>();
+
+#[derive(Debug)]
+struct Instrument {
+    name: Arc<str>,
+    price_decimals: u32,
+    size_decimals: u32,
+}
+
+/// A control message rendered at most once per encoding for one event.
+#[derive(Default)]
+struct FramePair {
+    bin: Option<EncodedFrame>,
+    json: Option<EncodedFrame>,
+}
+
+impl FramePair {
+    fn get(&mut self, json: bool, msg: &pb::ServerMessage, buf: &mut String) -> EncodedFrame {
+        let slot = if json { &mut self.json } else { &mut self.bin };
+        slot.get_or_insert_with(|| encode_control(json, msg, buf))
+            .clone()
+    }
+}
+
+fn encode_control(json: bool, msg: &pb::ServerMessage, buf: &mut String) -> EncodedFrame {
+    if json {
+        buf.clear();
+        render(msg, Decimals::default(), buf);
+        EncodedFrame::text(buf)
+    } else {
+        EncodedFrame::binary(msg)
+    }
+}
+
+fn stale_msg(symbol: &str, dropped: u64, reason: &str) -> pb::ServerMessage {
+    pb::ServerMessage {
+        body: Some(Body::Stale(pb::Stale {
+            symbol: symbol.to_string(),
+            dropped,
+            reason: reason.to_string(),
+        })),
+    }
+}
+
+/// Borrows the [`Sink`] fields of a `WorkerCore` (disjoint from `subs`, so a
+/// delivery loop can hold a symbol's subscriber list and the sink at once).
+macro_rules! sink {
+    ($core:expr) => {
+        Sink {
+            conns: &mut $core.conns,
+            dirty: &mut $core.dirty,
+            dropping: &mut $core.dropping,
+            pending_close: &mut $core.pending_close,
+            stats: &mut $core.stats,
+            limits: &$core.limits,
+            delivered_msgs: 0,
+            delivered_bytes: 0,
+        }
+    };
+}
+
+/// Mutable pieces of the core that the delivery loops need beside the index.
+struct Sink<'a> {
+    conns: &'a mut [Conn],
+    dirty: &'a mut Vec<u32>,
+    dropping: &'a mut Vec<u32>,
+    pending_close: &'a mut Vec<u32>,
+    stats: &'a mut WorkerStats,
+    limits: &'a OutboxLimits,
+    /// Counted locally in the delivery loop, added to `stats` on drop.
+    delivered_msgs: u64,
+    delivered_bytes: u64,
+}
+
+impl Drop for Sink<'_> {
+    fn drop(&mut self) {
+        self.stats.delivered_msgs += self.delivered_msgs;
+        self.stats.delivered_bytes += self.delivered_bytes;
+    }
+}
+
+impl Sink<'_> {
+    /// Admits one frame for `conn`; marks it dirty, notes a dropping episode,
+    /// or schedules a close.
+    fn admit(&mut self, conn: u32, frame: &EncodedFrame, class: FrameClass, now_ns: u64) -> Admit {
+        let c = &mut self.conns[conn as usize];
+        let admit = c.outbox.admit(frame, class, self.limits, now_ns);
+        match admit {
+            Admit::Queue => {
+                if !c.dirty {
+                    c.dirty = true;
+                    self.dirty.push(conn);
+                }
+                if class == FrameClass::Control {
+                    self.stats.control_frames += 1;
+                } else {
+                    self.delivered_msgs += 1;
+                    self.delivered_bytes += frame.len() as u64;
+                }
+            }
+            Admit::DropStale => {
+                if !c.in_dropping_list {
+                    c.in_dropping_list = true;
+                    self.dropping.push(conn);
+                }
+            }
+            Admit::Close => self.schedule_close(conn),
+        }
+        admit
+    }
+
+    /// On the drop path: a subscriber already dropping still checks its
+    /// connection's lag (PROTOCOL §7: stale for longer than the max lag → 4001).
+    fn check_lag(&mut self, conn: u32, now_ns: u64) {
+        if self.conns[conn as usize]
+            .outbox
+            .is_lagging(self.limits, now_ns)
+        {
+            self.schedule_close(conn);
+        }
+    }
+
+    fn schedule_close(&mut self, conn: u32) {
+        let c = &mut self.conns[conn as usize];
+        if c.state == ConnState::Open {
+            c.state = ConnState::Closing;
+            self.pending_close.push(conn);
+        }
+    }
+}
+
+/// The sans-IO core of one worker. See the module doc for the loop turn.
+///
+/// # Invariants
+///
+/// - A connection slot is in `subs` only while `Open`; `Closing` and `Free`
+///   slots hold no subscription (so no delivery can reach them).
+/// - `dirty` holds each connection whose `dirty` flag is set exactly once
+///   (stale entries of closed slots are skipped by [`WorkerCore::poll_dirty`]).
+/// - Per (connection, symbol), the book frames queued are a snapshot `S` then
+///   deltas `S+1, S+2, …`, until the next Stale or snapshot
+///   (`debug_assert!` in the delta loop).
+/// - `ToIngest::Interest`/`Json` `on` is emitted before any `SnapshotRequest`
+///   that needs it, and exactly at the 0↔1 transitions of the local counts.
+pub struct WorkerCore {
+    cfg: WorkerConfig,
+    limits: OutboxLimits,
+    by_name: HashMap<Arc<str>, SymbolId>,
+    instruments: Vec<Option<Instrument>>,
+    subs: SubIndex,
+    conns: Vec<Conn>,
+    free: Vec<u32>,
+    dirty: Vec<u32>,
+    dropping: Vec<u32>,
+    /// Connections whose queue drained, with the drain time: their buffers are
+    /// freed after `idle_release_ns` if still empty.
+    idle: Vec<(u32, u64)>,
+    pending_close: Vec<u32>,
+    closes: VecDeque<(ConnId, u16, &'static str)>,
+    to_ingest: VecDeque<ToIngest>,
+    stats: WorkerStats,
+    json_buf: String,
+}
+
+static EMPTY_OUTBOX: Outbox = Outbox::new();
+
+impl WorkerCore {
+    pub fn new(cfg: WorkerConfig) -> WorkerCore {
+        WorkerCore {
+            limits: cfg.limits(),
+            cfg,
+            by_name: HashMap::new(),
+            instruments: Vec::new(),
+            subs: SubIndex::new(),
+            conns: Vec::new(),
+            free: Vec::new(),
+            dirty: Vec::new(),
+            dropping: Vec::new(),
+            idle: Vec::new(),
+            pending_close: Vec::new(),
+            closes: VecDeque::new(),
+            to_ingest: VecDeque::new(),
+            stats: WorkerStats::default(),
+            json_buf: String::new(),
+        }
+    }
+
+    pub fn config(&self) -> &WorkerConfig {
+        &self.cfg
+    }
+
+    /// A new connection, after its WebSocket upgrade.
+    pub fn open_conn(&mut self, encoding: Encoding) -> ConnId {
+        if let Some(slot) = self.free.pop() {
+            self.conns[slot as usize] = Conn::new(encoding);
+            return ConnId(slot);
+        }
+        self.conns.push(Conn::new(encoding));
+        ConnId((self.conns.len() - 1) as u32)
+    }
+
+    /// Forgets `conn`: removes it from every index (emitting `Interest`/`Json`
+    /// `off` where a local count drops to zero), frees its queue, and makes its
+    /// slot reusable. Idempotent.
+    pub fn close_conn(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(conn.0 as usize) else {
+            return;
+        };
+        if c.state == ConnState::Free {
+            return;
+        }
+        c.state = ConnState::Free;
+        c.outbox = Outbox::new();
+        c.dirty = false;
+        c.in_dropping_list = false;
+        c.in_idle_list = false;
+        self.remove_all_subs(conn.0);
+        self.closes.retain(|(id, _, _)| *id != conn);
+        self.free.push(conn.0);
+    }
+
+    /// One client request (PROTOCOL §6). Answers are queued on the connection.
+    pub fn handle_text(&mut self, conn: ConnId, text: &str, now_ns: u64) {
+        if self.conns.get(conn.0 as usize).map(|c| c.state) != Some(ConnState::Open) {
+            return;
+        }
+        let result = parse_request(text).and_then(|req| match req.op {
+            Op::Subscribe => self.subscribe(conn.0, req, now_ns),
+            Op::Unsubscribe => self.unsubscribe(conn.0, req, now_ns),
+        });
+        if let Err(e) = result {
+            self.stats.requests_rejected += 1;
+            let msg = pb::ServerMessage {
+                body: Some(Body::Error(pb::Error {
+                    id: e.id,
+                    code: e.code.as_str().to_string(),
+                    message: e.message,
+                })),
+            };
+            self.send_control(conn.0, &msg, now_ns);
+        } else {
+            self.stats.requests_ok += 1;
+        }
+        self.finish_closes();
+    }
+
+    /// A ws control frame (pong, close) for `conn`: never dropped.
+    pub fn queue_control(&mut self, conn: ConnId, frame: EncodedFrame) {
+        if self
+            .conns
+            .get(conn.0 as usize)
+            .is_none_or(|c| c.state == ConnState::Free)
+        {
+            return;
+        }
+        self.sink().admit(conn.0, &frame, FrameClass::Control, 0);
+    }
+
+    /// Fan-out of one ring message.
+    pub fn handle_ring(&mut self, msg: ToWorker, now_ns: u64) {
+        match msg {
+            ToWorker::Instrument {
+                symbol,
+                name,
+                price_decimals,
+                size_decimals,
+            } => self.handle_instrument(symbol, name, price_decimals, size_decimals),
+            ToWorker::Data {
+                symbol,
+                kind,
+                seq,
+                ingest_ts_ns: _,
+                bin,
+                json,
+            } => match kind {
+                DataKind::Delta => self.deliver_delta(symbol, seq, &bin, json.as_ref(), now_ns),
+                DataKind::Trade => self.deliver_trade(symbol, seq, &bin, json.as_ref(), now_ns),
+                DataKind::BookReplaced => {
+                    self.deliver_snapshot(symbol, seq, &bin, json.as_ref(), true, now_ns)
+                }
+                DataKind::FeedStale(reason) => {
+                    self.deliver_feed_stale(symbol, reason, &bin, json.as_ref(), now_ns)
+                }
+            },
+            ToWorker::Snapshot {
+                symbol,
+                seq,
+                bin,
+                json,
+                stale,
+            } => {
+                self.handle_snapshot_answer(symbol, seq, bin.as_ref(), json.as_ref(), stale, now_ns)
+            }
+            ToWorker::Dropped {
+                symbol,
+                deltas,
+                trades,
+            } => self.handle_dropped(symbol, deltas, trades, now_ns),
+        }
+        self.finish_closes();
+    }
+
+    /// The socket of `conn` accepted `n` bytes of [`Outbox::io_slices`].
+    /// Resyncs the dropped symbols when a dropping episode ends.
+    pub fn handle_written(&mut self, conn: ConnId, n: usize, now_ns: u64) -> Consumed {
+        let Some(c) = self.conns.get_mut(conn.0 as usize) else {
+            return Consumed::Drained;
+        };
+        if c.state == ConnState::Free {
+            return Consumed::Drained;
+        }
+        let consumed = c.outbox.consume(n, &self.limits);
+        match consumed {
+            Consumed::ResyncDue => {
+                if c.state == ConnState::Open {
+                    self.resync_dropped(conn.0, now_ns);
+                }
+            }
+            Consumed::Drained => {
+                if !c.in_idle_list {
+                    c.in_idle_list = true;
+                    self.idle.push((conn.0, now_ns));
+                }
+            }
+            Consumed::Pending => {}
+        }
+        self.finish_closes();
+        consumed
+    }
+
+    /// Periodic duties: closes connections dropping for longer than the max
+    /// lag (4001) and frees the queue buffers of connections idle for
+    /// `idle_release_ns`. Returns how many connections it acted on.
+    pub fn handle_timeout(&mut self, now_ns: u64) -> usize {
+        let mut done = 0;
+        let mut i = 0;
+        while i < self.dropping.len() {
+            let id = self.dropping[i];
+            let c = &mut self.conns[id as usize];
+            if c.state == ConnState::Open && c.outbox.dropping_since_ns().is_some() {
+                if c.outbox.is_lagging(&self.limits, now_ns) {
+                    c.state = ConnState::Closing;
+                    self.pending_close.push(id);
+                    done += 1;
+                } else {
+                    i += 1;
+                    continue;
+                }
+            }
+            c.in_dropping_list = false;
+            self.dropping.swap_remove(i);
+        }
+        let mut i = 0;
+        while i < self.idle.len() {
+            let (id, drained_at_ns) = self.idle[i];
+            let c = &mut self.conns[id as usize];
+            if c.state != ConnState::Free && c.outbox.is_empty() {
+                if now_ns.saturating_sub(drained_at_ns) < self.cfg.idle_release_ns {
+                    i += 1;
+                    continue;
+                }
+                done += usize::from(c.outbox.release_if_idle());
+            }
+            c.in_idle_list = false;
+            self.idle.swap_remove(i);
+        }
+        self.finish_closes();
+        done
+    }
+
+    /// The next message for the worker → ingest ring.
+    pub fn poll_to_ingest(&mut self) -> Option<ToIngest> {
+        self.to_ingest.pop_front()
+    }
+
+    /// Hands back a message the ring could not take; it is sent first next time.
+    pub fn unpoll_to_ingest(&mut self, msg: ToIngest) {
+        self.to_ingest.push_front(msg);
+    }
+
+    /// A connection with output queued since it was last returned; each once.
+    pub fn poll_dirty(&mut self) -> Option<ConnId> {
+        while let Some(id) = self.dirty.pop() {
+            let c = &mut self.conns[id as usize];
+            if c.dirty {
+                c.dirty = false;
+                return Some(ConnId(id));
+            }
+        }
+        None
+    }
+
+    /// A connection the core decided to close, with the close code and reason.
+    /// It is already out of every index; the shell sends the close frame and
+    /// then calls [`WorkerCore::close_conn`].
+    pub fn poll_close(&mut self) -> Option<(ConnId, u16, &'static str)> {
+        self.closes.pop_front()
+    }
+
+    /// The queue of `conn`, for `io_slices` (an empty one for an unknown id).
+    pub fn outbox(&self, conn: ConnId) -> &Outbox {
+        self.conns
+            .get(conn.0 as usize)
+            .map_or(&EMPTY_OUTBOX, |c| &c.outbox)
+    }
+
+    /// Counters plus sizes computed now (O(connections + symbols): for scrapes
+    /// and tests, not per tick).
+    pub fn stats(&self) -> WorkerStats {
+        let mut s = self.stats;
+        s.connections = self
+            .conns
+            .iter()
+            .filter(|c| c.state != ConnState::Free)
+            .count();
+        s.index = self.subs.sizes();
+        s.symbols_known = self.by_name.len();
+        s.dirty_pending = self.conns.iter().filter(|c| c.dirty).count();
+        s.to_ingest_backlog = self.to_ingest.len();
+        s.closes_pending = self.closes.len();
+        s.dropping_list = self.dropping.len();
+        s.idle_list = self.idle.len();
+        s.buffered_bytes = self.conns.iter().map(|c| c.outbox.buffered_bytes()).sum();
+        s.queue_capacity_bytes = self.conns.iter().map(|c| c.outbox.capacity_bytes()).sum();
+        s.awaiting_subs = (0..self.instruments.len() as u32)
+            .filter_map(|i| self.subs.symbol(SymbolId(i)))
+            .map(|ss| {
+                ss.list(Channel::Book)
+                    .iter()
+                    .filter(|s| matches!(s.state, SubState::Awaiting | SubState::AwaitingFeed))
+                    .count()
+            })
+            .sum();
+        s
+    }
+
+    /// Verifies the index invariants (tests and debugging; O(index)).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.subs.check()?;
+        for (i, c) in self.conns.iter().enumerate() {
+            if c.state != ConnState::Open && self.subs.conn_count(i as u32) > 0 {
+                return Err(format!("conn {i} is {:?} but holds subscriptions", c.state));
+            }
+        }
+        Ok(())
+    }
+
+    // ---- requests ----------------------------------------------------------
+
+    fn lookup(&self, name: &str) -> Option<SymbolId> {
+        self.by_name.get(name).copied()
+    }
+
+    fn subscribe(&mut self, conn: u32, req: Request, now_ns: u64) -> Result<(), RequestError> {
+        // too_many_subscriptions before unknown_symbol (PROTOCOL §6): an unknown
+        // symbol counts as new.
+        let held = self.subs.conn_count(conn);
+        let mut added = 0usize;
+        for name in &req.symbols {
+            let id = self.lookup(name);
+            for c in req.channels.iter() {
+                if id.is_none_or(|id| self.subs.find(conn, id, c).is_none()) {
+                    added += 1;
+                }
+            }
+        }
+        if held + added > self.cfg.max_subscriptions {
+            return Err(RequestError {
+                id: req.id,
+                code: ErrorCode::TooManySubscriptions,
+                message: format!(
+                    "{} symbol-channels held, {added} more requested, limit {}",
+                    held, self.cfg.max_subscriptions
+                ),
+            });
+        }
+        let ids = self.resolve(&req)?;
+        let instruments = ids
+            .iter()
+            .map(|id| {
+                // `resolve` only returns ids present in the directory.
+                let ins = self.instruments[id.0 as usize]
+                    .as_ref()
+                    .expect("resolved id is known");
+                pb::Instrument {
+                    symbol: ins.name.to_string(),
+                    price_decimals: ins.price_decimals as i32,
+                    size_decimals: ins.size_decimals as i32,
+                }
+            })
+            .collect();
+        let channels = req.channels.names();
+        let msg = pb::ServerMessage {
+            body: Some(Body::Subscribed(pb::Subscribed {
+                id: req.id,
+                symbols: req.symbols,
+                channels,
+                instruments,
+            })),
+        };
+        self.send_control(conn, &msg, now_ns);
+        let json = self.conns[conn as usize].encoding == Encoding::Json;
+        for id in ids {
+            for c in req.channels.iter() {
+                match self.subs.find(conn, id, c) {
+                    None => {
+                        let state = if c == Channel::Book {
+                            SubState::Awaiting
+                        } else {
+                            SubState::Live
+                        };
+                        let (_, t) = self.subs.insert(conn, id, c, json, state);
+                        self.emit_transitions(id, c, t, true);
+                    }
+                    Some(pos) => {
+                        if c == Channel::Book {
+                            // A client-requested resync: a fresh snapshot.
+                            let sub = self.subs.sub_mut(id, c, pos);
+                            sub.state = SubState::Awaiting;
+                            sub.dropped = 0;
+                        }
+                    }
+                }
+                if c == Channel::Book {
+                    self.request_snapshot(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, conn: u32, req: Request, now_ns: u64) -> Result<(), RequestError> {
+        let ids = self.resolve(&req)?;
+        for id in ids {
+            for c in req.channels.iter() {
+                if let Some(t) = self.subs.remove(conn, id, c) {
+                    self.emit_transitions(id, c, t, false);
+                }
+            }
+        }
+        let msg = pb::ServerMessage {
+            body: Some(Body::Unsubscribed(pb::Unsubscribed {
+                id: req.id,
+                symbols: req.symbols,
+                channels: req.channels.names(),
+            })),
+        };
+        self.send_control(conn, &msg, now_ns);
+        Ok(())
+    }
+
+    fn resolve(&self, req: &Request) -> Result<Vec<SymbolId>, RequestError> {
+        req.symbols
+            .iter()
+            .map(|name| {
+                self.lookup(name).ok_or_else(|| RequestError {
+                    id: req.id,
+                    code: ErrorCode::UnknownSymbol,
+                    message: format!("unknown symbol {name:?}"),
+                })
+            })
+            .collect()
+    }
+
+    fn emit_transitions(&mut self, symbol: SymbolId, channel: Channel, t: Transitions, on: bool) {
+        if t.interest {
+            self.to_ingest.push_back(ToIngest::Interest {
+                symbol,
+                channel,
+                on,
+            });
+            if !on && channel == Channel::Book {
+                // Answers to requests made before this point predate a gap in
+                // the data the worker receives: ignore them, ask afresh later.
+                if let Some(ss) = self.subs.symbol_mut(symbol)
+                    && ss.snapshot_outstanding
+                {
+                    ss.snapshot_outstanding = false;
+                    ss.ignore_answers = ss.ignore_answers.saturating_add(1);
+                }
+            }
+        }
+        if t.json {
+            self.to_ingest.push_back(ToIngest::Json { symbol, on });
+        }
+    }
+
+    fn send_control(&mut self, conn: u32, msg: &pb::ServerMessage, now_ns: u64) {
+        let json = self.conns[conn as usize].encoding == Encoding::Json;
+        let frame = encode_control(json, msg, &mut self.json_buf);
+        self.sink().admit(conn, &frame, FrameClass::Control, now_ns);
+    }
+
+    /// One `SnapshotRequest` per symbol while one is outstanding.
+    fn request_snapshot(&mut self, symbol: SymbolId) {
+        let Some(ss) = self.subs.symbol_mut(symbol) else {
+            return;
+        };
+        if ss.snapshot_outstanding {
+            self.stats.snapshot_requests_coalesced += 1;
+        } else {
+            ss.snapshot_outstanding = true;
+            self.stats.snapshot_requests_sent += 1;
+            self.to_ingest
+                .push_back(ToIngest::SnapshotRequest { symbol });
+        }
+    }
+
+    /// Like [`Self::request_snapshot`], but asks again even if a request is
+    /// outstanding (its answer may be lost, e.g. after the ring dropped data).
+    fn force_snapshot_request(&mut self, symbol: SymbolId) {
+        if let Some(ss) = self.subs.symbol_mut(symbol) {
+            ss.snapshot_outstanding = false;
+        }
+        self.request_snapshot(symbol);
+    }
+
+    // ---- ring messages -----------------------------------------------------
+
+    fn handle_instrument(
+        &mut self,
+        symbol: SymbolId,
+        name: Arc<str>,
+        price_decimals: u32,
+        size_decimals: u32,
+    ) {
+        let i = symbol.0 as usize;
+        if self.instruments.len() <= i {
+            self.instruments.resize_with(i + 1, || None);
+        }
+        if let Some(old) = &self.instruments[i]
+            && old.name != name
+        {
+            self.by_name.remove(&old.name);
+        }
+        self.by_name.insert(name.clone(), symbol);
+        self.instruments[i] = Some(Instrument {
+            name,
+            price_decimals,
+            size_decimals,
+        });
+    }
+
+    fn name_of(&self, symbol: SymbolId) -> Arc<str> {
+        self.instruments
+            .get(symbol.0 as usize)
+            .and_then(|i| i.as_ref())
+            .map_or_else(|| Arc::from(""), |i| i.name.clone())
+    }
+
+    fn sink(&mut self) -> Sink<'_> {
+        sink!(self)
+    }
+
+    /// The hot path: one delta to every local book subscriber of `symbol`.
+    /// Per subscriber: a state check, a seq compare, a frame pick, an `Arc`
+    /// increment, a dirty flag. No hashing, no allocation once warm.
+    fn deliver_delta(
+        &mut self,
+        symbol: SymbolId,
+        seq: u64,
+        bin: &EncodedFrame,
+        json: Option<&EncodedFrame>,
+        now_ns: u64,
+    ) {
+        let Some(ss) = self.subs.symbol_mut(symbol) else {
+            self.stats.unrouted += 1;
+            return;
+        };
+        let mut sink = sink!(self);
+        let mut resync = false;
+        for sub in ss.list_mut(Channel::Book) {
+            match sub.state {
+                SubState::Live => {}
+                SubState::Dropping => {
+                    sub.dropped = sub.dropped.saturating_add(1);
+                    sink.stats.dropped_deltas += 1;
+                    sink.check_lag(sub.conn, now_ns);
+                    continue;
+                }
+                SubState::Awaiting | SubState::AwaitingFeed => continue,
+            }
+            if seq <= sub.seq {
+                // Older than the snapshot it holds (it took a newer one).
+                continue;
+            }
+            let frame = match (sub.json, json) {
+                (false, _) => bin,
+                (true, Some(j)) => j,
+                (true, None) => {
+                    sink.stats.missing_json += 1;
+                    sub.state = SubState::Awaiting;
+                    resync = true;
+                    continue;
+                }
+            };
+            if seq != sub.seq + 1 {
+                // Never send a gap: count the bug and resync this client.
+                sink.stats.contiguity_violations += 1;
+                sub.state = SubState::Awaiting;
+                resync = true;
+                continue;
+            }
+            match sink.admit(sub.conn, frame, FrameClass::Stream, now_ns) {
+                Admit::Queue => {
+                    debug_assert_eq!(seq, sub.seq + 1, "queued deltas are contiguous");
+                    sub.seq = seq;
+                }
+                Admit::DropStale => {
+                    sub.state = SubState::Dropping;
+                    sub.dropped = 1;
+                    sink.stats.dropped_deltas += 1;
+                }
+                Admit::Close => {}
+            }
+        }
+        drop(sink);
+        if resync {
+            self.request_snapshot(symbol);
+        }
+    }
+
+    fn deliver_trade(
+        &mut self,
+        symbol: SymbolId,
+        seq: u64,
+        bin: &EncodedFrame,
+        json: Option<&EncodedFrame>,
+        now_ns: u64,
+    ) {
+        let Some(ss) = self.subs.symbol_mut(symbol) else {
+            self.stats.unrouted += 1;
+            return;
+        };
+        let mut sink = sink!(self);
+        for sub in ss.list_mut(Channel::Trades) {
+            if sub.state == SubState::Dropping {
+                sub.dropped = sub.dropped.saturating_add(1);
+                sink.stats.dropped_trades += 1;
+                sink.check_lag(sub.conn, now_ns);
+                continue;
+            }
+            let frame = match (sub.json, json) {
+                (false, _) => bin,
+                (true, Some(j)) => j,
+                (true, None) => {
+                    // Trades cannot be recovered; a stream not yet started
+                    // simply starts with the next trade.
+                    sink.stats.missing_json += 1;
+                    continue;
+                }
+            };
+            if sub.seq != 0 && seq != sub.seq + 1 {
+                sink.stats.contiguity_violations += 1;
+            }
+            match sink.admit(sub.conn, frame, FrameClass::Stream, now_ns) {
+                Admit::Queue => sub.seq = seq,
+                Admit::DropStale => {
+                    sub.state = SubState::Dropping;
+                    sub.dropped = 1;
+                    sink.stats.dropped_trades += 1;
+                }
+                Admit::Close => {}
+            }
+        }
+    }
+
+    /// A full book at `seq`: the answer to a request (only awaiting
+    /// subscribers take it) or the feed's replacement (`replaced`: every book
+    /// subscriber takes it, except slow consumers, which resync on drain).
+    fn deliver_snapshot(
+        &mut self,
+        symbol: SymbolId,
+        seq: u64,
+        bin: &EncodedFrame,
+        json: Option<&EncodedFrame>,
+        replaced: bool,
+        now_ns: u64,
+    ) {
+        let Some(ss) = self.subs.symbol_mut(symbol) else {
+            self.stats.unrouted += 1;
+            return;
+        };
+        let mut sink = sink!(self);
+        let mut rerequest = false;
+        for sub in ss.list_mut(Channel::Book) {
+            match sub.state {
+                SubState::Awaiting | SubState::AwaitingFeed => {}
+                SubState::Live if replaced => {}
+                SubState::Live => continue,
+                SubState::Dropping => {
+                    if replaced {
+                        sub.dropped = sub.dropped.saturating_add(1);
+                    }
+                    continue;
+                }
+            }
+            let frame = match (sub.json, json) {
+                (false, _) => bin,
+                (true, Some(j)) => j,
+                (true, None) => {
+                    // Encoded before this worker's JSON interest reached the
+                    // ingest thread: ask again, the next answer carries JSON.
+                    sink.stats.missing_json += 1;
+                    sub.state = SubState::Awaiting;
+                    rerequest = true;
+                    continue;
+                }
+            };
+            if sink.admit(sub.conn, frame, FrameClass::Resync, now_ns) == Admit::Queue {
+                sub.state = SubState::Live;
+                sub.seq = seq;
+                sink.stats.snapshots_delivered += 1;
+            }
+        }
+        drop(sink);
+        if rerequest {
+            self.request_snapshot(symbol);
+        }
+    }
+
+    fn handle_snapshot_answer(
+        &mut self,
+        symbol: SymbolId,
+        seq: u64,
+        bin: Option<&EncodedFrame>,
+        json: Option<&EncodedFrame>,
+        stale: Option<FeedStaleReason>,
+        now_ns: u64,
+    ) {
+        let Some(ss) = self.subs.symbol_mut(symbol) else {
+            self.stats.unrouted += 1;
+            return;
+        };
+        if ss.ignore_answers > 0 {
+            ss.ignore_answers -= 1;
+            self.stats.snapshot_answers_ignored += 1;
+            return;
+        }
+        ss.snapshot_outstanding = false;
+        match (stale, bin) {
+            (Some(reason), _) => {
+                // PROTOCOL §4: Subscribed, then that Stale at once, then the
+                // snapshot when the feed recovers (as BookReplaced).
+                let msg = stale_msg(&self.name_of(symbol), 0, reason.as_str());
+                let mut frames = FramePair::default();
+                let mut i = 0;
+                while let Some(sub) = self
+                    .subs
+                    .symbol(symbol)
+                    .and_then(|ss| ss.list(Channel::Book).get(i))
+                    .copied()
+                {
+                    i += 1;
+                    if sub.state != SubState::Awaiting {
+                        continue;
+                    }
+                    let frame = frames.get(sub.json, &msg, &mut self.json_buf);
+                    if self
+                        .sink()
+                        .admit(sub.conn, &frame, FrameClass::Resync, now_ns)
+                        == Admit::Queue
+                    {
+                        self.subs.sub_mut(symbol, Channel::Book, i - 1).state =
+                            SubState::AwaitingFeed;
+                    }
+                }
+            }
+            (None, Some(bin)) => self.deliver_snapshot(symbol, seq, bin, json, false, now_ns),
+            (None, None) => {
+                // Neither a book nor a reason: nothing to deliver; awaiting
+                // subscribers are left for the next request or BookReplaced.
+                self.stats.snapshot_answers_ignored += 1;
+            }
+        }
+    }
+
+    fn deliver_feed_stale(
+        &mut self,
+        symbol: SymbolId,
+        reason: FeedStaleReason,
+        bin: &EncodedFrame,
+        json: Option<&EncodedFrame>,
+        now_ns: u64,
+    ) {
+        if self.subs.symbol(symbol).is_none() {
+            self.stats.unrouted += 1;
+            return;
+        }
+        let fallback = stale_msg(&self.name_of(symbol), 0, reason.as_str());
+        let mut frames = FramePair {
+            bin: Some(bin.clone()),
+            json: json.cloned(),
+        };
+        let channels: &[Channel] = match reason {
+            FeedStaleReason::FeedGap => &[Channel::Book],
+            FeedStaleReason::FeedDown => &[Channel::Book, Channel::Trades],
+        };
+        for &c in channels {
+            let mut i = 0;
+            while let Some(sub) = self
+                .subs
+                .symbol(symbol)
+                .and_then(|ss| ss.list(c).get(i))
+                .copied()
+            {
+                i += 1;
+                // Slow consumers learn it through their resync's answer.
+                if sub.state == SubState::Dropping {
+                    continue;
+                }
+                let frame = frames.get(sub.json, &fallback, &mut self.json_buf);
+                if self
+                    .sink()
+                    .admit(sub.conn, &frame, FrameClass::Resync, now_ns)
+                    == Admit::Queue
+                    && c == Channel::Book
+                {
+                    self.subs.sub_mut(symbol, c, i - 1).state = SubState::AwaitingFeed;
+                }
+            }
+        }
+    }
+
+    /// The ingest ring was full: book subscribers get `Stale{slow_consumer}` and
+    /// resync; trades subscribers get `Stale{slow_consumer_trades}`.
+    fn handle_dropped(&mut self, symbol: SymbolId, deltas: u64, trades: u64, now_ns: u64) {
+        self.stats.ring_dropped_deltas += deltas;
+        self.stats.ring_dropped_trades += trades;
+        if self.subs.symbol(symbol).is_none() {
+            self.stats.unrouted += 1;
+            return;
+        }
+        let name = self.name_of(symbol);
+        if deltas > 0 {
+            let msg = stale_msg(&name, deltas, "slow_consumer");
+            let mut frames = FramePair::default();
+            let mut any_awaiting = false;
+            let mut i = 0;
+            while let Some(sub) = self
+                .subs
+                .symbol(symbol)
+                .and_then(|ss| ss.list(Channel::Book).get(i))
+                .copied()
+            {
+                i += 1;
+                match sub.state {
+                    SubState::Dropping => {
+                        let s = self.subs.sub_mut(symbol, Channel::Book, i - 1);
+                        s.dropped = s.dropped.saturating_add(deltas.min(u32::MAX as u64) as u32);
+                    }
+                    SubState::Live => {
+                        let frame = frames.get(sub.json, &msg, &mut self.json_buf);
+                        if self
+                            .sink()
+                            .admit(sub.conn, &frame, FrameClass::Resync, now_ns)
+                            == Admit::Queue
+                        {
+                            self.subs.sub_mut(symbol, Channel::Book, i - 1).state =
+                                SubState::Awaiting;
+                            any_awaiting = true;
+                        }
+                    }
+                    SubState::Awaiting | SubState::AwaitingFeed => {
+                        // What they wait for may be among the lost messages.
+                        self.subs.sub_mut(symbol, Channel::Book, i - 1).state = SubState::Awaiting;
+                        any_awaiting = true;
+                    }
+                }
+            }
+            if any_awaiting {
+                self.force_snapshot_request(symbol);
+            }
+        }
+        if trades > 0 {
+            let msg = stale_msg(&name, trades, "slow_consumer_trades");
+            let mut frames = FramePair::default();
+            let mut i = 0;
+            while let Some(sub) = self
+                .subs
+                .symbol(symbol)
+                .and_then(|ss| ss.list(Channel::Trades).get(i))
+                .copied()
+            {
+                i += 1;
+                if sub.state == SubState::Dropping {
+                    let s = self.subs.sub_mut(symbol, Channel::Trades, i - 1);
+                    s.dropped = s.dropped.saturating_add(trades.min(u32::MAX as u64) as u32);
+                    continue;
+                }
+                let frame = frames.get(sub.json, &msg, &mut self.json_buf);
+                if self
+                    .sink()
+                    .admit(sub.conn, &frame, FrameClass::Resync, now_ns)
+                    == Admit::Queue
+                {
+                    // The trade stream restarts with the next trade.
+                    self.subs.sub_mut(symbol, Channel::Trades, i - 1).seq = 0;
+                }
+            }
+        }
+    }
+
+    /// A dropping episode of `conn` ended: report every dropped symbol-channel
+    /// (books resync through the coalesced snapshot path).
+    fn resync_dropped(&mut self, conn: u32, now_ns: u64) {
+        let json = self.conns[conn as usize].encoding == Encoding::Json;
+        let mut i = 0;
+        while let Some(cs) = self.subs.conn_subs(conn).get(i).copied() {
+            i += 1;
+            let sub = *self.subs.sub_mut(cs.symbol, cs.channel, cs.pos());
+            if sub.state != SubState::Dropping {
+                continue;
+            }
+            let reason = match cs.channel {
+                Channel::Book => "slow_consumer",
+                Channel::Trades => "slow_consumer_trades",
+            };
+            let msg = stale_msg(&self.name_of(cs.symbol), u64::from(sub.dropped), reason);
+            let frame = encode_control(json, &msg, &mut self.json_buf);
+            if self.sink().admit(conn, &frame, FrameClass::Resync, now_ns) != Admit::Queue {
+                return;
+            }
+            self.stats.slow_consumer_resyncs += 1;
+            let s = self.subs.sub_mut(cs.symbol, cs.channel, cs.pos());
+            s.dropped = 0;
+            match cs.channel {
+                Channel::Book => {
+                    s.state = SubState::Awaiting;
+                    self.request_snapshot(cs.symbol);
+                }
+                Channel::Trades => {
+                    s.state = SubState::Live;
+                    s.seq = 0;
+                }
+            }
+        }
+    }
+
+    fn remove_all_subs(&mut self, conn: u32) {
+        let mut removed: Vec<(SymbolId, Channel, Transitions)> = Vec::new();
+        self.subs
+            .remove_conn(conn, |cs, t| removed.push((cs.symbol, cs.channel, t)));
+        for (symbol, channel, t) in removed {
+            self.emit_transitions(symbol, channel, t, false);
+        }
+    }
+
+    /// Connections the policy decided to close: out of every index now, their
+    /// unstarted frames discarded, reported through `poll_close`.
+    fn finish_closes(&mut self) {
+        while let Some(id) = self.pending_close.pop() {
+            self.stats.slow_consumer_closes += 1;
+            self.remove_all_subs(id);
+            self.conns[id as usize].outbox.discard_unstarted();
+            self.closes
+                .push_back((ConnId(id), CLOSE_SLOW_CONSUMER, "slow consumer"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::io::IoSlice;
+
+    use proptest::prelude::*;
+    use prost::Message;
+    use sonic_rs::{JsonContainerTrait, JsonValueTrait, Value};
+
+    use super::*;
+
+    const BTC: SymbolId = SymbolId(0);
+    const ETH: SymbolId = SymbolId(1);
+    const NAMES: [&str; 3] = ["BTC-USD", "ETH-USD", "SOL-USD"];
+
+    // ---- the fake ingest thread: books, sequences, frames encoded once -----
+
+    #[derive(Default, Clone, PartialEq, Debug)]
+    struct Levels {
+        bids: BTreeMap<i64, i64>,
+        asks: BTreeMap<i64, i64>,
+    }
+
+    #[derive(Default)]
+    struct TruthBook {
+        seq: u64,
+        trade_seq: u64,
+        levels: Levels,
+        /// Extra levels that make the snapshot frame large.
+        pad_levels: usize,
+    }
+
+    struct Ingest {
+        books: Vec<TruthBook>,
+        rng: u64,
+    }
+
+    fn msg(body: Body) -> pb::ServerMessage {
+        pb::ServerMessage { body: Some(body) }
+    }
+
+    fn frames(m: &pb::ServerMessage) -> (EncodedFrame, EncodedFrame) {
+        let mut s = String::new();
+        render(m, Decimals::default(), &mut s);
+        (EncodedFrame::binary(m), EncodedFrame::text(&s))
+    }
+
+    impl Ingest {
+        fn new() -> Ingest {
+            let mut books: Vec<TruthBook> =
+                (0..NAMES.len()).map(|_| TruthBook::default()).collect();
+            for b in &mut books {
+                b.seq = 1;
+                b.levels.bids.insert(100, 5);
+                b.levels.asks.insert(101, 7);
+            }
+            Ingest {
+                books,
+                rng: 0x9e37_79b9_7f4a_7c15,
+            }
+        }
+
+        fn next(&mut self) -> u64 {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            self.rng
+        }
+
+        fn instrument(&self, id: SymbolId) -> ToWorker {
+            ToWorker::Instrument {
+                symbol: id,
+                name: Arc::from(NAMES[id.0 as usize]),
+                price_decimals: 0,
+                size_decimals: 0,
+            }
+        }
+
+        fn snapshot_msg(&self, id: SymbolId) -> pb::ServerMessage {
+            let b = &self.books[id.0 as usize];
+            let mut bids: Vec<pb::Level> = b
+                .levels
+                .bids
+                .iter()
+                .rev()
+                .map(|(&price, &size)| pb::Level { price, size })
+                .collect();
+            let asks = b
+                .levels
+                .asks
+                .iter()
+                .map(|(&price, &size)| pb::Level { price, size })
+                .collect();
+            // Padding far below the book, identical in truth (see `truth`).
+            for i in 0..b.pad_levels {
+                bids.push(pb::Level {
+                    price: -1_000_000 - i as i64,
+                    size: 1,
+                });
+            }
+            msg(Body::Snapshot(pb::BookSnapshot {
+                symbol: NAMES[id.0 as usize].into(),
+                seq: b.seq,
+                bids,
+                asks,
+                ..Default::default()
+            }))
+        }
+
+        fn truth(&self, id: SymbolId) -> Levels {
+            let b = &self.books[id.0 as usize];
+            let mut l = b.levels.clone();
+            for i in 0..b.pad_levels {
+                l.bids.insert(-1_000_000 - i as i64, 1);
+            }
+            l
+        }
+
+        fn answer(&self, id: SymbolId) -> ToWorker {
+            let (bin, json) = frames(&self.snapshot_msg(id));
+            ToWorker::Snapshot {
+                symbol: id,
+                seq: self.books[id.0 as usize].seq,
+                bin: Some(bin),
+                json: Some(json),
+                stale: None,
+            }
+        }
+
+        fn delta(&mut self, id: SymbolId) -> ToWorker {
+            let r = self.next();
+            let side = if r & 1 == 0 {
+                pb::Side::Bid
+            } else {
+                pb::Side::Ask
+            };
+            let price = if side == pb::Side::Bid {
+                90 + (r >> 8) as i64 % 10
+            } else {
+                101 + (r >> 8) as i64 % 10
+            };
+            let size = (r >> 16) as i64 % 4;
+            let b = &mut self.books[id.0 as usize];
+            b.seq += 1;
+            let levels = if side == pb::Side::Bid {
+                &mut b.levels.bids
+            } else {
+                &mut b.levels.asks
+            };
+            if size == 0 {
+                levels.remove(&price);
+            } else {
+                levels.insert(price, size);
+            }
+            let m = msg(Body::Delta(pb::BookDelta {
+                symbol: NAMES[id.0 as usize].into(),
+                seq: b.seq,
+                updates: vec![pb::LevelUpdate {
+                    side: side as i32,
+                    price,
+                    size,
+                }],
+                ..Default::default()
+            }));
+            let (bin, json) = frames(&m);
+            ToWorker::Data {
+                symbol: id,
+                kind: DataKind::Delta,
+                seq: b.seq,
+                ingest_ts_ns: 0,
+                bin,
+                json: Some(json),
+            }
+        }
+
+        fn trade(&mut self, id: SymbolId) -> ToWorker {
+            let b = &mut self.books[id.0 as usize];
+            b.trade_seq += 1;
+            let m = msg(Body::Trade(pb::Trade {
+                symbol: NAMES[id.0 as usize].into(),
+                seq: b.trade_seq,
+                price: 100,
+                size: 1,
+                trade_id: format!("t-{}", b.trade_seq),
+                ..Default::default()
+            }));
+            let (bin, json) = frames(&m);
+            ToWorker::Data {
+                symbol: id,
+                kind: DataKind::Trade,
+                seq: b.trade_seq,
+                ingest_ts_ns: 0,
+                bin,
+                json: Some(json),
+            }
+        }
+
+        fn replace(&mut self, id: SymbolId) -> ToWorker {
+            let b = &mut self.books[id.0 as usize];
+            b.seq += 1;
+            b.levels = Levels::default();
+            b.levels.bids.insert(50, 1);
+            b.levels.asks.insert(60, 2);
+            let (bin, json) = frames(&self.snapshot_msg(id));
+            let seq = self.books[id.0 as usize].seq;
+            ToWorker::Data {
+                symbol: id,
+                kind: DataKind::BookReplaced,
+                seq,
+                ingest_ts_ns: 0,
+                bin,
+                json: Some(json),
+            }
+        }
+
+        fn feed_stale(&self, id: SymbolId, reason: FeedStaleReason) -> ToWorker {
+            let (bin, json) = frames(&stale_msg(NAMES[id.0 as usize], 0, reason.as_str()));
+            ToWorker::Data {
+                symbol: id,
+                kind: DataKind::FeedStale(reason),
+                seq: 0,
+                ingest_ts_ns: 0,
+                bin,
+                json: Some(json),
+            }
+        }
+    }
+
+    // ---- the fake client: ws frames → messages → books ---------------------
+
+    #[derive(Debug, Clone, Default, PartialEq)]
+    struct Ev {
+        ty: String,
+        symbol: String,
+        symbols: Vec<String>,
+        channels: Vec<String>,
+        instruments: usize,
+        seq: u64,
+        id: u64,
+        code: String,
+        reason: String,
+        dropped: u64,
+        bids: Vec<(i64, i64)>,
+        asks: Vec<(i64, i64)>,
+    }
+
+    fn ev_from_pb(m: pb::ServerMessage) -> Ev {
+        let lv = |l: &[pb::Level]| l.iter().map(|l| (l.price, l.size)).collect::<Vec<_>>();
+        match m.body.expect("a body") {
+            Body::Snapshot(s) => Ev {
+                ty: "snapshot".into(),
+                symbol: s.symbol,
+                seq: s.seq,
+                bids: lv(&s.bids),
+                asks: lv(&s.asks),
+                ..Ev::default()
+            },
+            Body::Delta(d) => {
+                let side = |sd: pb::Side| {
+                    d.updates
+                        .iter()
+                        .filter(|u| u.side == sd as i32)
+                        .map(|u| (u.price, u.size))
+                        .collect::<Vec<_>>()
+                };
+                Ev {
+                    ty: "delta".into(),
+                    seq: d.seq,
+                    bids: side(pb::Side::Bid),
+                    asks: side(pb::Side::Ask),
+                    symbol: d.symbol,
+                    ..Ev::default()
+                }
+            }
+            Body::Trade(t) => Ev {
+                ty: "trade".into(),
+                symbol: t.symbol,
+                seq: t.seq,
+                ..Ev::default()
+            },
+            Body::Subscribed(s) => Ev {
+                ty: "subscribed".into(),
+                id: s.id,
+                instruments: s.instruments.len(),
+                symbols: s.symbols,
+                channels: s.channels,
+                ..Ev::default()
+            },
+            Body::Unsubscribed(u) => Ev {
+                ty: "unsubscribed".into(),
+                id: u.id,
+                symbols: u.symbols,
+                channels: u.channels,
+                ..Ev::default()
+            },
+            Body::Error(e) => Ev {
+                ty: "error".into(),
+                id: e.id,
+                code: e.code,
+                ..Ev::default()
+            },
+            Body::Stale(s) => Ev {
+                ty: "stale".into(),
+                symbol: s.symbol,
+                reason: s.reason,
+                dropped: s.dropped,
+                ..Ev::default()
+            },
+        }
+    }
+
+    fn ev_from_json(text: &str) -> Ev {
+        let v: Value = sonic_rs::from_str(text).expect("valid JSON");
+        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+        let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+        let strs = |k: &str| {
+            v.get(k)
+                .and_then(|x| x.as_array())
+                .map(|a| a.iter().map(|x| x.as_str().unwrap().to_string()).collect())
+                .unwrap_or_default()
+        };
+        let pairs = |k: &str| {
+            v.get(k)
+                .and_then(|x| x.as_array())
+                .map(|a| {
+                    a.iter()
+                        .map(|p| {
+                            let p = p.as_array().unwrap();
+                            let num = |i: usize| {
+                                p.get(i).unwrap().as_str().unwrap().parse::<i64>().unwrap()
+                            };
+                            (num(0), num(1))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Ev {
+            ty: s("type"),
+            symbol: s("symbol"),
+            symbols: strs("symbols"),
+            channels: strs("channels"),
+            instruments: v
+                .get("instruments")
+                .and_then(|x| x.as_array())
+                .map_or(0, |a| a.len()),
+            seq: n("seq"),
+            id: n("id"),
+            code: s("code"),
+            reason: s("reason"),
+            dropped: n("dropped"),
+            bids: pairs("bids"),
+            asks: pairs("asks"),
+        }
+    }
+
+    /// Parses complete unmasked server frames (RFC 6455 §5.2: 2/4/10-byte headers).
+    fn parse_frames(buf: &mut Vec<u8>) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        loop {
+            if buf.len() < 2 {
+                break;
+            }
+            assert_eq!(buf[0] & 0x80, 0x80, "FIN");
+            assert_eq!(buf[1] & 0x80, 0, "server frames are never masked");
+            let (hdr, len) = match buf[1] & 0x7f {
+                126 if buf.len() >= 4 => (4, u16::from_be_bytes([buf[2], buf[3]]) as usize),
+                127 if buf.len() >= 10 => (
+                    10,
+                    u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
+                ),
+                126 | 127 => break,
+                l => (2, l as usize),
+            };
+            if buf.len() < hdr + len {
+                break;
+            }
+            out.push((buf[0] & 0x0f, buf[hdr..hdr + len].to_vec()));
+            buf.drain(..hdr + len);
+        }
+        out
+    }
+
+    struct Client {
+        conn: ConnId,
+        json: bool,
+        buf: Vec<u8>,
+        evs: Vec<Ev>,
+        books: BTreeMap<String, (u64, Levels)>,
+        /// Symbols whose next book message must be a snapshot.
+        need_snapshot: Vec<String>,
+    }
+
+    impl Client {
+        fn apply(&mut self, ev: &Ev) {
+            match ev.ty.as_str() {
+                "snapshot" => {
+                    let mut l = Levels::default();
+                    l.bids.extend(ev.bids.iter().copied());
+                    l.asks.extend(ev.asks.iter().copied());
+                    self.books.insert(ev.symbol.clone(), (ev.seq, l));
+                    self.need_snapshot.retain(|s| *s != ev.symbol);
+                }
+                "delta" => {
+                    assert!(
+                        !self.need_snapshot.contains(&ev.symbol),
+                        "delta after Stale, before a snapshot: {ev:?}"
+                    );
+                    let (seq, l) = self
+                        .books
+                        .get_mut(&ev.symbol)
+                        .expect("delta before any snapshot");
+                    assert_eq!(ev.seq, *seq + 1, "gap or repeat on {}", ev.symbol);
+                    *seq = ev.seq;
+                    for &(p, s) in &ev.bids {
+                        if s == 0 {
+                            l.bids.remove(&p);
+                        } else {
+                            l.bids.insert(p, s);
+                        }
+                    }
+                    for &(p, s) in &ev.asks {
+                        if s == 0 {
+                            l.asks.remove(&p);
+                        } else {
+                            l.asks.insert(p, s);
+                        }
+                    }
+                }
+                "stale" if ev.reason != "slow_consumer_trades" => {
+                    self.need_snapshot.push(ev.symbol.clone());
+                }
+                _ => {}
+            }
+        }
+
+        /// The fake socket: takes at most `max_bytes` (one writev), decodes.
+        fn read(&mut self, core: &mut WorkerCore, max_bytes: usize, now_ns: u64) -> usize {
+            let mut slices = [IoSlice::new(&[]); 64];
+            let ob = core.outbox(self.conn);
+            let k = ob.io_slices(&mut slices);
+            let mut took = 0;
+            for s in &slices[..k] {
+                let n = s.len().min(max_bytes - took);
+                self.buf.extend_from_slice(&s[..n]);
+                took += n;
+            }
+            core.handle_written(self.conn, took, now_ns);
+            for (op, payload) in parse_frames(&mut self.buf) {
+                let ev = match op {
+                    1 => ev_from_json(std::str::from_utf8(&payload).unwrap()),
+                    2 => ev_from_pb(pb::ServerMessage::decode(payload.as_slice()).unwrap()),
+                    other => Ev {
+                        ty: format!("opcode-{other}"),
+                        ..Ev::default()
+                    },
+                };
+                if op <= 2 {
+                    assert_eq!(op == 1, self.json, "frame in the connection's encoding");
+                }
+                self.apply(&ev);
+                self.evs.push(ev);
+            }
+            took
+        }
+
+        fn read_all(&mut self, core: &mut WorkerCore, now_ns: u64) {
+            while self.read(core, usize::MAX / 2, now_ns) > 0 {}
+        }
+
+        fn take(&mut self) -> Vec<Ev> {
+            std::mem::take(&mut self.evs)
+        }
+
+        fn types(&mut self) -> Vec<String> {
+            self.take()
+                .into_iter()
+                .map(|e| {
+                    if e.ty == "stale" {
+                        format!("stale:{}", e.reason)
+                    } else {
+                        e.ty
+                    }
+                })
+                .collect()
+        }
+    }
+
+    // ---- the harness --------------------------------------------------------
+
+    struct H {
+        core: WorkerCore,
+        ing: Ingest,
+        now_ns: u64,
+    }
+
+    impl H {
+        fn new(cfg: WorkerConfig) -> H {
+            let mut h = H {
+                core: WorkerCore::new(cfg),
+                ing: Ingest::new(),
+                now_ns: 1_000,
+            };
+            for i in 0..NAMES.len() as u32 {
+                let m = h.ing.instrument(SymbolId(i));
+                h.ring(m);
+            }
+            h
+        }
+
+        fn client(&mut self, encoding: Encoding) -> Client {
+            Client {
+                conn: self.core.open_conn(encoding),
+                json: encoding == Encoding::Json,
+                buf: Vec::new(),
+                evs: Vec::new(),
+                books: BTreeMap::new(),
+                need_snapshot: Vec::new(),
+            }
+        }
+
+        fn ring(&mut self, m: ToWorker) {
+            self.core.handle_ring(m, self.now_ns);
+        }
+
+        fn text(&mut self, c: &Client, text: &str) {
+            self.core.handle_text(c.conn, text, self.now_ns);
+        }
+
+        fn drain_to_ingest(&mut self) -> Vec<ToIngest> {
+            std::iter::from_fn(|| self.core.poll_to_ingest()).collect()
+        }
+
+        /// Answers every pending SnapshotRequest like the ingest thread; returns
+        /// everything that was polled.
+        fn serve(&mut self) -> Vec<ToIngest> {
+            let polled = self.drain_to_ingest();
+            for m in &polled {
+                if let ToIngest::SnapshotRequest { symbol } = m {
+                    let a = self.ing.answer(*symbol);
+                    self.ring(a);
+                }
+            }
+            polled
+        }
+
+        fn delta(&mut self, id: SymbolId) {
+            let m = self.ing.delta(id);
+            self.ring(m);
+        }
+    }
+
+    fn cfg() -> WorkerConfig {
+        WorkerConfig::default()
+    }
+
+    fn sub_text(symbols: &[&str], channels: &[&str], id: u64) -> String {
+        format!(
+            r#"{{"op":"subscribe","symbols":{},"channels":{},"id":{id}}}"#,
+            sonic_rs::to_string(symbols).unwrap(),
+            sonic_rs::to_string(channels).unwrap()
+        )
+    }
+
+    fn unsub_text(symbols: &[&str], channels: &[&str], id: u64) -> String {
+        sub_text(symbols, channels, id).replace("\"subscribe\"", "\"unsubscribe\"")
+    }
+
+    fn interest(symbol: SymbolId, channel: Channel, on: bool) -> ToIngest {
+        ToIngest::Interest {
+            symbol,
+            channel,
+            on,
+        }
+    }
+
+    // ---- tests --------------------------------------------------------------
+
+    #[test]
+    fn per_connection_state_is_small() {
+        // Reported in the module's hand-off: keep an eye on it.
+        assert_eq!(CONN_STATE_BYTES, 88, "per-connection state changed size");
+        assert_eq!(std::mem::size_of::<Outbox>(), 56);
+        assert_eq!(std::mem::size_of::<Conn>(), 64);
+    }
+
+    #[test]
+    fn subscribe_gives_subscribed_then_snapshot_then_contiguous_deltas() {
+        for encoding in [Encoding::Proto, Encoding::Json] {
+            let mut h = H::new(cfg());
+            let mut c = h.client(encoding);
+            h.text(&c, &sub_text(&["BTC-USD"], &["book"], 7));
+            let polled = h.drain_to_ingest();
+            let mut want = vec![interest(BTC, Channel::Book, true)];
+            if encoding == Encoding::Json {
+                want.push(ToIngest::Json {
+                    symbol: BTC,
+                    on: true,
+                });
+            }
+            want.push(ToIngest::SnapshotRequest { symbol: BTC });
+            assert_eq!(polled, want, "interest before the request that needs it");
+            // Deltas already in the ring before the answer: skipped.
+            h.delta(BTC);
+            h.delta(BTC);
+            let a = h.ing.answer(BTC);
+            h.ring(a);
+            for _ in 0..20 {
+                h.delta(BTC);
+            }
+            c.read_all(&mut h.core, h.now_ns);
+            let evs = c.take();
+            assert_eq!(evs[0].ty, "subscribed");
+            assert_eq!((evs[0].id, evs[0].instruments), (7, 1));
+            assert_eq!(evs[0].symbols, vec!["BTC-USD"]);
+            assert_eq!(evs[0].channels, vec!["book"]);
+            assert_eq!(evs[1].ty, "snapshot");
+            assert_eq!(evs[1].seq, 3);
+            assert_eq!(evs.len(), 22);
+            assert!(
+                evs[2..]
+                    .iter()
+                    .enumerate()
+                    .all(|(i, e)| e.ty == "delta" && e.seq == 4 + i as u64)
+            );
+            assert_eq!(c.books["BTC-USD"].1, h.ing.truth(BTC));
+            assert_eq!(h.core.stats().contiguity_violations, 0);
+        }
+    }
+
+    #[test]
+    fn errors_follow_the_stated_order_and_change_nothing() {
+        let mut h = H::new(WorkerConfig {
+            max_subscriptions: 2,
+            ..cfg()
+        });
+        let mut c = h.client(Encoding::Proto);
+        let cases = [
+            ("garbage", 0, "bad_request"),
+            // Invalid symbol beats the limit and the unknown symbol.
+            (
+                r#"{"op":"subscribe","symbols":["BTC-USD","ETH-USD","NOPE","bad sym"],"id":1}"#,
+                1,
+                "bad_request",
+            ),
+            (
+                r#"{"op":"subscribe","symbols":["BTC-USD"],"channels":["candles"],"id":2}"#,
+                2,
+                "bad_request",
+            ),
+            // Over the limit beats the unknown symbol.
+            (
+                r#"{"op":"subscribe","symbols":["BTC-USD","ETH-USD","NOPE"],"id":3}"#,
+                3,
+                "too_many_subscriptions",
+            ),
+            (
+                r#"{"op":"subscribe","symbols":["BTC-USD","NOPE"],"id":4}"#,
+                4,
+                "unknown_symbol",
+            ),
+            (
+                r#"{"op":"unsubscribe","symbols":["NOPE"],"id":5}"#,
+                5,
+                "unknown_symbol",
+            ),
+        ];
+        for (text, id, code) in cases {
+            h.text(&c, text);
+            c.read_all(&mut h.core, h.now_ns);
+            let evs = c.take();
+            assert_eq!(evs.len(), 1, "{text}");
+            assert_eq!(
+                (evs[0].ty.as_str(), evs[0].id, evs[0].code.as_str()),
+                ("error", id, code),
+                "{text}"
+            );
+        }
+        // All-or-nothing: nothing was subscribed, nothing asked of ingest.
+        assert_eq!(h.core.stats().index, IndexSizes::default());
+        assert!(h.drain_to_ingest().is_empty());
+        assert_eq!(h.core.stats().requests_rejected, 6);
+    }
+
+    #[test]
+    fn too_many_subscriptions_counts_symbol_channels_not_repeats() {
+        let mut h = H::new(WorkerConfig {
+            max_subscriptions: 3,
+            ..cfg()
+        });
+        let mut c = h.client(Encoding::Json);
+        h.text(&c, &sub_text(&["BTC-USD"], &["book", "trades"], 1));
+        // Re-subscribing to held ones adds nothing new: 2 + 1 = 3 is fine.
+        h.text(&c, &sub_text(&["BTC-USD", "ETH-USD"], &["book"], 2));
+        h.text(&c, &sub_text(&["ETH-USD"], &["trades"], 3));
+        c.read_all(&mut h.core, h.now_ns);
+        let evs: Vec<_> = c.take().into_iter().map(|e| (e.ty, e.id, e.code)).collect();
+        assert_eq!(
+            evs,
+            vec![
+                ("subscribed".into(), 1, String::new()),
+                ("subscribed".into(), 2, String::new()),
+                ("error".into(), 3, "too_many_subscriptions".into()),
+            ]
+        );
+        assert_eq!(h.core.stats().index.conn_entries, 3);
+    }
+
+    #[test]
+    fn snapshot_requests_are_coalesced_per_symbol() {
+        let mut h = H::new(cfg());
+        let mut a = h.client(Encoding::Proto);
+        let mut b = h.client(Encoding::Json);
+        h.text(&a, &sub_text(&["BTC-USD"], &["book"], 1));
+        h.text(&b, &sub_text(&["BTC-USD"], &["book"], 2));
+        let polled = h.drain_to_ingest();
+        let requests = polled
+            .iter()
+            .filter(|m| matches!(m, ToIngest::SnapshotRequest { .. }))
+            .count();
+        assert_eq!(requests, 1);
+        assert_eq!(h.core.stats().snapshot_requests_coalesced, 1);
+        let ans = h.ing.answer(BTC);
+        h.ring(ans);
+        h.delta(BTC);
+        for c in [&mut a, &mut b] {
+            c.read_all(&mut h.core, h.now_ns);
+            assert_eq!(c.types(), vec!["subscribed", "snapshot", "delta"]);
+        }
+        // Nothing outstanding any more: a new client asks again.
+        let c = h.client(Encoding::Proto);
+        h.text(&c, &sub_text(&["BTC-USD"], &["book"], 3));
+        assert_eq!(
+            h.drain_to_ingest(),
+            vec![ToIngest::SnapshotRequest { symbol: BTC }]
+        );
+    }
+
+    #[test]
+    fn resubscribe_sends_a_fresh_snapshot_and_skips_old_deltas() {
+        let mut h = H::new(cfg());
+        let mut c = h.client(Encoding::Proto);
+        h.text(&c, &sub_text(&["BTC-USD"], &["book"], 1));
+        h.serve();
+        h.delta(BTC);
+        h.text(&c, &sub_text(&["BTC-USD"], &["book"], 2));
+        assert_eq!(
+            h.drain_to_ingest(),
+            vec![ToIngest::SnapshotRequest { symbol: BTC }]
+        );
+        h.delta(BTC); // in the ring before the answer: not for this client
+        let ans = h.ing.answer(BTC);
+        h.ring(ans);
+        h.delta(BTC);
+        c.read_all(&mut h.core, h.now_ns);
+        let evs = c.take();
+        let got: Vec<_> = evs.iter().map(|e| (e.ty.as_str(), e.seq)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("subscribed", 0),
+                ("snapshot", 1),
+                ("delta", 2),
+                ("subscribed", 0),
+                ("snapshot", 3),
+                ("delta", 4)
+            ]
+        );
+        assert_eq!(c.books["BTC-USD"].1, h.ing.truth(BTC));
+    }
+
+    #[test]
+    fn unsubscribe_stops_data_and_interest_follows_zero_one_transitions() {
+        let mut h = H::new(cfg());
+        let mut a = h.client(Encoding::Proto);
+        let mut b = h.client(Encoding::Json);
+        h.text(&a, &sub_text(&["BTC-USD"], &["book", "trades"], 1));
+        h.text(&b, &sub_text(&["BTC-USD"], &["book"], 2));
+        assert_eq!(
+            h.serve(),
+            vec![
+                interest(BTC, Channel::Book, true),
+                ToIngest::SnapshotRequest { symbol: BTC },
+                interest(BTC, Channel::Trades, true),
+                ToIngest::Json {
+                    symbol: BTC,
+                    on: true
+                },
+            ]
+        );
+        h.delta(BTC);
+        let t = h.ing.trade(BTC);
+        h.ring(t);
+        h.text(&a, &unsub_text(&["BTC-USD"], &["book"], 9));
+        assert!(h.drain_to_ingest().is_empty(), "b still holds the book");
+        h.delta(BTC);
+        let t = h.ing.trade(BTC);
+        h.ring(t);
+        a.read_all(&mut h.core, h.now_ns);
+        let evs = a.take();
+        let got: Vec<_> = evs.iter().map(|e| (e.ty.as_str(), e.seq)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("subscribed", 0),
+                ("snapshot", 1),
+                ("delta", 2),
+                ("trade", 1),
+                ("unsubscribed", 0),
+                ("trade", 2)
+            ]
+        );
+        assert_eq!(evs[4].id, 9);
+        assert_eq!(evs[4].channels, vec!["book"]);
+        // Lenient: unsubscribing what is not held is echoed.
+        h.text(&a, &unsub_text(&["ETH-USD"], &["book", "trades"], 10));
+        a.read_all(&mut h.core, h.now_ns);
+        assert_eq!(a.types(), vec!["unsubscribed"]);
+        h.text(&b, &unsub_text(&["BTC-USD"], &["book"], 11));
+        assert_eq!(
+            h.drain_to_ingest(),
+            vec![
+                interest(BTC, Channel::Book, false),
+                ToIngest::Json {
+                    symbol: BTC,
+                    on: false
+                }
+            ]
+        );
+        h.core.close_conn(a.conn);
+        assert_eq!(
+            h.drain_to_ingest(),
+            vec![interest(BTC, Channel::Trades, false)]
+        );
+        b.read_all(&mut h.core, h.now_ns);
+        assert_eq!(
+            b.types(),
+            vec!["subscribed", "snapshot", "delta", "delta", "unsubscribed"]
+        );
+    }
+
+    #[test]
+    fn poll_dirty_yields_each_connection_once_per_batch() {
+        let mut h = H::new(cfg());
+        let mut clients: Vec<Client> = (0..3).map(|_| h.client(Encoding::Proto)).collect();
+        for c in &clients {
+            h.text(c, &sub_text(&["BTC-USD", "ETH-USD"], &["book"], 1));
+        }
+        h.serve();
+        for _ in 0..50 {
+            h.delta(BTC);
+            h.delta(ETH);
+        }
+        let mut dirty: Vec<_> = std::iter::from_fn(|| h.core.poll_dirty()).collect();
+        dirty.sort();
+        assert_eq!(dirty, clients.iter().map(|c| c.conn).collect::<Vec<_>>());
+        for c in &mut clients {
+            c.read_all(&mut h.core, h.now_ns);
+            assert_eq!(c.take().len(), 1 + 2 + 100);
+        }
+        assert_eq!(h.core.poll_dirty(), None);
+        assert_eq!(h.core.stats().delivered_msgs, 3 * 102);
+    }
+
+    #[test]
+    fn feed_gap_then_book_replaced() {
+        let mut h = H::new(cfg());
+        let mut book = h.client(Encoding::Proto);
+        let mut trades = h.client(Encoding::Json);
+        h.text(&book, &sub_text(&["BTC-USD"], &["book"], 1));
+        h.text(&trades, &sub_text(&["BTC-USD"], &["trades"], 2));
+        h.serve();
+        h.delta(BTC);
+        let m = h.ing.feed_stale(BTC, FeedStaleReason::FeedGap);
+        h.ring(m);
+        let t = h.ing.trade(BTC);
+        h.ring(t); // trades keep flowing through a gap
+        let m = h.ing.replace(BTC);
+        h.ring(m);
+        h.delta(BTC);
+        book.read_all(&mut h.core, h.now_ns);
+        trades.read_all(&mut h.core, h.now_ns);
+        assert_eq!(
+            book.types(),
+            vec![
+                "subscribed",
+                "snapshot",
+                "delta",
+                "stale:feed_gap",
+                "snapshot",
+                "delta"
+            ]
+        );
+        assert_eq!(trades.types(), vec!["subscribed", "trade"]);
+        assert_eq!(book.books["BTC-USD"].1, h.ing.truth(BTC));
+        assert!(
+            h.drain_to_ingest().is_empty(),
+            "the snapshot comes from the feed: no request"
+        );
+    }
+
+    #[test]
+    fn feed_down_reaches_trades_and_new_subscribers_wait_for_the_feed() {
+        let mut h = H::new(cfg());
+        let mut book = h.client(Encoding::Json);
+        let mut trades = h.client(Encoding::Proto);
+        h.text(&book, &sub_text(&["BTC-USD"], &["book"], 1));
+        h.text(&trades, &sub_text(&["BTC-USD"], &["trades"], 2));
+        h.serve();
+        let m = h.ing.feed_stale(BTC, FeedStaleReason::FeedDown);
+        h.ring(m);
+        // A late subscriber to the stale book: Subscribed, Stale at once.
+        let mut late = h.client(Encoding::Proto);
+        h.text(&late, &sub_text(&["BTC-USD"], &["book"], 3));
+        assert_eq!(
+            h.drain_to_ingest(),
+            vec![ToIngest::SnapshotRequest { symbol: BTC }]
+        );
+        h.ring(ToWorker::Snapshot {
+            symbol: BTC,
+            seq: 1,
+            bin: None,
+            json: None,
+            stale: Some(FeedStaleReason::FeedDown),
+        });
+        h.delta(BTC); // cannot happen while stale, but must not reach anyone waiting
+        let m = h.ing.replace(BTC);
+        h.ring(m);
+        h.delta(BTC);
+        book.read_all(&mut h.core, h.now_ns);
+        trades.read_all(&mut h.core, h.now_ns);
+        late.read_all(&mut h.core, h.now_ns);
+        assert_eq!(
+            book.types(),
+            vec![
+                "subscribed",
+                "snapshot",
+                "stale:feed_down",
+                "snapshot",
+                "delta"
+            ]
+        );
+        assert_eq!(trades.types(), vec!["subscribed", "stale:feed_down"]);
+        assert_eq!(
+            late.types(),
+            vec!["subscribed", "stale:feed_down", "snapshot", "delta"]
+        );
+        assert_eq!(late.books["BTC-USD"].1, h.ing.truth(BTC));
+    }
+
+    #[test]
+    fn ring_drops_give_stale_then_resync() {
+        let mut h = H::new(cfg());
+        let mut a = h.client(Encoding::Proto);
+        let mut b = h.client(Encoding::Json);
+        h.text(&a, &sub_text(&["BTC-USD"], &["book", "trades"], 1));
+        h.text(&b, &sub_text(&["BTC-USD"], &["book"], 2));
+        h.serve();
+        h.delta(BTC);
+        // The ingest ring lost 3 deltas and 2 trades.
+        for _ in 0..3 {
+            h.ing.delta(BTC);
+        }
+        h.ing.trade(BTC);
+        h.ing.trade(BTC);
+        h.ring(ToWorker::Dropped {
+            symbol: BTC,
+            deltas: 3,
+            trades: 2,
+        });
+        assert_eq!(h.serve(), vec![ToIngest::SnapshotRequest { symbol: BTC }]);
+        h.delta(BTC);
+        let t = h.ing.trade(BTC);
+        h.ring(t);
+        for c in [&mut a, &mut b] {
+            c.read_all(&mut h.core, h.now_ns);
+            let evs = c.take();
+            let stale = evs
+                .iter()
+                .find(|e| e.reason == "slow_consumer")
+                .expect("stale");
+            assert_eq!(stale.dropped, 3);
+            assert_eq!(c.books["BTC-USD"].1, h.ing.truth(BTC));
+            assert_eq!(evs.iter().filter(|e| e.ty == "snapshot").count(), 2);
+        }
+        // a also had trades: the loss is reported, the stream restarts.
+        h.text(&a, &sub_text(&["ETH-USD"], &["book"], 3));
+        a.read_all(&mut h.core, h.now_ns);
+        assert_eq!(h.core.stats().contiguity_violations, 0);
+        assert_eq!(h.core.stats().ring_dropped_trades, 2);
+    }
+
+    #[test]
+    fn ring_dropped_trades_report_slow_consumer_trades() {
+        let mut h = H::new(cfg());
+        let mut a = h.client(Encoding::Proto);
+        h.text(&a, &sub_text(&["BTC-USD"], &["trades"], 1));
+        let t = h.ing.trade(BTC);
+        h.ring(t);
+        h.ing.trade(BTC);
+        h.ring(ToWorker::Dropped {
+            symbol: BTC,
+            deltas: 0,
+            trades: 1,
+        });
+        let t = h.ing.trade(BTC);
+        h.ring(t);
+        a.read_all(&mut h.core, h.now_ns);
+        let evs = a.take();
+        let got: Vec<_> = evs
+            .iter()
+            .map(|e| (e.ty.as_str(), e.seq, e.dropped))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("subscribed", 0, 0),
+                ("trade", 1, 0),
+                ("stale", 0, 1),
+                ("trade", 3, 0)
+            ]
+        );
+        assert_eq!(evs[2].reason, "slow_consumer_trades");
+        assert_eq!(h.core.stats().contiguity_violations, 0);
+        assert!(
+            h.drain_to_ingest()
+                .iter()
+                .all(|m| !matches!(m, ToIngest::SnapshotRequest { .. }))
+        );
+    }
+
+    #[test]
+    fn a_gap_is_never_sent_the_client_is_resynced() {
+        let mut h = H::new(cfg());
+        let mut c = h.client(Encoding::Proto);
+        h.text(&c, &sub_text(&["BTC-USD"], &["book"], 1));
+        h.serve();
+        h.delta(BTC);
+        h.ing.delta(BTC); // lost without a Dropped notice: an ingest bug
+        h.delta(BTC);
+        assert_eq!(h.core.stats().contiguity_violations, 1);
+        assert_eq!(h.serve(), vec![ToIngest::SnapshotRequest { symbol: BTC }]);
+        h.delta(BTC);
+        c.read_all(&mut h.core, h.now_ns); // the client asserts contiguity itself
+        assert_eq!(
+            c.types(),
+            vec!["subscribed", "snapshot", "delta", "snapshot", "delta"]
+        );
+        assert_eq!(c.books["BTC-USD"].1, h.ing.truth(BTC));
+    }
+
+    #[test]
+    fn json_client_joining_a_proto_request_asks_again_for_json() {
+        let mut h = H::new(cfg());
+        let mut p = h.client(Encoding::Proto);
+        let mut j = h.client(Encoding::Json);
+        h.text(&p, &sub_text(&["BTC-USD"], &["book"], 1));
+        h.text(&j, &sub_text(&["BTC-USD"], &["book"], 2));
+        let polled = h.drain_to_ingest();
+        assert_eq!(
+            polled.last(),
+            Some(&ToIngest::Json {
+                symbol: BTC,
+                on: true
+            })
+        );
+        // The answer was encoded before the Json interest arrived.
+        let ToWorker::Snapshot {
+            symbol, seq, bin, ..
+        } = h.ing.answer(BTC)
+        else {
+            unreachable!()
+        };
+        h.ring(ToWorker::Snapshot {
+            symbol,
+            seq,
+            bin,
+            json: None,
+            stale: None,
+        });
+        assert_eq!(h.serve(), vec![ToIngest::SnapshotRequest { symbol: BTC }]);
+        h.delta(BTC);
+        p.read_all(&mut h.core, h.now_ns);
+        j.read_all(&mut h.core, h.now_ns);
+        assert_eq!(p.types(), vec!["subscribed", "snapshot", "delta"]);
+        assert_eq!(j.types(), vec!["subscribed", "snapshot", "delta"]);
+    }
+
+    #[test]
+    fn answers_from_before_interest_went_away_are_ignored() {
+        let mut h = H::new(cfg());
+        let mut c = h.client(Encoding::Proto);
+        h.text(&c, &sub_text(&["BTC-USD"], &["book"], 1));
+        h.text(&c, &unsub_text(&["BTC-USD"], &["book"], 2));
+        h.text(&c, &sub_text(&["BTC-USD"], &["book"], 3));
+        let polled = h.drain_to_ingest();
+        assert_eq!(
+            polled
+                .iter()
+                .filter(|m| matches!(m, ToIngest::SnapshotRequest { .. }))
+                .count(),
+            2
+        );
+        let old = h.ing.answer(BTC);
+        h.ring(old);
+        h.ing.delta(BTC); // not routed: no interest at the time
+        let fresh = h.ing.answer(BTC);
+        h.ring(fresh);
+        h.delta(BTC);
+        c.read_all(&mut h.core, h.now_ns);
+        let got: Vec<_> = c.take().into_iter().map(|e| (e.ty, e.seq)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("subscribed".into(), 0),
+                ("unsubscribed".into(), 0),
+                ("subscribed".into(), 0),
+                ("snapshot".into(), 2),
+                ("delta".into(), 3)
+            ]
+        );
+        assert_eq!(h.core.stats().snapshot_answers_ignored, 1);
+    }
+
+    fn small_limits() -> WorkerConfig {
+        WorkerConfig {
+            high_water_bytes: 2_000,
+            low_water_bytes: 500,
+            hard_limit_bytes: 20_000,
+            max_lag_ns: 1_000_000,
+            ..cfg()
+        }
+    }
+
+    #[test]
+    fn slow_consumer_drops_above_high_water_and_resyncs_below_low_water() {
+        for encoding in [Encoding::Proto, Encoding::Json] {
+            let mut h = H::new(small_limits());
+            let mut slow = h.client(encoding);
+            let mut fast = h.client(Encoding::Proto);
+            h.text(
+                &slow,
+                &sub_text(&["BTC-USD", "ETH-USD"], &["book", "trades"], 1),
+            );
+            h.text(&fast, &sub_text(&["BTC-USD"], &["book"], 2));
+            h.serve();
+            let mut dropped_at = None;
+            for i in 0..400 {
+                h.delta(BTC);
+                h.delta(ETH);
+                let t = h.ing.trade(BTC);
+                h.ring(t);
+                fast.read_all(&mut h.core, h.now_ns);
+                let buffered = h.core.outbox(slow.conn).buffered_bytes();
+                if dropped_at.is_none() && h.core.stats().dropped_deltas > 0 {
+                    dropped_at = Some(i);
+                    assert!(
+                        buffered > 2_000 - 200,
+                        "no drop far below high-water ({buffered})"
+                    );
+                }
+                assert!(
+                    buffered <= 2_000 + 200,
+                    "stream frames stop near high-water ({buffered})"
+                );
+            }
+            assert!(dropped_at.is_some());
+            let s = h.core.stats();
+            assert!(s.dropped_deltas > 0 && s.dropped_trades > 0);
+            // Control answers still go in above high-water.
+            h.text(&slow, &sub_text(&["SOL-USD"], &["trades"], 5));
+            assert_eq!(
+                h.drain_to_ingest()[0],
+                interest(SymbolId(2), Channel::Trades, true)
+            );
+            assert!(h.core.outbox(slow.conn).buffered_bytes() > 2_000);
+            // Draining 300 bytes per step: no resync until below low-water.
+            let requests = loop {
+                let before = h.core.outbox(slow.conn).buffered_bytes();
+                slow.read(&mut h.core, 300, h.now_ns);
+                let polled = h.drain_to_ingest();
+                if !polled.is_empty() {
+                    assert!(
+                        before.saturating_sub(300) < 500,
+                        "resync only below low-water"
+                    );
+                    break polled;
+                }
+                assert!(before >= 500, "no resync although below low-water");
+            };
+            assert_eq!(
+                requests,
+                vec![
+                    ToIngest::SnapshotRequest { symbol: BTC },
+                    ToIngest::SnapshotRequest { symbol: ETH }
+                ]
+            );
+            for r in requests {
+                if let ToIngest::SnapshotRequest { symbol } = r {
+                    let a = h.ing.answer(symbol);
+                    h.ring(a);
+                }
+            }
+            h.delta(BTC);
+            h.delta(ETH);
+            slow.read_all(&mut h.core, h.now_ns);
+            fast.read_all(&mut h.core, h.now_ns);
+            let evs = slow.take();
+            let stales: Vec<_> = evs
+                .iter()
+                .filter(|e| e.ty == "stale")
+                .map(|e| (e.symbol.as_str(), e.reason.as_str()))
+                .collect();
+            assert_eq!(stales.len(), 3, "{stales:?}");
+            assert!(stales.contains(&("BTC-USD", "slow_consumer")));
+            assert!(stales.contains(&("ETH-USD", "slow_consumer")));
+            assert!(stales.contains(&("BTC-USD", "slow_consumer_trades")));
+            let dropped: u64 = evs
+                .iter()
+                .filter(|e| e.reason == "slow_consumer")
+                .map(|e| e.dropped)
+                .sum();
+            assert_eq!(dropped, s.dropped_deltas);
+            assert!(
+                evs.iter().any(|e| e.ty == "subscribed" && e.id == 5),
+                "control answer survived"
+            );
+            assert_eq!(slow.books["BTC-USD"].1, h.ing.truth(BTC));
+            assert_eq!(slow.books["ETH-USD"].1, h.ing.truth(ETH));
+            assert_eq!(
+                fast.books["BTC-USD"].1,
+                h.ing.truth(BTC),
+                "the fast client never noticed"
+            );
+            assert_eq!(h.core.stats().contiguity_violations, 0);
+            assert!(h.core.poll_close().is_none());
+        }
+    }
+
+    #[test]
+    fn hard_limit_closes_with_4001_and_leaves_no_trace() {
+        let mut h = H::new(small_limits());
+        h.ing.books[0].pad_levels = 1_500; // a ~10 KB snapshot
+        let mut c = h.client(Encoding::Proto);
+        let keep = h.client(Encoding::Proto);
+        h.text(&keep, &sub_text(&["ETH-USD"], &["book"], 1));
+        let mut polled = Vec::new();
+        for i in 0..3 {
+            h.text(&c, &sub_text(&["BTC-USD"], &["book"], 10 + i));
+            polled.extend(h.serve());
+        }
+        let (id, code, _) = h.core.poll_close().expect("closed above the hard limit");
+        assert_eq!((id, code), (c.conn, 4001));
+        assert!(h.core.outbox(c.conn).buffered_bytes() <= 20_000);
+        assert_eq!(polled.last(), Some(&interest(BTC, Channel::Book, false)));
+        // Closing frames still go out, then the shell forgets the connection.
+        h.core.queue_control(
+            c.conn,
+            EncodedFrame::from_frame_bytes(vec![0x88, 0x02, 0x0f, 0xa1]),
+        );
+        c.read_all(&mut h.core, h.now_ns);
+        assert_eq!(c.take().last().map(|e| e.ty.as_str()), Some("opcode-8"));
+        h.core.close_conn(c.conn);
+        let s = h.core.stats();
+        assert_eq!(
+            (s.connections, s.index.conn_entries, s.index.book_entries),
+            (1, 1, 1)
+        );
+        assert_eq!(s.slow_consumer_closes, 1);
+        h.core.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn max_lag_closes_with_4001_by_timeout_or_on_delivery() {
+        for by_timeout in [true, false] {
+            let mut h = H::new(small_limits());
+            let c = h.client(Encoding::Proto);
+            h.text(&c, &sub_text(&["BTC-USD"], &["book"], 1));
+            h.serve();
+            while h.core.stats().dropped_deltas == 0 {
+                h.delta(BTC);
+            }
+            h.now_ns += 1_000_000; // exactly max lag: not yet
+            assert_eq!(h.core.handle_timeout(h.now_ns), 0);
+            h.delta(BTC);
+            assert!(h.core.poll_close().is_none());
+            h.now_ns += 1;
+            if by_timeout {
+                assert_eq!(h.core.handle_timeout(h.now_ns), 1);
+            } else {
+                h.delta(BTC);
+            }
+            assert_eq!(
+                h.core.poll_close().map(|(id, code, _)| (id, code)),
+                Some((c.conn, 4001))
+            );
+            assert_eq!(h.core.stats().index.book_entries, 0);
+        }
+    }
+
+    #[test]
+    fn idle_buffers_are_released_after_the_grace_period() {
+        let mut h = H::new(WorkerConfig {
+            idle_release_ns: 100,
+            ..cfg()
+        });
+        let mut c = h.client(Encoding::Proto);
+        assert_eq!(h.core.stats().queue_capacity_bytes, 0);
+        h.text(&c, &sub_text(&["BTC-USD"], &["book"], 1));
+        c.read_all(&mut h.core, h.now_ns);
+        assert!(h.core.stats().queue_capacity_bytes > 0, "kept while hot");
+        h.core.handle_timeout(h.now_ns + 99);
+        assert!(h.core.stats().queue_capacity_bytes > 0);
+        h.core.handle_timeout(h.now_ns + 100);
+        assert_eq!(h.core.stats().queue_capacity_bytes, 0);
+        assert_eq!(h.core.stats().idle_list, 0);
+    }
+
+    #[test]
+    fn requests_from_closed_or_unknown_connections_are_ignored() {
+        let mut h = H::new(cfg());
+        let c = h.client(Encoding::Proto);
+        h.core.close_conn(c.conn);
+        h.core.close_conn(c.conn);
+        h.text(&c, &sub_text(&["BTC-USD"], &["book"], 1));
+        h.core.handle_text(ConnId(999), "{}", 0);
+        h.core.queue_control(ConnId(999), EncodedFrame::text("x"));
+        assert_eq!(h.core.handle_written(ConnId(999), 10, 0), Consumed::Drained);
+        assert!(h.core.outbox(ConnId(999)).is_empty());
+        assert_eq!(h.core.stats().index, IndexSizes::default());
+        assert!(h.drain_to_ingest().is_empty());
+        // The slot is reused.
+        assert_eq!(h.core.open_conn(Encoding::Json), c.conn);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Act {
+        Open(bool),
+        Sub { conn: usize, syms: u8, chans: u8 },
+        Unsub { conn: usize, syms: u8, chans: u8 },
+        Close(usize),
+        Serve,
+        Delta(u8),
+        Trade(u8),
+    }
+
+    fn act() -> impl Strategy<Value = Act> {
+        prop_oneof![
+            any::<bool>().prop_map(Act::Open),
+            (0usize..8, 1u8..8, 1u8..4).prop_map(|(conn, syms, chans)| Act::Sub {
+                conn,
+                syms,
+                chans
+            }),
+            (0usize..8, 1u8..8, 1u8..4).prop_map(|(conn, syms, chans)| Act::Unsub {
+                conn,
+                syms,
+                chans
+            }),
+            (0usize..8).prop_map(Act::Close),
+            Just(Act::Serve),
+            (0u8..3).prop_map(Act::Delta),
+            (0u8..3).prop_map(Act::Trade),
+        ]
+    }
+
+    fn pick(mask: u8, all: &[&'static str]) -> Vec<&'static str> {
+        all.iter()
+            .enumerate()
+            .filter(|(i, _)| mask & (1 << i) != 0)
+            .map(|(_, s)| *s)
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn close_leaves_every_index_empty_and_interest_balanced(acts in proptest::collection::vec(act(), 1..80)) {
+            let mut h = H::new(cfg());
+            let mut open: Vec<Client> = Vec::new();
+            let mut polled = Vec::new();
+            for a in acts {
+                match a {
+                    Act::Open(json) => open.push(h.client(if json { Encoding::Json } else { Encoding::Proto })),
+                    Act::Sub { conn, syms, chans } | Act::Unsub { conn, syms, chans } if !open.is_empty() => {
+                        let c = &open[conn % open.len()];
+                        let (s, ch) = (pick(syms, &NAMES), pick(chans, &["book", "trades"]));
+                        let text = if matches!(a, Act::Sub { .. }) { sub_text(&s, &ch, 1) } else { unsub_text(&s, &ch, 1) };
+                        h.text(c, &text);
+                    }
+                    Act::Close(i) if !open.is_empty() => {
+                        let c = open.swap_remove(i % open.len());
+                        h.core.close_conn(c.conn);
+                    }
+                    Act::Serve => polled.extend(h.serve()),
+                    Act::Delta(s) => h.delta(SymbolId(s as u32)),
+                    Act::Trade(s) => { let t = h.ing.trade(SymbolId(s as u32)); h.ring(t); }
+                    _ => {}
+                }
+                prop_assert!(h.core.check_invariants().is_ok(), "{:?}", h.core.check_invariants());
+                for c in &mut open {
+                    c.read_all(&mut h.core, h.now_ns); // asserts contiguity per client
+                }
+            }
+            for c in open.drain(..) {
+                h.core.close_conn(c.conn);
+            }
+            polled.extend(h.drain_to_ingest());
+            let s = h.core.stats();
+            prop_assert_eq!(s.index.book_entries + s.index.trades_entries + s.index.conn_entries + s.index.json_entries, 0);
+            prop_assert_eq!(s.index.symbols_with_interest, 0);
+            prop_assert_eq!((s.connections, s.dirty_pending, s.buffered_bytes, s.awaiting_subs), (0, 0, 0, 0));
+            prop_assert_eq!(s.contiguity_violations, 0);
+            // Interest and JSON interest alternate on/off per key and end off.
+            let mut state: BTreeMap<String, bool> = BTreeMap::new();
+            for m in &polled {
+                let (key, on) = match m {
+                    ToIngest::Interest { symbol, channel, on } => (format!("{}/{:?}", symbol.0, channel), *on),
+                    ToIngest::Json { symbol, on } => (format!("{}/json", symbol.0), *on),
+                    ToIngest::SnapshotRequest { .. } => continue,
+                };
+                let prev = state.insert(key.clone(), on).unwrap_or(false);
+                prop_assert_ne!(prev, on, "{} repeated", key);
+            }
+            prop_assert!(state.values().all(|on| !on));
+        }
+    }
+
+    /// CPU time of this thread, ns (Linux schedstat; wall time lies on a
+    /// shared, loaded machine).
+    fn thread_cpu_ns() -> u64 {
+        std::fs::read_to_string("/proc/thread-self/schedstat")
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
+            .unwrap_or(0)
+    }
+
+    /// Cost per delivery on the hot path. Run with
+    /// `cargo test --release --lib fanout::worker -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn bench_delta_fanout_per_delivery() {
+        let subscribers: usize = std::env::var("BENCH_SUBS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10_000);
+        let mut h = H::new(WorkerConfig {
+            high_water_bytes: usize::MAX / 4,
+            hard_limit_bytes: usize::MAX / 2,
+            ..cfg()
+        });
+        let clients: Vec<Client> = (0..subscribers)
+            .map(|i| {
+                h.client(if i % 10 == 0 {
+                    Encoding::Json
+                } else {
+                    Encoding::Proto
+                })
+            })
+            .collect();
+        for c in &clients {
+            h.text(c, &sub_text(&["BTC-USD"], &["book"], 1));
+        }
+        h.serve();
+        let ticks = 400;
+        let deltas: Vec<ToWorker> = (0..ticks).map(|_| h.ing.delta(BTC)).collect();
+        let (mut fanout, mut flush) = (0u64, 0u64);
+        let mut deltas = deltas.into_iter();
+        for turn in 0..ticks / 16 {
+            // One loop turn: 16 ticks fanned out, then one flush, as the shell does.
+            let t0 = thread_cpu_ns();
+            for d in deltas.by_ref().take(16) {
+                h.core.handle_ring(d, 0);
+            }
+            let t1 = thread_cpu_ns();
+            while let Some(conn) = h.core.poll_dirty() {
+                let n: usize = {
+                    let mut slices = [IoSlice::new(&[]); 64];
+                    let ob = h.core.outbox(conn);
+                    let k = ob.io_slices(&mut slices);
+                    slices[..k].iter().map(|s| s.len()).sum()
+                };
+                h.core.handle_written(conn, n, 0);
+            }
+            if turn >= ticks / 32 {
+                // The first half warms the queues up.
+                fanout += t1 - t0;
+                flush += thread_cpu_ns() - t1;
+            }
+        }
+        let n = ((ticks / 16 - ticks / 32) * 16 * subscribers) as f64;
+        eprintln!(
+            "{subscribers} subscribers: handle_ring {:.1} ns per delivery; flush bookkeeping {:.1} ns per delivery",
+            fanout as f64 / n,
+            flush as f64 / n
+        );
+    }
+}
