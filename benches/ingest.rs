@@ -77,7 +77,9 @@ fn run(framing: Framing, iters: u64) -> Duration {
             match msg.expect("valid synthetic stream") {
                 Decoded::Snapshot(s) => drop(market.handle_snapshot(feed, s, 3, out)),
                 Decoded::Delta(d) => {
-                    market.handle_delta(feed, d, 3, out).expect("contiguous synthetic stream");
+                    market
+                        .handle_delta(feed, d, 3, out)
+                        .expect("contiguous synthetic stream");
                     n += 1;
                 }
                 _ => {}
@@ -104,8 +106,12 @@ fn run(framing: Framing, iters: u64) -> Duration {
 
 fn ingest(c: &mut Criterion) {
     let mut g = c.benchmark_group("ingest_per_delta");
-    g.bench_function("protobuf_decode_apply_checksum_encode", |b| b.iter_custom(|n| run(Framing::Protobuf, n)));
-    g.bench_function("json_decode_apply_checksum_encode", |b| b.iter_custom(|n| run(Framing::JsonLines, n)));
+    g.bench_function("protobuf_decode_apply_checksum_encode", |b| {
+        b.iter_custom(|n| run(Framing::Protobuf, n))
+    });
+    g.bench_function("json_decode_apply_checksum_encode", |b| {
+        b.iter_custom(|n| run(Framing::JsonLines, n))
+    });
     g.finish();
 }
 

@@ -36,6 +36,7 @@
 
 pub mod book;
 pub mod config;
+pub mod fanout;
 pub mod metrics;
 pub mod net;
 pub mod wire;

@@ -3,13 +3,24 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+
+use tickwire::book::synth::SynthConfig;
+use tickwire::config::IngestConfig;
+use tickwire::fanout::worker::WorkerConfig;
+use tickwire::net::demo::{self, DemoFeedConfig};
+use tickwire::net::engine::{Engine, EngineConfig};
 
 #[derive(Parser, Debug)]
-#[command(name = "tickwire", version, about = "Market-data fan-out engine")]
+#[command(
+    name = "tickwire",
+    version,
+    about = "Market-data fan-out engine: feeds in over TCP, WebSocket subscribers out"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -17,6 +28,26 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the engine: ingest listeners for feed handlers, WebSocket/HTTP for clients.
+    Serve(ServeArgs),
+    /// Run the engine fed by the built-in synthetic market, through the normal
+    /// ingest path, and print the dashboard URL.
+    Demo {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// Symbols in the synthetic market.
+        #[arg(long, default_value_t = 20)]
+        symbols: usize,
+        /// Deltas and trades per second across all symbols.
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        /// Levels per side of each synthetic book.
+        #[arg(long, default_value_t = 50)]
+        depth: usize,
+        /// Seed of the synthetic market (same seed, same market).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// WebSocket echo server for the Autobahn conformance suite (a test aid,
     /// never part of the demo or production defaults).
     Echo {
@@ -29,6 +60,107 @@ enum Command {
     },
 }
 
+#[derive(Args, Debug, Clone)]
+struct ServeArgs {
+    /// Client port: WebSocket (/ws) and HTTP (/, /healthz, /metrics, /symbols).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Protobuf ingest listener (length-delimited IngestMessage).
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    ingest: SocketAddr,
+    /// JSON-lines ingest listener.
+    #[arg(long, default_value = "127.0.0.1:7002")]
+    ingest_json: SocketAddr,
+    /// Worker threads [default: available cores].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Pin each worker to a core.
+    #[arg(long, overrides_with = "no_pin")]
+    pin: bool,
+    /// Do not pin workers (the default).
+    #[arg(long)]
+    no_pin: bool,
+    /// Allowed Origin of WebSocket upgrades (repeatable); none given: any origin.
+    #[arg(long = "allowed-origin")]
+    allowed_origins: Vec<String>,
+    /// Token every feed must present in its Hello.
+    #[arg(long, env = "TICKWIRE_INGEST_TOKEN")]
+    token: Option<String>,
+    /// WebSocket connections at most (503 past it).
+    #[arg(long, default_value_t = 100_000)]
+    max_connections: usize,
+    /// Symbol-channel subscriptions per connection at most.
+    #[arg(long, default_value_t = 1000)]
+    max_subscriptions: usize,
+    /// Per-connection buffered bytes above which deltas and trades are dropped (bytes).
+    #[arg(long, default_value_t = 256 * 1024)]
+    high_water_bytes: usize,
+    /// Buffered bytes below which dropped books are resynced (bytes).
+    #[arg(long, default_value_t = 64 * 1024)]
+    low_water_bytes: usize,
+    /// Buffered bytes above which a connection is closed with 4001 (bytes).
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    hard_limit_bytes: usize,
+    /// A connection dropping data for longer than this is closed with 4001 (ms).
+    #[arg(long, default_value_t = 10_000)]
+    max_lag_ms: u64,
+    /// Largest client message after reassembly (bytes); 1009 above.
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_message_bytes: u32,
+    /// Slots of each ingest → worker ring (messages).
+    #[arg(long, default_value_t = 65_536)]
+    ring_capacity: usize,
+    /// Serve the conformance echo endpoint at this path (a test aid; off by default).
+    #[arg(long)]
+    echo_path: Option<String>,
+}
+
+impl ServeArgs {
+    fn engine_config(&self) -> EngineConfig {
+        let defaults = EngineConfig::default();
+        EngineConfig {
+            ingest: IngestConfig {
+                proto_addr: self.ingest,
+                json_addr: self.ingest_json,
+                token: self.token.as_deref().map(Arc::from),
+                ..IngestConfig::default()
+            },
+            listen: self.listen,
+            workers: self.workers.unwrap_or(defaults.workers),
+            pin: self.pin && !self.no_pin,
+            ring_capacity: self.ring_capacity,
+            worker: WorkerConfig {
+                max_subscriptions: self.max_subscriptions,
+                high_water_bytes: self.high_water_bytes,
+                low_water_bytes: self.low_water_bytes,
+                hard_limit_bytes: self.hard_limit_bytes,
+                max_lag_ns: self.max_lag_ms.saturating_mul(1_000_000),
+                ..WorkerConfig::default()
+            },
+            ws: tickwire::ws::Config {
+                max_message_bytes: self.max_message_bytes,
+                ..tickwire::ws::Config::default()
+            },
+            allowed_origins: self.allowed_origins.clone(),
+            echo_path: self.echo_path.clone(),
+            max_connections: self.max_connections,
+        }
+    }
+}
+
+fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    Ok(stop)
+}
+
+fn wait_for(stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -39,12 +171,58 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(args) => {
+            let stop = stop_flag()?;
+            let engine = Engine::start(args.engine_config()).context("starting the engine")?;
+            println!("listening on {}", engine.ws_addr);
+            wait_for(&stop);
+            engine.shutdown();
+        }
+        Command::Demo {
+            serve,
+            symbols,
+            rate,
+            depth,
+            seed,
+        } => {
+            let stop = stop_flag()?;
+            let cfg = serve.engine_config();
+            let engine = Engine::start(cfg.clone()).context("starting the engine")?;
+            let feed = demo::spawn(
+                DemoFeedConfig {
+                    ingest: engine.ingest.proto_addr,
+                    synth: SynthConfig {
+                        seed,
+                        symbols,
+                        depth,
+                        ..SynthConfig::default()
+                    },
+                    events_per_sec: rate,
+                    token: serve.token.clone(),
+                },
+                stop.clone(),
+            )?;
+            let mut shown = engine.ws_addr;
+            if shown.ip().is_unspecified() {
+                shown.set_ip([127, 0, 0, 1].into());
+            }
+            println!("listening on {}", engine.ws_addr);
+            println!("tickwire demo: open http://{shown}/ for the live dashboard");
+            println!(
+                "  WebSocket: ws://{shown}/ws   symbols: http://{shown}/symbols   metrics: http://{shown}/metrics"
+            );
+            println!(
+                "  feed handlers: protobuf {}  JSON lines {}",
+                engine.ingest.proto_addr, engine.ingest.json_addr
+            );
+            wait_for(&stop);
+            let _ = feed.join();
+            engine.shutdown();
+        }
         Command::Echo { listen, echo_path } => {
             let listener = TcpListener::bind(listen).with_context(|| format!("bind {listen}"))?;
             println!("listening on {}", listener.local_addr()?);
-            let stop = Arc::new(AtomicBool::new(false));
-            signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
-            signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+            let stop = stop_flag()?;
             tickwire::net::echo::run(listener, &echo_path, stop)?;
         }
     }

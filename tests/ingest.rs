@@ -7,11 +7,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tickwire::book::SymbolId;
+use tickwire::book::book::OrderBook;
 use tickwire::book::decode::{encode_json_line, encode_proto};
 use tickwire::book::market::{Market, Published};
 use tickwire::book::synth::{SynthConfig, SynthMarket};
-use tickwire::book::SymbolId;
-use tickwire::book::book::OrderBook;
 use tickwire::config::IngestConfig;
 use tickwire::net::ingest::{IngestHandle, IngestServer, MarketSink};
 use tickwire::wire::pb::{self, ingest_message::Body};
@@ -26,7 +26,10 @@ struct Recorder(Arc<Mutex<Vec<(String, Published, EncodedFrame)>>>);
 impl MarketSink for Recorder {
     fn publish(&mut self, market: &Market, event: &Published, frame: &EncodedFrame) {
         let name = market.name(event.symbol()).to_string();
-        self.0.lock().unwrap().push((name, event.clone(), frame.clone()));
+        self.0
+            .lock()
+            .unwrap()
+            .push((name, event.clone(), frame.clone()));
     }
 }
 
@@ -74,15 +77,24 @@ fn assert_closed_by_server(s: &mut TcpStream) {
             Ok(0) => return,
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
             Err(e) => panic!("unexpected read error {e}"),
         }
-        assert!(Instant::now() < deadline, "server did not close the connection");
+        assert!(
+            Instant::now() < deadline,
+            "server did not close the connection"
+        );
     }
 }
 
 fn snapshot(symbol: &str, seq: u64, bids: &[(i64, i64)], asks: &[(i64, i64)]) -> pb::IngestMessage {
-    let lv = |l: &[(i64, i64)]| l.iter().map(|&(price, size)| pb::Level { price, size }).collect();
+    let lv = |l: &[(i64, i64)]| {
+        l.iter()
+            .map(|&(price, size)| pb::Level { price, size })
+            .collect()
+    };
     pb::IngestMessage {
         body: Some(Body::Snapshot(pb::BookSnapshot {
             symbol: symbol.into(),
@@ -102,7 +114,11 @@ fn delta(symbol: &str, seq: u64, side: pb::Side, price: i64, size: i64) -> pb::I
         body: Some(Body::Delta(pb::BookDelta {
             symbol: symbol.into(),
             seq,
-            updates: vec![pb::LevelUpdate { side: side as i32, price, size }],
+            updates: vec![pb::LevelUpdate {
+                side: side as i32,
+                price,
+                size,
+            }],
             exchange_ts_ns: 2,
             ..Default::default()
         })),
@@ -114,7 +130,10 @@ fn market<R: Send + 'static>(h: &IngestHandle, f: impl FnOnce(&Market) -> R + Se
 }
 
 fn book_of(h: &IngestHandle, name: &'static str) -> Option<(u64, OrderBook)> {
-    market(h, move |m| m.symbol_id(name).map(|id| (m.snapshot_seq(id), m.book(id).clone())))
+    market(h, move |m| {
+        m.symbol_id(name)
+            .map(|id| (m.snapshot_seq(id), m.book(id).clone()))
+    })
 }
 
 /// Checks that, per symbol, the published stream is a snapshot then
@@ -130,15 +149,22 @@ fn verify_stream(rec: &Recorder, symbol: &str) -> usize {
         assert_eq!(&decoded, ev.msg(), "frame encodes the published message");
         match ev {
             Published::Snapshot { seq, msg, .. } => {
-                let Some(server_message::Body::Snapshot(s)) = &msg.body else { panic!() };
-                assert!(*seq > last_seq, "{name}: snapshot seq {seq} after {last_seq}");
+                let Some(server_message::Body::Snapshot(s)) = &msg.body else {
+                    panic!()
+                };
+                assert!(
+                    *seq > last_seq,
+                    "{name}: snapshot seq {seq} after {last_seq}"
+                );
                 let b = OrderBook::from_levels(&s.bids, &s.asks).unwrap();
                 assert_eq!(b.checksum(), s.checksum);
                 book = Some(b);
                 last_seq = *seq;
             }
             Published::Delta { seq, msg, .. } => {
-                let Some(server_message::Body::Delta(d)) = &msg.body else { panic!() };
+                let Some(server_message::Body::Delta(d)) = &msg.body else {
+                    panic!()
+                };
                 let b = book.as_mut().expect("delta only after a snapshot");
                 assert_eq!(*seq, last_seq + 1, "{name}: deltas are contiguous");
                 for u in &d.updates {
@@ -161,7 +187,11 @@ fn verify_stream(rec: &Recorder, symbol: &str) -> usize {
 #[test]
 fn bad_feeds_never_disturb_a_good_feed() {
     let (h, rec) = start(None);
-    let mut synth = SynthMarket::new(SynthConfig { seed: 7, symbols: 5, ..SynthConfig::default() });
+    let mut synth = SynthMarket::new(SynthConfig {
+        seed: 7,
+        symbols: 5,
+        ..SynthConfig::default()
+    });
     let mut good = connect(h.proto_addr);
     good.write_all(&proto(&synth.snapshots(1))).unwrap();
     let mut sent = 0;
@@ -174,9 +204,17 @@ fn bad_feeds_never_disturb_a_good_feed() {
 
     // Unreadable streams: each closes only its own connection.
     let cases: [(&str, Vec<u8>, SocketAddr); 4] = [
-        ("undecodable", vec![0x05, 0xff, 0xff, 0xff, 0xff, 0xff], h.proto_addr),
+        (
+            "undecodable",
+            vec![0x05, 0xff, 0xff, 0xff, 0xff, 0xff],
+            h.proto_addr,
+        ),
         ("bad_length", vec![0xff; 11], h.proto_addr),
-        ("frame_too_large", vec![0x81, 0x80, 0x80, 0x01], h.proto_addr), // varint 2 MiB + 1
+        (
+            "frame_too_large",
+            vec![0x81, 0x80, 0x80, 0x01],
+            h.proto_addr,
+        ), // varint 2 MiB + 1
         ("not_json_object", b"[1,2,3]\n".to_vec(), h.json_addr),
     ];
     for (reason, bytes, addr) in cases {
@@ -191,7 +229,9 @@ fn bad_feeds_never_disturb_a_good_feed() {
     let mut bad = connect(h.json_addr);
     let _ = bad.write_all(&vec![b' '; (1 << 20) + 10]);
     assert_closed_by_server(&mut bad);
-    wait_until("line_too_long", || h.counters.feeds_closed.get("line_too_long") == 1);
+    wait_until("line_too_long", || {
+        h.counters.feeds_closed.get("line_too_long") == 1
+    });
 
     // Readable but invalid: rejected, the connection stays open and usable.
     let mut other = connect(h.proto_addr);
@@ -206,14 +246,21 @@ fn bad_feeds_never_disturb_a_good_feed() {
             delta("OTHER-1", 11, pb::Side::Bid, 101, 7),
         ]))
         .unwrap();
-    wait_until("rejections", || h.counters.rejected.total() == rejected_before + 4);
+    wait_until("rejections", || {
+        h.counters.rejected.total() == rejected_before + 4
+    });
     assert_eq!(h.counters.rejected.get("invalid_symbol"), 1);
     assert_eq!(h.counters.rejected.get("no_snapshot"), 1);
     assert_eq!(h.counters.rejected.get("not_owner"), 1);
     assert_eq!(h.counters.rejected.get("empty_message"), 1);
-    wait_until("OTHER-1 applied", || book_of(&h, "OTHER-1").is_some_and(|(seq, _)| seq == 2));
+    wait_until("OTHER-1 applied", || {
+        book_of(&h, "OTHER-1").is_some_and(|(seq, _)| seq == 2)
+    });
     let (_, b) = book_of(&h, "OTHER-1").unwrap();
-    assert_eq!(b.bids().map(|l| (l.price, l.size)).collect::<Vec<_>>(), vec![(101, 7), (100, 5)]);
+    assert_eq!(
+        b.bids().map(|l| (l.price, l.size)).collect::<Vec<_>>(),
+        vec![(101, 7), (100, 5)]
+    );
 
     // The good feed is unaffected: every event applied, books equal the truth.
     stream_some(&mut good, &mut synth);
@@ -223,13 +270,21 @@ fn bad_feeds_never_disturb_a_good_feed() {
     });
     let mut deltas = 0;
     for i in 0..synth.len() {
-        let name: &'static str = Box::leak(synth.names().nth(i).unwrap().to_string().into_boxed_str());
+        let name: &'static str =
+            Box::leak(synth.names().nth(i).unwrap().to_string().into_boxed_str());
         let (_, b) = book_of(&h, name).unwrap();
         assert_eq!(&b, synth.book(i).unwrap(), "{name} equals the feed's book");
         deltas += verify_stream(&rec, name);
     }
-    assert!(deltas > 500, "the good feed's deltas were published ({deltas})");
-    assert_eq!(h.counters.feeds_open.get(), 2, "the good and the 'other' feed are still open");
+    assert!(
+        deltas > 500,
+        "the good feed's deltas were published ({deltas})"
+    );
+    assert_eq!(
+        h.counters.feeds_open.get(),
+        2,
+        "the good and the 'other' feed are still open"
+    );
 }
 
 /// Two feeds at once, one per framing, over distinct symbols; then ownership,
@@ -240,48 +295,82 @@ fn sequencing_ownership_gaps_and_feed_down() {
     let (h, rec) = start(None);
     let mut a = connect(h.proto_addr);
     let mut j = connect(h.json_addr);
-    a.write_all(&proto(&[snapshot("AAA", 100, &[(1000, 10)], &[(1010, 10)]), delta("AAA", 101, pb::Side::Bid, 1001, 3)]))
-        .unwrap();
+    a.write_all(&proto(&[
+        snapshot("AAA", 100, &[(1000, 10)], &[(1010, 10)]),
+        delta("AAA", 101, pb::Side::Bid, 1001, 3),
+    ]))
+    .unwrap();
     let mut line = String::new();
-    encode_json_line(&snapshot("JJJ", 5, &[(2000, 10)], &[(2010, 10)]), 2, 4, &mut line);
-    line.push_str(r#"{"type":"delta","symbol":"JJJ","seq":6,"bids":[["20.05","1.5000"]],"asks":[]}"#);
+    encode_json_line(
+        &snapshot("JJJ", 5, &[(2000, 10)], &[(2010, 10)]),
+        2,
+        4,
+        &mut line,
+    );
+    line.push_str(
+        r#"{"type":"delta","symbol":"JJJ","seq":6,"bids":[["20.05","1.5000"]],"asks":[]}"#,
+    );
     line.push('\n');
     line.push_str(r#"{"type":"trade","symbol":"JJJ","price":"20.05","size":"0.0100","aggressor":"bid","trade_id":"t-1"}"#);
     line.push('\n');
     j.write_all(line.as_bytes()).unwrap();
     wait_until("both feeds applied", || {
-        book_of(&h, "AAA").is_some_and(|(s, _)| s == 2) && book_of(&h, "JJJ").is_some_and(|(s, _)| s == 2)
+        book_of(&h, "AAA").is_some_and(|(s, _)| s == 2)
+            && book_of(&h, "JJJ").is_some_and(|(s, _)| s == 2)
     });
     let (_, jb) = book_of(&h, "JJJ").unwrap();
-    assert_eq!(jb.best(tickwire::book::book::Side::Bid).map(|l| (l.price, l.size)), Some((2005, 15000)));
+    assert_eq!(
+        jb.best(tickwire::book::book::Side::Bid)
+            .map(|l| (l.price, l.size)),
+        Some((2005, 15000))
+    );
 
     // JSON: an inexact decimal in a delta for a book this feed owns is a gap.
     j.write_all(b"{\"type\":\"delta\",\"symbol\":\"JJJ\",\"seq\":7,\"bids\":[[\"20.051\",\"1\"]],\"asks\":[]}\n")
         .unwrap();
-    wait_until("bad decimal rejected", || h.counters.rejected.get("bad_decimal") == 1);
-    wait_until("JJJ stale", || market(&h, |m| m.stale_reason(m.symbol_id("JJJ").unwrap()).is_some()));
+    wait_until("bad decimal rejected", || {
+        h.counters.rejected.get("bad_decimal") == 1
+    });
+    wait_until("JJJ stale", || {
+        market(&h, |m| {
+            m.stale_reason(m.symbol_id("JJJ").unwrap()).is_some()
+        })
+    });
     // Further deltas take no seq until a new snapshot.
     j.write_all(b"{\"type\":\"delta\",\"symbol\":\"JJJ\",\"seq\":8,\"bids\":[[\"20.06\",\"1\"]],\"asks\":[]}\n")
         .unwrap();
-    wait_until("stale delta rejected", || h.counters.rejected.get("book_stale") == 1);
+    wait_until("stale delta rejected", || {
+        h.counters.rejected.get("book_stale") == 1
+    });
     assert_eq!(book_of(&h, "JJJ").unwrap().0, 2);
 
     // A feed gap on AAA (101 → 103): Stale{feed_gap}, trades keep flowing.
-    a.write_all(&proto(&[delta("AAA", 103, pb::Side::Bid, 999, 1)])).unwrap();
+    a.write_all(&proto(&[delta("AAA", 103, pb::Side::Bid, 999, 1)]))
+        .unwrap();
     wait_until("gap", || h.counters.rejected.get("feed_gap") == 1);
     // Another feed takes AAA over with a snapshot; the sequence continues.
     let mut b = connect(h.proto_addr);
-    b.write_all(&proto(&[snapshot("AAA", 1, &[(900, 1)], &[(910, 1)]), delta("AAA", 2, pb::Side::Ask, 909, 2)]))
-        .unwrap();
-    wait_until("AAA resumed by b", || book_of(&h, "AAA").is_some_and(|(s, _)| s == 4));
+    b.write_all(&proto(&[
+        snapshot("AAA", 1, &[(900, 1)], &[(910, 1)]),
+        delta("AAA", 2, pb::Side::Ask, 909, 2),
+    ]))
+    .unwrap();
+    wait_until("AAA resumed by b", || {
+        book_of(&h, "AAA").is_some_and(|(s, _)| s == 4)
+    });
     // The old owner is now rejected.
-    a.write_all(&proto(&[delta("AAA", 104, pb::Side::Bid, 999, 1)])).unwrap();
+    a.write_all(&proto(&[delta("AAA", 104, pb::Side::Bid, 999, 1)]))
+        .unwrap();
     wait_until("not owner", || h.counters.rejected.get("not_owner") == 1);
     assert_eq!(book_of(&h, "AAA").unwrap().0, 4);
 
     // b disconnects: AAA gets Stale{feed_down}; JJJ (owned by j) does not.
     drop(b);
-    wait_until("feed down", || market(&h, |m| m.stale_reason(m.symbol_id("AAA").unwrap()).is_some()));
+    wait_until("feed down", || {
+        market(&h, |m| {
+            m.stale_reason(m.symbol_id("AAA").unwrap()).is_some()
+        })
+    });
     let stale: Vec<(String, String)> = rec
         .0
         .lock()
@@ -303,8 +392,19 @@ fn sequencing_ownership_gaps_and_feed_down() {
     // The published streams are gap-free with valid checksums.
     verify_stream(&rec, "AAA");
     verify_stream(&rec, "JJJ");
-    let seqs: Vec<u64> = rec.0.lock().unwrap().iter().filter(|(n, ..)| n == "AAA").filter_map(|(_, e, _)| e.seq()).collect();
-    assert_eq!(seqs, vec![1, 2, 3, 4], "AAA: snapshot 1, delta 2, b's snapshot 3, delta 4");
+    let seqs: Vec<u64> = rec
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(n, ..)| n == "AAA")
+        .filter_map(|(_, e, _)| e.seq())
+        .collect();
+    assert_eq!(
+        seqs,
+        vec![1, 2, 3, 4],
+        "AAA: snapshot 1, delta 2, b's snapshot 3, delta 4"
+    );
     let _ = SymbolId(0);
 }
 
@@ -314,19 +414,35 @@ fn sequencing_ownership_gaps_and_feed_down() {
 fn token_is_enforced() {
     let (h, _rec) = start(Some("s3cret"));
     let hello = |t: &str| pb::IngestMessage {
-        body: Some(Body::Hello(pb::Hello { feed_id: "cb-1".into(), token: t.into() })),
+        body: Some(Body::Hello(pb::Hello {
+            feed_id: "cb-1".into(),
+            token: t.into(),
+        })),
     };
     let mut no_hello = connect(h.proto_addr);
-    no_hello.write_all(&proto(&[snapshot("TOK", 1, &[(1, 1)], &[(2, 1)])])).unwrap();
+    no_hello
+        .write_all(&proto(&[snapshot("TOK", 1, &[(1, 1)], &[(2, 1)])]))
+        .unwrap();
     assert_closed_by_server(&mut no_hello);
     let mut wrong = connect(h.json_addr);
-    wrong.write_all(b"{\"type\":\"hello\",\"feed_id\":\"x\",\"token\":\"nope\"}\n").unwrap();
+    wrong
+        .write_all(b"{\"type\":\"hello\",\"feed_id\":\"x\",\"token\":\"nope\"}\n")
+        .unwrap();
     assert_closed_by_server(&mut wrong);
     let mut right = connect(h.proto_addr);
-    right.write_all(&proto(&[hello("s3cret"), snapshot("TOK", 1, &[(1, 1)], &[(2, 1)])])).unwrap();
+    right
+        .write_all(&proto(&[
+            hello("s3cret"),
+            snapshot("TOK", 1, &[(1, 1)], &[(2, 1)]),
+        ]))
+        .unwrap();
     wait_until("accepted", || book_of(&h, "TOK").is_some());
     assert_eq!(h.counters.feeds_closed.get("missing_hello"), 1);
     assert_eq!(h.counters.feeds_closed.get("bad_token"), 1);
     assert_eq!(h.counters.accepted.get("hello"), 1);
-    assert_eq!(book_of(&h, "TOK").unwrap().0, 1, "nothing from the refused feeds was applied");
+    assert_eq!(
+        book_of(&h, "TOK").unwrap().0,
+        1,
+        "nothing from the refused feeds was applied"
+    );
 }

@@ -12,7 +12,6 @@ pub mod synth;
 /// Decimal strings are part of the wire contract (PROTOCOL §1); they live in `wire`.
 pub use crate::wire::decimal;
 
-
 /// Index of a symbol in the ingest thread's table; dense, assigned on first snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SymbolId(pub u32);
@@ -43,7 +42,11 @@ pub enum RejectReason {
     #[error("symbol {0} is owned by another feed")]
     NotOwner(String),
     #[error("feed sequence gap on {symbol}: expected {expected}, got {got}")]
-    FeedGap { symbol: String, expected: u64, got: u64 },
+    FeedGap {
+        symbol: String,
+        expected: u64,
+        got: u64,
+    },
     #[error("book {0} is stale after a feed gap; waiting for a snapshot")]
     BookStale(String),
     #[error("hello after the first message")]
@@ -80,7 +83,10 @@ pub struct Rejection {
 
 impl From<RejectReason> for Rejection {
     fn from(reason: RejectReason) -> Self {
-        Rejection { reason, delta_symbol: None }
+        Rejection {
+            reason,
+            delta_symbol: None,
+        }
     }
 }
 

@@ -24,6 +24,11 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// Publishes a running total kept elsewhere by the same single writer.
+    pub fn set(&self, total: u64) {
+        self.0.store(total, Ordering::Relaxed);
+    }
 }
 
 /// A value that goes up and down (connections open, say).
@@ -57,13 +62,20 @@ pub struct LabeledCounter<const N: usize> {
 
 impl<const N: usize> LabeledCounter<N> {
     pub fn new(labels: &'static [&'static str; N]) -> Self {
-        LabeledCounter { labels, values: std::array::from_fn(|_| Counter::default()) }
+        LabeledCounter {
+            labels,
+            values: std::array::from_fn(|_| Counter::default()),
+        }
     }
 
     /// Counts one for `label`. An unknown label is a programming error: it is
     /// counted under the last label (by convention `other`) rather than lost.
     pub fn inc(&self, label: &str) {
-        let i = self.labels.iter().position(|l| *l == label).unwrap_or(N - 1);
+        let i = self
+            .labels
+            .iter()
+            .position(|l| *l == label)
+            .unwrap_or(N - 1);
         debug_assert!(self.labels[i] == label, "unknown metric label {label}");
         self.values[i].inc();
     }
@@ -76,7 +88,10 @@ impl<const N: usize> LabeledCounter<N> {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        self.labels.iter().copied().zip(self.values.iter().map(Counter::get))
+        self.labels
+            .iter()
+            .copied()
+            .zip(self.values.iter().map(Counter::get))
     }
 
     pub fn total(&self) -> u64 {
@@ -153,15 +168,27 @@ impl Default for IngestCounters {
 impl IngestCounters {
     /// Appends these counters in Prometheus text format.
     pub fn render(&self, out: &mut PromText) {
-        out.gauge("tickwire_ingest_feeds_open", "Feed connections open now.", self.feeds_open.get());
-        out.counter("tickwire_ingest_feeds_accepted_total", "Feed connections accepted.", self.feeds_accepted.get());
+        out.gauge(
+            "tickwire_ingest_feeds_open",
+            "Feed connections open now.",
+            self.feeds_open.get(),
+        );
+        out.counter(
+            "tickwire_ingest_feeds_accepted_total",
+            "Feed connections accepted.",
+            self.feeds_accepted.get(),
+        );
         out.labeled_counter(
             "tickwire_ingest_feeds_closed_total",
             "Feed connections closed, by reason.",
             "reason",
             self.feeds_closed.iter(),
         );
-        out.counter("tickwire_ingest_bytes_total", "Bytes read from feeds.", self.bytes_read.get());
+        out.counter(
+            "tickwire_ingest_bytes_total",
+            "Bytes read from feeds.",
+            self.bytes_read.get(),
+        );
         out.labeled_counter(
             "tickwire_ingest_messages_total",
             "Ingest messages accepted, by kind.",
@@ -254,7 +281,10 @@ mod tests {
         let mut text = PromText::new();
         c.render(&mut text);
         let text = text.finish();
-        assert!(text.contains("tickwire_ingest_rejected_total{reason=\"bad_decimal\"} 2\n"), "{text}");
+        assert!(
+            text.contains("tickwire_ingest_rejected_total{reason=\"bad_decimal\"} 2\n"),
+            "{text}"
+        );
         assert!(text.contains("# TYPE tickwire_ingest_rejected_total counter\n"));
     }
 
@@ -270,7 +300,11 @@ mod tests {
             RejectReason::BadMessage(String::new()),
             RejectReason::NoSnapshot(String::new()),
             RejectReason::NotOwner(String::new()),
-            RejectReason::FeedGap { symbol: String::new(), expected: 0, got: 0 },
+            RejectReason::FeedGap {
+                symbol: String::new(),
+                expected: 0,
+                got: 0,
+            },
             RejectReason::BookStale(String::new()),
             RejectReason::LateHello,
         ];

@@ -103,8 +103,10 @@ impl IngestServer {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut proto = TcpListener::bind(cfg.proto_addr)?;
         let mut json = TcpListener::bind(cfg.json_addr)?;
-        poll.registry().register(&mut proto, PROTO_LISTENER, Interest::READABLE)?;
-        poll.registry().register(&mut json, JSON_LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut proto, PROTO_LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut json, JSON_LISTENER, Interest::READABLE)?;
         let (control_tx, control_rx) = crossbeam_channel::unbounded();
         Ok(IngestServer {
             poll,
@@ -161,7 +163,14 @@ impl IngestServer {
         let thread = std::thread::Builder::new()
             .name("ingest".into())
             .spawn(move || lp.run())?;
-        Ok(IngestHandle { proto_addr, json_addr, counters, control, waker, thread: Some(thread) })
+        Ok(IngestHandle {
+            proto_addr,
+            json_addr,
+            counters,
+            control,
+            waker,
+            thread: Some(thread),
+        })
     }
 }
 
@@ -328,7 +337,11 @@ impl IngestLoop {
                 self.feeds.push(None);
                 self.feeds.len() - 1
             });
-            if let Err(e) = self.poll.registry().register(&mut stream, Token(slot + FIRST_FEED), Interest::READABLE) {
+            if let Err(e) = self.poll.registry().register(
+                &mut stream,
+                Token(slot + FIRST_FEED),
+                Interest::READABLE,
+            ) {
                 warn!(%addr, error = %e, "feed register failed");
                 self.free.push(slot);
                 continue;
@@ -342,7 +355,11 @@ impl IngestLoop {
                 addr,
                 id,
                 name: String::new(),
-                decoder: FeedDecoder::new(framing, self.cfg.token.clone(), self.cfg.max_frame_bytes),
+                decoder: FeedDecoder::new(
+                    framing,
+                    self.cfg.token.clone(),
+                    self.cfg.max_frame_bytes,
+                ),
                 rejected: 0,
             });
             // Bytes may already be waiting (edge-triggered): read them now.
@@ -385,7 +402,9 @@ impl IngestLoop {
     fn drain_decoder(&mut self, slot: usize, ingest_ts_ns: u64) -> Result<(), StreamError> {
         loop {
             // The slot is occupied: the caller just used it and nothing in between closes it.
-            let Some(feed) = self.feeds[slot].as_mut() else { return Ok(()) };
+            let Some(feed) = self.feeds[slot].as_mut() else {
+                return Ok(());
+            };
             let market = &self.market;
             let decoded = match feed.decoder.poll_message(&|s| market.decimals(s))? {
                 None => return Ok(()),
@@ -413,7 +432,8 @@ impl IngestLoop {
                     .map(|_| self.counters.accepted.inc("trade")),
                 Err(rejection) => {
                     if let Some(symbol) = &rejection.delta_symbol {
-                        self.market.handle_invalid_delta(feed_id, symbol, &mut self.out);
+                        self.market
+                            .handle_invalid_delta(feed_id, symbol, &mut self.out);
                     }
                     Err(rejection.reason)
                 }
@@ -427,7 +447,9 @@ impl IngestLoop {
 
     fn count_rejection(&mut self, slot: usize, reason: &RejectReason) {
         self.counters.rejected.inc(reason.label());
-        let Some(feed) = self.feeds[slot].as_mut() else { return };
+        let Some(feed) = self.feeds[slot].as_mut() else {
+            return;
+        };
         feed.rejected += 1;
         if feed.rejected <= REJECTS_LOGGED_PER_FEED || feed.rejected % 10_000 == 0 {
             warn!(
@@ -439,7 +461,11 @@ impl IngestLoop {
                 "ingest message rejected: {reason}"
             );
         } else {
-            debug!(feed = feed.id.0, reason = reason.label(), "ingest message rejected: {reason}");
+            debug!(
+                feed = feed.id.0,
+                reason = reason.label(),
+                "ingest message rejected: {reason}"
+            );
         }
     }
 
@@ -470,7 +496,9 @@ impl IngestLoop {
     }
 
     fn close_feed(&mut self, slot: usize, reason: &'static str, detail: &str) {
-        let Some(mut feed) = self.feeds.get_mut(slot).and_then(Option::take) else { return };
+        let Some(mut feed) = self.feeds.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
         let _ = self.poll.registry().deregister(&mut feed.stream);
         self.free.push(slot);
         self.counters.feeds_open.dec();

@@ -1,4 +1,10 @@
 //! The only module that touches sockets, `mio`, threads, wakers and CPU
 //! affinity. Everything it decides, it asks the sans-IO modules.
 
+pub mod demo;
 pub mod echo;
+pub mod engine;
+pub mod ingest;
+pub mod shared;
+pub mod sink;
+pub mod worker;

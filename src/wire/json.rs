@@ -100,7 +100,10 @@ pub fn render(msg: &pb::ServerMessage, decimals: Decimals, out: &mut String) {
     // Writing to a String cannot fail: the `let _ =` below discard `Ok(())`.
     match &msg.body {
         Some(Body::Snapshot(s)) => {
-            let d = Decimals { price: decimals_of(s.price_decimals), size: decimals_of(s.size_decimals) };
+            let d = Decimals {
+                price: decimals_of(s.price_decimals),
+                size: decimals_of(s.size_decimals),
+            };
             out.push_str("{\"type\":\"snapshot\",\"symbol\":");
             write_json_str(out, &s.symbol);
             let _ = write!(out, ",\"seq\":{},\"bids\":", s.seq);
@@ -144,7 +147,11 @@ pub fn render(msg: &pb::ServerMessage, decimals: Decimals, out: &mut String) {
             out.push('}');
         }
         Some(Body::Subscribed(s)) => {
-            let _ = write!(out, "{{\"type\":\"subscribed\",\"id\":{},\"symbols\":", s.id);
+            let _ = write!(
+                out,
+                "{{\"type\":\"subscribed\",\"id\":{},\"symbols\":",
+                s.id
+            );
             write_str_array(out, &s.symbols);
             out.push_str(",\"channels\":");
             write_str_array(out, &s.channels);
@@ -164,7 +171,11 @@ pub fn render(msg: &pb::ServerMessage, decimals: Decimals, out: &mut String) {
             out.push_str("]}");
         }
         Some(Body::Unsubscribed(u)) => {
-            let _ = write!(out, "{{\"type\":\"unsubscribed\",\"id\":{},\"symbols\":", u.id);
+            let _ = write!(
+                out,
+                "{{\"type\":\"unsubscribed\",\"id\":{},\"symbols\":",
+                u.id
+            );
             write_str_array(out, &u.symbols);
             out.push_str(",\"channels\":");
             write_str_array(out, &u.channels);
@@ -204,8 +215,14 @@ mod tests {
             Body::Snapshot(pb::BookSnapshot {
                 symbol: "BTC-USD".into(),
                 seq: 42,
-                bids: vec![pb::Level { price: 3000050, size: 12500 }],
-                asks: vec![pb::Level { price: 3000100, size: 5000 }],
+                bids: vec![pb::Level {
+                    price: 3000050,
+                    size: 12500,
+                }],
+                asks: vec![pb::Level {
+                    price: 3000100,
+                    size: 5000,
+                }],
                 price_decimals: 2,
                 size_decimals: 4,
                 exchange_ts_ns: 1,
@@ -228,9 +245,21 @@ mod tests {
                 symbol: "ETH-USD".into(),
                 seq: 9,
                 updates: vec![
-                    pb::LevelUpdate { side: pb::Side::Bid as i32, price: -150, size: 0 },
-                    pb::LevelUpdate { side: pb::Side::Ask as i32, price: 200, size: 3 },
-                    pb::LevelUpdate { side: pb::Side::Bid as i32, price: 100, size: 10 },
+                    pb::LevelUpdate {
+                        side: pb::Side::Bid as i32,
+                        price: -150,
+                        size: 0,
+                    },
+                    pb::LevelUpdate {
+                        side: pb::Side::Ask as i32,
+                        price: 200,
+                        size: 3,
+                    },
+                    pb::LevelUpdate {
+                        side: pb::Side::Bid as i32,
+                        price: 100,
+                        size: 10,
+                    },
                 ],
                 exchange_ts_ns: 5,
                 ingest_ts_ns: 6,
@@ -264,18 +293,32 @@ mod tests {
             r#"{"type":"trade","symbol":"BTC-USD","seq":1,"price":"30000.50","size":"0.0100","aggressor":"ask","exchange_ts_ns":3,"ingest_ts_ns":4,"trade_id":"t-\"1\""}"#
         );
         let e = render_str(
-            Body::Error(pb::Error { id: 3, code: "bad_request".into(), message: "line\nbreak\u{1}".into() }),
+            Body::Error(pb::Error {
+                id: 3,
+                code: "bad_request".into(),
+                message: "line\nbreak\u{1}".into(),
+            }),
             Decimals::default(),
         );
-        assert_eq!(e, r#"{"type":"error","id":3,"code":"bad_request","message":"line\nbreak\u0001"}"#);
+        assert_eq!(
+            e,
+            r#"{"type":"error","id":3,"code":"bad_request","message":"line\nbreak\u0001"}"#
+        );
         let v: sonic_rs::Value = sonic_rs::from_str(&e).unwrap();
-        assert_eq!(sonic_rs::JsonValueTrait::as_str(&v["message"]), Some("line\nbreak\u{1}"));
+        assert_eq!(
+            sonic_rs::JsonValueTrait::as_str(&v["message"]),
+            Some("line\nbreak\u{1}")
+        );
         let sub = render_str(
             Body::Subscribed(pb::Subscribed {
                 id: 7,
                 symbols: vec!["BTC-USD".into()],
                 channels: vec!["book".into(), "trades".into()],
-                instruments: vec![pb::Instrument { symbol: "BTC-USD".into(), price_decimals: 2, size_decimals: 4 }],
+                instruments: vec![pb::Instrument {
+                    symbol: "BTC-USD".into(),
+                    price_decimals: 2,
+                    size_decimals: 4,
+                }],
             }),
             Decimals::default(),
         );
@@ -284,14 +327,28 @@ mod tests {
             r#"{"type":"subscribed","id":7,"symbols":["BTC-USD"],"channels":["book","trades"],"instruments":[{"symbol":"BTC-USD","price_decimals":2,"size_decimals":4}]}"#
         );
         let st = render_str(
-            Body::Stale(pb::Stale { symbol: "X".into(), dropped: 0, reason: "feed_down".into() }),
+            Body::Stale(pb::Stale {
+                symbol: "X".into(),
+                dropped: 0,
+                reason: "feed_down".into(),
+            }),
             Decimals::default(),
         );
-        assert_eq!(st, r#"{"type":"stale","symbol":"X","dropped":0,"reason":"feed_down"}"#);
+        assert_eq!(
+            st,
+            r#"{"type":"stale","symbol":"X","dropped":0,"reason":"feed_down"}"#
+        );
         let un = render_str(
-            Body::Unsubscribed(pb::Unsubscribed { id: 8, symbols: vec!["X".into()], channels: vec!["book".into()] }),
+            Body::Unsubscribed(pb::Unsubscribed {
+                id: 8,
+                symbols: vec!["X".into()],
+                channels: vec!["book".into()],
+            }),
             Decimals::default(),
         );
-        assert_eq!(un, r#"{"type":"unsubscribed","id":8,"symbols":["X"],"channels":["book"]}"#);
+        assert_eq!(
+            un,
+            r#"{"type":"unsubscribed","id":8,"symbols":["X"],"channels":["book"]}"#
+        );
     }
 }

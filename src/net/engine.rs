@@ -1,0 +1,198 @@
+//! Starts the engine: the ingest thread, N workers each with its own
+//! `SO_REUSEPORT` listener on the client port, and the rings between them.
+//! [`Engine::shutdown`] stops them (workers close their clients with 1001).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use mio::{Poll, Token, Waker};
+use socket2::{Domain, Protocol, Socket, Type};
+use tracing::{info, warn};
+
+use crate::config::IngestConfig;
+use crate::fanout::ring::WorkerId;
+use crate::fanout::worker::{WorkerConfig, WorkerCore};
+use crate::ws;
+
+use super::ingest::{IngestHandle, IngestServer};
+use super::shared::Shared;
+use super::sink::{FanoutSink, RtrbRings};
+use super::worker::{Worker, WorkerParams};
+
+/// Everything `tickwire serve` configures.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub ingest: IngestConfig,
+    /// The client port (WebSocket and HTTP). Default `0.0.0.0:8080`.
+    pub listen: SocketAddr,
+    /// Worker threads. Default: the available cores.
+    pub workers: usize,
+    /// Pin worker N to core N (`core_affinity`). Default on; tests turn it off.
+    pub pin: bool,
+    /// Slots of each ingest → worker ring (messages). Default 65 536.
+    pub ring_capacity: usize,
+    pub worker: WorkerConfig,
+    pub ws: ws::Config,
+    /// Allowed `Origin`s; empty: any.
+    pub allowed_origins: Vec<String>,
+    /// The conformance echo endpoint (off unless set).
+    pub echo_path: Option<String>,
+    /// WebSocket connections the process holds at most (503 past it). Default 100 000.
+    pub max_connections: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            ingest: IngestConfig::default(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pin: true,
+            ring_capacity: 65_536,
+            worker: WorkerConfig::default(),
+            ws: ws::Config::default(),
+            allowed_origins: Vec::new(),
+            echo_path: None,
+            max_connections: 100_000,
+        }
+    }
+}
+
+/// A running engine.
+pub struct Engine {
+    /// The bound client address (the real port when `listen` had port 0).
+    pub ws_addr: SocketAddr,
+    pub ingest: IngestHandle,
+    pub shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    wakers: Vec<Arc<Waker>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+const WORKER_WAKER: Token = Token(1);
+
+/// A non-blocking listener with `SO_REUSEPORT`, so every worker can bind the port.
+fn reuseport_listener(addr: SocketAddr) -> io::Result<mio::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(mio::net::TcpListener::from_std(socket.into()))
+}
+
+impl Engine {
+    pub fn start(cfg: EngineConfig) -> io::Result<Engine> {
+        let workers = cfg.workers.clamp(1, crate::fanout::router::MAX_WORKERS);
+        let ingest = IngestServer::bind(cfg.ingest.clone())?;
+        let shared = Arc::new(Shared::new(ingest.counters(), workers));
+        let stop = Arc::new(AtomicBool::new(false));
+        // The first listener fixes the port (port 0 picks one); the others join it.
+        let first = reuseport_listener(cfg.listen)?;
+        let ws_addr = first.local_addr()?;
+        let mut listeners = vec![first];
+        for _ in 1..workers {
+            listeners.push(reuseport_listener(ws_addr)?);
+        }
+        let mut router = ws::Router::new();
+        if !cfg.allowed_origins.is_empty() {
+            router = router.with_allowed_origins(cfg.allowed_origins.clone());
+        }
+        if let Some(p) = &cfg.echo_path {
+            router = router.with_echo_path(p.clone());
+        }
+        let cores = if cfg.pin {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let per_worker_max = cfg.max_connections.div_ceil(workers);
+        let mut producers = Vec::new();
+        let mut wakers = Vec::new();
+        let mut requests = Vec::new();
+        let mut params = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WORKER_WAKER)?);
+            let (p, ring) = rtrb::RingBuffer::new(cfg.ring_capacity);
+            let (to_ingest, req) = rtrb::RingBuffer::new(cfg.ring_capacity.min(16_384));
+            producers.push(p);
+            wakers.push(waker);
+            requests.push(req);
+            params.push(WorkerParams {
+                id: WorkerId(i as u16),
+                poll,
+                listener,
+                ring,
+                to_ingest,
+                ingest_waker: ingest.waker(),
+                core: WorkerCore::new(cfg.worker),
+                ws_config: cfg.ws,
+                router: router.clone(),
+                shared: shared.clone(),
+                stop: stop.clone(),
+                max_connections: per_worker_max,
+            });
+        }
+        let sink = FanoutSink::new(
+            RtrbRings {
+                producers,
+                wakers: wakers.clone(),
+            },
+            requests,
+            shared.clone(),
+        );
+        let ingest = ingest.spawn(Box::new(sink))?;
+        let mut threads = Vec::new();
+        for (i, p) in params.into_iter().enumerate() {
+            let core = cores.get(i % cores.len().max(1)).copied();
+            let worker = Worker::new(p)?;
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("worker-{i}"))
+                    .spawn(move || {
+                        if let Some(core) = core
+                            && !core_affinity::set_for_current(core)
+                        {
+                            warn!(worker = i, "could not pin to core {}", core.id);
+                        }
+                        worker.run();
+                    })?,
+            );
+        }
+        info!(%ws_addr, proto = %ingest.proto_addr, json = %ingest.json_addr, workers, "tickwire serving");
+        Ok(Engine {
+            ws_addr,
+            ingest,
+            shared,
+            stop,
+            wakers,
+            threads,
+        })
+    }
+
+    /// Stops the workers (each closes its clients with 1001) and the ingest thread.
+    pub fn shutdown(mut self) {
+        self.stop_threads();
+    }
+
+    fn stop_threads(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in &self.wakers {
+            let _ = w.wake();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}

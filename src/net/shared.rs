@@ -1,0 +1,275 @@
+//! State shared with the HTTP side for `/metrics` and `/symbols`: written by its
+//! owning thread (ingest or a worker) on a slow period, read on a scrape. Only
+//! the control plane touches the locks here, never the per-message path.
+
+use std::sync::{Arc, Mutex};
+
+use hdrhistogram::Histogram;
+
+use crate::fanout::router::RouterStats;
+use crate::metrics::{IngestCounters, PromText};
+
+/// Per-worker counters, written by that worker only.
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    pub connections_open: crate::metrics::Gauge,
+    pub connections_accepted: crate::metrics::Counter,
+    pub http_requests: crate::metrics::Counter,
+    pub subscriptions: crate::metrics::Gauge,
+    /// Connections the core holds (published once a second, for leak checks).
+    pub core_connections: crate::metrics::Gauge,
+    /// Entries in the worker's subscription indexes (0 when nobody is subscribed).
+    pub index_entries: crate::metrics::Gauge,
+    pub messages_out: crate::metrics::Counter,
+    pub bytes_out: crate::metrics::Counter,
+    pub writes: crate::metrics::Counter,
+    pub ring_messages: crate::metrics::Counter,
+    pub snapshot_requests: crate::metrics::Counter,
+    pub snapshot_requests_coalesced: crate::metrics::Counter,
+    pub dropped_slow: crate::metrics::Counter,
+    pub closed_slow: crate::metrics::Counter,
+    pub loop_turns: crate::metrics::Counter,
+    pub max_turn_ns: crate::metrics::Gauge,
+}
+
+/// What a worker publishes for scrapes.
+pub struct WorkerShared {
+    pub counters: WorkerCounters,
+    /// Ingest → socket-write latency, nanoseconds; copied from the worker's own
+    /// histogram about once a second.
+    pub latency_ns: Mutex<Histogram<u64>>,
+}
+
+impl WorkerShared {
+    pub fn new() -> WorkerShared {
+        WorkerShared {
+            counters: WorkerCounters::default(),
+            latency_ns: Mutex::new(new_latency_histogram()),
+        }
+    }
+}
+
+impl Default for WorkerShared {
+    fn default() -> Self {
+        WorkerShared::new()
+    }
+}
+
+/// A latency histogram from 1 µs to 60 s, 3 significant digits.
+pub fn new_latency_histogram() -> Histogram<u64> {
+    // Bounds are constants that hdrhistogram accepts (low ≥ 1, high ≥ 2·low).
+    Histogram::new_with_bounds(1_000, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Everything `/metrics` and `/symbols` read.
+pub struct Shared {
+    pub ingest: Arc<IngestCounters>,
+    pub router: Mutex<RouterStats>,
+    /// The body of `GET /symbols`, re-rendered by the ingest thread when it changes.
+    pub symbols_json: Mutex<Arc<str>>,
+    pub workers: Vec<Arc<WorkerShared>>,
+}
+
+impl Shared {
+    pub fn new(ingest: Arc<IngestCounters>, workers: usize) -> Shared {
+        Shared {
+            ingest,
+            router: Mutex::new(RouterStats::default()),
+            symbols_json: Mutex::new(Arc::from("{\"symbols\":[]}")),
+            workers: (0..workers)
+                .map(|_| Arc::new(WorkerShared::new()))
+                .collect(),
+        }
+    }
+
+    pub fn symbols_json(&self) -> Arc<str> {
+        self.symbols_json
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Renders the Prometheus text of every thread's counters.
+    pub fn render_metrics(&self) -> String {
+        let mut out = PromText::new();
+        self.ingest.render(&mut out);
+        let router = self
+            .router
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        out.counter(
+            "tickwire_ring_pushed_total",
+            "Messages pushed into worker rings.",
+            router.pushed,
+        );
+        out.labeled_counter(
+            "tickwire_ring_dropped_total",
+            "Messages dropped because a worker's ring was full, by kind.",
+            "kind",
+            [
+                ("delta", router.dropped_deltas),
+                ("trade", router.dropped_trades),
+            ]
+            .into_iter(),
+        );
+        out.counter(
+            "tickwire_ring_drop_markers_total",
+            "Resync markers sent after ring drops.",
+            router.drop_markers,
+        );
+        out.counter(
+            "tickwire_snapshot_requests_served_total",
+            "Snapshot requests answered by the ingest thread.",
+            router.snapshot_requests,
+        );
+        out.counter(
+            "tickwire_snapshots_encoded_total",
+            "Snapshots encoded (cache misses).",
+            router.snapshots_encoded,
+        );
+        out.counter(
+            "tickwire_json_rendered_total",
+            "Messages rendered to JSON (once each).",
+            router.json_rendered,
+        );
+        type Get = fn(&WorkerCounters) -> u64;
+        let per_worker: [(&str, &str, &str, Get); 16] = [
+            (
+                "tickwire_worker_connections",
+                "gauge",
+                "Connections held by the worker core.",
+                |c| c.core_connections.get(),
+            ),
+            (
+                "tickwire_worker_index_entries",
+                "gauge",
+                "Entries in the worker's subscription indexes.",
+                |c| c.index_entries.get(),
+            ),
+            (
+                "tickwire_connections_open",
+                "gauge",
+                "WebSocket connections open.",
+                |c| c.connections_open.get(),
+            ),
+            (
+                "tickwire_connections_accepted_total",
+                "counter",
+                "TCP connections accepted.",
+                |c| c.connections_accepted.get(),
+            ),
+            (
+                "tickwire_http_requests_total",
+                "counter",
+                "Plain HTTP requests served.",
+                |c| c.http_requests.get(),
+            ),
+            (
+                "tickwire_subscriptions",
+                "gauge",
+                "Symbol-channel subscriptions held.",
+                |c| c.subscriptions.get(),
+            ),
+            (
+                "tickwire_messages_out_total",
+                "counter",
+                "Messages queued to clients.",
+                |c| c.messages_out.get(),
+            ),
+            (
+                "tickwire_bytes_out_total",
+                "counter",
+                "Bytes written to client sockets.",
+                |c| c.bytes_out.get(),
+            ),
+            (
+                "tickwire_socket_writes_total",
+                "counter",
+                "write/writev calls on client sockets.",
+                |c| c.writes.get(),
+            ),
+            (
+                "tickwire_ring_messages_total",
+                "counter",
+                "Messages drained from the ingest ring.",
+                |c| c.ring_messages.get(),
+            ),
+            (
+                "tickwire_snapshot_requests_total",
+                "counter",
+                "Snapshot requests sent to ingest.",
+                |c| c.snapshot_requests.get(),
+            ),
+            (
+                "tickwire_snapshot_requests_coalesced_total",
+                "counter",
+                "Snapshot waits served by an outstanding request.",
+                |c| c.snapshot_requests_coalesced.get(),
+            ),
+            (
+                "tickwire_slow_consumer_drops_total",
+                "counter",
+                "Messages dropped for slow consumers.",
+                |c| c.dropped_slow.get(),
+            ),
+            (
+                "tickwire_slow_consumer_closes_total",
+                "counter",
+                "Connections closed 4001.",
+                |c| c.closed_slow.get(),
+            ),
+            (
+                "tickwire_worker_loop_turns_total",
+                "counter",
+                "Worker event-loop turns.",
+                |c| c.loop_turns.get(),
+            ),
+            (
+                "tickwire_worker_max_turn_ns",
+                "gauge",
+                "Longest worker loop turn, ns.",
+                |c| c.max_turn_ns.get(),
+            ),
+        ];
+        let raw = out.raw();
+        for (name, kind, help, get) in per_worker {
+            use std::fmt::Write as _;
+            let _ = writeln!(raw, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (i, w) in self.workers.iter().enumerate() {
+                let _ = writeln!(raw, "{name}{{worker=\"{i}\"}} {}", get(&w.counters));
+            }
+        }
+        let mut merged = new_latency_histogram();
+        for w in &self.workers {
+            let h = w.latency_ns.lock().unwrap_or_else(|p| p.into_inner());
+            // Same bounds on both sides: adding cannot fail.
+            let _ = merged.add(&*h);
+        }
+        render_summary(out.raw(), "tickwire_delivery_latency_seconds", &merged);
+        out.finish()
+    }
+}
+
+/// Renders a histogram as a Prometheus summary (quantiles in seconds).
+fn render_summary(raw: &mut String, name: &str, h: &Histogram<u64>) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        raw,
+        "# HELP {name} Ingest read to client socket write, seconds.\n# TYPE {name} summary"
+    );
+    for q in [0.5, 0.9, 0.99, 0.999, 1.0] {
+        let v = if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(q)
+        };
+        let _ = writeln!(raw, "{name}{{quantile=\"{q}\"}} {}", v as f64 / 1e9);
+    }
+    let sum: f64 = h
+        .iter_recorded()
+        .map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64)
+        .sum();
+    let _ = writeln!(raw, "{name}_sum {}", sum / 1e9);
+    let _ = writeln!(raw, "{name}_count {}", h.len());
+}

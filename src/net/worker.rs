@@ -1,0 +1,867 @@
+//! A worker thread (`worker-N`): the I/O shell around [`WorkerCore`].
+//!
+//! It owns a mio `Poll`, its own listening socket on the shared client port
+//! (`SO_REUSEPORT`: the kernel spreads accepts, no thread hands sockets to
+//! another), its connections' sockets and WebSocket codecs, and the worker ends
+//! of its two rings. Everything it decides it asks the sans-IO modules: the
+//! codec ([`ws::Conn`], [`ws::Router`]) for HTTP and frames, the core for
+//! subscriptions, fan-out and the slow-consumer policy.
+//!
+//! # The duty cycle ([`Worker::do_work`])
+//!
+//! 1. Read the clock once; poll sockets (no wait if the ring or a read is pending).
+//! 2. Accept (bounded per turn), read clients (bounded per client per turn),
+//!    handle their HTTP requests and WebSocket messages.
+//! 3. Drain the ingest ring in one bounded batch: the core queues each ready
+//!    frame for each local subscriber and marks connections dirty.
+//! 4. Push the core's requests (interest, snapshot requests) into the ingest
+//!    ring, waking the ingest thread only if the ring was empty.
+//! 5. Flush: write each dirty connection once (`writev` of its queued frames).
+//!    The only step that writes.
+//! 6. Timers: handshake and close deadlines (FIFO queues: every deadline of a
+//!    kind has the same duration), the core's lag and idle duties.
+//!
+//! No allocation per message once warm, no locks on the market-data path.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use tracing::{debug, info, warn};
+
+use crate::fanout::outbox::Consumed;
+use crate::fanout::ring::{ToIngest, ToWorker, WorkerId};
+use crate::fanout::worker::{ConnId, Encoding as CoreEncoding, WorkerCore};
+use crate::wire::EncodedFrame;
+use crate::ws::{self, CloseCode, Endpoint, Event, Route};
+
+use super::shared::{WorkerShared, new_latency_histogram};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const FIRST_CLIENT: usize = 2;
+
+/// Accepts per loop turn, so a connection storm cannot starve fan-out.
+const ACCEPTS_PER_TURN: usize = 256;
+/// Reads of one client per turn before others are served.
+const READS_PER_TURN: usize = 4;
+const READ_BUF_BYTES: usize = 64 * 1024;
+/// `writev` takes at most this many frames per call.
+const IOVECS: usize = 64;
+/// How often the latency histogram is published for scrapes, and the core's
+/// lag and idle duties run.
+const HOUSEKEEPING_NS: u64 = 100_000_000;
+const PUBLISH_NS: u64 = 1_000_000_000;
+
+/// The dashboard page served at `GET /` (embedded; no build step).
+pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");
+
+/// Everything a worker needs, built by the engine before the thread starts.
+pub struct WorkerParams {
+    pub id: WorkerId,
+    pub poll: Poll,
+    pub listener: TcpListener,
+    pub ring: rtrb::Consumer<ToWorker>,
+    pub to_ingest: rtrb::Producer<ToIngest>,
+    pub ingest_waker: Arc<Waker>,
+    pub core: WorkerCore,
+    pub ws_config: ws::Config,
+    pub router: ws::Router,
+    pub shared: Arc<super::shared::Shared>,
+    pub stop: Arc<AtomicBool>,
+    /// Connections this worker holds at most; further upgrades get 503.
+    pub max_connections: usize,
+}
+
+/// One client socket and its codec.
+struct Client {
+    stream: TcpStream,
+    addr: SocketAddr,
+    ws: ws::Conn,
+    /// Set once upgraded to `/ws`: the core then holds its queue.
+    core: Option<ConnId>,
+    /// Bytes not yet written for a connection the core does not hold
+    /// (HTTP answers, the echo endpoint).
+    out: Vec<u8>,
+    out_pos: usize,
+    /// Incremented on each reuse of the slot, so stale timer entries miss.
+    generation: u32,
+    /// Upgraded to a WebSocket (`/ws` or the echo endpoint): counted as open.
+    upgraded: bool,
+}
+
+pub struct Worker {
+    id: WorkerId,
+    name: String,
+    poll: Poll,
+    listener: TcpListener,
+    ring: rtrb::Consumer<ToWorker>,
+    to_ingest: rtrb::Producer<ToIngest>,
+    ingest_waker: Arc<Waker>,
+    core: WorkerCore,
+    ws_config: ws::Config,
+    router: ws::Router,
+    shared: Arc<super::shared::Shared>,
+    me: Arc<WorkerShared>,
+    stop: Arc<AtomicBool>,
+    max_connections: usize,
+    clients: Vec<Option<Client>>,
+    /// Slot generation survives the slot's client.
+    generations: Vec<u32>,
+    free: Vec<usize>,
+    by_core: Vec<u32>,
+    open_ws: usize,
+    /// Clients with unread input left after their read budget.
+    pending_reads: Vec<usize>,
+    /// Clients to try writing this turn (writable again, or shell output).
+    pending_writes: Vec<usize>,
+    handshake_timers: VecDeque<(Instant, usize, u32)>,
+    close_timers: VecDeque<(Instant, usize, u32)>,
+    read_buf: Box<[u8]>,
+    scratch: Vec<u8>,
+    latency: Histogram<u64>,
+    batch_ts: Vec<u64>,
+    last_housekeeping_ns: u64,
+    last_publish_ns: u64,
+    ring_was_busy: bool,
+}
+
+fn realtime_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn core_encoding(e: ws::Encoding) -> CoreEncoding {
+    match e {
+        ws::Encoding::Proto => CoreEncoding::Proto,
+        ws::Encoding::Json => CoreEncoding::Json,
+    }
+}
+
+/// Outcome of writing one connection's queue.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flush {
+    /// Everything queued was written.
+    Drained,
+    /// The socket is full: wait for writable.
+    Blocked,
+}
+
+/// Writes `conn`'s queued frames to `w`, as many per `writev` as fit, until
+/// the queue is empty or the writer would block. Returns the write calls made.
+pub fn flush_conn<W: Write>(
+    w: &mut W,
+    core: &mut WorkerCore,
+    conn: ConnId,
+    now_ns: u64,
+    writes: &mut u64,
+    bytes: &mut u64,
+) -> io::Result<Flush> {
+    loop {
+        let n = {
+            let outbox = core.outbox(conn);
+            if outbox.is_empty() {
+                return Ok(Flush::Drained);
+            }
+            let mut slices = [IoSlice::new(&[]); IOVECS];
+            let k = outbox.io_slices(&mut slices);
+            *writes += 1;
+            match w.write_vectored(&slices[..k]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flush::Blocked),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        *bytes += n as u64;
+        if core.handle_written(conn, n, now_ns) == Consumed::Drained {
+            return Ok(Flush::Drained);
+        }
+    }
+}
+
+impl Worker {
+    pub fn new(p: WorkerParams) -> io::Result<Worker> {
+        let me = p.shared.workers[p.id.0 as usize].clone();
+        let mut listener = p.listener;
+        p.poll
+            .registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        Ok(Worker {
+            name: format!("worker-{}", p.id.0),
+            id: p.id,
+            poll: p.poll,
+            listener,
+            ring: p.ring,
+            to_ingest: p.to_ingest,
+            ingest_waker: p.ingest_waker,
+            core: p.core,
+            ws_config: p.ws_config,
+            router: p.router,
+            shared: p.shared,
+            me,
+            stop: p.stop,
+            max_connections: p.max_connections,
+            clients: Vec::new(),
+            generations: Vec::new(),
+            free: Vec::new(),
+            by_core: Vec::new(),
+            open_ws: 0,
+            pending_reads: Vec::new(),
+            pending_writes: Vec::new(),
+            handshake_timers: VecDeque::new(),
+            close_timers: VecDeque::new(),
+            read_buf: vec![0; READ_BUF_BYTES].into_boxed_slice(),
+            scratch: Vec::new(),
+            latency: new_latency_histogram(),
+            batch_ts: Vec::new(),
+            last_housekeeping_ns: 0,
+            last_publish_ns: 0,
+            ring_was_busy: false,
+        })
+    }
+
+    /// Runs until the stop flag is set, then closes every client with 1001.
+    pub fn run(mut self) {
+        info!(worker = self.id.0, "{} running", self.name);
+        let mut events = Events::with_capacity(1024);
+        while !self.stop.load(Ordering::Relaxed) {
+            if let Err(e) = self.do_work(&mut events) {
+                warn!(worker = self.id.0, error = %e, "worker poll failed; stopping");
+                break;
+            }
+        }
+        self.shutdown();
+    }
+
+    /// One loop turn; returns the number of things done.
+    pub fn do_work(&mut self, events: &mut Events) -> io::Result<usize> {
+        let busy = self.ring_was_busy || !self.pending_reads.is_empty() || !self.ring.is_empty();
+        let timeout = if busy {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(50)
+        };
+        match self.poll.poll(events, Some(timeout)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(0),
+            Err(e) => return Err(e),
+        }
+        let turn_start = Instant::now();
+        let now = turn_start;
+        let now_ns = realtime_ns();
+        let mut done = 0;
+        let mut readable = std::mem::take(&mut self.pending_reads);
+        for ev in events.iter() {
+            match ev.token() {
+                LISTENER => done += self.accept(now),
+                WAKER => {}
+                Token(t) => {
+                    let slot = t - FIRST_CLIENT;
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        readable.push(slot);
+                    }
+                    if ev.is_writable() {
+                        self.pending_writes.push(slot);
+                    }
+                }
+            }
+        }
+        readable.sort_unstable();
+        readable.dedup();
+        for slot in readable {
+            done += self.read_client(slot, now, now_ns);
+        }
+        done += self.drain_ring(now_ns);
+        done += self.push_requests();
+        done += self.serve_closes(now);
+        done += self.flush(now_ns);
+        self.timers(now, now_ns);
+        self.me.counters.loop_turns.inc();
+        let turn_ns = turn_start.elapsed().as_nanos() as u64;
+        if turn_ns > self.me.counters.max_turn_ns.get() {
+            self.me.counters.max_turn_ns.set(turn_ns);
+        }
+        Ok(done)
+    }
+
+    fn accept(&mut self, now: Instant) -> usize {
+        let mut n = 0;
+        while n < ACCEPTS_PER_TURN {
+            let (mut stream, addr) = match self.listener.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: stop accepting this turn, carry on serving.
+                    warn!(worker = self.id.0, error = %e, "accept failed");
+                    break;
+                }
+            };
+            n += 1;
+            self.me.counters.connections_accepted.inc();
+            let _ = stream.set_nodelay(true);
+            let slot = self.free.pop().unwrap_or_else(|| {
+                self.clients.push(None);
+                self.generations.push(0);
+                self.clients.len() - 1
+            });
+            if let Err(e) = self.poll.registry().register(
+                &mut stream,
+                Token(slot + FIRST_CLIENT),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                warn!(worker = self.id.0, error = %e, "register failed");
+                self.free.push(slot);
+                continue;
+            }
+            self.generations[slot] = self.generations[slot].wrapping_add(1);
+            let generation = self.generations[slot];
+            let ws = ws::Conn::server(now, self.ws_config);
+            if let Some(deadline) = ws.poll_timeout() {
+                self.handshake_timers
+                    .push_back((deadline, slot, generation));
+            }
+            self.clients[slot] = Some(Client {
+                stream,
+                addr,
+                ws,
+                core: None,
+                out: Vec::new(),
+                out_pos: 0,
+                generation,
+                upgraded: false,
+            });
+            // Edge-triggered: bytes may already wait.
+            self.pending_reads.push(slot);
+        }
+        n
+    }
+
+    fn read_client(&mut self, slot: usize, now: Instant, now_ns: u64) -> usize {
+        let mut reads = 0;
+        loop {
+            let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
+                return reads;
+            };
+            if c.ws.is_closed() {
+                return reads;
+            }
+            if reads == READS_PER_TURN {
+                self.pending_reads.push(slot);
+                return reads;
+            }
+            match c.stream.read(&mut self.read_buf) {
+                Ok(0) => {
+                    debug!(worker = self.id.0, addr = %c.addr, "peer closed");
+                    self.drop_client(slot);
+                    return reads;
+                }
+                Ok(n) => {
+                    reads += 1;
+                    c.ws.handle_read(now, &self.read_buf[..n]);
+                    self.handle_events(slot, now, now_ns);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return reads,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!(worker = self.id.0, error = %e, "read failed");
+                    self.drop_client(slot);
+                    return reads;
+                }
+            }
+        }
+    }
+
+    /// Acts on every event the codec has, then moves its output to the socket queue.
+    fn handle_events(&mut self, slot: usize, now: Instant, now_ns: u64) {
+        loop {
+            let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
+                return;
+            };
+            let Some(ev) = c.ws.poll_event(now) else {
+                break;
+            };
+            match ev {
+                Event::Request(req) => self.handle_request(slot, &req, now),
+                Event::BadRequest(e) => {
+                    debug!(worker = self.id.0, addr = %c.addr, error = %e, "bad HTTP request");
+                }
+                Event::Text(text) => match c.core {
+                    Some(id) => self.core.handle_text(id, &text, now_ns),
+                    None => {
+                        let _ = c.ws.send_text(&text);
+                    }
+                },
+                Event::Binary(bytes) => {
+                    // Only the echo endpoint accepts binary messages.
+                    let _ = c.ws.send_binary(&bytes);
+                }
+                Event::Close { .. } => {}
+                Event::ProtocolError(e) => {
+                    debug!(worker = self.id.0, addr = %c.addr, error = %e, "protocol error");
+                }
+            }
+        }
+        self.move_codec_output(slot, now);
+    }
+
+    fn handle_request(&mut self, slot: usize, req: &ws::Request, now: Instant) {
+        let route = self.router.route(req);
+        let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        match route {
+            Route::Upgrade(up) => {
+                if self.open_ws >= self.max_connections {
+                    c.ws.respond(&ws::Response::service_unavailable(1));
+                    return;
+                }
+                c.ws.accept(&up);
+                c.upgraded = true;
+                self.open_ws += 1;
+                self.me.counters.connections_open.inc();
+                if up.endpoint == Endpoint::Ws {
+                    let id = self.core.open_conn(core_encoding(up.encoding));
+                    c.core = Some(id);
+                    let i = id.0 as usize;
+                    if self.by_core.len() <= i {
+                        self.by_core.resize(i + 1, u32::MAX);
+                    }
+                    self.by_core[i] = slot as u32;
+                }
+                let _ = now;
+            }
+            Route::Get(endpoint) => {
+                self.me.counters.http_requests.inc();
+                let resp = match endpoint {
+                    Endpoint::Root => ws::Response::ok("text/html; charset=utf-8", DASHBOARD_HTML),
+                    Endpoint::Healthz => ws::Response::ok("text/plain; charset=utf-8", "ok"),
+                    Endpoint::Metrics => ws::Response::ok(
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        self.shared.render_metrics(),
+                    ),
+                    Endpoint::Symbols => ws::Response::ok(
+                        "application/json",
+                        self.shared.symbols_json().as_bytes().to_vec(),
+                    ),
+                    Endpoint::Ws | Endpoint::Echo => ws::Response::upgrade_required(),
+                };
+                c.ws.respond(&resp);
+            }
+            Route::Reject(resp) => {
+                self.me.counters.http_requests.inc();
+                c.ws.respond(&resp);
+            }
+        }
+    }
+
+    /// Moves what the codec wants to send (HTTP answers, pongs, close frames,
+    /// echoes) to the connection's queue, and schedules its write.
+    fn move_codec_output(&mut self, slot: usize, now: Instant) {
+        let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        if c.ws.state() == ws::State::Closing
+            && let Some(deadline) = c.ws.poll_timeout()
+            && self
+                .close_timers
+                .back()
+                .is_none_or(|&(_, s, g)| (s, g) != (slot, c.generation))
+        {
+            self.close_timers.push_back((deadline, slot, c.generation));
+        }
+        if c.ws.transmit_len() == 0 {
+            return;
+        }
+        match c.core {
+            Some(id) => {
+                self.scratch.clear();
+                c.ws.poll_transmit(&mut self.scratch);
+                // Per-connection control bytes (pong, close): a copy is expected here.
+                self.core
+                    .queue_control(id, EncodedFrame::from_frame_bytes(self.scratch.clone()));
+            }
+            None => {
+                c.ws.poll_transmit(&mut c.out);
+                self.pending_writes.push(slot);
+            }
+        }
+        let _ = now;
+    }
+
+    fn drain_ring(&mut self, now_ns: u64) -> usize {
+        let limit = self.core.config().ring_batch;
+        let mut n = 0;
+        self.batch_ts.clear();
+        while n < limit {
+            let Ok(msg) = self.ring.pop() else { break };
+            if let ToWorker::Data { ingest_ts_ns, .. } = &msg {
+                self.batch_ts.push(*ingest_ts_ns);
+            }
+            self.core.handle_ring(msg, now_ns);
+            n += 1;
+        }
+        self.ring_was_busy = n == limit;
+        self.me.counters.ring_messages.add(n as u64);
+        n
+    }
+
+    fn push_requests(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(req) = self.core.poll_to_ingest() {
+            let was_empty = self.to_ingest.slots() == self.to_ingest.buffer().capacity();
+            match self.to_ingest.push(req) {
+                Ok(()) => {
+                    n += 1;
+                    if was_empty {
+                        let _ = self.ingest_waker.wake();
+                    }
+                }
+                Err(rtrb::PushError::Full(req)) => {
+                    self.core.unpoll_to_ingest(req);
+                    let _ = self.ingest_waker.wake();
+                    break;
+                }
+            }
+        }
+        n
+    }
+
+    fn serve_closes(&mut self, now: Instant) -> usize {
+        let mut n = 0;
+        while let Some((id, code, reason)) = self.core.poll_close() {
+            n += 1;
+            let Some(&slot) = self.by_core.get(id.0 as usize) else {
+                continue;
+            };
+            let slot = slot as usize;
+            if let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) {
+                if code == CloseCode::SLOW_CONSUMER.0 {
+                    self.me.counters.closed_slow.inc();
+                }
+                c.ws.close(now, CloseCode(code), reason);
+                self.move_codec_output(slot, now);
+            }
+        }
+        n
+    }
+
+    fn flush(&mut self, now_ns: u64) -> usize {
+        let mut n = 0;
+        let (mut writes, mut bytes) = (0u64, 0u64);
+        while let Some(id) = self.core.poll_dirty() {
+            n += 1;
+            let Some(&slot) = self.by_core.get(id.0 as usize) else {
+                continue;
+            };
+            let slot = slot as usize;
+            let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
+                continue;
+            };
+            match flush_conn(
+                &mut c.stream,
+                &mut self.core,
+                id,
+                now_ns,
+                &mut writes,
+                &mut bytes,
+            ) {
+                Ok(Flush::Drained) => {
+                    if c.ws.is_closed() {
+                        self.drop_client(slot);
+                    }
+                }
+                Ok(Flush::Blocked) => {}
+                Err(_) => self.drop_client(slot),
+            }
+        }
+        for slot in std::mem::take(&mut self.pending_writes) {
+            n += self.write_client(slot, now_ns, &mut writes, &mut bytes);
+        }
+        self.me.counters.writes.add(writes);
+        self.me.counters.bytes_out.add(bytes);
+        if !self.batch_ts.is_empty() {
+            let done_ns = realtime_ns();
+            for &ts in &self.batch_ts {
+                let _ = self.latency.record(done_ns.saturating_sub(ts).max(1_000));
+            }
+        }
+        n
+    }
+
+    /// Writes a client's pending output after a writable event or new shell output.
+    fn write_client(
+        &mut self,
+        slot: usize,
+        now_ns: u64,
+        writes: &mut u64,
+        bytes: &mut u64,
+    ) -> usize {
+        let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
+            return 0;
+        };
+        let result = match c.core {
+            Some(id) => flush_conn(&mut c.stream, &mut self.core, id, now_ns, writes, bytes),
+            None => loop {
+                if c.out_pos == c.out.len() {
+                    c.out = Vec::new();
+                    c.out_pos = 0;
+                    break Ok(Flush::Drained);
+                }
+                *writes += 1;
+                match c.stream.write(&c.out[c.out_pos..]) {
+                    Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => {
+                        *bytes += n as u64;
+                        c.out_pos += n;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(Flush::Blocked),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            },
+        };
+        match result {
+            Ok(Flush::Drained) if c.ws.is_closed() => self.drop_client(slot),
+            Ok(_) => {}
+            Err(_) => self.drop_client(slot),
+        }
+        1
+    }
+
+    fn timers(&mut self, now: Instant, now_ns: u64) {
+        for queue in [0, 1] {
+            loop {
+                let q = if queue == 0 {
+                    &mut self.handshake_timers
+                } else {
+                    &mut self.close_timers
+                };
+                let Some(&(deadline, slot, generation)) = q.front() else {
+                    break;
+                };
+                if deadline > now {
+                    break;
+                }
+                q.pop_front();
+                let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
+                    continue;
+                };
+                if c.generation != generation {
+                    continue;
+                }
+                c.ws.handle_timeout(now);
+                if c.ws.is_closed() {
+                    // Whatever was not written by now will not be: the peer is not reading.
+                    self.drop_client(slot);
+                }
+            }
+        }
+        if now_ns.saturating_sub(self.last_housekeeping_ns) >= HOUSEKEEPING_NS {
+            self.last_housekeeping_ns = now_ns;
+            self.core.handle_timeout(now_ns);
+        }
+        if now_ns.saturating_sub(self.last_publish_ns) >= PUBLISH_NS {
+            self.last_publish_ns = now_ns;
+            self.publish_stats();
+            if let Ok(mut h) = self.me.latency_ns.lock() {
+                h.clone_from(&self.latency);
+            }
+        }
+    }
+
+    /// Publishes the core's counters for scrapes (O(connections): once a second).
+    fn publish_stats(&self) {
+        let s = self.core.stats();
+        let c = &self.me.counters;
+        c.subscriptions.set(s.index.conn_entries as u64);
+        c.messages_out.set(s.delivered_msgs);
+        c.snapshot_requests.set(s.snapshot_requests_sent);
+        c.snapshot_requests_coalesced
+            .set(s.snapshot_requests_coalesced);
+        c.dropped_slow.set(s.dropped_deltas + s.dropped_trades);
+        c.core_connections.set(s.connections as u64);
+        let i = &s.index;
+        c.index_entries.set(
+            (i.book_entries
+                + i.trades_entries
+                + i.conn_entries
+                + i.json_entries
+                + i.symbols_with_interest) as u64,
+        );
+    }
+
+    /// Closes the socket and removes the client from every index and count.
+    fn drop_client(&mut self, slot: usize) {
+        let Some(mut c) = self.clients.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        if let Some(id) = c.core {
+            self.core.close_conn(id);
+            if let Some(s) = self.by_core.get_mut(id.0 as usize) {
+                *s = u32::MAX;
+            }
+        }
+        if c.upgraded {
+            self.open_ws = self.open_ws.saturating_sub(1);
+            self.me.counters.connections_open.dec();
+        }
+        self.free.push(slot);
+    }
+
+    fn shutdown(&mut self) {
+        let now = Instant::now();
+        for slot in 0..self.clients.len() {
+            if let Some(c) = self.clients[slot].as_mut() {
+                c.ws.close(now, CloseCode::GOING_AWAY, "server shutting down");
+                self.move_codec_output(slot, now);
+            }
+        }
+        let now_ns = realtime_ns();
+        let _ = self.flush(now_ns);
+        for slot in 0..self.clients.len() {
+            self.drop_client(slot);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::book::SymbolId;
+    use crate::fanout::ring::DataKind;
+    use crate::wire::pb::{self, server_message::Body};
+
+    /// A socket stand-in that counts write calls and takes everything.
+    #[derive(Default)]
+    struct CountingWriter {
+        calls: usize,
+        bytes: Vec<u8>,
+    }
+
+    impl Write for CountingWriter {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.calls += 1;
+            self.bytes.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.calls += 1;
+            let mut n = 0;
+            for b in bufs {
+                self.bytes.extend_from_slice(b);
+                n += b.len();
+            }
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn frame(body: Body) -> EncodedFrame {
+        EncodedFrame::binary(&pb::ServerMessage { body: Some(body) })
+    }
+
+    /// N ticks queued for one connection in a loop turn leave in one write, not N.
+    #[test]
+    fn queued_ticks_leave_in_one_write() {
+        let mut core = WorkerCore::new(Default::default());
+        let sym = SymbolId(0);
+        core.handle_ring(
+            ToWorker::Instrument {
+                symbol: sym,
+                name: "BTC-USD".into(),
+                price_decimals: 2,
+                size_decimals: 4,
+            },
+            0,
+        );
+        let conn = core.open_conn(CoreEncoding::Proto);
+        core.handle_text(
+            conn,
+            r#"{"op":"subscribe","symbols":["BTC-USD"],"id":1}"#,
+            0,
+        );
+        while core.poll_to_ingest().is_some() {}
+        let snapshot = pb::BookSnapshot {
+            symbol: "BTC-USD".into(),
+            seq: 10,
+            ..Default::default()
+        };
+        core.handle_ring(
+            ToWorker::Snapshot {
+                symbol: sym,
+                seq: 10,
+                bin: Some(frame(Body::Snapshot(snapshot))),
+                json: None,
+                stale: None,
+            },
+            0,
+        );
+        // Flush the Subscribed + snapshot first, so only the ticks remain.
+        let mut w = CountingWriter::default();
+        let (mut writes, mut bytes) = (0, 0);
+        while let Some(c) = core.poll_dirty() {
+            flush_conn(&mut w, &mut core, c, 0, &mut writes, &mut bytes).unwrap();
+        }
+        let ticks = 40;
+        for seq in 11..11 + ticks {
+            let delta = pb::BookDelta {
+                symbol: "BTC-USD".into(),
+                seq,
+                ..Default::default()
+            };
+            core.handle_ring(
+                ToWorker::Data {
+                    symbol: sym,
+                    kind: DataKind::Delta,
+                    seq,
+                    ingest_ts_ns: 0,
+                    bin: frame(Body::Delta(delta)),
+                    json: None,
+                },
+                0,
+            );
+        }
+        let mut w = CountingWriter::default();
+        let (mut writes, mut bytes) = (0, 0);
+        let dirty: Vec<_> = std::iter::from_fn(|| core.poll_dirty()).collect();
+        assert_eq!(
+            dirty,
+            vec![conn],
+            "the connection is dirty once, not once per tick"
+        );
+        assert_eq!(
+            flush_conn(&mut w, &mut core, conn, 0, &mut writes, &mut bytes).unwrap(),
+            Flush::Drained
+        );
+        assert_eq!(w.calls, 1, "{ticks} ticks in one writev");
+        assert_eq!(writes, 1);
+        assert_eq!(bytes as usize, w.bytes.len());
+        // And the bytes are the ticks, in order.
+        let mut rest = &w.bytes[..];
+        let mut seqs = Vec::new();
+        while !rest.is_empty() {
+            let len = rest[1] as usize;
+            let msg = <pb::ServerMessage as prost::Message>::decode(&rest[2..2 + len]).unwrap();
+            if let Some(Body::Delta(d)) = msg.body {
+                seqs.push(d.seq);
+            }
+            rest = &rest[2 + len..];
+        }
+        assert_eq!(seqs, (11..11 + ticks).collect::<Vec<_>>());
+    }
+}

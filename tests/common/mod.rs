@@ -1,0 +1,502 @@
+//! A blocking WebSocket test client that speaks PROTOCOL §6 with tickwire's own
+//! codec in the client role, and verifies what it receives: a snapshot, then
+//! contiguous deltas whose checksums match the book it rebuilds, or an
+//! explicit Stale then a snapshot.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use sonic_rs::{JsonContainerTrait, JsonValueTrait, Value};
+use tickwire::book::book::{OrderBook, Side};
+use tickwire::wire::decimal::{parse_price, parse_size};
+use tickwire::wire::pb::{self, server_message::Body};
+use tickwire::ws::{self, ClientHandshake, Event};
+
+/// How a client asks for its encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enc {
+    Proto,
+    /// `Sec-WebSocket-Protocol: tickwire.v1.json`.
+    JsonProtocol,
+    /// `?encoding=json`.
+    JsonQuery,
+}
+
+/// One symbol's book as a client holds it.
+#[derive(Debug, Default, Clone)]
+pub struct ClientBook {
+    pub book: OrderBook,
+    /// Last book seq applied (0: no snapshot yet).
+    pub seq: u64,
+    /// A Stale arrived: a snapshot must come before any delta.
+    pub awaiting: bool,
+    pub deltas: u64,
+    pub snapshots: u64,
+    pub trades: u64,
+    pub last_trade_seq: u64,
+}
+
+pub struct Client {
+    stream: TcpStream,
+    conn: ws::Conn,
+    pub json: bool,
+    pending: Vec<Body>,
+    decimals: HashMap<String, (u32, u32)>,
+    pub books: HashMap<String, ClientBook>,
+    /// Every message received, in order (for tests that look at sequences).
+    pub log: Vec<Body>,
+    pub violations: Vec<String>,
+    pub closed: Option<(u16, String)>,
+}
+
+fn rand_bytes(seed: u64) -> [u8; 16] {
+    let mut x = seed ^ 0x9E37_79B9_7F4A_7C15;
+    let mut out = [0u8; 16];
+    for chunk in out.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr, enc: Enc, seed: u64) -> Client {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        let protocols: &[&str] = match enc {
+            Enc::JsonProtocol => &["tickwire.v1.json"],
+            _ => &[],
+        };
+        let hs = ClientHandshake::new(rand_bytes(seed), protocols);
+        let mut req = Vec::new();
+        let path = if enc == Enc::JsonQuery {
+            "/ws?encoding=json"
+        } else {
+            "/ws"
+        };
+        hs.write_request(&mut req, &addr.to_string(), path);
+        stream.write_all(&req).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let (rest, _proto) = loop {
+            let n = stream.read(&mut chunk).expect("handshake read");
+            assert!(n > 0, "server closed during handshake");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some((proto, len)) = hs.read_response(&buf).expect("101") {
+                break (buf[len..].to_vec(), proto);
+            }
+        };
+        let mut conn = ws::Conn::client(ws::Config::default(), seed | 1);
+        conn.handle_read(Instant::now(), &rest);
+        let mut c = Client {
+            stream,
+            conn,
+            json: enc != Enc::Proto,
+            pending: Vec::new(),
+            decimals: HashMap::new(),
+            books: HashMap::new(),
+            log: Vec::new(),
+            violations: Vec::new(),
+            closed: None,
+        };
+        c.collect_events();
+        c
+    }
+
+    pub fn send(&mut self, text: &str) {
+        let _ = self.conn.send_text(text);
+        self.flush();
+    }
+
+    pub fn subscribe(&mut self, symbols: &[&str], channels: &[&str], id: u64) {
+        let req = format!(
+            r#"{{"op":"subscribe","symbols":[{}],"channels":[{}],"id":{id}}}"#,
+            symbols
+                .iter()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(","),
+            channels
+                .iter()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        self.send(&req);
+    }
+
+    pub fn unsubscribe(&mut self, symbols: &[&str], channels: &[&str], id: u64) {
+        let req = format!(
+            r#"{{"op":"unsubscribe","symbols":[{}],"channels":[{}],"id":{id}}}"#,
+            symbols
+                .iter()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(","),
+            channels
+                .iter()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        self.send(&req);
+    }
+
+    fn flush(&mut self) {
+        let mut out = Vec::new();
+        self.conn.poll_transmit(&mut out);
+        if !out.is_empty() {
+            let _ = self.stream.write_all(&out);
+        }
+    }
+
+    /// Sends a close frame with `code` (the server echoes it).
+    pub fn close(&mut self, code: u16) {
+        self.conn.close(Instant::now(), ws::CloseCode(code), "bye");
+        self.flush();
+    }
+
+    fn collect_events(&mut self) {
+        while let Some(ev) = self.conn.poll_event(Instant::now()) {
+            match ev {
+                Event::Binary(b) => match pb::ServerMessage::decode(b.as_slice()) {
+                    Ok(pb::ServerMessage { body: Some(body) }) => self.pending.push(body),
+                    other => self
+                        .violations
+                        .push(format!("undecodable binary frame: {other:?}")),
+                },
+                Event::Text(t) => match self.json_to_body(&t) {
+                    Some(body) => self.pending.push(body),
+                    None => self.violations.push(format!("bad JSON message: {t}")),
+                },
+                Event::Close { code, reason } => {
+                    self.closed = Some((code.map_or(1005, |c| c.0), reason));
+                }
+                Event::ProtocolError(e) => self.violations.push(format!("protocol error: {e}")),
+                _ => {}
+            }
+        }
+        self.flush();
+    }
+
+    /// Reads for at most `wait`, returning the messages that arrived (also verified and logged).
+    pub fn read_for(&mut self, wait: Duration) -> Vec<Body> {
+        let deadline = Instant::now() + wait;
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            for body in std::mem::take(&mut self.pending) {
+                self.verify(&body);
+                self.log.push(body.clone());
+                got.push(body);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.closed.is_some() {
+                return got;
+            }
+            self.stream
+                .set_read_timeout(Some(
+                    left.min(Duration::from_millis(20))
+                        .max(Duration::from_millis(1)),
+                ))
+                .unwrap();
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    if self.closed.is_none() {
+                        self.closed = Some((1006, "eof".into()));
+                    }
+                }
+                Ok(n) => {
+                    self.conn.handle_read(Instant::now(), &buf[..n]);
+                    self.collect_events();
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => {
+                    if self.closed.is_none() {
+                        self.closed = Some((1006, "reset".into()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads until `pred` holds for a received message, at most `wait`.
+    pub fn read_until(
+        &mut self,
+        wait: Duration,
+        mut pred: impl FnMut(&Body) -> bool,
+    ) -> Option<Body> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            for b in self.read_for(left.min(Duration::from_millis(20))) {
+                if pred(&b) {
+                    return Some(b);
+                }
+            }
+            if self.closed.is_some() {
+                return None;
+            }
+        }
+    }
+
+    /// Reads until every symbol in `targets` reached its book seq, at most `wait`.
+    pub fn read_until_seqs(&mut self, wait: Duration, targets: &HashMap<String, u64>) -> bool {
+        let deadline = Instant::now() + wait;
+        loop {
+            let done = targets
+                .iter()
+                .all(|(s, &t)| self.books.get(s).is_some_and(|b| b.seq >= t && !b.awaiting));
+            if done {
+                return true;
+            }
+            if Instant::now() >= deadline || self.closed.is_some() {
+                return false;
+            }
+            self.read_for(Duration::from_millis(20));
+        }
+    }
+
+    fn verify(&mut self, body: &Body) {
+        match body {
+            Body::Subscribed(s) => {
+                for i in &s.instruments {
+                    self.decimals.insert(
+                        i.symbol.clone(),
+                        (i.price_decimals as u32, i.size_decimals as u32),
+                    );
+                }
+            }
+            Body::Snapshot(s) => {
+                let b = self.books.entry(s.symbol.clone()).or_default();
+                match OrderBook::from_levels(&s.bids, &s.asks) {
+                    Ok(book) => b.book = book,
+                    Err(e) => self
+                        .violations
+                        .push(format!("{}: bad snapshot levels {e}", s.symbol)),
+                }
+                if s.seq < b.seq {
+                    self.violations.push(format!(
+                        "{}: snapshot seq {} went back from {}",
+                        s.symbol, s.seq, b.seq
+                    ));
+                }
+                if b.book.checksum() != s.checksum {
+                    self.violations.push(format!(
+                        "{}: snapshot checksum mismatch at {}",
+                        s.symbol, s.seq
+                    ));
+                }
+                b.seq = s.seq;
+                b.awaiting = false;
+                b.snapshots += 1;
+            }
+            Body::Delta(d) => {
+                let Some(b) = self.books.get_mut(&d.symbol) else {
+                    self.violations
+                        .push(format!("{}: delta before any snapshot", d.symbol));
+                    return;
+                };
+                if b.awaiting || b.seq == 0 {
+                    self.violations.push(format!(
+                        "{}: delta {} while awaiting a snapshot",
+                        d.symbol, d.seq
+                    ));
+                    return;
+                }
+                if d.seq != b.seq + 1 {
+                    self.violations
+                        .push(format!("{}: delta seq {} after {}", d.symbol, d.seq, b.seq));
+                }
+                for u in &d.updates {
+                    match Side::from_pb(u.side) {
+                        Some(side) => {
+                            b.book.apply(side, u.price, u.size);
+                        }
+                        None => self
+                            .violations
+                            .push(format!("{}: update without side", d.symbol)),
+                    }
+                }
+                if b.book.checksum() != d.checksum {
+                    self.violations
+                        .push(format!("{}: checksum mismatch at {}", d.symbol, d.seq));
+                }
+                b.seq = d.seq;
+                b.deltas += 1;
+            }
+            Body::Trade(t) => {
+                let b = self.books.entry(t.symbol.clone()).or_default();
+                if b.last_trade_seq != 0 && t.seq != b.last_trade_seq + 1 {
+                    self.violations.push(format!(
+                        "{}: trade seq {} after {}",
+                        t.symbol, t.seq, b.last_trade_seq
+                    ));
+                }
+                b.last_trade_seq = t.seq;
+                b.trades += 1;
+            }
+            Body::Stale(s) => {
+                if s.reason != "slow_consumer_trades"
+                    && let Some(b) = self.books.get_mut(&s.symbol)
+                {
+                    b.awaiting = true;
+                }
+                // Trade sequences may jump after a Stale.
+                if let Some(b) = self.books.get_mut(&s.symbol) {
+                    b.last_trade_seq = 0;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Converts a JSON message (PROTOCOL §6) to the protobuf body it stands for.
+    fn json_to_body(&mut self, text: &str) -> Option<Body> {
+        let v: Value = sonic_rs::from_str(text).ok()?;
+        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        let n = |k: &str| v.get(k).and_then(|x| x.as_u64());
+        let strs = |k: &str| -> Option<Vec<String>> {
+            v.get(k)?
+                .as_array()?
+                .iter()
+                .map(|x| x.as_str().map(str::to_string))
+                .collect()
+        };
+        let pairs = |k: &str, pd: u32, sd: u32| -> Option<Vec<(i64, i64)>> {
+            v.get(k)?
+                .as_array()?
+                .iter()
+                .map(|p| {
+                    let a = p.as_array()?;
+                    Some((
+                        parse_price(a.first()?.as_str()?, pd).ok()?,
+                        parse_size(a.get(1)?.as_str()?, sd).ok()?,
+                    ))
+                })
+                .collect()
+        };
+        let body = match v.get("type")?.as_str()? {
+            "subscribed" => Body::Subscribed(pb::Subscribed {
+                id: n("id")?,
+                symbols: strs("symbols")?,
+                channels: strs("channels")?,
+                instruments: v
+                    .get("instruments")?
+                    .as_array()?
+                    .iter()
+                    .map(|i| {
+                        Some(pb::Instrument {
+                            symbol: i.get("symbol")?.as_str()?.to_string(),
+                            price_decimals: i.get("price_decimals")?.as_i64()? as i32,
+                            size_decimals: i.get("size_decimals")?.as_i64()? as i32,
+                        })
+                    })
+                    .collect::<Option<_>>()?,
+            }),
+            "unsubscribed" => Body::Unsubscribed(pb::Unsubscribed {
+                id: n("id")?,
+                symbols: strs("symbols")?,
+                channels: strs("channels")?,
+            }),
+            "error" => Body::Error(pb::Error {
+                id: n("id")?,
+                code: s("code")?,
+                message: s("message")?,
+            }),
+            "stale" => Body::Stale(pb::Stale {
+                symbol: s("symbol")?,
+                dropped: n("dropped")?,
+                reason: s("reason")?,
+            }),
+            "snapshot" => {
+                let (pd, sd) = (n("price_decimals")? as u32, n("size_decimals")? as u32);
+                let lv = |k| {
+                    pairs(k, pd, sd).map(|l| {
+                        l.into_iter()
+                            .map(|(price, size)| pb::Level { price, size })
+                            .collect()
+                    })
+                };
+                Body::Snapshot(pb::BookSnapshot {
+                    symbol: s("symbol")?,
+                    seq: n("seq")?,
+                    bids: lv("bids")?,
+                    asks: lv("asks")?,
+                    price_decimals: pd as i32,
+                    size_decimals: sd as i32,
+                    exchange_ts_ns: n("exchange_ts_ns")?,
+                    ingest_ts_ns: n("ingest_ts_ns")?,
+                    checksum: n("checksum")? as u32,
+                })
+            }
+            "delta" => {
+                let symbol = s("symbol")?;
+                let (pd, sd) = *self.decimals.get(&symbol)?;
+                let mut updates = Vec::new();
+                for (k, side) in [("bids", pb::Side::Bid), ("asks", pb::Side::Ask)] {
+                    for (price, size) in pairs(k, pd, sd)? {
+                        updates.push(pb::LevelUpdate {
+                            side: side as i32,
+                            price,
+                            size,
+                        });
+                    }
+                }
+                Body::Delta(pb::BookDelta {
+                    symbol,
+                    seq: n("seq")?,
+                    updates,
+                    exchange_ts_ns: n("exchange_ts_ns")?,
+                    ingest_ts_ns: n("ingest_ts_ns")?,
+                    checksum: n("checksum")? as u32,
+                })
+            }
+            "trade" => {
+                let symbol = s("symbol")?;
+                let (pd, sd) = *self.decimals.get(&symbol)?;
+                Body::Trade(pb::Trade {
+                    seq: n("seq")?,
+                    price: parse_price(&s("price")?, pd).ok()?,
+                    size: parse_size(&s("size")?, sd).ok()?,
+                    aggressor: match s("aggressor")?.as_str() {
+                        "bid" => pb::Side::Bid as i32,
+                        "ask" => pb::Side::Ask as i32,
+                        _ => 0,
+                    },
+                    exchange_ts_ns: n("exchange_ts_ns")?,
+                    ingest_ts_ns: n("ingest_ts_ns")?,
+                    trade_id: s("trade_id")?,
+                    symbol,
+                })
+            }
+            _ => return None,
+        };
+        // Decimals are needed to read the deltas that may follow in the same read.
+        if let Body::Subscribed(s) = &body {
+            for i in &s.instruments {
+                self.decimals.insert(
+                    i.symbol.clone(),
+                    (i.price_decimals as u32, i.size_decimals as u32),
+                );
+            }
+        }
+        Some(body)
+    }
+}
