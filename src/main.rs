@@ -175,6 +175,10 @@ fn main() -> anyhow::Result<()> {
             let stop = stop_flag()?;
             let engine = Engine::start(args.engine_config()).context("starting the engine")?;
             println!("listening on {}", engine.ws_addr);
+            println!(
+                "ingest protobuf {} json {}",
+                engine.ingest.proto_addr, engine.ingest.json_addr
+            );
             wait_for(&stop);
             engine.shutdown();
         }

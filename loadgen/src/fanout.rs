@@ -1,0 +1,474 @@
+//! The fan-out benchmark: see `Args`. Bounded in time and connections; stops
+//! by itself.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream as StdTcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use prost::Message;
+use tickwire::book::decode::encode_proto;
+use tickwire::wire::pb::{self, ingest_message, server_message};
+use tickwire::ws::frame::{FrameHeader, write_client_frame};
+use tickwire::ws::{ClientHandshake, Opcode};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// The engine's WebSocket address.
+    #[arg(long)]
+    ws: SocketAddr,
+    /// The engine's protobuf ingest address (this process is the feed).
+    #[arg(long)]
+    ingest: SocketAddr,
+    /// WebSocket clients, all on one symbol.
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// Client threads (mio loops).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Deltas per second the feed sends (0: idle, for memory measurement).
+    #[arg(long, default_value_t = 100)]
+    rate: u64,
+    /// Level updates per delta (4 gives ~100-byte frames).
+    #[arg(long, default_value_t = 4)]
+    updates: usize,
+    /// Seconds of warm-up before measuring.
+    #[arg(long, default_value_t = 3)]
+    warmup: u64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Decode every frame of one connection in this many, for latency.
+    #[arg(long, default_value_t = 50)]
+    sample_every: usize,
+    /// The engine's pid, to report its CPU and memory beside ours.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Symbol name used by the benchmark feed.
+    #[arg(long, default_value = "BENCH-1")]
+    symbol: String,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// CPU seconds (user + system) of a process, from /proc.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+fn rss_kib(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[derive(Default)]
+struct Totals {
+    frames: AtomicU64,
+    bytes: AtomicU64,
+    open: AtomicU64,
+    errors: AtomicU64,
+    gaps: AtomicU64,
+}
+
+/// The feed: a snapshot, then deltas on a fixed schedule. Each delta's
+/// `exchange_ts_ns` is its scheduled time (coordinated-omission correction).
+fn feed(args: &Args, stop: &AtomicBool) -> anyhow::Result<()> {
+    let mut s = StdTcpStream::connect(args.ingest).context("connect to ingest")?;
+    s.set_nodelay(true)?;
+    let depth = 20i64;
+    let mid = 1_000_000i64;
+    let mut buf = Vec::new();
+    let snap = pb::BookSnapshot {
+        symbol: args.symbol.clone(),
+        seq: 1,
+        bids: (1..=depth)
+            .map(|i| pb::Level {
+                price: mid - i,
+                size: 100,
+            })
+            .collect(),
+        asks: (1..=depth)
+            .map(|i| pb::Level {
+                price: mid + i,
+                size: 100,
+            })
+            .collect(),
+        price_decimals: 2,
+        size_decimals: 2,
+        exchange_ts_ns: now_ns(),
+        ..Default::default()
+    };
+    encode_proto(
+        &pb::IngestMessage {
+            body: Some(ingest_message::Body::Snapshot(snap)),
+        },
+        &mut buf,
+    );
+    s.write_all(&buf)?;
+    if args.rate == 0 {
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        return Ok(());
+    }
+    let start = Instant::now();
+    let start_ns = now_ns();
+    let mut sent: u64 = 0;
+    let mut seq = 1u64;
+    while !stop.load(Ordering::Relaxed) {
+        let due = start.elapsed().as_nanos() as u64 * args.rate / 1_000_000_000;
+        buf.clear();
+        while sent < due {
+            seq += 1;
+            let updates = (0..args.updates)
+                .map(|k| {
+                    let i = ((sent as usize * args.updates + k) % depth as usize) as i64 + 1;
+                    pb::LevelUpdate {
+                        side: if k % 2 == 0 {
+                            pb::Side::Bid as i32
+                        } else {
+                            pb::Side::Ask as i32
+                        },
+                        price: if k % 2 == 0 { mid - i } else { mid + i },
+                        size: 100 + (sent % 97) as i64,
+                    }
+                })
+                .collect();
+            let scheduled = start_ns + sent * 1_000_000_000 / args.rate;
+            let d = pb::BookDelta {
+                symbol: args.symbol.clone(),
+                seq,
+                updates,
+                exchange_ts_ns: scheduled,
+                ..Default::default()
+            };
+            encode_proto(
+                &pb::IngestMessage {
+                    body: Some(ingest_message::Body::Delta(d)),
+                },
+                &mut buf,
+            );
+            sent += 1;
+        }
+        if !buf.is_empty() {
+            s.write_all(&buf)?;
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    Ok(())
+}
+
+struct Conn {
+    stream: TcpStream,
+    open: bool,
+    hs: ClientHandshake,
+    carry: Vec<u8>,
+    sampled: bool,
+    last_seq: u64,
+}
+
+/// One client thread: connects its share, subscribes, counts every frame.
+fn clients(
+    args: &Args,
+    n: usize,
+    id: usize,
+    totals: &Totals,
+    hist: &std::sync::Mutex<Histogram<u64>>,
+    measuring: &AtomicBool,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let mut poll = Poll::new()?;
+    let mut conns: Vec<Conn> = Vec::with_capacity(n);
+    let mut events = Events::with_capacity(4096);
+    let mut sub = Vec::new();
+    let req = format!(
+        r#"{{"op":"subscribe","symbols":["{}"],"channels":["book"],"id":1}}"#,
+        args.symbol
+    );
+    let mut local = Histogram::<u64>::new_with_bounds(1_000, 120_000_000_000, 3)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut connected = 0;
+    let mut frames: u64 = 0;
+    let mut bytes: u64 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        // Connect in batches so the accept queue never overflows.
+        let batch = (n - connected).min(200);
+        for k in 0..batch {
+            let i = connected + k;
+            let mut stream = TcpStream::connect(args.ws)?;
+            poll.registry().register(
+                &mut stream,
+                Token(i),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            let mut nonce = [0u8; 16];
+            nonce[..8].copy_from_slice(&((id * 1_000_003 + i) as u64).to_le_bytes());
+            let hs = ClientHandshake::new(nonce, &[]);
+            conns.push(Conn {
+                stream,
+                open: false,
+                hs,
+                carry: Vec::new(),
+                sampled: i % args.sample_every.max(1) == 0,
+                last_seq: 0,
+            });
+        }
+        connected += batch;
+        poll.poll(&mut events, Some(Duration::from_millis(5)))?;
+        let is_measuring = measuring.load(Ordering::Relaxed);
+        for ev in events.iter() {
+            let i = ev.token().0;
+            let c = &mut conns[i];
+            if ev.is_writable() && !c.open && c.carry.is_empty() {
+                // First writable: send the upgrade (once; carry then holds a marker).
+                let mut out = Vec::new();
+                c.hs.write_request(&mut out, &args.ws.to_string(), "/ws");
+                if c.stream.write_all(&out).is_err() {
+                    totals.errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                c.carry.push(0xFF);
+            }
+            if !ev.is_readable() {
+                continue;
+            }
+            loop {
+                let k = match c.stream.read(&mut buf) {
+                    Ok(0) => {
+                        totals.errors.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    Ok(k) => k,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        totals.errors.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                };
+                let data: &[u8] = if c.carry.is_empty() {
+                    &buf[..k]
+                } else {
+                    c.carry.extend_from_slice(&buf[..k]);
+                    &c.carry
+                };
+                let mut pos = 0;
+                if !c.open {
+                    // carry[0] is the "request sent" marker.
+                    let head = &data[1..];
+                    match c.hs.read_response(head) {
+                        Ok(Some((_, len))) => {
+                            c.open = true;
+                            totals.open.fetch_add(1, Ordering::Relaxed);
+                            sub.clear();
+                            write_client_frame(
+                                &mut sub,
+                                true,
+                                Opcode::Text,
+                                req.as_bytes(),
+                                [1, 2, 3, 4],
+                            );
+                            let _ = c.stream.write_all(&sub);
+                            pos = 1 + len;
+                        }
+                        Ok(None) => continue,
+                        Err(_) => {
+                            totals.errors.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                }
+                let now = if c.sampled { now_ns() } else { 0 };
+                while let Ok(Some(h)) = FrameHeader::parse(&data[pos..]) {
+                    let end = pos + h.header_len as usize + h.payload_len as usize;
+                    if end > data.len() {
+                        break;
+                    }
+                    frames += 1;
+                    bytes += (end - pos) as u64;
+                    if c.sampled
+                        && let Ok(msg) =
+                            pb::ServerMessage::decode(&data[pos + h.header_len as usize..end])
+                    {
+                        match msg.body {
+                            Some(server_message::Body::Delta(d)) => {
+                                if c.last_seq != 0 && d.seq != c.last_seq + 1 {
+                                    totals.gaps.fetch_add(1, Ordering::Relaxed);
+                                }
+                                c.last_seq = d.seq;
+                                if is_measuring {
+                                    let _ = local
+                                        .record(now.saturating_sub(d.exchange_ts_ns).max(1_000));
+                                }
+                            }
+                            Some(server_message::Body::Snapshot(s)) => c.last_seq = s.seq,
+                            _ => {}
+                        }
+                    }
+                    pos = end;
+                }
+                let rest = data[pos..].to_vec();
+                c.carry = rest;
+                if !c.open {
+                    c.carry.insert(0, 0xFF);
+                }
+            }
+        }
+        if frames > 0 {
+            totals.frames.fetch_add(frames, Ordering::Relaxed);
+            totals.bytes.fetch_add(bytes, Ordering::Relaxed);
+            frames = 0;
+            bytes = 0;
+        }
+        if !local.is_empty()
+            && let Ok(mut h) = hist.lock()
+        {
+            let _ = h.add(&local);
+            local.reset();
+        }
+    }
+    Ok(())
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.clients == 0 || args.threads == 0 {
+        bail!("--clients and --threads must be positive");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let totals = Arc::new(Totals::default());
+    let hist = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
+        1_000,
+        120_000_000_000,
+        3,
+    )?));
+    let server = args.server_pid.map(|p| p.to_string());
+    let rss_before = server.as_deref().and_then(rss_kib);
+
+    let feed_args = args.clone();
+    let feed_stop = stop.clone();
+    let feed_thread = std::thread::spawn(move || feed(&feed_args, &feed_stop));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut threads = Vec::new();
+    for t in 0..args.threads {
+        let n = args.clients / args.threads + usize::from(t < args.clients % args.threads);
+        let (a, tot, h, m, s) = (
+            args.clone(),
+            totals.clone(),
+            hist.clone(),
+            measuring.clone(),
+            stop.clone(),
+        );
+        threads.push(std::thread::spawn(move || {
+            clients(&a, n, t, &tot, &h, &m, &s)
+        }));
+    }
+    // Wait for every client to be open (bounded), then warm up.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while totals.open.load(Ordering::Relaxed) < args.clients as u64 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let open = totals.open.load(Ordering::Relaxed);
+    eprintln!(
+        "fanout: {open}/{} clients open; warming up {} s",
+        args.clients, args.warmup
+    );
+    std::thread::sleep(Duration::from_secs(args.warmup));
+    let rss_loaded = server.as_deref().and_then(rss_kib);
+    let me = std::process::id().to_string();
+    let (f0, b0) = (
+        totals.frames.load(Ordering::Relaxed),
+        totals.bytes.load(Ordering::Relaxed),
+    );
+    let (c0, s0) = (cpu_seconds(&me), server.as_deref().and_then(cpu_seconds));
+    if let Ok(mut h) = hist.lock() {
+        h.reset();
+    }
+    measuring.store(true, Ordering::Relaxed);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(args.duration));
+    let secs = t0.elapsed().as_secs_f64();
+    measuring.store(false, Ordering::Relaxed);
+    let (f1, b1) = (
+        totals.frames.load(Ordering::Relaxed),
+        totals.bytes.load(Ordering::Relaxed),
+    );
+    let (c1, s1) = (cpu_seconds(&me), server.as_deref().and_then(cpu_seconds));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    }
+    feed_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("feed thread panicked"))??;
+
+    let h = hist.lock().map_err(|_| anyhow::anyhow!("histogram lock"))?;
+    let rate = (f1 - f0) as f64 / secs;
+    let offered = args.rate as f64 * open as f64;
+    let q = |p: f64| {
+        if h.is_empty() {
+            0.0
+        } else {
+            h.value_at_quantile(p) as f64 / 1e6
+        }
+    };
+    println!("clients open        {open}");
+    println!(
+        "offered msgs/s      {offered:.0}  ({} deltas/s x {open} clients)",
+        args.rate
+    );
+    println!(
+        "delivered msgs/s    {rate:.0}  ({:.1} MB/s)",
+        (b1 - b0) as f64 / secs / 1e6
+    );
+    println!(
+        "latency ms          p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (n={})",
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        q(0.999),
+        q(1.0),
+        h.len()
+    );
+    if let (Some(c0), Some(c1)) = (c0, c1) {
+        println!(
+            "loadgen CPU         {:.0}% of a core",
+            (c1 - c0) / secs * 100.0
+        );
+    }
+    if let (Some(s0), Some(s1)) = (s0, s1) {
+        println!(
+            "server CPU          {:.0}% of a core",
+            (s1 - s0) / secs * 100.0
+        );
+    }
+    if let (Some(before), Some(loaded)) = (rss_before, rss_loaded) {
+        println!(
+            "server RSS          {before} KiB before clients, {loaded} KiB with them: {:.2} KiB per connection",
+            loaded.saturating_sub(before) as f64 / open.max(1) as f64
+        );
+    }
+    println!(
+        "gaps seen           {}",
+        totals.gaps.load(Ordering::Relaxed)
+    );
+    println!(
+        "client errors       {}",
+        totals.errors.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
