@@ -452,3 +452,363 @@ fn ingest_ts(msg: &pb::ServerMessage) -> u64 {
         _ => 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::book::FeedId;
+    use crate::wire::pb::server_message::Body;
+
+    /// Rings of a fixed capacity that record what was pushed.
+    struct FakeRings {
+        cap: usize,
+        queues: Vec<VecDeque<ToWorker>>,
+    }
+
+    impl FakeRings {
+        fn new(workers: usize, cap: usize) -> FakeRings {
+            FakeRings {
+                cap,
+                queues: (0..workers).map(|_| VecDeque::new()).collect(),
+            }
+        }
+
+        fn drain(&mut self, w: usize) -> Vec<ToWorker> {
+            self.queues[w].drain(..).collect()
+        }
+    }
+
+    impl Rings for FakeRings {
+        fn workers(&self) -> usize {
+            self.queues.len()
+        }
+
+        fn try_push(&mut self, worker: usize, msg: ToWorker) -> Result<(), ToWorker> {
+            if self.queues[worker].len() >= self.cap {
+                return Err(msg);
+            }
+            self.queues[worker].push_back(msg);
+            Ok(())
+        }
+    }
+
+    fn snapshot(symbol: &str) -> pb::BookSnapshot {
+        pb::BookSnapshot {
+            symbol: symbol.into(),
+            seq: 1,
+            bids: vec![pb::Level {
+                price: 100,
+                size: 1,
+            }],
+            asks: vec![pb::Level {
+                price: 101,
+                size: 1,
+            }],
+            price_decimals: 2,
+            size_decimals: 0,
+            ..Default::default()
+        }
+    }
+
+    fn delta(symbol: &str, seq: u64, size: i64) -> pb::BookDelta {
+        pb::BookDelta {
+            symbol: symbol.into(),
+            seq,
+            updates: vec![pb::LevelUpdate {
+                side: pb::Side::Bid as i32,
+                price: 100,
+                size,
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// Applies `f` to the market and routes everything it publishes.
+    fn publish(
+        market: &mut Market,
+        router: &mut Router,
+        rings: &mut FakeRings,
+        f: impl FnOnce(&mut Market, &mut Vec<Published>),
+    ) {
+        let mut out = Vec::new();
+        f(market, &mut out);
+        for ev in out {
+            let frame = EncodedFrame::binary(ev.msg());
+            router.publish(market, &ev, &frame, rings);
+        }
+    }
+
+    fn kinds(msgs: &[ToWorker]) -> Vec<String> {
+        msgs.iter()
+            .map(|m| match m {
+                ToWorker::Instrument { name, .. } => format!("instrument {name}"),
+                ToWorker::Data {
+                    kind, seq, json, ..
+                } => {
+                    format!(
+                        "{kind:?} {seq}{}",
+                        if json.is_some() { " +json" } else { "" }
+                    )
+                }
+                ToWorker::Snapshot {
+                    seq, json, stale, ..
+                } => {
+                    format!(
+                        "snapshot {seq}{}{}",
+                        if json.is_some() { " +json" } else { "" },
+                        stale.map_or("", |s| s.as_str())
+                    )
+                }
+                ToWorker::Dropped { deltas, trades, .. } => format!("dropped {deltas}/{trades}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn data_goes_only_to_interested_workers_and_json_only_when_wanted() {
+        let (mut m, mut r, mut rings) = (Market::new(), Router::new(3), FakeRings::new(3, 100));
+        let feed = FeedId(1);
+        publish(&mut m, &mut r, &mut rings, |m, out| {
+            drop(m.handle_snapshot(feed, snapshot("AA"), 1, out))
+        });
+        for w in 0..3 {
+            assert_eq!(
+                kinds(&rings.drain(w)),
+                vec!["instrument AA"],
+                "every worker learns the symbol"
+            );
+        }
+        let aa = m.symbol_id("AA").unwrap();
+        r.handle_request(
+            1,
+            ToIngest::Interest {
+                symbol: aa,
+                channel: Channel::Book,
+                on: true,
+            },
+            &m,
+            &mut rings,
+        );
+        r.handle_request(
+            2,
+            ToIngest::Interest {
+                symbol: aa,
+                channel: Channel::Trades,
+                on: true,
+            },
+            &m,
+            &mut rings,
+        );
+        r.handle_request(
+            2,
+            ToIngest::Json {
+                symbol: aa,
+                on: true,
+            },
+            &m,
+            &mut rings,
+        );
+        publish(&mut m, &mut r, &mut rings, |m, out| {
+            drop(m.handle_delta(feed, delta("AA", 2, 5), 2, out))
+        });
+        assert!(rings.drain(0).is_empty(), "no interest, nothing pushed");
+        assert_eq!(kinds(&rings.drain(1)), vec!["Delta 2"]);
+        assert!(
+            rings.drain(2).is_empty(),
+            "trades-only worker gets no deltas"
+        );
+        assert_eq!(
+            r.stats().json_rendered,
+            0,
+            "nobody wanted JSON for the delta"
+        );
+        let trade = pb::Trade {
+            symbol: "AA".into(),
+            price: 100,
+            size: 1,
+            ..Default::default()
+        };
+        publish(&mut m, &mut r, &mut rings, |m, out| {
+            drop(m.handle_trade(feed, trade, 3, out))
+        });
+        assert_eq!(kinds(&rings.drain(2)), vec!["Trade 1 +json"]);
+        assert_eq!(r.stats().json_rendered, 1);
+        // Interest off: nothing more.
+        r.handle_request(
+            1,
+            ToIngest::Interest {
+                symbol: aa,
+                channel: Channel::Book,
+                on: false,
+            },
+            &m,
+            &mut rings,
+        );
+        publish(&mut m, &mut r, &mut rings, |m, out| {
+            drop(m.handle_delta(feed, delta("AA", 3, 6), 4, out))
+        });
+        assert!(rings.drain(1).is_empty());
+        assert_eq!(r.interest(aa), (0, 0b100, 0b100));
+    }
+
+    #[test]
+    fn snapshot_answers_are_cached_until_the_book_changes() {
+        let (mut m, mut r, mut rings) = (Market::new(), Router::new(2), FakeRings::new(2, 100));
+        let feed = FeedId(1);
+        publish(&mut m, &mut r, &mut rings, |m, out| {
+            drop(m.handle_snapshot(feed, snapshot("AA"), 1, out))
+        });
+        publish(&mut m, &mut r, &mut rings, |m, out| {
+            drop(m.handle_delta(feed, delta("AA", 2, 5), 2, out))
+        });
+        let aa = m.symbol_id("AA").unwrap();
+        rings.drain(0);
+        rings.drain(1);
+        r.handle_request(0, ToIngest::SnapshotRequest { symbol: aa }, &m, &mut rings);
+        r.handle_request(
+            1,
+            ToIngest::Json {
+                symbol: aa,
+                on: true,
+            },
+            &m,
+            &mut rings,
+        );
+        r.handle_request(1, ToIngest::SnapshotRequest { symbol: aa }, &m, &mut rings);
+        assert_eq!(kinds(&rings.drain(0)), vec!["snapshot 2"]);
+        assert_eq!(kinds(&rings.drain(1)), vec!["snapshot 2 +json"]);
+        assert_eq!(
+            r.stats().snapshots_encoded,
+            1,
+            "the second request was served from the cache"
+        );
+        publish(&mut m, &mut r, &mut rings, |m, out| {
+            drop(m.handle_delta(feed, delta("AA", 3, 6), 3, out))
+        });
+        r.handle_request(0, ToIngest::SnapshotRequest { symbol: aa }, &m, &mut rings);
+        assert_eq!(kinds(&rings.drain(0)), vec!["snapshot 3"]);
+        assert_eq!(
+            r.stats().snapshots_encoded,
+            2,
+            "a delta invalidates the cache"
+        );
+        // The answer decodes to the market's book at that seq.
+        r.handle_request(0, ToIngest::SnapshotRequest { symbol: aa }, &m, &mut rings);
+        let Some(ToWorker::Snapshot { bin: Some(bin), .. }) = rings.drain(0).pop() else {
+            panic!()
+        };
+        let msg = <pb::ServerMessage as prost::Message>::decode(bin.payload()).unwrap();
+        assert_eq!(msg.body, Some(Body::Snapshot(m.snapshot(aa))));
+        // A stale book answers with the reason and no frames.
+        m.handle_feed_down(feed, &mut Vec::new());
+        r.handle_request(0, ToIngest::SnapshotRequest { symbol: aa }, &m, &mut rings);
+        assert_eq!(kinds(&rings.drain(0)), vec!["snapshot 3feed_down"]);
+    }
+
+    #[test]
+    fn a_full_ring_drops_for_that_worker_only_then_sends_a_marker_first() {
+        let (mut m, mut r, mut rings) = (Market::new(), Router::new(2), FakeRings::new(2, 3));
+        let feed = FeedId(1);
+        publish(&mut m, &mut r, &mut rings, |m, out| {
+            drop(m.handle_snapshot(feed, snapshot("AA"), 1, out))
+        });
+        let aa = m.symbol_id("AA").unwrap();
+        for w in 0..2 {
+            rings.drain(w);
+            r.handle_request(
+                w,
+                ToIngest::Interest {
+                    symbol: aa,
+                    channel: Channel::Book,
+                    on: true,
+                },
+                &m,
+                &mut rings,
+            );
+            r.handle_request(
+                w,
+                ToIngest::Interest {
+                    symbol: aa,
+                    channel: Channel::Trades,
+                    on: true,
+                },
+                &m,
+                &mut rings,
+            );
+        }
+        // Worker 0 drains as it goes; worker 1 is stuck with capacity 3.
+        let mut got0 = Vec::new();
+        for seq in 2..8 {
+            publish(&mut m, &mut r, &mut rings, |m, out| {
+                drop(m.handle_delta(feed, delta("AA", seq, seq as i64), seq, out))
+            });
+            got0.extend(rings.drain(0));
+        }
+        let trade = pb::Trade {
+            symbol: "AA".into(),
+            price: 100,
+            size: 1,
+            ..Default::default()
+        };
+        publish(&mut m, &mut r, &mut rings, |m, out| {
+            drop(m.handle_trade(feed, trade, 9, out))
+        });
+        got0.extend(rings.drain(0));
+        assert_eq!(
+            kinds(&got0),
+            vec![
+                "Delta 2", "Delta 3", "Delta 4", "Delta 5", "Delta 6", "Delta 7", "Trade 1"
+            ]
+        );
+        assert_eq!(r.stats().dropped_deltas, 3);
+        assert_eq!(r.stats().dropped_trades, 1);
+        assert!(r.has_pending());
+        // While the ring stays full, nothing more is pushed (and more is dropped).
+        assert_eq!(r.do_work(&mut rings), 0);
+        let stuck = rings.drain(1);
+        assert_eq!(kinds(&stuck), vec!["Delta 2", "Delta 3", "Delta 4"]);
+        // The marker goes out before any further data of the symbol.
+        publish(&mut m, &mut r, &mut rings, |m, out| {
+            drop(m.handle_delta(feed, delta("AA", 8, 8), 10, out))
+        });
+        assert!(
+            rings.drain(1).is_empty(),
+            "data does not overtake the pending marker"
+        );
+        assert_eq!(r.do_work(&mut rings), 1);
+        assert_eq!(kinds(&rings.drain(1)), vec!["dropped 4/1"]);
+        assert!(!r.has_pending());
+        publish(&mut m, &mut r, &mut rings, |m, out| {
+            drop(m.handle_delta(feed, delta("AA", 9, 9), 11, out))
+        });
+        assert_eq!(kinds(&rings.drain(1)), vec!["Delta 9"]);
+    }
+
+    #[test]
+    fn must_deliver_messages_wait_in_order_behind_a_full_ring() {
+        let (mut m, mut r, mut rings) = (Market::new(), Router::new(1), FakeRings::new(1, 1));
+        let feed = FeedId(1);
+        publish(&mut m, &mut r, &mut rings, |m, out| {
+            drop(m.handle_snapshot(feed, snapshot("AA"), 1, out))
+        });
+        publish(&mut m, &mut r, &mut rings, |m, out| {
+            drop(m.handle_snapshot(feed, snapshot("BB"), 1, out))
+        });
+        let aa = m.symbol_id("AA").unwrap();
+        r.handle_request(0, ToIngest::SnapshotRequest { symbol: aa }, &m, &mut rings);
+        assert_eq!(
+            r.stats().backlogged,
+            2,
+            "BB's instrument and AA's answer wait"
+        );
+        let mut got = rings.drain(0);
+        while r.has_pending() {
+            r.do_work(&mut rings);
+            got.extend(rings.drain(0));
+        }
+        assert_eq!(
+            kinds(&got),
+            vec!["instrument AA", "instrument BB", "snapshot 1"]
+        );
+    }
+}
