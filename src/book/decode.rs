@@ -276,8 +276,11 @@ impl FeedDecoder {
         let Some(frame) = pending.get(prefix_len..prefix_len + len) else {
             return Ok(None);
         };
-        let msg = pb::IngestMessage::decode(frame)
-            .map_err(|e| StreamError::Undecodable(e.to_string()))?;
+        let msg = match fast_delta(frame) {
+            Some(msg) => msg,
+            None => pb::IngestMessage::decode(frame)
+                .map_err(|e| StreamError::Undecodable(e.to_string()))?,
+        };
         self.start += prefix_len + len;
         self.scanned = self.start;
         Ok(Some(classify_proto(msg)))
@@ -794,6 +797,103 @@ fn json_trade(
         exchange_ts_ns,
         ingest_ts_ns: 0,
         trade_id: trade_id.to_owned(),
+    })
+}
+
+/// Reads one protobuf varint from `buf[*pos..]`, as prost does (at most ten
+/// bytes, the tenth at most 1); `None` on anything else.
+fn fast_varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut value = 0u64;
+    for i in 0..10 {
+        let b = *buf.get(*pos)?;
+        *pos += 1;
+        if i == 9 && b > 1 {
+            return None;
+        }
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b < 0x80 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+fn fast_len<'a>(buf: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
+    let len = usize::try_from(fast_varint(buf, pos)?).ok()?;
+    let bytes = buf.get(*pos..pos.checked_add(len)?)?;
+    *pos += len;
+    Some(bytes)
+}
+
+/// The hot ingest message, an `IngestMessage` holding only a `BookDelta` with
+/// the schema's fields, decoded without prost's generic machinery. Anything
+/// else (other messages, unknown fields, odd wire types, bad UTF-8, malformed
+/// bytes) returns `None` and the caller decodes with prost, so the result and
+/// the errors are always prost's.
+///
+/// NB: `benches/ingest.rs` (prost's varint and merge loops were a quarter of
+/// the per-delta time).
+fn fast_delta(frame: &[u8]) -> Option<pb::IngestMessage> {
+    let mut pos = 0;
+    // IngestMessage field 2 (delta), wire type 2, spanning the whole frame.
+    if *frame.first()? != 0x12 {
+        return None;
+    }
+    pos += 1;
+    let body = fast_len(frame, &mut pos)?;
+    if pos != frame.len() {
+        return None;
+    }
+    let mut d = pb::BookDelta::default();
+    let mut pos = 0;
+    while pos < body.len() {
+        match body[pos] {
+            0x0A => {
+                pos += 1;
+                d.symbol = std::str::from_utf8(fast_len(body, &mut pos)?)
+                    .ok()?
+                    .to_owned();
+            }
+            0x10 => {
+                pos += 1;
+                d.seq = fast_varint(body, &mut pos)?;
+            }
+            0x1A => {
+                pos += 1;
+                let u = fast_len(body, &mut pos)?;
+                let mut update = pb::LevelUpdate::default();
+                let mut p = 0;
+                while p < u.len() {
+                    let key = u[p];
+                    p += 1;
+                    let v = fast_varint(u, &mut p)?;
+                    // Truncation and sign reinterpretation exactly as prost decodes int32/int64.
+                    match key {
+                        0x08 => update.side = v as i32,
+                        0x10 => update.price = v as i64,
+                        0x18 => update.size = v as i64,
+                        _ => return None,
+                    }
+                }
+                d.updates.push(update);
+            }
+            0x20 => {
+                pos += 1;
+                d.exchange_ts_ns = fast_varint(body, &mut pos)?;
+            }
+            0x28 => {
+                pos += 1;
+                d.ingest_ts_ns = fast_varint(body, &mut pos)?;
+            }
+            0x30 => {
+                pos += 1;
+                d.checksum = fast_varint(body, &mut pos)? as u32;
+            }
+            _ => return None,
+        }
+    }
+    Some(pb::IngestMessage {
+        body: Some(Body::Delta(d)),
     })
 }
 
@@ -2264,5 +2364,71 @@ mod tests {
             let mut d = decoder(framing, None, DEFAULT_MAX_FRAME_BYTES);
             prop_assert_eq!(run(&mut d, input.chunks(3), &btc), whole);
         }
+    }
+}
+
+#[cfg(test)]
+mod fast_delta_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The fast path decodes every delta exactly as prost does.
+        #[test]
+        fn fast_delta_equals_prost_on_deltas(
+            symbol in "[A-Za-z0-9._:/-]{0,40}",
+            seq in any::<u64>(),
+            updates in proptest::collection::vec((any::<i32>(), any::<i64>(), any::<i64>()), 0..40),
+            ts in any::<(u64, u64, u32)>(),
+        ) {
+            let msg = pb::IngestMessage {
+                body: Some(Body::Delta(pb::BookDelta {
+                    symbol,
+                    seq,
+                    updates: updates.into_iter().map(|(side, price, size)| pb::LevelUpdate { side, price, size }).collect(),
+                    exchange_ts_ns: ts.0,
+                    ingest_ts_ns: ts.1,
+                    checksum: ts.2,
+                })),
+            };
+            let bytes = msg.encode_to_vec();
+            prop_assert_eq!(fast_delta(&bytes), Some(msg));
+        }
+
+        /// On any bytes, the fast path either declines or agrees with prost.
+        #[test]
+        fn fast_delta_never_disagrees_with_prost(mut bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            if !bytes.is_empty() && bytes[0] % 2 == 0 {
+                bytes[0] = 0x12;
+            }
+            if let Some(fast) = fast_delta(&bytes) {
+                prop_assert_eq!(pb::IngestMessage::decode(&bytes[..]).ok(), Some(fast));
+            }
+        }
+    }
+
+    #[test]
+    fn fast_delta_declines_what_it_does_not_know() {
+        let delta = pb::IngestMessage {
+            body: Some(Body::Delta(pb::BookDelta {
+                symbol: "A".into(),
+                seq: 1,
+                ..Default::default()
+            })),
+        };
+        let mut bytes = delta.encode_to_vec();
+        assert!(fast_delta(&bytes).is_some());
+        bytes.extend_from_slice(&[0x38, 0x01]); // unknown field 7 after the delta
+        assert_eq!(fast_delta(&bytes), None);
+        let snap = pb::IngestMessage {
+            body: Some(Body::Snapshot(pb::BookSnapshot::default())),
+        };
+        assert_eq!(fast_delta(&snap.encode_to_vec()), None);
+        assert_eq!(fast_delta(&[0x12, 0x02, 0x0A, 0x01]), None, "truncated");
+        assert_eq!(
+            fast_delta(&[0x12, 0x03, 0x0A, 0x01, 0xFF]),
+            None,
+            "bad UTF-8"
+        );
     }
 }

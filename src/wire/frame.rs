@@ -75,6 +75,60 @@ pub fn write_server_frame(out: &mut Vec<u8>, opcode: Opcode, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// Bytes reserved in front of a delta body: frame header (≤ 10) + oneof key (1)
+/// + body length varint (≤ 10).
+const DELTA_PREFIX_ROOM: usize = 21;
+
+/// Appends `d` in protobuf wire format (proto3: default values omitted, fields
+/// in number order, exactly as prost encodes it), computing each length once.
+/// A `LevelUpdate` is at most 33 bytes, so its length is always one byte and is
+/// patched in after its fields.
+pub fn encode_delta_body(d: &pb::BookDelta, out: &mut Vec<u8>) {
+    use prost::encoding::encode_varint;
+    if !d.symbol.is_empty() {
+        out.push(0x0A);
+        encode_varint(d.symbol.len() as u64, out);
+        out.extend_from_slice(d.symbol.as_bytes());
+    }
+    if d.seq != 0 {
+        out.push(0x10);
+        encode_varint(d.seq, out);
+    }
+    for u in &d.updates {
+        out.push(0x1A);
+        out.push(0);
+        let start = out.len();
+        if u.side != 0 {
+            out.push(0x08);
+            // int32 fields are sign-extended to 64 bits on the wire.
+            encode_varint(u.side as i64 as u64, out);
+        }
+        if u.price != 0 {
+            out.push(0x10);
+            encode_varint(u.price as u64, out);
+        }
+        if u.size != 0 {
+            out.push(0x18);
+            encode_varint(u.size as u64, out);
+        }
+        let len = out.len() - start;
+        debug_assert!(len < 128, "a LevelUpdate is at most 33 bytes");
+        out[start - 1] = len as u8;
+    }
+    if d.exchange_ts_ns != 0 {
+        out.push(0x20);
+        encode_varint(d.exchange_ts_ns, out);
+    }
+    if d.ingest_ts_ns != 0 {
+        out.push(0x28);
+        encode_varint(d.ingest_ts_ns, out);
+    }
+    if d.checksum != 0 {
+        out.push(0x30);
+        encode_varint(u64::from(d.checksum), out);
+    }
+}
+
 /// A complete WebSocket frame (header + payload), immutable and shared.
 ///
 /// Built once per outgoing message on the ingest thread; cloning is a reference
@@ -87,7 +141,9 @@ impl EncodedFrame {
     ///
     /// NB: encodes into a reused per-thread buffer and copies once into the
     /// shared allocation (`benches/ingest.rs`: one malloc/free pair fewer per
-    /// message than encoding into a fresh `Vec` and converting it).
+    /// message than encoding into a fresh `Vec` and converting it). Deltas, the
+    /// hot message, take [`encode_delta_body`], which computes every length once
+    /// where prost's generic encoder computes nested lengths twice.
     pub fn binary(msg: &pb::ServerMessage) -> EncodedFrame {
         thread_local! {
             static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -95,10 +151,52 @@ impl EncodedFrame {
         SCRATCH.with(|scratch| {
             let mut buf = scratch.borrow_mut();
             buf.clear();
-            let len = msg.encoded_len();
-            write_server_header(&mut buf, true, Opcode::Binary, len);
-            msg.encode_raw(&mut *buf);
-            let frame = EncodedFrame(Arc::from(&buf[..]));
+            let frame = match &msg.body {
+                Some(pb::server_message::Body::Delta(d)) => {
+                    // Room for the largest frame header and the oneof key + length.
+                    buf.resize(DELTA_PREFIX_ROOM, 0);
+                    encode_delta_body(d, &mut buf);
+                    let body_len = buf.len() - DELTA_PREFIX_ROOM;
+                    // ServerMessage field 2 (delta), wire type 2: key 0x12, length, body.
+                    let varint_len = prost::encoding::encoded_len_varint(body_len as u64);
+                    let payload_len = 1 + varint_len + body_len;
+                    let header_len = server_header_len(payload_len);
+                    let start = DELTA_PREFIX_ROOM - header_len - 1 - varint_len;
+                    let mut prefix = [0u8; DELTA_PREFIX_ROOM];
+                    let mut w = 0;
+                    prefix[0] = 0x80 | Opcode::Binary as u8;
+                    match header_len {
+                        2 => prefix[1] = payload_len as u8,
+                        4 => {
+                            prefix[1] = 126;
+                            prefix[2..4].copy_from_slice(&(payload_len as u16).to_be_bytes());
+                        }
+                        _ => {
+                            prefix[1] = 127;
+                            prefix[2..10].copy_from_slice(&(payload_len as u64).to_be_bytes());
+                        }
+                    }
+                    w += header_len;
+                    prefix[w] = 0x12;
+                    w += 1;
+                    let mut v = body_len as u64;
+                    while v >= 0x80 {
+                        prefix[w] = (v as u8 & 0x7f) | 0x80;
+                        v >>= 7;
+                        w += 1;
+                    }
+                    prefix[w] = v as u8;
+                    w += 1;
+                    buf[start..DELTA_PREFIX_ROOM].copy_from_slice(&prefix[..w]);
+                    EncodedFrame(Arc::from(&buf[start..]))
+                }
+                _ => {
+                    let len = msg.encoded_len();
+                    write_server_header(&mut buf, true, Opcode::Binary, len);
+                    msg.encode_raw(&mut *buf);
+                    EncodedFrame(Arc::from(&buf[..]))
+                }
+            };
             // Keep the scratch buffer from growing without bound after a huge snapshot.
             if buf.capacity() > 1 << 20 {
                 *buf = Vec::new();
@@ -172,6 +270,69 @@ mod tests {
                 write_server_header(&mut v, true, Opcode::Binary, len);
                 v.len()
             });
+        }
+    }
+
+    fn generic_frame(msg: &pb::ServerMessage) -> Vec<u8> {
+        let mut v = Vec::new();
+        write_server_header(&mut v, true, Opcode::Binary, msg.encoded_len());
+        msg.encode_raw(&mut v);
+        v
+    }
+
+    proptest::proptest! {
+        /// The hand-written delta encoder is byte-identical to prost's.
+        #[test]
+        fn delta_fast_path_equals_prost(
+            symbol in "[A-Z.-]{0,32}",
+            seq in proptest::prelude::any::<u64>(),
+            updates in proptest::collection::vec(
+                (-3i32..4, proptest::prelude::any::<i64>(), proptest::prelude::any::<i64>()), 0..200),
+            ts in proptest::prelude::any::<(u64, u64, u32)>(),
+        ) {
+            let d = pb::BookDelta {
+                symbol,
+                seq,
+                updates: updates.into_iter().map(|(side, price, size)| pb::LevelUpdate { side, price, size }).collect(),
+                exchange_ts_ns: ts.0,
+                ingest_ts_ns: ts.1,
+                checksum: ts.2,
+            };
+            let msg = pb::ServerMessage { body: Some(pb::server_message::Body::Delta(d)) };
+            let frame = EncodedFrame::binary(&msg);
+            proptest::prop_assert_eq!(frame.as_bytes(), &generic_frame(&msg)[..]);
+            proptest::prop_assert_eq!(pb::ServerMessage::decode(frame.payload()).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn delta_fast_path_handles_defaults_and_large_bodies() {
+        for d in [
+            pb::BookDelta::default(),
+            pb::BookDelta {
+                updates: vec![pb::LevelUpdate::default(); 3],
+                ..Default::default()
+            },
+            pb::BookDelta {
+                symbol: "BTC-USD".into(),
+                updates: vec![
+                    pb::LevelUpdate {
+                        side: 1,
+                        price: -1,
+                        size: i64::MAX
+                    };
+                    5000
+                ],
+                ..Default::default()
+            },
+        ] {
+            let msg = pb::ServerMessage {
+                body: Some(pb::server_message::Body::Delta(d)),
+            };
+            assert_eq!(
+                EncodedFrame::binary(&msg).as_bytes(),
+                &generic_frame(&msg)[..]
+            );
         }
     }
 
