@@ -85,27 +85,28 @@ fn run(framing: Framing, iters: u64) -> Duration {
     let mut dec = FeedDecoder::new(framing, None, 1 << 20);
     let mut out: Vec<Published> = Vec::with_capacity(4);
     let feed = FeedId(1);
-    let apply = |dec: &mut FeedDecoder, market: &mut Market, out: &mut Vec<Published>, limit: u64| {
-        let mut n = 0u64;
-        while n < limit
-            && let Ok(Some(msg)) = dec.poll_message(&|s| market.decimals(s))
-        {
-            match msg.expect("valid synthetic stream") {
-                Decoded::Snapshot(s) => drop(market.handle_snapshot(feed, s, 3, out)),
-                Decoded::Delta(d) => {
-                    market
-                        .handle_delta(feed, d, 3, out)
-                        .expect("contiguous synthetic stream");
-                    n += 1;
+    let apply =
+        |dec: &mut FeedDecoder, market: &mut Market, out: &mut Vec<Published>, limit: u64| {
+            let mut n = 0u64;
+            while n < limit
+                && let Ok(Some(msg)) = dec.poll_message(&|s| market.decimals(s))
+            {
+                match msg.expect("valid synthetic stream") {
+                    Decoded::Snapshot(s) => drop(market.handle_snapshot(feed, s, 3, out)),
+                    Decoded::Delta(d) => {
+                        market
+                            .handle_delta(feed, d, 3, out)
+                            .expect("contiguous synthetic stream");
+                        n += 1;
+                    }
+                    _ => {}
                 }
-                _ => {}
+                for p in out.drain(..) {
+                    black_box(EncodedFrame::binary(p.msg()));
+                }
             }
-            for p in out.drain(..) {
-                black_box(EncodedFrame::binary(p.msg()));
-            }
-        }
-        n
-    };
+            n
+        };
     // Feed the deltas in 64 KiB reads, as the socket would; stop after `iters`.
     let start = Instant::now();
     let mut applied = 0;

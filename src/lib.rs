@@ -32,6 +32,13 @@
 //!   ([`book::market::Market`]).
 //! - Every outgoing market-data message is encoded once ([`wire::EncodedFrame`]).
 //! - Peer input never panics the process: every decoder returns errors as values.
+//! - Every way a connection ends goes through one place
+//!   (`net::worker::Worker::drop_client`), which removes it from the core's
+//!   indexes, the timing wheel, the per-IP counts and the open counts
+//!   (`tests/lifecycle.rs` churns thousands of connections back to zero).
+//! - Limits answer, never silently drop: 503/429 with `Retry-After`,
+//!   `Error{rate_limited}`, close 4001/4002/4003/1009; each counted by reason
+//!   ([`fanout::limits`], [`net::shared::Reject`]).
 #![forbid(unsafe_code)]
 
 pub mod book;

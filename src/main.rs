@@ -11,9 +11,11 @@ use clap::{Args, Parser, Subcommand};
 
 use tickwire::book::synth::SynthConfig;
 use tickwire::config::IngestConfig;
+use tickwire::fanout::limits::{IpLimitConfig, Rate, RequestLimits};
 use tickwire::fanout::worker::WorkerConfig;
 use tickwire::net::demo::{self, DemoFeedConfig};
 use tickwire::net::engine::{Engine, EngineConfig};
+use tickwire::net::worker::ShellConfig;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -107,6 +109,34 @@ struct ServeArgs {
     /// Largest client message after reassembly (bytes); 1009 above.
     #[arg(long, default_value_t = 64 * 1024)]
     max_message_bytes: u32,
+    /// Connections (any state) one client IP may hold; 429 past it. 0: unlimited.
+    #[arg(long, default_value_t = 0)]
+    max_connections_per_ip: u32,
+    /// WebSocket handshakes per client IP per second (burst the same); 429
+    /// with Retry-After past it. 0: unlimited.
+    #[arg(long, default_value_t = 0)]
+    handshakes_per_ip_per_sec: u32,
+    /// Client requests per connection per second; `rate_limited` past it. 0: unlimited.
+    #[arg(long, default_value_t = 10)]
+    requests_per_sec: u32,
+    /// Requests a connection may send back to back.
+    #[arg(long, default_value_t = 20)]
+    request_burst: u32,
+    /// Rate-limited requests in a row (leaking 1/s) before closing with 4002.
+    #[arg(long, default_value_t = 10)]
+    rate_limited_before_close: u32,
+    /// Server ping period (ms); 0: no heartbeat.
+    #[arg(long, default_value_t = 30_000)]
+    ping_interval_ms: u64,
+    /// A connection silent for ping interval + this (ms) is closed with 4003.
+    #[arg(long, default_value_t = 10_000)]
+    pong_timeout_ms: u64,
+    /// On SIGTERM/SIGINT: time to flush and finish close handshakes (ms).
+    #[arg(long, default_value_t = 5_000)]
+    shutdown_timeout_ms: u64,
+    /// SO_SNDBUF of client sockets (bytes); 0: the kernel's default (autotuned).
+    #[arg(long, default_value_t = 0)]
+    socket_send_buffer_bytes: usize,
     /// Slots of each ingest → worker ring (messages).
     #[arg(long, default_value_t = 65_536)]
     ring_capacity: usize,
@@ -135,6 +165,16 @@ impl ServeArgs {
                 low_water_bytes: self.low_water_bytes,
                 hard_limit_bytes: self.hard_limit_bytes,
                 max_lag_ns: self.max_lag_ms.saturating_mul(1_000_000),
+                requests: RequestLimits {
+                    requests: Rate {
+                        per_sec: self.requests_per_sec,
+                        burst: self.request_burst.max(1),
+                    },
+                    strikes: Rate {
+                        per_sec: 1,
+                        burst: self.rate_limited_before_close.max(1),
+                    },
+                },
                 ..WorkerConfig::default()
             },
             ws: tickwire::ws::Config {
@@ -143,7 +183,17 @@ impl ServeArgs {
             },
             allowed_origins: self.allowed_origins.clone(),
             echo_path: self.echo_path.clone(),
-            max_connections: self.max_connections,
+            shell: ShellConfig {
+                max_connections: self.max_connections,
+                ping_interval_ms: self.ping_interval_ms,
+                pong_timeout_ms: self.pong_timeout_ms,
+                shutdown_timeout_ms: self.shutdown_timeout_ms,
+                socket_send_buffer_bytes: self.socket_send_buffer_bytes,
+            },
+            ip_limits: IpLimitConfig {
+                max_connections_per_ip: self.max_connections_per_ip,
+                handshakes_per_ip_per_sec: self.handshakes_per_ip_per_sec,
+            },
         }
     }
 }

@@ -52,6 +52,15 @@ pub struct Args {
     /// Symbol name used by the benchmark feed.
     #[arg(long, default_value = "BENCH-1")]
     symbol: String,
+    /// Fraction of the clients (spread evenly) that subscribe, then never
+    /// read again, with a 4 KiB receive buffer: slow consumers. Latency is
+    /// measured on the others only.
+    #[arg(long, default_value_t = 0.0)]
+    stalled_fraction: f64,
+    /// Extra clients connected and disconnected per second, each doing a
+    /// full handshake and subscription (0: none). Runs from warm-up to the end.
+    #[arg(long, default_value_t = 0)]
+    churn_per_sec: u64,
 }
 
 fn now_ns() -> u64 {
@@ -175,6 +184,8 @@ fn feed(args: &Args, stop: &AtomicBool) -> anyhow::Result<()> {
 struct Conn {
     stream: TcpStream,
     open: bool,
+    /// Subscribes, then never reads again.
+    stalled: bool,
     hs: ClientHandshake,
     carry: Vec<u8>,
     sampled: bool,
@@ -202,14 +213,24 @@ fn clients(
     let mut local = Histogram::<u64>::new_with_bounds(1_000, 120_000_000_000, 3)?;
     let mut buf = vec![0u8; 256 * 1024];
     let mut connected = 0;
+    let mut opened = 0;
     let mut frames: u64 = 0;
     let mut bytes: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
-        // Connect in batches so the accept queue never overflows.
-        let batch = (n - connected).min(200);
+        // Connect in batches, with at most 400 handshakes outstanding, so the
+        // accept queue never overflows (an overflow strands connections).
+        let batch = (n - connected)
+            .min(200)
+            .min(400usize.saturating_sub(connected - opened));
         for k in 0..batch {
             let i = connected + k;
-            let mut stream = TcpStream::connect(args.ws)?;
+            let f = args.stalled_fraction.clamp(0.0, 1.0);
+            let stalled = (i as f64 * f).floor() != ((i + 1) as f64 * f).floor();
+            let mut stream = if stalled {
+                stalled_stream(args.ws)?
+            } else {
+                TcpStream::connect(args.ws)?
+            };
             poll.registry().register(
                 &mut stream,
                 Token(i),
@@ -223,12 +244,17 @@ fn clients(
                 open: false,
                 hs,
                 carry: Vec::new(),
-                sampled: i % args.sample_every.max(1) == 0,
+                stalled,
+                sampled: !stalled && i % args.sample_every.max(1) == 0,
                 last_seq: 0,
             });
         }
         connected += batch;
-        poll.poll(&mut events, Some(Duration::from_millis(5)))?;
+        match poll.poll(&mut events, Some(Duration::from_millis(5))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        }
         let is_measuring = measuring.load(Ordering::Relaxed);
         for ev in events.iter() {
             let i = ev.token().0;
@@ -243,7 +269,7 @@ fn clients(
                 }
                 c.carry.push(0xFF);
             }
-            if !ev.is_readable() {
+            if !ev.is_readable() || (c.stalled && c.open) {
                 continue;
             }
             loop {
@@ -272,6 +298,7 @@ fn clients(
                     match c.hs.read_response(head) {
                         Ok(Some((_, len))) => {
                             c.open = true;
+                            opened += 1;
                             totals.open.fetch_add(1, Ordering::Relaxed);
                             sub.clear();
                             write_client_frame(
@@ -299,6 +326,19 @@ fn clients(
                     }
                     frames += 1;
                     bytes += (end - pos) as u64;
+                    if h.opcode == Opcode::Ping as u8 {
+                        // RFC 6455 §5.5.2: answer with a pong of the same
+                        // payload (the server closes silent clients with 4003).
+                        let mut pong = Vec::new();
+                        write_client_frame(
+                            &mut pong,
+                            true,
+                            Opcode::Pong,
+                            &data[pos + h.header_len as usize..end],
+                            [9, 8, 7, 6],
+                        );
+                        let _ = c.stream.write_all(&pong);
+                    }
                     if c.sampled
                         && let Ok(msg) =
                             pb::ServerMessage::decode(&data[pos + h.header_len as usize..end])
@@ -341,6 +381,82 @@ fn clients(
         }
     }
     Ok(())
+}
+
+/// A non-blocking connection with a small receive buffer (set before
+/// connecting, so the advertised window is small too).
+fn stalled_stream(addr: SocketAddr) -> anyhow::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_recv_buffer_size(4096)?;
+    s.set_nonblocking(true)?;
+    match s.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(115) || e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(TcpStream::from_std(s.into()))
+}
+
+/// Connects and disconnects `per_sec` clients a second (handshake, subscribe,
+/// read the answer, close) until `stop`; counts completed cycles.
+fn churn(args: &Args, per_sec: u64, stop: &AtomicBool, done: &AtomicU64, failed: &AtomicU64) {
+    let req = format!(
+        r#"{{"op":"subscribe","symbols":["{}"],"channels":["book"],"id":1}}"#,
+        args.symbol
+    );
+    let start = Instant::now();
+    let mut n: u64 = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        let due = start.elapsed().as_nanos() as u64 * per_sec / 1_000_000_000;
+        if n >= due {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        n += 1;
+        let mut cycle = || -> anyhow::Result<()> {
+            let mut s = StdTcpStream::connect(args.ws)?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut nonce = [0u8; 16];
+            nonce[..8].copy_from_slice(&n.to_le_bytes());
+            let hs = ClientHandshake::new(nonce, &[]);
+            let mut out = Vec::new();
+            hs.write_request(&mut out, &args.ws.to_string(), "/ws");
+            s.write_all(&out)?;
+            let mut got = Vec::new();
+            loop {
+                let k = s.read(&mut buf)?;
+                if k == 0 {
+                    bail!("closed during handshake");
+                }
+                got.extend_from_slice(&buf[..k]);
+                if hs.read_response(&got)?.is_some() {
+                    break;
+                }
+            }
+            out.clear();
+            write_client_frame(&mut out, true, Opcode::Text, req.as_bytes(), [1, 2, 3, 4]);
+            s.write_all(&out)?;
+            // Read the Subscribed (and usually the snapshot), then go.
+            let _ = s.read(&mut buf)?;
+            out.clear();
+            write_client_frame(
+                &mut out,
+                true,
+                Opcode::Close,
+                &1000u16.to_be_bytes(),
+                [5, 6, 7, 8],
+            );
+            let _ = s.write_all(&out);
+            Ok(())
+        };
+        match cycle() {
+            Ok(()) => done.fetch_add(1, Ordering::Relaxed),
+            Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -386,6 +502,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "fanout: {open}/{} clients open; warming up {} s",
         args.clients, args.warmup
     );
+    let churn_done = Arc::new(AtomicU64::new(0));
+    let churn_failed = Arc::new(AtomicU64::new(0));
+    // Several blocking churners, so one slow handshake does not hold back the rate.
+    let churners = (args.churn_per_sec / 25).clamp(1, 16);
+    let churn_threads: Vec<_> = (0..churners)
+        .filter(|_| args.churn_per_sec > 0)
+        .map(|k| {
+            let (a, s, d, f) = (
+                args.clone(),
+                stop.clone(),
+                churn_done.clone(),
+                churn_failed.clone(),
+            );
+            let per_sec = a.churn_per_sec / churners + u64::from(k < a.churn_per_sec % churners);
+            std::thread::spawn(move || churn(&a, per_sec, &s, &d, &f))
+        })
+        .collect();
     std::thread::sleep(Duration::from_secs(args.warmup));
     let rss_loaded = server.as_deref().and_then(rss_kib);
     let me = std::process::id().to_string();
@@ -399,7 +532,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     measuring.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs(args.duration));
+    let mut rss_samples = Vec::new();
+    for _ in 0..args.duration {
+        std::thread::sleep(Duration::from_secs(1));
+        if let Some(r) = server.as_deref().and_then(rss_kib) {
+            rss_samples.push(r);
+        }
+    }
     let secs = t0.elapsed().as_secs_f64();
     measuring.store(false, Ordering::Relaxed);
     let (f1, b1) = (
@@ -415,6 +554,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     feed_thread
         .join()
         .map_err(|_| anyhow::anyhow!("feed thread panicked"))??;
+    for t in churn_threads {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("churn thread panicked"))?;
+    }
 
     let h = hist.lock().map_err(|_| anyhow::anyhow!("histogram lock"))?;
     let rate = (f1 - f0) as f64 / secs;
@@ -460,6 +603,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!(
             "server RSS          {before} KiB before clients, {loaded} KiB with them: {:.2} KiB per connection",
             loaded.saturating_sub(before) as f64 / open.max(1) as f64
+        );
+    }
+    if let (Some(first), Some(last)) = (rss_samples.first(), rss_samples.last()) {
+        let max = rss_samples.iter().max().copied().unwrap_or(0);
+        let min = rss_samples.iter().min().copied().unwrap_or(0);
+        println!(
+            "server RSS measured {first} KiB first s, {last} KiB last s (min {min}, max {max}; {:+.1}% first to last)",
+            (*last as f64 - *first as f64) / *first as f64 * 100.0
+        );
+    }
+    if args.stalled_fraction > 0.0 {
+        println!(
+            "stalled clients     {:.0}% (not measured; 4 KiB receive buffers)",
+            args.stalled_fraction * 100.0
+        );
+    }
+    if args.churn_per_sec > 0 {
+        println!(
+            "churn               {} connect/disconnect cycles done, {} failed ({} /s asked)",
+            churn_done.load(Ordering::Relaxed),
+            churn_failed.load(Ordering::Relaxed),
+            args.churn_per_sec
         );
     }
     println!(

@@ -1,13 +1,16 @@
 //! Fan-out: what crosses the rings between the ingest thread and the workers
 //! ([`ring`]), the ingest side's routing by interest ([`router`]), and the
 //! sans-IO worker core ([`worker`]): subscriptions, client requests,
-//! per-connection outboxes and the slow-consumer policy.
+//! per-connection outboxes and the slow-consumer policy; the admission
+//! limits ([`limits`]) and the worker's timing wheel ([`timer`]).
 //!
 //! Nothing here touches sockets, `mio` or the clock: `net` drives it.
 
+pub mod limits;
 pub mod outbox;
 pub mod request;
 pub mod ring;
 pub mod router;
 pub mod subs;
+pub mod timer;
 pub mod worker;

@@ -81,6 +81,8 @@ pub enum ErrorCode {
     BadRequest,
     TooManySubscriptions,
     UnknownSymbol,
+    /// Over the connection's request rate (PROTOCOL §6; checked first).
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -89,6 +91,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::UnknownSymbol => "unknown_symbol",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 }

@@ -47,6 +47,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::book::SymbolId;
+use crate::fanout::limits::{RateVerdict, RequestLimiter, RequestLimits};
 use crate::fanout::outbox::{Admit, Consumed, FrameClass, Outbox, OutboxLimits};
 use crate::fanout::request::{ErrorCode, Op, Request, RequestError, parse_request};
 use crate::fanout::ring::{Channel, DataKind, FeedStaleReason, ToIngest, ToWorker};
@@ -69,6 +70,8 @@ pub enum Encoding {
 
 /// WebSocket close code for a slow consumer (PROTOCOL §7).
 pub const CLOSE_SLOW_CONSUMER: u16 = 4001;
+/// WebSocket close code for sustained request-rate abuse (PROTOCOL §7).
+pub const CLOSE_RATE_LIMITED: u16 = 4002;
 
 /// Limits of one worker. Defaults are PROTOCOL's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +91,9 @@ pub struct WorkerConfig {
     pub idle_release_ns: u64,
     /// Most ring messages the shell handles per loop turn (for the shell). Default 1024.
     pub ring_batch: usize,
+    /// Client request rate per connection (`rate_limited` over it, 4002 on
+    /// sustained abuse). Default 10/s, burst 20; strikes 1/s, burst 10.
+    pub requests: RequestLimits,
 }
 
 impl Default for WorkerConfig {
@@ -101,6 +107,7 @@ impl Default for WorkerConfig {
             max_lag_ns: l.max_lag_ns,
             idle_release_ns: 1_000_000_000,
             ring_batch: 1024,
+            requests: RequestLimits::default(),
         }
     }
 }
@@ -147,7 +154,14 @@ pub struct WorkerStats {
     pub contiguity_violations: u64,
     pub missing_json: u64,
     pub requests_ok: u64,
+    /// Every refused request (the sum of the `rejected_*` below).
     pub requests_rejected: u64,
+    pub rejected_bad_request: u64,
+    pub rejected_too_many_subscriptions: u64,
+    pub rejected_unknown_symbol: u64,
+    pub rejected_rate_limited: u64,
+    /// Connections closed 4002 for sustained rate abuse.
+    pub rate_limit_closes: u64,
     pub unrouted: u64,
 }
 
@@ -351,6 +365,8 @@ pub struct WorkerCore {
     /// freed after `idle_release_ns` if still empty.
     idle: Vec<(u32, u64)>,
     pending_close: Vec<u32>,
+    /// Request-rate state per connection slot (cold: beside `conns`, not in them).
+    limiters: Vec<RequestLimiter>,
     closes: VecDeque<(ConnId, u16, &'static str)>,
     to_ingest: VecDeque<ToIngest>,
     stats: WorkerStats,
@@ -373,6 +389,7 @@ impl WorkerCore {
             dropping: Vec::new(),
             idle: Vec::new(),
             pending_close: Vec::new(),
+            limiters: Vec::new(),
             closes: VecDeque::new(),
             to_ingest: VecDeque::new(),
             stats: WorkerStats::default(),
@@ -388,9 +405,11 @@ impl WorkerCore {
     pub fn open_conn(&mut self, encoding: Encoding) -> ConnId {
         if let Some(slot) = self.free.pop() {
             self.conns[slot as usize] = Conn::new(encoding);
+            self.limiters[slot as usize] = RequestLimiter::default();
             return ConnId(slot);
         }
         self.conns.push(Conn::new(encoding));
+        self.limiters.push(RequestLimiter::default());
         ConnId((self.conns.len() - 1) as u32)
     }
 
@@ -414,17 +433,55 @@ impl WorkerCore {
         self.free.push(conn.0);
     }
 
+    /// The shell started closing `conn` (a close frame of its own or the
+    /// peer's, a heartbeat timeout, shutdown): from now on no market data
+    /// (RFC 6455 §5.5.1: no data frame after a close frame) and no requests;
+    /// it leaves every index now. Control frames (the close frame) are still
+    /// queued until [`WorkerCore::close_conn`]. Idempotent.
+    pub fn handle_closing(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(conn.0 as usize) else {
+            return;
+        };
+        if c.state == ConnState::Open {
+            c.state = ConnState::Closing;
+            self.remove_all_subs(conn.0);
+        }
+    }
+
     /// One client request (PROTOCOL §6). Answers are queued on the connection.
+    ///
+    /// The request rate is checked first: over it, the answer is
+    /// `Error{rate_limited}` whatever the request says (its `id` echoed when
+    /// readable), and a connection that keeps going over it is closed with
+    /// 4002 (reported by [`WorkerCore::poll_close`]).
     pub fn handle_text(&mut self, conn: ConnId, text: &str, now_ns: u64) {
         if self.conns.get(conn.0 as usize).map(|c| c.state) != Some(ConnState::Open) {
             return;
         }
-        let result = parse_request(text).and_then(|req| match req.op {
-            Op::Subscribe => self.subscribe(conn.0, req, now_ns),
-            Op::Unsubscribe => self.unsubscribe(conn.0, req, now_ns),
-        });
+        let result = match self.limiters[conn.0 as usize].check(&self.cfg.requests, now_ns) {
+            RateVerdict::Allow => parse_request(text).and_then(|req| match req.op {
+                Op::Subscribe => self.subscribe(conn.0, req, now_ns),
+                Op::Unsubscribe => self.unsubscribe(conn.0, req, now_ns),
+            }),
+            RateVerdict::Limited => Err(RequestError {
+                id: parse_request(text).map_or_else(|e| e.id, |r| r.id),
+                code: ErrorCode::RateLimited,
+                message: "over the request rate limit".to_string(),
+            }),
+            RateVerdict::Close => {
+                self.stats.rate_limit_closes += 1;
+                self.close_rate_limited(conn.0);
+                return;
+            }
+        };
         if let Err(e) = result {
             self.stats.requests_rejected += 1;
+            match e.code {
+                ErrorCode::BadRequest => self.stats.rejected_bad_request += 1,
+                ErrorCode::TooManySubscriptions => self.stats.rejected_too_many_subscriptions += 1,
+                ErrorCode::UnknownSymbol => self.stats.rejected_unknown_symbol += 1,
+                ErrorCode::RateLimited => self.stats.rejected_rate_limited += 1,
+            }
             let msg = pb::ServerMessage {
                 body: Some(Body::Error(pb::Error {
                     id: e.id,
@@ -583,6 +640,11 @@ impl WorkerCore {
             }
         }
         None
+    }
+
+    /// Whether some connection has output not yet handed out by `poll_dirty`.
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
     }
 
     /// A connection the core decided to close, with the close code and reason.
@@ -1241,6 +1303,19 @@ impl WorkerCore {
         }
     }
 
+    /// Closes `conn` with 4002: out of every index now; what is queued
+    /// (answers, the `rate_limited` errors) still leaves before the close frame.
+    fn close_rate_limited(&mut self, conn: u32) {
+        let c = &mut self.conns[conn as usize];
+        if c.state != ConnState::Open {
+            return;
+        }
+        c.state = ConnState::Closing;
+        self.remove_all_subs(conn);
+        self.closes
+            .push_back((ConnId(conn), CLOSE_RATE_LIMITED, "rate limited"));
+    }
+
     /// Connections the policy decided to close: out of every index now, their
     /// unstarted frames discarded, reported through `poll_close`.
     fn finish_closes(&mut self) {
@@ -1806,8 +1881,16 @@ mod tests {
         }
     }
 
+    /// The defaults without the request-rate limit (these tests send many
+    /// requests at one instant; the limit has its own test).
     fn cfg() -> WorkerConfig {
-        WorkerConfig::default()
+        WorkerConfig {
+            requests: RequestLimits {
+                requests: crate::fanout::limits::Rate::UNLIMITED,
+                ..RequestLimits::default()
+            },
+            ..WorkerConfig::default()
+        }
     }
 
     fn sub_text(symbols: &[&str], channels: &[&str], id: u64) -> String {
@@ -1936,6 +2019,84 @@ mod tests {
         assert_eq!(h.core.stats().index, IndexSizes::default());
         assert!(h.drain_to_ingest().is_empty());
         assert_eq!(h.core.stats().requests_rejected, 6);
+    }
+
+    /// PROTOCOL §6–§7: over the request rate, `Error{rate_limited}` (id echoed,
+    /// never dropped, nothing changes); sustained, 4002 and no trace left; a
+    /// client that backs off is served again.
+    #[test]
+    fn request_rate_limit_answers_rate_limited_then_closes_4002() {
+        use crate::fanout::limits::Rate;
+        let mut h = H::new(WorkerConfig {
+            requests: RequestLimits {
+                requests: Rate {
+                    per_sec: 10,
+                    burst: 3,
+                },
+                strikes: Rate {
+                    per_sec: 1,
+                    burst: 2,
+                },
+            },
+            ..cfg()
+        });
+        let mut c = h.client(Encoding::Json);
+        let mut polite = h.client(Encoding::Proto);
+        for id in 1..=3 {
+            h.text(&c, &sub_text(&["BTC-USD"], &["trades"], id));
+        }
+        h.text(&c, &sub_text(&["ETH-USD"], &["trades"], 4));
+        h.text(&c, "not even json");
+        c.read_all(&mut h.core, h.now_ns);
+        let evs = c.take();
+        let got: Vec<_> = evs
+            .iter()
+            .map(|e| (e.ty.as_str(), e.id, e.code.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("subscribed", 1, ""),
+                ("subscribed", 2, ""),
+                ("subscribed", 3, ""),
+                ("error", 4, "rate_limited"),
+                ("error", 0, "rate_limited"),
+            ]
+        );
+        assert_eq!(
+            h.core.stats().index.conn_entries,
+            1,
+            "ETH was not subscribed"
+        );
+        assert!(h.core.poll_close().is_none());
+        // A second connection has its own bucket.
+        h.text(&polite, &sub_text(&["ETH-USD"], &["trades"], 9));
+        polite.read_all(&mut h.core, h.now_ns);
+        assert_eq!(polite.types(), vec!["subscribed"]);
+        // After 2 strikes the third refusal closes with 4002.
+        h.text(&c, &sub_text(&["ETH-USD"], &["trades"], 5));
+        assert_eq!(
+            h.core.poll_close().map(|(id, code, _)| (id, code)),
+            Some((c.conn, CLOSE_RATE_LIMITED))
+        );
+        let s = h.core.stats();
+        assert_eq!(s.rejected_rate_limited, 2);
+        assert_eq!(s.rate_limit_closes, 1);
+        assert_eq!(
+            s.index.conn_entries, 1,
+            "only the polite connection holds one"
+        );
+        h.text(&c, &sub_text(&["ETH-USD"], &["trades"], 6));
+        assert!(h.core.poll_close().is_none(), "closed once");
+        h.core.close_conn(c.conn);
+        h.core.check_invariants().unwrap();
+        // The polite one, backing off, keeps being served.
+        for i in 0..5 {
+            h.now_ns += 200_000_000;
+            h.text(&polite, &unsub_text(&["ETH-USD"], &["trades"], 20 + i));
+        }
+        polite.read_all(&mut h.core, h.now_ns);
+        assert_eq!(polite.types(), vec!["unsubscribed"; 5]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Starts the engine: the ingest thread, N workers each with its own
 //! `SO_REUSEPORT` listener on the client port, and the rings between them.
-//! [`Engine::shutdown`] stops them (workers close their clients with 1001).
+//! [`Engine::shutdown`] stops them gracefully: each worker stops accepting,
+//! closes its clients with 1001 and flushes for at most the shutdown timeout.
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{info, warn};
 
 use crate::config::IngestConfig;
+use crate::fanout::limits::IpLimitConfig;
 use crate::fanout::ring::WorkerId;
 use crate::fanout::worker::{WorkerConfig, WorkerCore};
 use crate::ws;
@@ -20,7 +22,7 @@ use crate::ws;
 use super::ingest::{IngestHandle, IngestServer};
 use super::shared::Shared;
 use super::sink::{FanoutSink, RtrbRings};
-use super::worker::{Worker, WorkerParams};
+use super::worker::{ShellConfig, Worker, WorkerParams};
 
 /// Everything `tickwire serve` configures.
 #[derive(Debug, Clone)]
@@ -40,8 +42,12 @@ pub struct EngineConfig {
     pub allowed_origins: Vec<String>,
     /// The conformance echo endpoint (off unless set).
     pub echo_path: Option<String>,
-    /// WebSocket connections the process holds at most (503 past it). Default 100 000.
-    pub max_connections: usize,
+    /// Connection caps, heartbeat, shutdown deadline, socket buffers
+    /// (defaults: 100 000 connections, ping 30 s, pong 10 s, shutdown 5 s).
+    pub shell: ShellConfig,
+    /// Per-client-IP connection cap and handshake rate (default: off; behind a
+    /// load balancer every client has its address).
+    pub ip_limits: IpLimitConfig,
 }
 
 impl Default for EngineConfig {
@@ -56,7 +62,8 @@ impl Default for EngineConfig {
             ws: ws::Config::default(),
             allowed_origins: Vec::new(),
             echo_path: None,
-            max_connections: 100_000,
+            shell: ShellConfig::default(),
+            ip_limits: IpLimitConfig::default(),
         }
     }
 }
@@ -89,7 +96,11 @@ impl Engine {
     pub fn start(cfg: EngineConfig) -> io::Result<Engine> {
         let workers = cfg.workers.clamp(1, crate::fanout::router::MAX_WORKERS);
         let ingest = IngestServer::bind(cfg.ingest.clone())?;
-        let shared = Arc::new(Shared::new(ingest.counters(), workers));
+        let shared = Arc::new(Shared::with_ip_limits(
+            ingest.counters(),
+            workers,
+            cfg.ip_limits,
+        ));
         let stop = Arc::new(AtomicBool::new(false));
         // The first listener fixes the port (port 0 picks one); the others join it.
         let first = reuseport_listener(cfg.listen)?;
@@ -110,7 +121,6 @@ impl Engine {
         } else {
             Vec::new()
         };
-        let per_worker_max = cfg.max_connections.div_ceil(workers);
         let mut producers = Vec::new();
         let mut wakers = Vec::new();
         let mut requests = Vec::new();
@@ -135,7 +145,7 @@ impl Engine {
                 router: router.clone(),
                 shared: shared.clone(),
                 stop: stop.clone(),
-                max_connections: per_worker_max,
+                shell: cfg.shell,
             });
         }
         let sink = FanoutSink::new(
@@ -175,7 +185,9 @@ impl Engine {
         })
     }
 
-    /// Stops the workers (each closes its clients with 1001) and the ingest thread.
+    /// Stops the workers (each stops accepting, closes its clients with 1001
+    /// and flushes for at most `shell.shutdown_timeout_ms`) and returns when
+    /// they are done.
     pub fn shutdown(mut self) {
         self.stop_threads();
     }

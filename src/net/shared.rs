@@ -2,12 +2,96 @@
 //! owning thread (ingest or a worker) on a slow period, read on a scrape. Only
 //! the control plane touches the locks here, never the per-message path.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
+use crate::fanout::limits::{IpLimitConfig, IpLimits};
 use crate::fanout::router::RouterStats;
 use crate::metrics::{IngestCounters, PromText};
+
+/// Why a connection or request was refused or a connection closed by the
+/// server, as counted in `tickwire_rejections_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    /// 503 + Retry-After: the process holds `max_connections` WebSockets.
+    MaxConnections,
+    /// 429 + Retry-After: the client IP holds `max_connections_per_ip`.
+    IpConnections,
+    /// 429 + Retry-After: the client IP handshakes too often.
+    IpHandshakeRate,
+    /// `Error{rate_limited}`.
+    RateLimited,
+    /// Close 4002.
+    RateLimitClose,
+    /// `Error{too_many_subscriptions}`.
+    TooManySubscriptions,
+    /// `Error{bad_request}`.
+    BadRequest,
+    /// `Error{unknown_symbol}`.
+    UnknownSymbol,
+    /// Close 1009: a client message over `max_message_bytes`.
+    MessageTooBig,
+    /// Close 1002/1003/1007/1008: any other protocol violation.
+    ProtocolError,
+    /// Close 4003: nothing received for ping interval + pong timeout.
+    HeartbeatTimeout,
+    /// Closed: the HTTP request did not arrive within the handshake timeout.
+    HandshakeTimeout,
+    /// Close 4001.
+    SlowConsumer,
+    /// 403: `Origin` not allowed.
+    OriginForbidden,
+    /// 431: request head over 8 KiB.
+    HeaderTooLarge,
+    /// 400: unreadable HTTP request.
+    BadHttpRequest,
+}
+
+impl Reject {
+    pub const ALL: [Reject; 16] = [
+        Reject::MaxConnections,
+        Reject::IpConnections,
+        Reject::IpHandshakeRate,
+        Reject::RateLimited,
+        Reject::RateLimitClose,
+        Reject::TooManySubscriptions,
+        Reject::BadRequest,
+        Reject::UnknownSymbol,
+        Reject::MessageTooBig,
+        Reject::ProtocolError,
+        Reject::HeartbeatTimeout,
+        Reject::HandshakeTimeout,
+        Reject::SlowConsumer,
+        Reject::OriginForbidden,
+        Reject::HeaderTooLarge,
+        Reject::BadHttpRequest,
+    ];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reject::MaxConnections => "max_connections",
+            Reject::IpConnections => "ip_connections",
+            Reject::IpHandshakeRate => "ip_handshake_rate",
+            Reject::RateLimited => "rate_limited",
+            Reject::RateLimitClose => "rate_limit_close",
+            Reject::TooManySubscriptions => "too_many_subscriptions",
+            Reject::BadRequest => "bad_request",
+            Reject::UnknownSymbol => "unknown_symbol",
+            Reject::MessageTooBig => "message_too_big",
+            Reject::ProtocolError => "protocol_error",
+            Reject::HeartbeatTimeout => "heartbeat_timeout",
+            Reject::HandshakeTimeout => "handshake_timeout",
+            Reject::SlowConsumer => "slow_consumer",
+            Reject::OriginForbidden => "origin_forbidden",
+            Reject::HeaderTooLarge => "header_too_large",
+            Reject::BadHttpRequest => "bad_http_request",
+        }
+    }
+}
 
 /// Per-worker counters, written by that worker only.
 #[derive(Debug, Default)]
@@ -30,6 +114,20 @@ pub struct WorkerCounters {
     pub closed_slow: crate::metrics::Counter,
     pub loop_turns: crate::metrics::Counter,
     pub max_turn_ns: crate::metrics::Gauge,
+    /// Sockets the worker holds (handshaking, open or closing).
+    pub sockets: crate::metrics::Gauge,
+    /// Entries in the worker's timing wheel.
+    pub timers: crate::metrics::Gauge,
+    /// Connections closed with 1001 at shutdown.
+    pub closed_shutdown: crate::metrics::Counter,
+    /// Indexed by `Reject as usize`.
+    pub rejections: [crate::metrics::Counter; Reject::ALL.len()],
+}
+
+impl WorkerCounters {
+    pub fn reject(&self, r: Reject) {
+        self.rejections[r as usize].inc();
+    }
 }
 
 /// What a worker publishes for scrapes.
@@ -63,6 +161,15 @@ pub fn new_latency_histogram() -> Histogram<u64> {
 
 /// Everything `/metrics` and `/symbols` read.
 pub struct Shared {
+    /// The origin of every worker's monotonic nanoseconds (deadlines, rates).
+    pub epoch: Instant,
+    /// WebSocket connections open in the process (the `max_connections` cap:
+    /// incremented before an upgrade is accepted, so the cap is exact).
+    pub ws_open: AtomicUsize,
+    /// Per-client-IP counts (locked on accept, upgrade and close only when
+    /// per-IP limits are configured; never on the market-data path).
+    pub ip_limits: Mutex<IpLimits>,
+    pub ip_limits_on: bool,
     pub ingest: Arc<IngestCounters>,
     pub router: Mutex<RouterStats>,
     /// The body of `GET /symbols`, re-rendered by the ingest thread when it changes.
@@ -72,7 +179,19 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(ingest: Arc<IngestCounters>, workers: usize) -> Shared {
+        Shared::with_ip_limits(ingest, workers, IpLimitConfig::default())
+    }
+
+    pub fn with_ip_limits(
+        ingest: Arc<IngestCounters>,
+        workers: usize,
+        ip: IpLimitConfig,
+    ) -> Shared {
         Shared {
+            epoch: Instant::now(),
+            ws_open: AtomicUsize::new(0),
+            ip_limits: Mutex::new(IpLimits::new(ip)),
+            ip_limits_on: ip.max_connections_per_ip != 0 || ip.handshakes_per_ip_per_sec != 0,
             ingest,
             router: Mutex::new(RouterStats::default()),
             symbols_json: Mutex::new(Arc::from("{\"symbols\":[]}")),
@@ -134,7 +253,7 @@ impl Shared {
             router.json_rendered,
         );
         type Get = fn(&WorkerCounters) -> u64;
-        let per_worker: [(&str, &str, &str, Get); 16] = [
+        let per_worker: [(&str, &str, &str, Get); 19] = [
             (
                 "tickwire_worker_connections",
                 "gauge",
@@ -231,6 +350,24 @@ impl Shared {
                 "Longest worker loop turn, ns.",
                 |c| c.max_turn_ns.get(),
             ),
+            (
+                "tickwire_worker_sockets",
+                "gauge",
+                "Client sockets held by the worker (any state).",
+                |c| c.sockets.get(),
+            ),
+            (
+                "tickwire_worker_timers",
+                "gauge",
+                "Entries in the worker's timing wheel.",
+                |c| c.timers.get(),
+            ),
+            (
+                "tickwire_worker_shutdown_closes_total",
+                "counter",
+                "Connections closed 1001 at shutdown.",
+                |c| c.closed_shutdown.get(),
+            ),
         ];
         let raw = out.raw();
         for (name, kind, help, get) in per_worker {
@@ -239,6 +376,34 @@ impl Shared {
             for (i, w) in self.workers.iter().enumerate() {
                 let _ = writeln!(raw, "{name}{{worker=\"{i}\"}} {}", get(&w.counters));
             }
+        }
+        {
+            use std::fmt::Write as _;
+            let name = "tickwire_rejections_total";
+            let _ = writeln!(
+                raw,
+                "# HELP {name} Refused connections and requests, and server-side closes, by reason.\n# TYPE {name} counter"
+            );
+            for (i, w) in self.workers.iter().enumerate() {
+                for r in Reject::ALL {
+                    let _ = writeln!(
+                        raw,
+                        "{name}{{worker=\"{i}\",reason=\"{}\"}} {}",
+                        r.label(),
+                        w.counters.rejections[r as usize].get()
+                    );
+                }
+            }
+            let ws_open = self.ws_open.load(std::sync::atomic::Ordering::Relaxed);
+            let _ = writeln!(
+                raw,
+                "# HELP tickwire_ws_open WebSocket connections open in the process.\n# TYPE tickwire_ws_open gauge\ntickwire_ws_open {ws_open}"
+            );
+            let ips = self.ip_limits.lock().map_or(0, |g| g.len());
+            let _ = writeln!(
+                raw,
+                "# HELP tickwire_ip_addresses_tracked Client addresses held by the per-IP limits.\n# TYPE tickwire_ip_addresses_tracked gauge\ntickwire_ip_addresses_tracked {ips}"
+            );
         }
         let mut merged = new_latency_histogram();
         for w in &self.workers {

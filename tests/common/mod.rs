@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use prost::Message;
@@ -65,9 +65,71 @@ fn rand_bytes(seed: u64) -> [u8; 16] {
     out
 }
 
+/// How the client's socket is made.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SocketOpts {
+    /// Source address (any of 127.0.0.0/8 works on loopback): per-IP tests.
+    pub bind: Option<IpAddr>,
+    /// `SO_RCVBUF` set before connecting (so the window is small too).
+    pub recv_buffer: Option<usize>,
+}
+
+/// A TCP connection made as `opts` say (bounded by a 10 s connect timeout).
+pub fn tcp_connect(addr: SocketAddr, opts: SocketOpts) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+    if let Some(n) = opts.recv_buffer {
+        s.set_recv_buffer_size(n).expect("SO_RCVBUF");
+    }
+    if let Some(ip) = opts.bind {
+        s.bind(&SocketAddr::new(ip, 0).into()).expect("bind source");
+    }
+    s.connect_timeout(&addr.into(), Duration::from_secs(10))
+        .expect("connect");
+    s.into()
+}
+
+/// The answer to a WebSocket upgrade that may be refused: status, the
+/// `Retry-After` header, and the stream (open after a 101).
+pub fn try_upgrade(
+    addr: SocketAddr,
+    opts: SocketOpts,
+    seed: u64,
+) -> (u16, Option<String>, TcpStream) {
+    let mut stream = tcp_connect(addr, opts);
+    let hs = ClientHandshake::new(rand_bytes(seed), &[]);
+    let mut req = Vec::new();
+    hs.write_request(&mut req, &addr.to_string(), "/ws");
+    stream.write_all(&req).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).unwrap_or(0);
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let retry = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("retry-after")
+                    .then(|| v.trim().to_string())
+            });
+            return (status, retry, stream);
+        }
+        assert!(n > 0, "closed before an HTTP answer");
+    }
+}
+
 impl Client {
     pub fn connect(addr: SocketAddr, enc: Enc, seed: u64) -> Client {
-        let mut stream = TcpStream::connect(addr).expect("connect");
+        Client::connect_with(addr, enc, seed, SocketOpts::default())
+    }
+
+    pub fn connect_with(addr: SocketAddr, enc: Enc, seed: u64, opts: SocketOpts) -> Client {
+        let mut stream = tcp_connect(addr, opts);
         stream.set_nodelay(true).unwrap();
         let protocols: &[&str] = match enc {
             Enc::JsonProtocol => &["tickwire.v1.json"],
@@ -157,6 +219,11 @@ impl Client {
         if !out.is_empty() {
             let _ = self.stream.write_all(&out);
         }
+    }
+
+    /// Sends raw bytes (a broken frame, say).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes);
     }
 
     /// Sends a close frame with `code` (the server echoes it).
