@@ -180,35 +180,26 @@ impl Client {
     }
 
     pub fn subscribe(&mut self, symbols: &[&str], channels: &[&str], id: u64) {
-        let req = format!(
-            r#"{{"op":"subscribe","symbols":[{}],"channels":[{}],"id":{id}}}"#,
-            symbols
-                .iter()
-                .map(|s| format!("\"{s}\""))
-                .collect::<Vec<_>>()
-                .join(","),
-            channels
-                .iter()
-                .map(|s| format!("\"{s}\""))
-                .collect::<Vec<_>>()
-                .join(",")
-        );
-        self.send(&req);
+        self.request("subscribe", symbols, channels, id);
     }
 
     pub fn unsubscribe(&mut self, symbols: &[&str], channels: &[&str], id: u64) {
-        let req = format!(
-            r#"{{"op":"unsubscribe","symbols":[{}],"channels":[{}],"id":{id}}}"#,
-            symbols
-                .iter()
-                .map(|s| format!("\"{s}\""))
-                .collect::<Vec<_>>()
-                .join(","),
-            channels
+        self.request("unsubscribe", symbols, channels, id);
+    }
+
+    /// Sends `{"op":op,"symbols":[…],"channels":[…],"id":id}` (PROTOCOL §6).
+    fn request(&mut self, op: &str, symbols: &[&str], channels: &[&str], id: u64) {
+        let list = |items: &[&str]| {
+            items
                 .iter()
                 .map(|s| format!("\"{s}\""))
                 .collect::<Vec<_>>()
                 .join(",")
+        };
+        let req = format!(
+            r#"{{"op":"{op}","symbols":[{}],"channels":[{}],"id":{id}}}"#,
+            list(symbols),
+            list(channels)
         );
         self.send(&req);
     }
