@@ -71,6 +71,7 @@ use sonic_rs::{JsonContainerTrait as _, JsonValueTrait as _, Value};
 use super::decimal::{self, DecimalError, MAX_DECIMALS};
 use super::symbol::is_valid_symbol;
 use super::{RejectReason, Rejection, StreamError};
+use crate::wire::json::write_json_str;
 use crate::wire::pb::{self, ingest_message::Body};
 
 /// The default (and PROTOCOL §3) limit on one protobuf frame or one JSON line.
@@ -931,16 +932,16 @@ pub fn encode_json_line(
         None => out.push_str("{}"),
         Some(Body::Hello(h)) => {
             out.push_str("{\"type\":\"hello\",\"feed_id\":");
-            push_json_str(out, &h.feed_id);
+            write_json_str(out, &h.feed_id);
             out.push_str(",\"token\":");
-            push_json_str(out, &h.token);
+            write_json_str(out, &h.token);
             out.push('}');
         }
         Some(Body::Snapshot(s)) => {
             let clamp = |d: i32| d.clamp(0, MAX_DECIMALS as i32) as u32;
             let (pd, sd) = (clamp(s.price_decimals), clamp(s.size_decimals));
             out.push_str("{\"type\":\"snapshot\",\"symbol\":");
-            push_json_str(out, &s.symbol);
+            write_json_str(out, &s.symbol);
             let _ = write!(
                 out,
                 ",\"seq\":{},\"price_decimals\":{},\"size_decimals\":{},\"bids\":",
@@ -953,7 +954,7 @@ pub fn encode_json_line(
         }
         Some(Body::Delta(d)) => {
             out.push_str("{\"type\":\"delta\",\"symbol\":");
-            push_json_str(out, &d.symbol);
+            write_json_str(out, &d.symbol);
             let _ = write!(out, ",\"seq\":{},\"bids\":", d.seq);
             let side = |side: pb::Side| {
                 d.updates
@@ -980,7 +981,7 @@ pub fn encode_json_line(
         }
         Some(Body::Trade(t)) => {
             out.push_str("{\"type\":\"trade\",\"symbol\":");
-            push_json_str(out, &t.symbol);
+            write_json_str(out, &t.symbol);
             out.push_str(",\"price\":\"");
             decimal::format_decimal(t.price, price_decimals, out);
             out.push_str("\",\"size\":\"");
@@ -992,7 +993,7 @@ pub fn encode_json_line(
                 _ => "\"\"",
             });
             out.push_str(",\"trade_id\":");
-            push_json_str(out, &t.trade_id);
+            write_json_str(out, &t.trade_id);
             let _ = write!(out, ",\"exchange_ts_ns\":{}}}", t.exchange_ts_ns);
         }
     }
@@ -1025,25 +1026,6 @@ fn push_pairs(
         out.push_str("\"]");
     }
     out.push(']');
-}
-
-/// Appends `s` as a JSON string (RFC 8259 §7 escaping).
-fn push_json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c < ' ' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 #[cfg(test)]
