@@ -6,6 +6,7 @@
 //!
 //! Nothing here touches sockets, `mio` or the clock: `net` drives it.
 
+pub mod frames;
 pub mod limits;
 pub mod outbox;
 pub mod request;

@@ -1,7 +1,8 @@
 //! One connection's outbound queue and the slow-consumer policy of PROTOCOL §7.
 //!
-//! Owns: the frames queued for one connection (shared [`EncodedFrame`]s, never
-//! copies), the write offset into the first one, the buffered byte count, and
+//! Owns: the frames queued for one connection (ids into the worker's
+//! [`Frames`] table, never copies), the write offset into the first one, the
+//! buffered byte count, and
 //! the connection's dropping episode (when it started). Run by a worker thread,
 //! inside [`WorkerCore`](super::worker::WorkerCore).
 //!
@@ -28,7 +29,7 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 
-use crate::wire::EncodedFrame;
+use super::frames::{FrameId, Frames};
 
 /// Byte thresholds and lag limit of the slow-consumer policy (PROTOCOL §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +105,7 @@ pub enum Consumed {
 ///   `debug_assert!` on the subscription's last queued seq.
 #[derive(Debug)]
 pub struct Outbox {
-    queue: VecDeque<EncodedFrame>,
+    queue: VecDeque<FrameId>,
     buffered_bytes: usize,
     /// Bytes of `queue[0]` already written.
     head_offset: u32,
@@ -148,7 +149,7 @@ impl Outbox {
 
     /// Bytes reserved by the queue's buffer (0 while released).
     pub fn capacity_bytes(&self) -> usize {
-        self.queue.capacity() * std::mem::size_of::<EncodedFrame>()
+        self.queue.capacity() * std::mem::size_of::<FrameId>()
     }
 
     /// When the current dropping episode started, if one is open.
@@ -156,18 +157,23 @@ impl Outbox {
         (self.dropping_since_ns != NOT_DROPPING).then_some(self.dropping_since_ns)
     }
 
-    /// Applies the policy to `frame` and queues a shared reference to it when
-    /// the answer is [`Admit::Queue`].
+    /// Applies the policy to the frame `id` and queues it (one more count in
+    /// `frames`) when the answer is [`Admit::Queue`].
     pub fn admit(
         &mut self,
-        frame: &EncodedFrame,
+        frames: &mut Frames,
+        id: FrameId,
         class: FrameClass,
         limits: &OutboxLimits,
         now_ns: u64,
     ) -> Admit {
-        let admit = self.decide(frame.len(), class, limits, now_ns);
-        if admit == Admit::Queue {
-            self.push(frame.clone());
+        let len = frames.get(id).len();
+        let admit = self.decide(len, class, limits, now_ns);
+        if admit == Admit::Queue && len > 0 {
+            frames.retain(id);
+            self.buffered_bytes += len;
+            self.queue.push_back(id);
+            self.debug_check(frames);
         }
         admit
     }
@@ -216,23 +222,15 @@ impl Outbox {
             .is_some_and(|since_ns| now_ns.saturating_sub(since_ns) > limits.max_lag_ns)
     }
 
-    fn push(&mut self, frame: EncodedFrame) {
-        if frame.is_empty() {
-            return;
-        }
-        self.buffered_bytes += frame.len();
-        self.queue.push_back(frame);
-        self.debug_check();
-    }
-
     /// Fills `out` with the unwritten bytes, in order, for one `writev`.
     /// Returns how many slices were filled.
-    pub fn io_slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
+    pub fn io_slices<'a>(&self, frames: &'a Frames, out: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;
-        for (i, frame) in self.queue.iter().enumerate() {
+        for (i, &id) in self.queue.iter().enumerate() {
             if n == out.len() {
                 break;
             }
+            let frame = frames.get(id);
             let bytes = if i == 0 {
                 &frame.as_bytes()[self.head_offset as usize..]
             } else {
@@ -247,26 +245,27 @@ impl Outbox {
     /// Records that the socket accepted `n` more bytes (at most
     /// `buffered_bytes`; extra is ignored). Ends the dropping episode when the
     /// buffered amount falls below low-water.
-    pub fn consume(&mut self, n: usize, limits: &OutboxLimits) -> Consumed {
+    pub fn consume(&mut self, n: usize, limits: &OutboxLimits, frames: &mut Frames) -> Consumed {
         let mut left = n.min(self.buffered_bytes);
         self.buffered_bytes -= left;
         while left > 0 {
             // `left <= buffered_bytes` before the loop, so a frame is queued.
-            let Some(front) = self.queue.front() else {
+            let Some(&front) = self.queue.front() else {
                 break;
             };
-            let rest = front.len() - self.head_offset as usize;
+            let rest = frames.get(front).len() - self.head_offset as usize;
             if left >= rest {
                 left -= rest;
                 self.head_offset = 0;
                 self.queue.pop_front();
+                frames.release(front);
             } else {
                 // rest < frame length, and a frame fits in u32 (frames are < 4 GiB).
                 self.head_offset += left as u32;
                 left = 0;
             }
         }
-        self.debug_check();
+        self.debug_check(frames);
         if self.dropping_since_ns != NOT_DROPPING && self.buffered_bytes < limits.low_water_bytes {
             self.dropping_since_ns = NOT_DROPPING;
             return Consumed::ResyncDue;
@@ -290,28 +289,43 @@ impl Outbox {
     /// Drops every frame not yet started (keeps a partially written first
     /// frame, so the stream stays well-framed) and ends any dropping episode.
     /// Used before a close frame on a connection being closed.
-    pub fn discard_unstarted(&mut self) {
+    pub fn discard_unstarted(&mut self, frames: &mut Frames) {
         let keep = usize::from(self.head_offset > 0 && !self.queue.is_empty());
-        self.queue.truncate(keep);
+        for id in self.queue.drain(keep..) {
+            frames.release(id);
+        }
         self.buffered_bytes = self
             .queue
             .front()
-            .map_or(0, |f| f.len() - self.head_offset as usize);
+            .map_or(0, |&f| frames.get(f).len() - self.head_offset as usize);
         self.dropping_since_ns = NOT_DROPPING;
-        self.debug_check();
+        self.debug_check(frames);
     }
 
-    fn debug_check(&self) {
+    /// Gives every queued frame back to `frames` and forgets the queue and
+    /// any dropping episode (the connection is gone).
+    pub fn clear(&mut self, frames: &mut Frames) {
+        for id in self.queue.drain(..) {
+            frames.release(id);
+        }
+        *self = Outbox::new();
+    }
+
+    fn debug_check(&self, frames: &Frames) {
         debug_assert_eq!(
             self.buffered_bytes,
-            self.queue.iter().map(EncodedFrame::len).sum::<usize>() - self.head_offset as usize,
+            self.queue
+                .iter()
+                .map(|&f| frames.get(f).len())
+                .sum::<usize>()
+                - self.head_offset as usize,
             "buffered_bytes = queued lengths - head offset"
         );
         debug_assert!(
             self.queue
                 .front()
-                .map_or(self.head_offset == 0, |f| (self.head_offset as usize)
-                    < f.len()),
+                .map_or(self.head_offset == 0, |&f| (self.head_offset as usize)
+                    < frames.get(f).len()),
             "head offset inside the first frame"
         );
     }
@@ -322,8 +336,53 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    use crate::wire::EncodedFrame;
+
     fn frame(len: usize, fill: u8) -> EncodedFrame {
         EncodedFrame::from_frame_bytes(vec![fill; len])
+    }
+
+    /// An outbox with its own frame table; every check also proves that the
+    /// table holds exactly the frames the outbox queues (no leak, no early free).
+    #[derive(Default)]
+    struct Q {
+        o: Outbox,
+        f: Frames,
+    }
+
+    impl Q {
+        fn admit(
+            &mut self,
+            frame: &EncodedFrame,
+            class: FrameClass,
+            l: &OutboxLimits,
+            now_ns: u64,
+        ) -> Admit {
+            let id = self.f.insert(frame.clone());
+            let admit = self.o.admit(&mut self.f, id, class, l, now_ns);
+            self.f.release(id);
+            self.check();
+            admit
+        }
+
+        fn consume(&mut self, n: usize, l: &OutboxLimits) -> Consumed {
+            let c = self.o.consume(n, l, &mut self.f);
+            self.check();
+            c
+        }
+
+        fn discard_unstarted(&mut self) {
+            self.o.discard_unstarted(&mut self.f);
+            self.check();
+        }
+
+        fn io_slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
+            self.o.io_slices(&self.f, out)
+        }
+
+        fn check(&self) {
+            assert_eq!(self.f.live(), self.o.queued_frames());
+        }
     }
 
     fn limits() -> OutboxLimits {
@@ -335,7 +394,7 @@ mod tests {
         }
     }
 
-    fn drain_all(o: &mut Outbox) -> Vec<u8> {
+    fn drain_all(o: &mut Q) -> Vec<u8> {
         let mut out = Vec::new();
         let mut slices = [IoSlice::new(&[]); 4];
         let n = o.io_slices(&mut slices);
@@ -348,7 +407,7 @@ mod tests {
     #[test]
     fn stream_dropped_only_above_high_water_and_resync_below_low_water() {
         let l = limits();
-        let mut o = Outbox::new();
+        let mut o = Q::default();
         for _ in 0..3 {
             assert_eq!(
                 o.admit(&frame(40, 1), FrameClass::Stream, &l, 0),
@@ -360,7 +419,7 @@ mod tests {
             o.admit(&frame(40, 2), FrameClass::Stream, &l, 5),
             Admit::DropStale
         );
-        assert_eq!(o.dropping_since_ns(), Some(5));
+        assert_eq!(o.o.dropping_since_ns(), Some(5));
         // Control and resync frames still go in.
         assert_eq!(
             o.admit(&frame(10, 3), FrameClass::Control, &l, 6),
@@ -370,7 +429,7 @@ mod tests {
             o.admit(&frame(10, 4), FrameClass::Resync, &l, 6),
             Admit::Queue
         );
-        assert_eq!(o.buffered_bytes(), 140);
+        assert_eq!(o.o.buffered_bytes(), 140);
         // Draining to 60 (between low and high): still dropping.
         assert_eq!(o.consume(80, &l), Consumed::Pending);
         assert_eq!(
@@ -379,19 +438,19 @@ mod tests {
         );
         // Below low-water: the resync is due once.
         assert_eq!(o.consume(30, &l), Consumed::ResyncDue);
-        assert_eq!(o.dropping_since_ns(), None);
+        assert_eq!(o.o.dropping_since_ns(), None);
         assert_eq!(
             o.admit(&frame(1, 6), FrameClass::Stream, &l, 8),
             Admit::Queue
         );
         assert_eq!(o.consume(1000, &l), Consumed::Drained);
-        assert_eq!(o.buffered_bytes(), 0);
+        assert_eq!(o.o.buffered_bytes(), 0);
     }
 
     #[test]
     fn hard_limit_and_max_lag_close() {
         let l = limits();
-        let mut o = Outbox::new();
+        let mut o = Q::default();
         assert_eq!(
             o.admit(&frame(390, 1), FrameClass::Resync, &l, 0),
             Admit::Queue
@@ -409,7 +468,7 @@ mod tests {
             Admit::Close
         );
 
-        let mut o = Outbox::new();
+        let mut o = Q::default();
         assert_eq!(
             o.admit(&frame(101, 1), FrameClass::Stream, &l, 0),
             Admit::Queue
@@ -418,12 +477,12 @@ mod tests {
             o.admit(&frame(1, 1), FrameClass::Stream, &l, 100),
             Admit::DropStale
         );
-        assert!(!o.is_lagging(&l, 1_100));
+        assert!(!o.o.is_lagging(&l, 1_100));
         assert_eq!(
             o.admit(&frame(1, 1), FrameClass::Stream, &l, 1_100),
             Admit::DropStale
         );
-        assert!(o.is_lagging(&l, 1_101));
+        assert!(o.o.is_lagging(&l, 1_101));
         assert_eq!(
             o.admit(&frame(1, 1), FrameClass::Stream, &l, 1_101),
             Admit::Close
@@ -433,8 +492,8 @@ mod tests {
     #[test]
     fn partial_writes_resume_mid_frame_and_buffer_is_released() {
         let l = limits();
-        let mut o = Outbox::new();
-        assert_eq!(o.capacity_bytes(), 0, "no allocation while empty");
+        let mut o = Q::default();
+        assert_eq!(o.o.capacity_bytes(), 0, "no allocation while empty");
         o.admit(
             &EncodedFrame::from_frame_bytes(vec![1, 2, 3]),
             FrameClass::Control,
@@ -452,15 +511,15 @@ mod tests {
         assert_eq!(o.consume(2, &l), Consumed::Pending);
         assert_eq!(drain_all(&mut o), vec![5]);
         assert_eq!(o.consume(1, &l), Consumed::Drained);
-        assert!(o.capacity_bytes() > 0);
-        assert!(o.release_if_idle());
-        assert_eq!(o.capacity_bytes(), 0);
+        assert!(o.o.capacity_bytes() > 0);
+        assert!(o.o.release_if_idle());
+        assert_eq!(o.o.capacity_bytes(), 0);
     }
 
     #[test]
     fn discard_keeps_the_partial_frame_only() {
         let l = limits();
-        let mut o = Outbox::new();
+        let mut o = Q::default();
         o.admit(
             &EncodedFrame::from_frame_bytes(vec![1, 2, 3]),
             FrameClass::Control,
@@ -484,8 +543,8 @@ mod tests {
             0,
         );
         o.discard_unstarted();
-        assert!(o.is_empty());
-        assert_eq!(o.buffered_bytes(), 0);
+        assert!(o.o.is_empty());
+        assert_eq!(o.o.buffered_bytes(), 0);
     }
 
     #[derive(Debug, Clone)]
@@ -516,7 +575,7 @@ mod tests {
         #[test]
         fn outbox_matches_a_naive_byte_model(steps in proptest::collection::vec(step(), 1..120)) {
             let l = limits();
-            let mut o = Outbox::new();
+            let mut o = Q::default();
             let mut m = Model::default();
             let mut written = Vec::new();
             let mut expected_written = Vec::new();
@@ -574,8 +633,8 @@ mod tests {
                         prop_assert_eq!(got, want);
                     }
                 }
-                prop_assert_eq!(o.buffered_bytes(), m.bytes.len());
-                prop_assert_eq!(o.dropping_since_ns(), m.dropping_since_ns);
+                prop_assert_eq!(o.o.buffered_bytes(), m.bytes.len());
+                prop_assert_eq!(o.o.dropping_since_ns(), m.dropping_since_ns);
                 prop_assert_eq!(&written, &expected_written);
             }
             // Whatever is left comes out in order too.

@@ -20,9 +20,13 @@
 //! 3. Push [`WorkerCore::poll_to_ingest`] into the worker → ingest ring; when
 //!    the ring is full, hand the message back with
 //!    [`WorkerCore::unpoll_to_ingest`] and retry next turn.
-//! 4. For each [`WorkerCore::poll_dirty`] connection, once: `writev` of
-//!    [`Outbox::io_slices`], then [`WorkerCore::handle_written`] with the byte
-//!    count the kernel took (this is where slow consumers are resynced).
+//! 4. For [`WorkerCore::poll_dirty`] connections, oldest first, as many as
+//!    the turn's budget allows: `writev` of [`Outbox::io_slices`], then
+//!    [`WorkerCore::handle_written`] with the byte count the kernel took (this
+//!    is where slow consumers are resynced). The dirty queue is FIFO, so a
+//!    frame waits at most one pass over the connections that were dirty before
+//!    it, whatever arrives meanwhile; [`WorkerCore::dirty_mark`] and
+//!    [`WorkerCore::dirty_done`] tell when such a pass is over.
 //! 5. For each [`WorkerCore::poll_close`]: queue the close frame
 //!    (`queue_control`), flush, then [`WorkerCore::close_conn`].
 //! 6. Every ~100 ms (timer wheel): [`WorkerCore::handle_timeout`] (max lag,
@@ -44,9 +48,11 @@
 //! symbol is `unknown_symbol` for both ops.
 
 use std::collections::{HashMap, VecDeque};
+use std::io::IoSlice;
 use std::sync::Arc;
 
 use crate::book::SymbolId;
+use crate::fanout::frames::{FrameId, Frames};
 use crate::fanout::limits::{RateVerdict, RequestLimiter, RequestLimits};
 use crate::fanout::outbox::{Admit, Consumed, FrameClass, Outbox, OutboxLimits};
 use crate::fanout::request::{ErrorCode, Op, Request, RequestError, parse_request};
@@ -131,6 +137,8 @@ pub struct WorkerStats {
     pub symbols_known: usize,
     pub awaiting_subs: usize,
     pub dirty_pending: usize,
+    /// Frames held by the worker's table for its outboxes (0 when all are empty).
+    pub live_frames: usize,
     pub to_ingest_backlog: usize,
     pub closes_pending: usize,
     pub dropping_list: usize,
@@ -257,6 +265,8 @@ macro_rules! sink {
     ($core:expr) => {
         Sink {
             conns: &mut $core.conns,
+            frames: &mut $core.frames,
+            current: None,
             dirty: &mut $core.dirty,
             dropping: &mut $core.dropping,
             pending_close: &mut $core.pending_close,
@@ -271,7 +281,11 @@ macro_rules! sink {
 /// Mutable pieces of the core that the delivery loops need beside the index.
 struct Sink<'a> {
     conns: &'a mut [Conn],
-    dirty: &'a mut Vec<u32>,
+    frames: &'a mut Frames,
+    /// The frame being fanned out, in `frames` (one count held here until
+    /// the sink is dropped or another frame comes).
+    current: Option<FrameId>,
+    dirty: &'a mut VecDeque<u32>,
     dropping: &'a mut Vec<u32>,
     pending_close: &'a mut Vec<u32>,
     stats: &'a mut WorkerStats,
@@ -283,6 +297,9 @@ struct Sink<'a> {
 
 impl Drop for Sink<'_> {
     fn drop(&mut self) {
+        if let Some(id) = self.current.take() {
+            self.frames.release(id);
+        }
         self.stats.delivered_msgs += self.delivered_msgs;
         self.stats.delivered_bytes += self.delivered_bytes;
     }
@@ -292,19 +309,25 @@ impl Sink<'_> {
     /// Admits one frame for `conn`; marks it dirty, notes a dropping episode,
     /// or schedules a close.
     fn admit(&mut self, conn: u32, frame: &EncodedFrame, class: FrameClass, now_ns: u64) -> Admit {
+        let id = self.frame_id(frame);
+        self.admit_id(conn, id, class, now_ns)
+    }
+
+    /// [`Sink::admit`] of a frame already in the table.
+    fn admit_id(&mut self, conn: u32, id: FrameId, class: FrameClass, now_ns: u64) -> Admit {
         let c = &mut self.conns[conn as usize];
-        let admit = c.outbox.admit(frame, class, self.limits, now_ns);
+        let admit = c.outbox.admit(self.frames, id, class, self.limits, now_ns);
         match admit {
             Admit::Queue => {
                 if !c.dirty {
                     c.dirty = true;
-                    self.dirty.push(conn);
+                    self.dirty.push_back(conn);
                 }
                 if class == FrameClass::Control {
                     self.stats.control_frames += 1;
                 } else {
                     self.delivered_msgs += 1;
-                    self.delivered_bytes += frame.len() as u64;
+                    self.delivered_bytes += self.frames.get(id).len() as u64;
                 }
             }
             Admit::DropStale => {
@@ -318,15 +341,31 @@ impl Sink<'_> {
         admit
     }
 
+    /// `frame`'s id in the table: the current one when it is the same frame
+    /// (a fan-out loop admits one frame to every subscriber), else a new slot.
+    fn frame_id(&mut self, frame: &EncodedFrame) -> FrameId {
+        if let Some(id) = self.current {
+            if self.frames.get(id).same(frame) {
+                return id;
+            }
+            self.frames.release(id);
+        }
+        let id = self.frames.insert(frame.clone());
+        self.current = Some(id);
+        id
+    }
+
     /// On the drop path: a subscriber already dropping still checks its
     /// connection's lag (PROTOCOL §7: stale for longer than the max lag → 4001).
-    fn check_lag(&mut self, conn: u32, now_ns: u64) {
+    /// Returns whether the connection is closing.
+    fn check_lag(&mut self, conn: u32, now_ns: u64) -> bool {
         if self.conns[conn as usize]
             .outbox
             .is_lagging(self.limits, now_ns)
         {
             self.schedule_close(conn);
         }
+        self.conns[conn as usize].state != ConnState::Open
     }
 
     fn schedule_close(&mut self, conn: u32) {
@@ -358,8 +397,13 @@ pub struct WorkerCore {
     instruments: Vec<Option<Instrument>>,
     subs: SubIndex,
     conns: Vec<Conn>,
+    /// The frames the outboxes hold (see `frames.rs`).
+    frames: Frames,
     free: Vec<u32>,
-    dirty: Vec<u32>,
+    /// FIFO of connections with output to write (see the module doc).
+    dirty: VecDeque<u32>,
+    /// Entries ever taken off `dirty` (stale ones included).
+    dirty_popped: u64,
     dropping: Vec<u32>,
     /// Connections whose queue drained, with the drain time: their buffers are
     /// freed after `idle_release_ns` if still empty.
@@ -371,6 +415,8 @@ pub struct WorkerCore {
     to_ingest: VecDeque<ToIngest>,
     stats: WorkerStats,
     json_buf: String,
+    /// Table ids of a run of deltas being delivered (see `deliver_deltas`).
+    run_ids: Vec<(FrameId, Option<FrameId>)>,
 }
 
 static EMPTY_OUTBOX: Outbox = Outbox::new();
@@ -384,8 +430,10 @@ impl WorkerCore {
             instruments: Vec::new(),
             subs: SubIndex::new(),
             conns: Vec::new(),
+            frames: Frames::new(),
             free: Vec::new(),
-            dirty: Vec::new(),
+            dirty: VecDeque::new(),
+            dirty_popped: 0,
             dropping: Vec::new(),
             idle: Vec::new(),
             pending_close: Vec::new(),
@@ -394,6 +442,7 @@ impl WorkerCore {
             to_ingest: VecDeque::new(),
             stats: WorkerStats::default(),
             json_buf: String::new(),
+            run_ids: Vec::new(),
         }
     }
 
@@ -424,7 +473,7 @@ impl WorkerCore {
             return;
         }
         c.state = ConnState::Free;
-        c.outbox = Outbox::new();
+        c.outbox.clear(&mut self.frames);
         c.dirty = false;
         c.in_dropping_list = false;
         c.in_idle_list = false;
@@ -525,7 +574,7 @@ impl WorkerCore {
                 bin,
                 json,
             } => match kind {
-                DataKind::Delta => self.deliver_delta(symbol, seq, &bin, json.as_ref(), now_ns),
+                DataKind::Delta => self.deliver_deltas(symbol, &[(seq, bin, json)], now_ns),
                 DataKind::Trade => self.deliver_trade(symbol, seq, &bin, json.as_ref(), now_ns),
                 DataKind::BookReplaced => {
                     self.deliver_snapshot(symbol, seq, &bin, json.as_ref(), true, now_ns)
@@ -552,6 +601,49 @@ impl WorkerCore {
         self.finish_closes();
     }
 
+    /// Handles messages drained from the ring, in order, leaving `batch`
+    /// empty. The outcome is that of [`WorkerCore::handle_ring`] on each in
+    /// turn; a run of consecutive deltas of one symbol is delivered subscriber
+    /// by subscriber, so each subscriber's queue is visited once per run rather
+    /// than once per delta.
+    ///
+    /// NB: the fan-out benchmark (10,000 subscribers of one symbol) spent ~27%
+    /// of the worker at 3 M msgs/s queueing deltas one at a time, nearly all of
+    /// it one cache miss per queue visited.
+    pub fn handle_ring_batch(&mut self, batch: &mut Vec<ToWorker>, now_ns: u64) {
+        let mut run: Vec<(u64, EncodedFrame, Option<EncodedFrame>)> = Vec::new();
+        let mut msgs = batch.drain(..).peekable();
+        while let Some(msg) = msgs.next() {
+            let ToWorker::Data {
+                symbol,
+                kind: DataKind::Delta,
+                seq,
+                bin,
+                json,
+                ..
+            } = msg
+            else {
+                self.handle_ring(msg, now_ns);
+                continue;
+            };
+            run.push((seq, bin, json));
+            while let Some(ToWorker::Data {
+                symbol: next,
+                kind: DataKind::Delta,
+                ..
+            }) = msgs.peek()
+                && *next == symbol
+            {
+                if let Some(ToWorker::Data { seq, bin, json, .. }) = msgs.next() {
+                    run.push((seq, bin, json));
+                }
+            }
+            self.deliver_deltas(symbol, &run, now_ns);
+            run.clear();
+            self.finish_closes();
+        }
+    }
+
     /// The socket of `conn` accepted `n` bytes of [`Outbox::io_slices`].
     /// Resyncs the dropped symbols when a dropping episode ends.
     pub fn handle_written(&mut self, conn: ConnId, n: usize, now_ns: u64) -> Consumed {
@@ -561,7 +653,7 @@ impl WorkerCore {
         if c.state == ConnState::Free {
             return Consumed::Drained;
         }
-        let consumed = c.outbox.consume(n, &self.limits);
+        let consumed = c.outbox.consume(n, &self.limits, &mut self.frames);
         match consumed {
             Consumed::ResyncDue => {
                 if c.state == ConnState::Open {
@@ -632,7 +724,8 @@ impl WorkerCore {
 
     /// A connection with output queued since it was last returned; each once.
     pub fn poll_dirty(&mut self) -> Option<ConnId> {
-        while let Some(id) = self.dirty.pop() {
+        while let Some(id) = self.dirty.pop_front() {
+            self.dirty_popped += 1;
             let c = &mut self.conns[id as usize];
             if c.dirty {
                 c.dirty = false;
@@ -640,6 +733,18 @@ impl WorkerCore {
             }
         }
         None
+    }
+
+    /// The dirty queue's current end, as a count of entries ever queued: once
+    /// [`WorkerCore::dirty_done`] reaches it, every connection that had output
+    /// queued at this moment has been handed out by `poll_dirty`.
+    pub fn dirty_mark(&self) -> u64 {
+        self.dirty_popped + self.dirty.len() as u64
+    }
+
+    /// Entries of the dirty queue handed out or skipped so far (see `dirty_mark`).
+    pub fn dirty_done(&self) -> u64 {
+        self.dirty_popped
     }
 
     /// Whether some connection has output not yet handed out by `poll_dirty`.
@@ -654,7 +759,16 @@ impl WorkerCore {
         self.closes.pop_front()
     }
 
-    /// The queue of `conn`, for `io_slices` (an empty one for an unknown id).
+    /// Fills `out` with `conn`'s unwritten bytes, in order, for one `writev`
+    /// (then [`WorkerCore::handle_written`]). Returns the slices filled: 0 when
+    /// nothing is queued or the id is unknown.
+    pub fn io_slices<'a>(&'a self, conn: ConnId, out: &mut [IoSlice<'a>]) -> usize {
+        self.conns
+            .get(conn.0 as usize)
+            .map_or(0, |c| c.outbox.io_slices(&self.frames, out))
+    }
+
+    /// The queue of `conn` (an empty one for an unknown id).
     pub fn outbox(&self, conn: ConnId) -> &Outbox {
         self.conns
             .get(conn.0 as usize)
@@ -679,6 +793,7 @@ impl WorkerCore {
         s.idle_list = self.idle.len();
         s.buffered_bytes = self.conns.iter().map(|c| c.outbox.buffered_bytes()).sum();
         s.queue_capacity_bytes = self.conns.iter().map(|c| c.outbox.capacity_bytes()).sum();
+        s.live_frames = self.frames.live();
         s.awaiting_subs = (0..self.instruments.len() as u32)
             .filter_map(|i| self.subs.symbol(SymbolId(i)))
             .map(|ss| {
@@ -912,66 +1027,86 @@ impl WorkerCore {
     /// The hot path: one delta to every local book subscriber of `symbol`.
     /// Per subscriber: a state check, a seq compare, a frame pick, an `Arc`
     /// increment, a dirty flag. No hashing, no allocation once warm.
-    fn deliver_delta(
+    /// Delivers deltas of `symbol` (in ring order, each `(seq, binary frame,
+    /// JSON frame)`) to its book subscribers: per subscriber, each delta in
+    /// turn, exactly as one call per delta would.
+    fn deliver_deltas(
         &mut self,
         symbol: SymbolId,
-        seq: u64,
-        bin: &EncodedFrame,
-        json: Option<&EncodedFrame>,
+        run: &[(u64, EncodedFrame, Option<EncodedFrame>)],
         now_ns: u64,
     ) {
         let Some(ss) = self.subs.symbol_mut(symbol) else {
-            self.stats.unrouted += 1;
+            self.stats.unrouted += run.len() as u64;
             return;
         };
+        let mut ids = std::mem::take(&mut self.run_ids);
+        ids.extend(run.iter().map(|(_, bin, json)| {
+            (
+                self.frames.insert(bin.clone()),
+                json.as_ref().map(|j| self.frames.insert(j.clone())),
+            )
+        }));
         let mut sink = sink!(self);
         let mut resync = false;
         for sub in ss.list_mut(Channel::Book) {
-            match sub.state {
-                SubState::Live => {}
-                SubState::Dropping => {
-                    sub.dropped = sub.dropped.saturating_add(1);
-                    sink.stats.dropped_deltas += 1;
-                    sink.check_lag(sub.conn, now_ns);
+            for (&(seq, ..), &(bin, json)) in run.iter().zip(&ids) {
+                match sub.state {
+                    SubState::Live => {}
+                    SubState::Dropping => {
+                        sub.dropped = sub.dropped.saturating_add(1);
+                        sink.stats.dropped_deltas += 1;
+                        if sink.check_lag(sub.conn, now_ns) {
+                            break;
+                        }
+                        continue;
+                    }
+                    SubState::Awaiting | SubState::AwaitingFeed => break,
+                }
+                if seq <= sub.seq {
+                    // Older than the snapshot it holds (it took a newer one).
                     continue;
                 }
-                SubState::Awaiting | SubState::AwaitingFeed => continue,
-            }
-            if seq <= sub.seq {
-                // Older than the snapshot it holds (it took a newer one).
-                continue;
-            }
-            let frame = match (sub.json, json) {
-                (false, _) => bin,
-                (true, Some(j)) => j,
-                (true, None) => {
-                    sink.stats.missing_json += 1;
+                let frame = match (sub.json, json) {
+                    (false, _) => bin,
+                    (true, Some(j)) => j,
+                    (true, None) => {
+                        sink.stats.missing_json += 1;
+                        sub.state = SubState::Awaiting;
+                        resync = true;
+                        break;
+                    }
+                };
+                if seq != sub.seq + 1 {
+                    // Never send a gap: count the bug and resync this client.
+                    sink.stats.contiguity_violations += 1;
                     sub.state = SubState::Awaiting;
                     resync = true;
-                    continue;
+                    break;
                 }
-            };
-            if seq != sub.seq + 1 {
-                // Never send a gap: count the bug and resync this client.
-                sink.stats.contiguity_violations += 1;
-                sub.state = SubState::Awaiting;
-                resync = true;
-                continue;
-            }
-            match sink.admit(sub.conn, frame, FrameClass::Stream, now_ns) {
-                Admit::Queue => {
-                    debug_assert_eq!(seq, sub.seq + 1, "queued deltas are contiguous");
-                    sub.seq = seq;
+                match sink.admit_id(sub.conn, frame, FrameClass::Stream, now_ns) {
+                    Admit::Queue => {
+                        debug_assert_eq!(seq, sub.seq + 1, "queued deltas are contiguous");
+                        sub.seq = seq;
+                    }
+                    Admit::DropStale => {
+                        sub.state = SubState::Dropping;
+                        sub.dropped = 1;
+                        sink.stats.dropped_deltas += 1;
+                    }
+                    // Closing: nothing more is queued for it.
+                    Admit::Close => break,
                 }
-                Admit::DropStale => {
-                    sub.state = SubState::Dropping;
-                    sub.dropped = 1;
-                    sink.stats.dropped_deltas += 1;
-                }
-                Admit::Close => {}
             }
         }
         drop(sink);
+        for (bin, json) in ids.drain(..) {
+            self.frames.release(bin);
+            if let Some(j) = json {
+                self.frames.release(j);
+            }
+        }
+        self.run_ids = ids;
         if resync {
             self.request_snapshot(symbol);
         }
@@ -1322,7 +1457,9 @@ impl WorkerCore {
         while let Some(id) = self.pending_close.pop() {
             self.stats.slow_consumer_closes += 1;
             self.remove_all_subs(id);
-            self.conns[id as usize].outbox.discard_unstarted();
+            self.conns[id as usize]
+                .outbox
+                .discard_unstarted(&mut self.frames);
             self.closes
                 .push_back((ConnId(id), CLOSE_SLOW_CONSUMER, "slow consumer"));
         }
@@ -1768,8 +1905,7 @@ mod tests {
         /// The fake socket: takes at most `max_bytes` (one writev), decodes.
         fn read(&mut self, core: &mut WorkerCore, max_bytes: usize, now_ns: u64) -> usize {
             let mut slices = [IoSlice::new(&[]); 64];
-            let ob = core.outbox(self.conn);
-            let k = ob.io_slices(&mut slices);
+            let k = core.io_slices(self.conn, &mut slices);
             let mut took = 0;
             for s in &slices[..k] {
                 let n = s.len().min(max_bytes - took);
@@ -2254,6 +2390,35 @@ mod tests {
             b.types(),
             vec!["subscribed", "snapshot", "delta", "delta", "unsubscribed"]
         );
+    }
+
+    #[test]
+    fn dirty_queue_is_fifo_and_marks_tell_when_a_pass_is_over() {
+        let mut h = H::new(cfg());
+        let clients: Vec<Client> = (0..3).map(|_| h.client(Encoding::Proto)).collect();
+        for c in &clients {
+            h.text(c, &sub_text(&["BTC-USD"], &["book"], 1));
+        }
+        h.serve();
+        while h.core.poll_dirty().is_some() {}
+        h.delta(BTC);
+        let first_mark = h.core.dirty_mark();
+        let x = h.core.poll_dirty().unwrap();
+        assert!(h.core.dirty_done() < first_mark);
+        // x gets more output while the others still wait: it goes to the
+        // back of the queue, behind them, once.
+        h.delta(BTC);
+        let second_mark = h.core.dirty_mark();
+        assert_eq!(second_mark, first_mark + 1);
+        let y = h.core.poll_dirty().unwrap();
+        let z = h.core.poll_dirty().unwrap();
+        assert_eq!(h.core.dirty_done(), first_mark);
+        assert_eq!(h.core.poll_dirty(), Some(x));
+        assert_eq!(h.core.dirty_done(), second_mark);
+        assert_eq!(h.core.poll_dirty(), None);
+        let mut seen = vec![x, y, z];
+        seen.sort();
+        assert_eq!(seen, clients.iter().map(|c| c.conn).collect::<Vec<_>>());
     }
 
     #[test]
@@ -2826,7 +2991,7 @@ mod tests {
             let s = h.core.stats();
             prop_assert_eq!(s.index.book_entries + s.index.trades_entries + s.index.conn_entries + s.index.json_entries, 0);
             prop_assert_eq!(s.index.symbols_with_interest, 0);
-            prop_assert_eq!((s.connections, s.dirty_pending, s.buffered_bytes, s.awaiting_subs), (0, 0, 0, 0));
+            prop_assert_eq!((s.connections, s.dirty_pending, s.buffered_bytes, s.awaiting_subs, s.live_frames), (0, 0, 0, 0, 0));
             prop_assert_eq!(s.contiguity_violations, 0);
             // Interest and JSON interest alternate on/off per key and end off.
             let mut state: BTreeMap<String, bool> = BTreeMap::new();
@@ -2840,6 +3005,86 @@ mod tests {
                 prop_assert_ne!(prev, on, "{} repeated", key);
             }
             prop_assert!(state.values().all(|on| !on));
+        }
+    }
+
+    /// Takes up to `budget` bytes of `conn`'s queue, as a socket would.
+    fn take_bytes(core: &mut WorkerCore, conn: ConnId, budget: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let mut slices = [IoSlice::new(&[]); 8];
+            let k = core.io_slices(conn, &mut slices);
+            let before = out.len();
+            for s in &slices[..k] {
+                let room = budget - out.len();
+                out.extend_from_slice(&s[..s.len().min(room)]);
+            }
+            let took = out.len() - before;
+            if took == 0 {
+                return out;
+            }
+            core.handle_written(conn, took, 0);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// `handle_ring_batch` (runs of deltas delivered subscriber by
+        /// subscriber) gives every client the same bytes and the worker the
+        /// same counters as `handle_ring` one message at a time, slow
+        /// consumers, drops and resyncs included.
+        #[test]
+        fn batched_delivery_equals_one_message_at_a_time(
+            clients in proptest::collection::vec((any::<bool>(), 1u8..8), 1..6),
+            steps in proptest::collection::vec((proptest::collection::vec(0u8..10, 1..12), 0usize..700), 1..40),
+        ) {
+            let cfg = WorkerConfig { high_water_bytes: 600, low_water_bytes: 200, ..cfg() };
+            let (mut one, mut batched) = (H::new(cfg), H::new(cfg));
+            let mut conns = Vec::new();
+            for &(json, mask) in &clients {
+                let enc = if json { Encoding::Json } else { Encoding::Proto };
+                let (a, b) = (one.client(enc), batched.client(enc));
+                let text = sub_text(&pick(mask, &NAMES), &["book", "trades"], 1);
+                one.text(&a, &text);
+                batched.text(&b, &text);
+                conns.push((a.conn, b.conn));
+            }
+            // One ingest (`one.ing`) feeds both workers, and answers their
+            // snapshot requests, which must be the same.
+            let serve = |one: &mut H, batched: &mut H| -> Result<(), TestCaseError> {
+                let asked = one.drain_to_ingest();
+                prop_assert_eq!(&asked, &batched.drain_to_ingest());
+                for m in &asked {
+                    if let ToIngest::SnapshotRequest { symbol } = m {
+                        let answer = one.ing.answer(*symbol);
+                        one.ring(answer.clone());
+                        batched.core.handle_ring_batch(&mut vec![answer], batched.now_ns);
+                    }
+                }
+                Ok(())
+            };
+            serve(&mut one, &mut batched)?;
+            for (kinds, budget) in steps {
+                let mut chunk = Vec::new();
+                for k in kinds {
+                    let symbol = SymbolId(u32::from(k % 3));
+                    chunk.push(if k >= 8 { one.ing.trade(symbol) } else { one.ing.delta(symbol) });
+                }
+                for m in &chunk {
+                    one.ring(m.clone());
+                }
+                batched.core.handle_ring_batch(&mut chunk, batched.now_ns);
+                prop_assert!(chunk.is_empty());
+                serve(&mut one, &mut batched)?;
+                for &(a, b) in &conns {
+                    prop_assert_eq!(take_bytes(&mut one.core, a, budget), take_bytes(&mut batched.core, b, budget));
+                }
+                serve(&mut one, &mut batched)?;
+            }
+            for &(a, b) in &conns {
+                prop_assert_eq!(take_bytes(&mut one.core, a, usize::MAX), take_bytes(&mut batched.core, b, usize::MAX));
+            }
+            prop_assert_eq!(one.core.stats(), batched.core.stats());
         }
     }
 
@@ -2893,8 +3138,7 @@ mod tests {
             while let Some(conn) = h.core.poll_dirty() {
                 let n: usize = {
                     let mut slices = [IoSlice::new(&[]); 64];
-                    let ob = h.core.outbox(conn);
-                    let k = ob.io_slices(&mut slices);
+                    let k = h.core.io_slices(conn, &mut slices);
                     slices[..k].iter().map(|s| s.len()).sum()
                 };
                 h.core.handle_written(conn, n, 0);

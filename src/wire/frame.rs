@@ -205,6 +205,11 @@ impl EncodedFrame {
         })
     }
 
+    /// Whether both are the same shared frame (not merely equal bytes).
+    pub fn same(&self, other: &EncodedFrame) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// A text frame holding `json` (already rendered, valid UTF-8).
     pub fn text(json: &str) -> EncodedFrame {
         let mut buf = Vec::with_capacity(server_header_len(json.len()) + json.len());
