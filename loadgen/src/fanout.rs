@@ -37,9 +37,15 @@ pub struct Args {
     /// Level updates per delta (4 gives ~100-byte frames).
     #[arg(long, default_value_t = 4)]
     updates: usize,
-    /// Seconds of warm-up before measuring.
+    /// Seconds of warm-up before measuring (the ramp included).
     #[arg(long, default_value_t = 3)]
     warmup: u64,
+    /// Seconds over which the feed ramps linearly from 0 to `--rate`, once
+    /// every client is open (before that it sends only the snapshot), so the
+    /// run measures the steady state rather than recovery from a connect-time
+    /// backlog. 0: full rate at once.
+    #[arg(long, default_value_t = 2.0)]
+    ramp: f64,
     /// Seconds measured.
     #[arg(long, default_value_t = 10)]
     duration: u64,
@@ -49,6 +55,15 @@ pub struct Args {
     /// The engine's pid, to report its CPU and memory beside ours.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Client threads never block in `epoll_wait`: they poll without waiting
+    /// and sleep this many microseconds when nothing was ready (0: block, the
+    /// default). On loopback the sender's core does the receiver's wakeup
+    /// (an inter-processor interrupt per write to a sleeping client: ~10% of
+    /// the engine's core here), which remote clients would do on their own
+    /// machines; this takes it off the engine's bill, at the cost of up to
+    /// this much extra measured latency.
+    #[arg(long, default_value_t = 0)]
+    poll_sleep_us: u64,
     /// Symbol name used by the benchmark feed.
     #[arg(long, default_value = "BENCH-1")]
     symbol: String,
@@ -95,7 +110,7 @@ struct Totals {
 
 /// The feed: a snapshot, then deltas on a fixed schedule. Each delta's
 /// `exchange_ts_ns` is its scheduled time (coordinated-omission correction).
-fn feed(args: &Args, stop: &AtomicBool) -> anyhow::Result<()> {
+fn feed(args: &Args, go: &AtomicBool, stop: &AtomicBool) -> anyhow::Result<()> {
     let mut s = StdTcpStream::connect(args.ingest).context("connect to ingest")?;
     s.set_nodelay(true)?;
     let depth = 20i64;
@@ -134,12 +149,19 @@ fn feed(args: &Args, stop: &AtomicBool) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    while !go.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let ramp = Ramp {
+        rate: args.rate as f64,
+        secs: args.ramp.max(0.0),
+    };
     let start = Instant::now();
     let start_ns = now_ns();
     let mut sent: u64 = 0;
     let mut seq = 1u64;
     while !stop.load(Ordering::Relaxed) {
-        let due = start.elapsed().as_nanos() as u64 * args.rate / 1_000_000_000;
+        let due = ramp.due(start.elapsed().as_secs_f64());
         buf.clear();
         while sent < due {
             seq += 1;
@@ -157,7 +179,7 @@ fn feed(args: &Args, stop: &AtomicBool) -> anyhow::Result<()> {
                     }
                 })
                 .collect();
-            let scheduled = start_ns + sent * 1_000_000_000 / args.rate;
+            let scheduled = start_ns + (ramp.time_of(sent) * 1e9) as u64;
             let d = pb::BookDelta {
                 symbol: args.symbol.clone(),
                 seq,
@@ -179,6 +201,37 @@ fn feed(args: &Args, stop: &AtomicBool) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_micros(500));
     }
     Ok(())
+}
+
+/// The feed's schedule: a linear ramp from 0 to `rate` deltas/s over `secs`,
+/// then `rate`.
+struct Ramp {
+    rate: f64,
+    secs: f64,
+}
+
+impl Ramp {
+    /// Deltas due by `t` seconds after the start.
+    fn due(&self, t: f64) -> u64 {
+        let n = if t < self.secs {
+            self.rate * t * t / (2.0 * self.secs)
+        } else {
+            self.rate * (t - self.secs / 2.0)
+        };
+        n as u64
+    }
+
+    /// When delta `k` (0-based) is due, in seconds after the start: the
+    /// inverse of `due`, and the delta's `exchange_ts_ns` (latency is measured
+    /// from the schedule, so a late feed or engine cannot hide it).
+    fn time_of(&self, k: u64) -> f64 {
+        let k = k as f64;
+        if k < self.rate * self.secs / 2.0 {
+            (2.0 * k * self.secs / self.rate).sqrt()
+        } else {
+            k / self.rate + self.secs / 2.0
+        }
+    }
 }
 
 struct Conn {
@@ -250,10 +303,18 @@ fn clients(
             });
         }
         connected += batch;
-        match poll.poll(&mut events, Some(Duration::from_millis(5))) {
+        let wait = if args.poll_sleep_us > 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(5)
+        };
+        match poll.poll(&mut events, Some(wait)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e.into()),
+        }
+        if args.poll_sleep_us > 0 && events.is_empty() {
+            std::thread::sleep(Duration::from_micros(args.poll_sleep_us));
         }
         let is_measuring = measuring.load(Ordering::Relaxed);
         for ev in events.iter() {
@@ -474,9 +535,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let server = args.server_pid.map(|p| p.to_string());
     let rss_before = server.as_deref().and_then(rss_kib);
 
+    let go = Arc::new(AtomicBool::new(false));
     let feed_args = args.clone();
-    let feed_stop = stop.clone();
-    let feed_thread = std::thread::spawn(move || feed(&feed_args, &feed_stop));
+    let (feed_go, feed_stop) = (go.clone(), stop.clone());
+    let feed_thread = std::thread::spawn(move || feed(&feed_args, &feed_go, &feed_stop));
     std::thread::sleep(Duration::from_millis(300));
     let mut threads = Vec::new();
     for t in 0..args.threads {
@@ -497,10 +559,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     while totals.open.load(Ordering::Relaxed) < args.clients as u64 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
+    go.store(true, Ordering::Relaxed);
     let open = totals.open.load(Ordering::Relaxed);
     eprintln!(
-        "fanout: {open}/{} clients open; warming up {} s",
-        args.clients, args.warmup
+        "fanout: {open}/{} clients open; warming up {} s (feed ramping over {} s)",
+        args.clients, args.warmup, args.ramp
     );
     let churn_done = Arc::new(AtomicU64::new(0));
     let churn_failed = Arc::new(AtomicU64::new(0));
@@ -636,4 +699,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         totals.errors.load(Ordering::Relaxed)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ramp;
+
+    #[test]
+    fn ramp_reaches_the_rate_and_time_of_inverts_due() {
+        let r = Ramp {
+            rate: 1000.0,
+            secs: 2.0,
+        };
+        assert_eq!(r.due(0.0), 0);
+        assert_eq!(r.due(1.0), 250, "a quarter of the ramp's area by half-time");
+        assert_eq!(r.due(2.0), 1000);
+        assert_eq!(r.due(3.0) - r.due(2.0), 1000, "full rate after the ramp");
+        for k in [0u64, 1, 10, 999, 1000, 1001, 5000] {
+            let t = r.time_of(k);
+            assert!(r.due(t + 1e-9) >= k, "delta {k} is due at its own time");
+            assert!(r.due((t - 1e-6).max(0.0)) <= k, "and not much before");
+        }
+        let flat = Ramp {
+            rate: 100.0,
+            secs: 0.0,
+        };
+        assert_eq!(flat.due(1.5), 150);
+        assert!((flat.time_of(150) - 1.5).abs() < 1e-12);
+    }
 }
