@@ -6,7 +6,10 @@
 //! - `capacity`: steps load up until the objective breaks; reports the knee.
 //! - `merge`: adds up the JSON reports of processes run side by side.
 //! - `fanout`: the purpose-built one-symbol fan-out benchmark.
+//! - `ceiling`: the kernel's floor cost of one loopback `send()` over many
+//!   sockets (no engine): the best any fan-out server can do here.
 
+mod ceiling;
 mod fanout;
 
 use std::path::PathBuf;
@@ -43,6 +46,12 @@ enum Command {
     Capacity(CapacityArgs),
     /// Merge the JSON reports of loadgen processes run side by side.
     Merge(MergeArgs),
+    /// Measure the kernel's floor cost of one TCP send() on loopback when one
+    /// core writes round-robin to many sockets; report sends/s and pass times.
+    Ceiling(ceiling::Args),
+    /// The receiving end of `ceiling`, which starts it itself.
+    #[command(hide = true)]
+    CeilingReceiver(ceiling::ReceiverArgs),
 }
 
 #[derive(Args, Debug)]
@@ -287,6 +296,8 @@ fn finish(report: &Report) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Fanout(args) => fanout::run(args),
+        Command::Ceiling(args) => ceiling::run(args),
+        Command::CeilingReceiver(args) => ceiling::run_receiver(args),
         Command::Feed(a) => {
             let mut sc = Scenario::default();
             sc.engine.ingest = Some(a.ingest.clone());

@@ -1,0 +1,72 @@
+//! `tickwire-loadgen ceiling` end to end: the real binary, its receiver child,
+//! 50 loopback connections on port 0 for one second. The JSON report must
+//! show sends and pass times, and the run must finish by itself (killed after
+//! 60 s otherwise). Pinning to cores 0 and 1 fits a 2-core machine; where it
+//! fails, the binary only warns.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use sonic_rs::JsonValueTrait;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Reads a pipe to its end on a thread, so a full pipe cannot stall the child.
+fn collect(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        text
+    })
+}
+
+#[test]
+fn ceiling_json_with_50_connections_finishes_by_itself() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tickwire-loadgen"))
+        .args(["ceiling", "--connections", "50", "--seconds", "1", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tickwire-loadgen");
+    let stdout = collect(child.stdout.take().unwrap());
+    let stderr = collect(child.stderr.take().unwrap());
+
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for tickwire-loadgen") {
+            break Some(status);
+        }
+        if started.elapsed() > LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = stdout.join().unwrap();
+    let stderr = stderr.join().unwrap();
+    let status =
+        status.unwrap_or_else(|| panic!("still running after {LIMIT:?}; stderr:\n{stderr}"));
+    assert!(status.success(), "{status}; stderr:\n{stderr}");
+
+    let report: sonic_rs::Value = sonic_rs::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}):\n{stdout}"));
+    let number = |key: &str| {
+        report
+            .get(key)
+            .and_then(|v| v.as_f64())
+            .unwrap_or_else(|| panic!("no number {key} in {stdout}"))
+    };
+    assert_eq!(report.get("connections").and_then(|v| v.as_u64()), Some(50));
+    assert!(number("sends_per_sec") > 0.0, "{stdout}");
+    assert!(number("pass_ms_median") > 0.0, "{stdout}");
+    assert!(number("passes") >= 1.0, "{stdout}");
+    assert_eq!(
+        number("bytes_sent_total"),
+        number("bytes_received_total"),
+        "every byte sent is read by the receiver: {stdout}"
+    );
+}
