@@ -259,6 +259,13 @@ fn stale_msg(symbol: &str, dropped: u64, reason: &str) -> pb::ServerMessage {
     }
 }
 
+/// The frame a subscriber takes: the JSON rendering for JSON subscribers,
+/// `None` when it is missing (encoded before this worker's JSON interest
+/// reached the ingest thread).
+fn frame_for<F>(json_subscriber: bool, bin: F, json: Option<F>) -> Option<F> {
+    if json_subscriber { json } else { Some(bin) }
+}
+
 /// Borrows the [`Sink`] fields of a `WorkerCore` (disjoint from `subs`, so a
 /// delivery loop can hold a symbol's subscriber list and the sink at once).
 macro_rules! sink {
@@ -1067,15 +1074,11 @@ impl WorkerCore {
                     // Older than the snapshot it holds (it took a newer one).
                     continue;
                 }
-                let frame = match (sub.json, json) {
-                    (false, _) => bin,
-                    (true, Some(j)) => j,
-                    (true, None) => {
-                        sink.stats.missing_json += 1;
-                        sub.state = SubState::Awaiting;
-                        resync = true;
-                        break;
-                    }
+                let Some(frame) = frame_for(sub.json, bin, json) else {
+                    sink.stats.missing_json += 1;
+                    sub.state = SubState::Awaiting;
+                    resync = true;
+                    break;
                 };
                 if seq != sub.seq + 1 {
                     // Never send a gap: count the bug and resync this client.
@@ -1132,15 +1135,11 @@ impl WorkerCore {
                 sink.check_lag(sub.conn, now_ns);
                 continue;
             }
-            let frame = match (sub.json, json) {
-                (false, _) => bin,
-                (true, Some(j)) => j,
-                (true, None) => {
-                    // Trades cannot be recovered; a stream not yet started
-                    // simply starts with the next trade.
-                    sink.stats.missing_json += 1;
-                    continue;
-                }
+            let Some(frame) = frame_for(sub.json, bin, json) else {
+                // Trades cannot be recovered; a stream not yet started
+                // simply starts with the next trade.
+                sink.stats.missing_json += 1;
+                continue;
             };
             if sub.seq != 0 && seq != sub.seq + 1 {
                 sink.stats.contiguity_violations += 1;
@@ -1187,17 +1186,13 @@ impl WorkerCore {
                     continue;
                 }
             }
-            let frame = match (sub.json, json) {
-                (false, _) => bin,
-                (true, Some(j)) => j,
-                (true, None) => {
-                    // Encoded before this worker's JSON interest reached the
-                    // ingest thread: ask again, the next answer carries JSON.
-                    sink.stats.missing_json += 1;
-                    sub.state = SubState::Awaiting;
-                    rerequest = true;
-                    continue;
-                }
+            let Some(frame) = frame_for(sub.json, bin, json) else {
+                // Encoded before this worker's JSON interest reached the
+                // ingest thread: ask again, the next answer carries JSON.
+                sink.stats.missing_json += 1;
+                sub.state = SubState::Awaiting;
+                rerequest = true;
+                continue;
             };
             if sink.admit(sub.conn, frame, FrameClass::Resync, now_ns) == Admit::Queue {
                 sub.state = SubState::Live;

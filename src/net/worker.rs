@@ -16,9 +16,9 @@
 //!    handle their HTTP requests (limits: 503, 429) and WebSocket messages.
 //! 3. Drain the ingest ring in one bounded batch: the core queues each ready
 //!    frame for each local subscriber and marks connections dirty. While
-//!    connections wait to be written, only every `RING_DRAIN_INTERVAL` (or
-//!    sooner when the ring is a quarter full), so each batch visits the
-//!    subscribers' queues once for several messages.
+//!    connections wait to be written, only every quarter of a pass over them
+//!    (25-100 ms; sooner when the ring is a quarter full), so each batch
+//!    visits the subscribers' queues once for several messages.
 //! 4. Push the core's requests (interest, snapshot requests) into the ingest
 //!    ring, waking the ingest thread only if the ring was empty.
 //! 5. Closes the core decided (4001, 4002): queue the close frame.
@@ -81,8 +81,10 @@ const PUBLISH_NS: u64 = 1_000_000_000;
 const FLUSH_SLICE: Duration = Duration::from_micros(500);
 /// The clock is read once per this many connections written.
 const FLUSH_CLOCK_EVERY: usize = 8;
-/// Under load, how often the ingest ring is drained (see `Worker::do_work`).
-const RING_DRAIN_INTERVAL: Duration = Duration::from_millis(25);
+/// Under load, the ingest ring is drained every quarter of a pass over the
+/// dirty connections, within these bounds (see `Worker::do_work`).
+const RING_DRAIN_MIN: Duration = Duration::from_millis(25);
+const RING_DRAIN_MAX: Duration = Duration::from_millis(100);
 /// Messages awaiting their latency sample at most.
 const LATENCY_SAMPLES_MAX: usize = 1 << 16;
 /// Timing wheel: 10 ms slots, 4096 of them (a 41 s revolution covers the
@@ -220,6 +222,10 @@ pub struct Worker {
     accept_pending: bool,
     /// When the ring was last drained.
     last_drain: Instant,
+    /// The dirty-queue mark being timed and when timing started; the last
+    /// pass it timed (how long the queue took to get past its end).
+    pass_probe: Option<(u64, Instant)>,
+    last_pass: Duration,
     /// Scratch for `drain_ring`: the messages and their ingest timestamps.
     drained: Vec<ToWorker>,
     drained_ts: Vec<u64>,
@@ -343,6 +349,8 @@ impl Worker {
             ring_was_busy: false,
             accept_pending: false,
             last_drain: Instant::now(),
+            pass_probe: None,
+            last_pass: Duration::ZERO,
             drained: Vec::new(),
             drained_ts: Vec::new(),
         })
@@ -412,16 +420,18 @@ impl Worker {
             done += self.read_client(slot, now, now_ns);
         }
         // While connections wait to be written, the ring is drained every
-        // RING_DRAIN_INTERVAL rather than every turn (sooner once it is a
-        // quarter full or the last batch was full): each message is queued
-        // for all its subscribers in one
+        // quarter pass (25-100 ms) rather than every turn (sooner once it is
+        // a quarter full or the last batch was full): a message waits a
+        // fraction of the pass it waits anyway, and is queued for all its
+        // subscribers in one
         // pass over their queues, and several messages per pass find those
         // queues still in cache (queued one at a time between write slices,
         // every queueing missed the cache and the worker fell behind at 3 M
         // msgs/s in the fan-out benchmark). Idle, a message goes out at once.
         let ring_due = !self.core.has_dirty()
             || self.ring_was_busy
-            || now.saturating_duration_since(self.last_drain) >= RING_DRAIN_INTERVAL
+            || now.saturating_duration_since(self.last_drain)
+                >= (self.last_pass / 4).clamp(RING_DRAIN_MIN, RING_DRAIN_MAX)
             || self.ring.slots() >= self.ring.buffer().capacity() / 4;
         if ring_due {
             self.last_drain = now;
@@ -871,6 +881,16 @@ impl Worker {
         self.me.counters.writes.add(writes);
         self.me.counters.bytes_out.add(bytes);
         let done = self.core.dirty_done();
+        match self.pass_probe {
+            Some((mark, since)) if done >= mark => {
+                self.last_pass = since.elapsed();
+                self.pass_probe = None;
+            }
+            None if self.core.has_dirty() => {
+                self.pass_probe = Some((self.core.dirty_mark(), Instant::now()));
+            }
+            _ => {}
+        }
         if self.batch_ts.front().is_some_and(|&(_, mark)| mark <= done) {
             let done_ns = realtime_ns();
             while let Some(&(ts, mark)) = self.batch_ts.front() {
