@@ -70,3 +70,35 @@ fn ceiling_json_with_50_connections_finishes_by_itself() {
         "every byte sent is read by the receiver: {stdout}"
     );
 }
+
+/// Arguments it cannot honour are refused up front, with a message naming
+/// the flag, before any receiver or socket exists.
+#[test]
+fn ceiling_refuses_impossible_arguments_with_a_clear_error() {
+    for (args, expected) in [
+        (&["--seconds", "0"][..], "--seconds must be in (0, 3600]"),
+        (
+            &["--connections", "0"][..],
+            "--connections and --bytes must be positive",
+        ),
+        (
+            &["--bytes", "0"][..],
+            "--connections and --bytes must be positive",
+        ),
+        (
+            &["--connections", "10000000"][..],
+            "open files in each process",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tickwire-loadgen"))
+            .arg("ceiling")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tickwire-loadgen");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?} printed a report");
+    }
+}
