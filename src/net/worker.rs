@@ -88,7 +88,7 @@ const FLUSH_CLOCK_EVERY: usize = 8;
 /// dirty connections, within these bounds (see `Worker::do_work`).
 const RING_DRAIN_MIN: Duration = Duration::from_millis(25);
 const RING_DRAIN_MAX: Duration = Duration::from_millis(100);
-/// Longest pause of writing after a pass (see `Worker::flush_slice`).
+/// Longest pause of writing after a pass (see `Worker::flush`).
 const MAX_FLUSH_PAUSE: Duration = Duration::from_millis(20);
 /// Messages awaiting their latency sample at most.
 const LATENCY_SAMPLES_MAX: usize = 1 << 16;
@@ -232,7 +232,7 @@ pub struct Worker {
     pass_probe: Option<(u64, Instant)>,
     last_pass: Duration,
     /// Time spent writing in the current pass, and when writing resumes
-    /// after the last one (see `Worker::flush_slice`).
+    /// after the last one (see `Worker::flush`).
     pass_busy: Duration,
     flush_resume_at: Instant,
     /// Scratch for `drain_ring`: the messages and their ingest timestamps.
@@ -447,11 +447,11 @@ impl Worker {
         // quarter pass (25-100 ms) rather than every turn (sooner once it is
         // a quarter full or the last batch was full): a message waits a
         // fraction of the pass it waits anyway, and is queued for all its
-        // subscribers in one
-        // pass over their queues, and several messages per pass find those
-        // queues still in cache (queued one at a time between write slices,
-        // every queueing missed the cache and the worker fell behind at 3 M
-        // msgs/s in the fan-out benchmark). Idle, a message goes out at once.
+        // subscribers in one pass over their queues, and several messages per
+        // pass find those queues still in cache (queued one at a time between
+        // write slices, every queueing missed the cache and the worker fell
+        // behind at 3 M msgs/s in the fan-out benchmark). Idle, a message goes
+        // out at once.
         let ring_due = !self.core.has_dirty()
             || self.ring_was_busy
             || now.saturating_duration_since(self.last_drain) >= self.drain_interval()
@@ -889,27 +889,21 @@ impl Worker {
     /// rest wait for the next turn, after reads, accepts and the ring. A
     /// connection that gets more output while others wait goes behind them,
     /// so a frame waits at most one pass over the connections dirty before
-    /// it (plus the pause after a pass, see `flush_slice`), and under load
+    /// it (plus a pause after each pass, below), and under load
     /// each write carries every frame that arrived during that pass (the
     /// batch grows with the load).
     fn flush(&mut self, now_ns: u64) -> usize {
         let start = Instant::now();
-        let flushed = self.flush_slice(now_ns, start);
-        self.pass_busy += start.elapsed();
-        flushed
-    }
-
-    fn flush_slice(&mut self, now_ns: u64, start: Instant) -> usize {
         let mut n = 0;
         let (mut writes, mut bytes) = (0u64, 0u64);
         while let Some(id) = self.core.poll_dirty() {
             n += 1;
+            self.flush_one(id, now_ns, &mut writes, &mut bytes);
             if n % FLUSH_CLOCK_EVERY == 0 && start.elapsed() >= FLUSH_SLICE {
-                self.flush_one(id, now_ns, &mut writes, &mut bytes);
                 break;
             }
-            self.flush_one(id, now_ns, &mut writes, &mut bytes);
         }
+        self.pass_busy += start.elapsed();
         self.me.counters.writes.add(writes);
         self.me.counters.bytes_out.add(bytes);
         let done = self.core.dirty_done();
