@@ -259,6 +259,14 @@ fn stale_msg(symbol: &str, dropped: u64, reason: &str) -> pb::ServerMessage {
     }
 }
 
+/// A delta of a run being delivered: its seq and its frames in the table.
+#[derive(Debug, Clone, Copy)]
+struct RunDelta {
+    seq: u64,
+    bin: FrameId,
+    json: Option<FrameId>,
+}
+
 /// The frame a subscriber takes: the JSON rendering for JSON subscribers,
 /// `None` when it is missing (encoded before this worker's JSON interest
 /// reached the ingest thread).
@@ -422,8 +430,8 @@ pub struct WorkerCore {
     to_ingest: VecDeque<ToIngest>,
     stats: WorkerStats,
     json_buf: String,
-    /// Table ids of a run of deltas being delivered (see `deliver_deltas`).
-    run_ids: Vec<(FrameId, Option<FrameId>)>,
+    /// Scratch for `handle_ring_batch`: the run of deltas being gathered.
+    run: Vec<RunDelta>,
 }
 
 static EMPTY_OUTBOX: Outbox = Outbox::new();
@@ -449,7 +457,7 @@ impl WorkerCore {
             to_ingest: VecDeque::new(),
             stats: WorkerStats::default(),
             json_buf: String::new(),
-            run_ids: Vec::new(),
+            run: Vec::new(),
         }
     }
 
@@ -581,7 +589,10 @@ impl WorkerCore {
                 bin,
                 json,
             } => match kind {
-                DataKind::Delta => self.deliver_deltas(symbol, &[(seq, bin, json)], now_ns),
+                DataKind::Delta => {
+                    let delta = self.run_delta(seq, bin, json);
+                    self.deliver_deltas(symbol, &[delta], now_ns)
+                }
                 DataKind::Trade => self.deliver_trade(symbol, seq, &bin, json.as_ref(), now_ns),
                 DataKind::BookReplaced => {
                     self.deliver_snapshot(symbol, seq, &bin, json.as_ref(), true, now_ns)
@@ -618,7 +629,7 @@ impl WorkerCore {
     /// of the worker at 3 M msgs/s queueing deltas one at a time, nearly all of
     /// it one cache miss per queue visited.
     pub fn handle_ring_batch(&mut self, batch: &mut Vec<ToWorker>, now_ns: u64) {
-        let mut run: Vec<(u64, EncodedFrame, Option<EncodedFrame>)> = Vec::new();
+        let mut run = std::mem::take(&mut self.run);
         let mut msgs = batch.drain(..).peekable();
         while let Some(msg) = msgs.next() {
             let ToWorker::Data {
@@ -633,7 +644,7 @@ impl WorkerCore {
                 self.handle_ring(msg, now_ns);
                 continue;
             };
-            run.push((seq, bin, json));
+            run.push(self.run_delta(seq, bin, json));
             while let Some(ToWorker::Data {
                 symbol: next,
                 kind: DataKind::Delta,
@@ -642,12 +653,23 @@ impl WorkerCore {
                 && *next == symbol
             {
                 if let Some(ToWorker::Data { seq, bin, json, .. }) = msgs.next() {
-                    run.push((seq, bin, json));
+                    run.push(self.run_delta(seq, bin, json));
                 }
             }
             self.deliver_deltas(symbol, &run, now_ns);
             run.clear();
             self.finish_closes();
+        }
+        self.run = run;
+    }
+
+    /// A delta about to be delivered, its frames in the table (one count each,
+    /// given back by `deliver_deltas`).
+    fn run_delta(&mut self, seq: u64, bin: EncodedFrame, json: Option<EncodedFrame>) -> RunDelta {
+        RunDelta {
+            seq,
+            bin: self.frames.insert(bin),
+            json: json.map(|j| self.frames.insert(j)),
         }
     }
 
@@ -1034,30 +1056,38 @@ impl WorkerCore {
     /// The hot path: one delta to every local book subscriber of `symbol`.
     /// Per subscriber: a state check, a seq compare, a frame pick, an `Arc`
     /// increment, a dirty flag. No hashing, no allocation once warm.
-    /// Delivers deltas of `symbol` (in ring order, each `(seq, binary frame,
-    /// JSON frame)`) to its book subscribers: per subscriber, each delta in
-    /// turn, exactly as one call per delta would.
-    fn deliver_deltas(
+    /// Delivers deltas of `symbol` (in ring order) to its book subscribers:
+    /// per subscriber, each delta in turn, exactly as one call per delta
+    /// would. Gives back the run's counts in the frame table.
+    fn deliver_deltas(&mut self, symbol: SymbolId, run: &[RunDelta], now_ns: u64) {
+        let resync = self.deliver_deltas_to_subscribers(symbol, run, now_ns);
+        for d in run {
+            self.frames.release(d.bin);
+            if let Some(j) = d.json {
+                self.frames.release(j);
+            }
+        }
+        if resync {
+            self.request_snapshot(symbol);
+        }
+    }
+
+    /// The delivery loop of `deliver_deltas`; returns whether a subscriber
+    /// now needs a snapshot.
+    fn deliver_deltas_to_subscribers(
         &mut self,
         symbol: SymbolId,
-        run: &[(u64, EncodedFrame, Option<EncodedFrame>)],
+        run: &[RunDelta],
         now_ns: u64,
-    ) {
+    ) -> bool {
         let Some(ss) = self.subs.symbol_mut(symbol) else {
             self.stats.unrouted += run.len() as u64;
-            return;
+            return false;
         };
-        let mut ids = std::mem::take(&mut self.run_ids);
-        ids.extend(run.iter().map(|(_, bin, json)| {
-            (
-                self.frames.insert(bin.clone()),
-                json.as_ref().map(|j| self.frames.insert(j.clone())),
-            )
-        }));
         let mut sink = sink!(self);
         let mut resync = false;
         for sub in ss.list_mut(Channel::Book) {
-            for (&(seq, ..), &(bin, json)) in run.iter().zip(&ids) {
+            for &RunDelta { seq, bin, json } in run {
                 match sub.state {
                     SubState::Live => {}
                     SubState::Dropping => {
@@ -1102,17 +1132,7 @@ impl WorkerCore {
                 }
             }
         }
-        drop(sink);
-        for (bin, json) in ids.drain(..) {
-            self.frames.release(bin);
-            if let Some(j) = json {
-                self.frames.release(j);
-            }
-        }
-        self.run_ids = ids;
-        if resync {
-            self.request_snapshot(symbol);
-        }
+        resync
     }
 
     fn deliver_trade(
