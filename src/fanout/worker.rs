@@ -1528,6 +1528,20 @@ mod tests {
         (EncodedFrame::binary(m), EncodedFrame::text(&s))
     }
 
+    /// A ring data message carrying `m` in both encodings, as the ingest
+    /// thread sends it.
+    fn data(symbol: SymbolId, kind: DataKind, seq: u64, m: &pb::ServerMessage) -> ToWorker {
+        let (bin, json) = frames(m);
+        ToWorker::Data {
+            symbol,
+            kind,
+            seq,
+            ingest_ts_ns: 0,
+            bin,
+            json: Some(json),
+        }
+    }
+
     impl Ingest {
         fn new() -> Ingest {
             let mut books: Vec<TruthBook> =
@@ -1645,15 +1659,7 @@ mod tests {
                 }],
                 ..Default::default()
             }));
-            let (bin, json) = frames(&m);
-            ToWorker::Data {
-                symbol: id,
-                kind: DataKind::Delta,
-                seq: b.seq,
-                ingest_ts_ns: 0,
-                bin,
-                json: Some(json),
-            }
+            data(id, DataKind::Delta, b.seq, &m)
         }
 
         fn trade(&mut self, id: SymbolId) -> ToWorker {
@@ -1667,15 +1673,7 @@ mod tests {
                 trade_id: format!("t-{}", b.trade_seq),
                 ..Default::default()
             }));
-            let (bin, json) = frames(&m);
-            ToWorker::Data {
-                symbol: id,
-                kind: DataKind::Trade,
-                seq: b.trade_seq,
-                ingest_ts_ns: 0,
-                bin,
-                json: Some(json),
-            }
+            data(id, DataKind::Trade, b.trade_seq, &m)
         }
 
         fn replace(&mut self, id: SymbolId) -> ToWorker {
@@ -1684,28 +1682,17 @@ mod tests {
             b.levels = Levels::default();
             b.levels.bids.insert(50, 1);
             b.levels.asks.insert(60, 2);
-            let (bin, json) = frames(&self.snapshot_msg(id));
             let seq = self.books[id.0 as usize].seq;
-            ToWorker::Data {
-                symbol: id,
-                kind: DataKind::BookReplaced,
-                seq,
-                ingest_ts_ns: 0,
-                bin,
-                json: Some(json),
-            }
+            data(id, DataKind::BookReplaced, seq, &self.snapshot_msg(id))
         }
 
         fn feed_stale(&self, id: SymbolId, reason: FeedStaleReason) -> ToWorker {
-            let (bin, json) = frames(&stale_msg(NAMES[id.0 as usize], 0, reason.as_str()));
-            ToWorker::Data {
-                symbol: id,
-                kind: DataKind::FeedStale(reason),
-                seq: 0,
-                ingest_ts_ns: 0,
-                bin,
-                json: Some(json),
-            }
+            data(
+                id,
+                DataKind::FeedStale(reason),
+                0,
+                &stale_msg(NAMES[id.0 as usize], 0, reason.as_str()),
+            )
         }
     }
 
