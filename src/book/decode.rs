@@ -72,10 +72,15 @@ use super::decimal::{self, DecimalError, MAX_DECIMALS};
 use super::symbol::is_valid_symbol;
 use super::{RejectReason, Rejection, StreamError};
 use crate::wire::json::write_json_str;
+use crate::wire::nesting::nesting_exceeds;
 use crate::wire::pb::{self, ingest_message::Body};
 
 /// The default (and PROTOCOL §3) limit on one protobuf frame or one JSON line.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 20;
+
+/// Deepest nesting of arrays and objects accepted in a JSON line: a snapshot
+/// is 3 deep (object → `bids` → `[price, size]`). Deeper closes the connection.
+pub const MAX_JSON_DEPTH: usize = 8;
 
 /// A protobuf varint is at most 10 bytes for a `u64`.
 const MAX_VARINT_BYTES: usize = 10;
@@ -524,6 +529,13 @@ fn parse_json_line(
     line: &[u8],
     decimals: &dyn Fn(&str) -> Option<(u32, u32)>,
 ) -> Result<Parsed, StreamError> {
+    // Before the parser, which recurses per level: a deep line would
+    // overflow the ingest thread's stack and abort the process.
+    if nesting_exceeds(line, MAX_JSON_DEPTH) {
+        return Err(StreamError::NotJsonObject(format!(
+            "JSON nested deeper than {MAX_JSON_DEPTH} levels"
+        )));
+    }
     let value: Value = sonic_rs::from_slice(line).map_err(|e| {
         let e = e.to_string();
         StreamError::NotJsonObject(e.lines().next().unwrap_or("invalid JSON").to_owned())
@@ -1566,6 +1578,31 @@ mod tests {
             vec![Err(StreamError::NotJsonObject(
                 "a JSON array, not an object".into()
             ))]
+        );
+    }
+
+    #[test]
+    fn deep_nesting_closes_the_stream_without_recursing() {
+        // The crash input: one line of 500,000 `[`, before any token check.
+        let mut line = vec![b'['; 500_000];
+        line.push(b'\n');
+        let out = run_whole(Framing::JsonLines, Some("secret"), &line, &btc);
+        assert_eq!(
+            out,
+            vec![Err(StreamError::NotJsonObject(format!(
+                "JSON nested deeper than {MAX_JSON_DEPTH} levels"
+            )))]
+        );
+        // A line at the limit is parsed (then rejected for what it says).
+        let at_limit = format!(
+            r#"{{"type":"hello","feed_id":"x","x":{}1{}}}"#,
+            "[".repeat(MAX_JSON_DEPTH - 1),
+            "]".repeat(MAX_JSON_DEPTH - 1)
+        );
+        let out = run_whole(Framing::JsonLines, None, &lines(&[&at_limit]), &btc);
+        assert!(
+            matches!(out[..], [Ok(Ok(Decoded::Hello { .. }))]),
+            "{out:?}"
         );
     }
 

@@ -11,6 +11,7 @@ use sonic_rs::{JsonContainerTrait, JsonValueTrait, Value};
 
 use crate::book::symbol::is_valid_symbol;
 use crate::fanout::ring::Channel;
+use crate::wire::nesting::nesting_exceeds;
 
 /// What the client asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,11 +119,23 @@ fn bad(id: u64, message: impl Into<String>) -> RequestError {
 /// bounds the work a single frame can cause).
 pub const MAX_SYMBOLS_PER_REQUEST: usize = 10_000;
 
+/// Deepest nesting of arrays and objects accepted in a request; the deepest
+/// the protocol defines is 3 (`resume` in §10). Deeper is a `bad_request`.
+pub const MAX_REQUEST_DEPTH: usize = 8;
+
 /// Parses one client text message.
 ///
 /// `id` is read first so that every later failure echoes it; an `id` that is
 /// present but not a non-negative integer is itself a `bad_request` with id 0.
 pub fn parse_request(text: &str) -> Result<Request, RequestError> {
+    // Checked before the parser, which recurses per level (a stack overflow
+    // would abort the process).
+    if nesting_exceeds(text.as_bytes(), MAX_REQUEST_DEPTH) {
+        return Err(bad(
+            0,
+            format!("request nests deeper than {MAX_REQUEST_DEPTH} levels"),
+        ));
+    }
     let v: Value = sonic_rs::from_str(text).map_err(|_| bad(0, "request is not JSON"))?;
     if !v.is_object() {
         return Err(bad(0, "request is not a JSON object"));
@@ -304,5 +317,24 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.message.len() < 120);
+    }
+
+    #[test]
+    fn deep_nesting_is_a_bad_request_not_a_stack_overflow() {
+        // The input that aborted the process (issue: 60,000 `[` in one message).
+        let deep = "[".repeat(60_000);
+        assert_eq!(err(&deep), (0, ErrorCode::BadRequest));
+        let deep_inside = format!(
+            r#"{{"op":"subscribe","symbols":["A"],"id":3,"x":{}}}"#,
+            "[".repeat(100_000)
+        );
+        assert_eq!(err(&deep_inside), (0, ErrorCode::BadRequest));
+        // At the limit, still a request.
+        let at_limit = format!(
+            r#"{{"op":"subscribe","symbols":["A"],"x":{}1{}}}"#,
+            "[".repeat(MAX_REQUEST_DEPTH - 1),
+            "]".repeat(MAX_REQUEST_DEPTH - 1)
+        );
+        assert!(parse_request(&at_limit).is_ok());
     }
 }

@@ -8,6 +8,7 @@
 pub mod decimal;
 pub mod frame;
 pub mod json;
+pub mod nesting;
 
 pub mod pb {
     //! Generated from `proto/tickwire.proto` by prost (see `build.rs`).
