@@ -222,9 +222,9 @@ impl Client {
                 Event::Request(req) => match router.route(&req) {
                     Route::Upgrade(up) if up.endpoint == Endpoint::Echo => self.conn.accept(&up),
                     Route::Reject(resp) if router.endpoint(&req.path) == Some(Endpoint::Echo) => {
-                        self.conn.respond(&resp)
+                        self.conn.respond(now, &resp)
                     }
-                    _ => self.conn.respond(&Response::not_found()),
+                    _ => self.conn.respond(now, &Response::not_found()),
                 },
                 Event::Text(text) => {
                     self.conn.send_text(&text);

@@ -724,7 +724,7 @@ impl Worker {
             Route::Upgrade(up) => {
                 if let Some(resp) = self.check_limits(addr, now_ns) {
                     if let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) {
-                        c.ws.respond(&resp);
+                        c.ws.respond(now, &resp);
                     }
                     return;
                 }
@@ -764,7 +764,7 @@ impl Worker {
                     Endpoint::Ws | Endpoint::Echo => ws::Response::upgrade_required(),
                 };
                 if let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) {
-                    c.ws.respond(&resp);
+                    c.ws.respond(now, &resp);
                 }
             }
             Route::Reject(resp) => {
@@ -773,7 +773,7 @@ impl Worker {
                     self.me.counters.reject(Reject::OriginForbidden);
                 }
                 if let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) {
-                    c.ws.respond(&resp);
+                    c.ws.respond(now, &resp);
                 }
             }
         }

@@ -39,6 +39,13 @@ impl CloseCode {
     /// 4003: heartbeat timeout (PROTOCOL §7).
     pub const HEARTBEAT_TIMEOUT: CloseCode = CloseCode(4003);
 
+    /// Whether the server sending this code fails the connection (PROTOCOL §7:
+    /// any 1002, 1003, 1007, 1009 or 4xxx, and the other errors 1008, 1011):
+    /// it then waits at most [`FAIL_CLOSE_TIMEOUT_MS`] for the peer's close.
+    pub fn fails_connection(self) -> bool {
+        !matches!(self.0, 1000 | 1001)
+    }
+
     /// Whether a peer may put this code in a close frame.
     ///
     /// RFC 6455 §7.4.1/§7.4.2: 0–999 are unused; 1004, 1005, 1006 and 1015 are
@@ -61,6 +68,11 @@ impl fmt::Display for CloseCode {
         self.0.fmt(f)
     }
 }
+
+/// PROTOCOL §7: a server that fails a connection closes the TCP connection
+/// itself once its close frame is written and the peer's close has arrived
+/// or this long has passed.
+pub const FAIL_CLOSE_TIMEOUT_MS: u32 = 1_000;
 
 /// Largest close reason that fits a control frame: 125 bytes of payload
 /// (RFC 6455 §5.5) minus the 2-byte code.

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::wire::frame::Opcode;
 
-use super::close::{CloseCode, ProtocolError, parse_close_payload};
+use super::close::{CloseCode, FAIL_CLOSE_TIMEOUT_MS, ProtocolError, parse_close_payload};
 use super::frame::{
     FrameHeader, MAX_CONTROL_PAYLOAD, Role, apply_mask, write_close_frame, write_frame,
 };
@@ -41,8 +41,10 @@ pub struct Config {
     pub max_head_bytes: u32,
     /// Time for the request head to arrive, ms. Default 10 000 (PROTOCOL §6).
     pub handshake_timeout_ms: u32,
-    /// Time for the peer to answer our close frame before we drop it, ms.
-    /// Default 5 000.
+    /// Time for the peer to answer our close frame before we drop it, ms
+    /// (at most [`FAIL_CLOSE_TIMEOUT_MS`] when we fail the connection); also
+    /// how long a closed connection may take to be written (the linger
+    /// deadline). Default 5 000.
     pub close_timeout_ms: u32,
 }
 
@@ -75,7 +77,9 @@ pub enum State {
     Open,
     /// We sent a close frame and wait for the peer's (until [`Conn::poll_timeout`]).
     Closing,
-    /// Done: write what [`Conn::poll_transmit`] still holds, then close the socket.
+    /// Done: write what [`Conn::poll_transmit`] still holds, then close the
+    /// socket; at [`Conn::poll_timeout`] (the linger deadline), close it
+    /// whatever is left unwritten.
     Closed,
 }
 
@@ -248,7 +252,7 @@ impl Conn {
     /// Bytes read from the socket.
     pub fn handle_read(&mut self, now: Instant, bytes: &[u8]) {
         match self.phase {
-            Phase::ReadingRequest => self.read_request(bytes),
+            Phase::ReadingRequest => self.read_request(now, bytes),
             Phase::AwaitingAnswer => self.pending.extend_from_slice(bytes),
             Phase::Open | Phase::Closing => {
                 if self.event.is_some() {
@@ -308,12 +312,14 @@ impl Conn {
     }
 
     /// Time passed. A handshake or close handshake past its deadline ends the
-    /// connection (PROTOCOL §6: a request not complete within 10 s is closed).
+    /// connection (PROTOCOL §6: a request not complete within 10 s is closed);
+    /// a closed connection past its linger deadline must be dropped now,
+    /// written or not.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.deadline.is_some_and(|d| now >= d) {
             self.deadline = None;
             if self.phase != Phase::Open {
-                self.set_closed();
+                self.set_closed(None);
             }
         }
     }
@@ -342,10 +348,10 @@ impl Conn {
 
     /// Answers the request with `response` (a plain endpoint or an error) and
     /// closes: one request per connection.
-    pub fn respond(&mut self, response: &Response) {
+    pub fn respond(&mut self, now: Instant, response: &Response) {
         if matches!(self.phase, Phase::ReadingRequest | Phase::AwaitingAnswer) {
             response.write_to(&mut self.tx);
-            self.set_closed();
+            self.set_closed(Some(now));
         }
     }
 
@@ -355,7 +361,7 @@ impl Conn {
     pub fn close(&mut self, now: Instant, code: CloseCode, reason: &str) {
         match self.phase {
             Phase::Open => self.start_closing(now, code, reason),
-            Phase::ReadingRequest | Phase::AwaitingAnswer => self.set_closed(),
+            Phase::ReadingRequest | Phase::AwaitingAnswer => self.set_closed(Some(now)),
             Phase::Closing | Phase::Closed => {}
         }
     }
@@ -399,7 +405,7 @@ impl Conn {
         ((r >> 32) as u32).to_ne_bytes()
     }
 
-    fn read_request(&mut self, bytes: &[u8]) {
+    fn read_request(&mut self, now: Instant, bytes: &[u8]) {
         let max = self.config.max_head_bytes as usize;
         let parser = self
             .http
@@ -415,7 +421,7 @@ impl Conn {
             }
             Err(e) => {
                 e.response().write_to(&mut self.tx);
-                self.set_closed();
+                self.set_closed(Some(now));
                 self.event = Some(Event::BadRequest(e));
             }
         }
@@ -546,14 +552,10 @@ impl Conn {
             self.msg_opcode = Some(opcode);
             self.utf8.reset();
         }
-        // Bounded by max_message_bytes (checked above). An unfragmented
-        // message gets exactly its size; fragments grow the buffer amortized,
-        // so many tiny fragments cannot make reassembly quadratic.
-        if h.fin && opcode != Opcode::Continuation {
-            self.msg.reserve_exact(h.payload_len as usize);
-        } else {
-            self.msg.reserve(h.payload_len as usize);
-        }
+        // Nothing is reserved on the header's word: the buffer grows with
+        // the payload that arrives (amortized, so many tiny fragments cannot
+        // make reassembly quadratic), and an idle peer that sent one header
+        // declaring 64 KiB pins nothing.
         self.rx = Rx::Payload {
             fin: h.fin,
             mask: h.mask,
@@ -641,29 +643,29 @@ impl Conn {
                         }
                         None => write_frame(self.role, &mut self.tx, Opcode::Close, &[], key),
                     }
-                    self.closed_by_peer(close);
+                    self.closed_by_peer(now, close);
                 }
                 Err(e) => {
                     self.fail(now, e);
                     // The peer is done sending: no reply to wait for.
-                    self.set_closed();
+                    self.set_closed(Some(now));
                 }
             },
             // RFC 6455 §7.1.2: our close answered; the close handshake is done.
             (Phase::Closing, Opcode::Close) => {
                 let close = parse_close_payload(payload).ok().flatten();
-                self.closed_by_peer(close);
+                self.closed_by_peer(now, close);
             }
             _ => {}
         }
     }
 
-    fn closed_by_peer(&mut self, close: Option<(CloseCode, &str)>) {
+    fn closed_by_peer(&mut self, now: Instant, close: Option<(CloseCode, &str)>) {
         self.event = Some(Event::Close {
             code: close.map(|(c, _)| c),
             reason: close.map(|(_, r)| r.to_owned()).unwrap_or_default(),
         });
-        self.set_closed();
+        self.set_closed(Some(now));
     }
 
     /// RFC 6455 §7.1.7: fail the connection: close frame with the error's code.
@@ -678,13 +680,23 @@ impl Conn {
         let key = self.next_mask();
         write_close_frame(self.role, &mut self.tx, code, reason, key);
         self.phase = Phase::Closing;
-        self.deadline = Some(now + Duration::from_millis(self.config.close_timeout_ms.into()));
+        // PROTOCOL §7: a failed connection waits at most 1 s for the peer's
+        // close (whose frame a skipped payload may have swallowed).
+        let mut wait_ms = self.config.close_timeout_ms;
+        if self.role == Role::Server && code.fails_connection() {
+            wait_ms = wait_ms.min(FAIL_CLOSE_TIMEOUT_MS);
+        }
+        self.deadline = Some(now + Duration::from_millis(wait_ms.into()));
         self.drop_message();
     }
 
-    fn set_closed(&mut self) {
+    /// Closed. `linger_from`: when the last output was queued; the caller has
+    /// `close_timeout_ms` from then to write it (a peer that stops reading
+    /// cannot hold the socket forever). `None`: the deadline has passed.
+    fn set_closed(&mut self, linger_from: Option<Instant>) {
         self.phase = Phase::Closed;
-        self.deadline = None;
+        self.deadline =
+            linger_from.map(|now| now + Duration::from_millis(self.config.close_timeout_ms.into()));
         self.http = None;
         self.drop_message();
         self.pending = Vec::new();
@@ -847,7 +859,7 @@ mod tests {
             panic!()
         };
         assert_eq!(Router::new().route(&r), Route::Get(Endpoint::Healthz));
-        c.respond(&Response::ok("text/plain", "ok\n"));
+        c.respond(t0(), &Response::ok("text/plain", "ok\n"));
         assert_eq!(c.state(), State::Closed);
         assert!(tx(&mut c).starts_with(b"HTTP/1.1 200 OK\r\n"));
     }
@@ -1189,14 +1201,116 @@ mod tests {
             }]
         );
         assert!(c.is_closed());
-        assert_eq!(c.poll_timeout(), None);
+        // Closed: the caller writes what is left, at most until the linger deadline.
+        assert_eq!(c.poll_timeout(), Some(now + Duration::from_secs(5)));
 
+        // A close that fails the connection (PROTOCOL §7: 4xxx) waits 1 s.
         let mut c = open_server(now, false, Config::default());
         c.close(now, CloseCode::SLOW_CONSUMER, "");
-        c.handle_timeout(now + Duration::from_millis(4999));
+        assert_eq!(c.poll_timeout(), Some(now + Duration::from_secs(1)));
+        c.handle_timeout(now + Duration::from_millis(999));
         assert_eq!(c.state(), State::Closing);
-        c.handle_timeout(now + Duration::from_secs(5));
+        c.handle_timeout(now + Duration::from_secs(1));
         assert_eq!(c.state(), State::Closed);
+        assert_eq!(c.poll_timeout(), None, "past the deadline: drop it now");
+    }
+
+    /// PROTOCOL §7 / RFC 6455 §7.1.7: after failing a connection the server
+    /// closes it itself within 1 s, even when the peer's close reply was
+    /// swallowed as the payload of the frame that failed it.
+    #[test]
+    fn failed_connections_are_closed_within_a_second() {
+        let now = t0();
+        let later = now + Duration::from_millis(1000);
+        let unmasked = {
+            let mut b = vec![0x81, 0x02];
+            b.extend_from_slice(b"hi");
+            b
+        };
+        let too_big = {
+            let mut b = vec![0x81, 0xff]; // masked, 64-bit length
+            b.extend_from_slice(&65_537u64.to_be_bytes());
+            b.extend_from_slice(&KEY);
+            b
+        };
+        let huge = {
+            let mut b = vec![0x81, 0xff];
+            b.extend_from_slice(&(1u64 << 40).to_be_bytes());
+            b.extend_from_slice(&KEY);
+            b
+        };
+        for (name, bytes, code) in [
+            ("unmasked", unmasked, 1002),
+            ("65,537 bytes", too_big, 1009),
+            ("2^40 bytes", huge, 1009),
+        ] {
+            let mut c = open_server(now, false, Config::default());
+            let (events, out) = feed(&mut c, now, &bytes);
+            assert!(
+                matches!(events[..], [Event::ProtocolError(_)]),
+                "{name}: {events:?}"
+            );
+            assert_eq!(close_code_of(&out[0]), code, "{name}");
+            assert_eq!(c.poll_timeout(), Some(later), "{name}");
+            // The peer's close reply (lost inside the declared payload for
+            // the oversized frames) does not keep the connection open.
+            feed(
+                &mut c,
+                now,
+                &masked(Opcode::Close, true, &code.to_be_bytes()),
+            );
+            if name == "unmasked" {
+                assert!(c.is_closed(), "the reply after a skipped payload is read");
+            } else {
+                assert_eq!(c.state(), State::Closing, "{name}");
+                c.handle_timeout(later);
+                assert!(c.is_closed(), "{name}");
+                assert_eq!(c.poll_timeout(), None, "{name}");
+            }
+        }
+    }
+
+    /// A closed connection with output (an HTTP answer, a close reply) has a
+    /// linger deadline: a peer that never reads cannot hold it forever.
+    #[test]
+    fn closed_connections_with_output_have_a_linger_deadline() {
+        let now = t0();
+        let linger = now + Duration::from_secs(5);
+        let mut c = Conn::server(now, Config::default());
+        c.handle_read(now, b"GET /healthz HTTP/1.1\r\n\r\n");
+        assert!(matches!(c.poll_event(now), Some(Event::Request(_))));
+        c.respond(now, &Response::ok("text/plain", "ok\n"));
+        assert!(c.is_closed());
+        assert_eq!(c.poll_timeout(), Some(linger));
+        c.handle_timeout(linger);
+        assert_eq!(c.poll_timeout(), None);
+
+        let mut c = Conn::server(now, Config::default());
+        c.handle_read(now, &[b'x'; 9000]);
+        assert!(matches!(c.poll_event(now), Some(Event::BadRequest(_))));
+        assert_eq!(c.poll_timeout(), Some(linger), "431 answer");
+
+        let mut c = open_server(now, false, Config::default());
+        feed(&mut c, now, &masked(Opcode::Close, true, &[0x03, 0xe8]));
+        assert!(c.is_closed());
+        assert_eq!(c.poll_timeout(), Some(linger), "close reply");
+    }
+
+    /// A frame header declaring a big payload reserves nothing by itself.
+    #[test]
+    fn a_header_alone_reserves_no_payload_buffer() {
+        let now = t0();
+        let mut c = open_server(now, false, Config::default());
+        let mut header = vec![0x81, 0xfe];
+        header.extend_from_slice(&65_000u16.to_be_bytes());
+        header.extend_from_slice(&KEY);
+        let (events, _) = feed(&mut c, now, &header);
+        assert!(events.is_empty());
+        assert_eq!(c.msg.capacity(), 0);
+        let payload: Vec<u8> = (0..100).map(|i| b'a' ^ KEY[i % 4]).collect();
+        let (events, _) = feed(&mut c, now, &payload);
+        assert!(events.is_empty());
+        assert!(c.msg.capacity() < 1024, "{}", c.msg.capacity());
     }
 
     #[test]

@@ -33,8 +33,8 @@
 //!         match event {
 //!             Event::Request(req) => match router.route(&req) {
 //!                 Route::Upgrade(up) => conn.accept(&up), // 101; `up.encoding`: proto or json
-//!                 Route::Get(_endpoint) => conn.respond(&Response::ok("text/plain", "ok")),
-//!                 Route::Reject(resp) => conn.respond(&resp), // 400/403/404/405/426
+//!                 Route::Get(_endpoint) => conn.respond(now, &Response::ok("text/plain", "ok")),
+//!                 Route::Reject(resp) => conn.respond(now, &resp), // 400/403/404/405/426
 //!             },
 //!             Event::Text(_request) => { /* subscribe / unsubscribe */ }
 //!             Event::Binary(_) | Event::Close { .. } | Event::ProtocolError(_) | Event::BadRequest(_) => {}
