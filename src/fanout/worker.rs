@@ -47,7 +47,7 @@
 //! accepted and echoed (lenient, like the major exchange feeds); an unknown
 //! symbol is `unknown_symbol` for both ops.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::IoSlice;
 use std::sync::Arc;
 
@@ -55,7 +55,7 @@ use crate::book::SymbolId;
 use crate::fanout::frames::{FrameId, Frames};
 use crate::fanout::limits::{RateVerdict, RequestLimiter, RequestLimits};
 use crate::fanout::outbox::{Admit, Consumed, FrameClass, Outbox, OutboxLimits};
-use crate::fanout::request::{ErrorCode, Op, Request, RequestError, parse_request};
+use crate::fanout::request::{ErrorCode, Op, Request, RequestError, parse_request, request_id};
 use crate::fanout::ring::{Channel, DataKind, FeedStaleReason, ToIngest, ToWorker};
 use crate::fanout::subs::{ConnSub, IndexSizes, SubIndex, SubState, Transitions};
 use crate::wire::EncodedFrame;
@@ -528,7 +528,7 @@ impl WorkerCore {
                 Op::Unsubscribe => self.unsubscribe(conn.0, req, now_ns),
             }),
             RateVerdict::Limited => Err(RequestError {
-                id: parse_request(text).map_or_else(|e| e.id, |r| r.id),
+                id: request_id(text),
                 code: ErrorCode::RateLimited,
                 message: "over the request rate limit".to_string(),
             }),
@@ -855,12 +855,21 @@ impl WorkerCore {
     fn subscribe(&mut self, conn: u32, req: Request, now_ns: u64) -> Result<(), RequestError> {
         // too_many_subscriptions before unknown_symbol (PROTOCOL §6): an unknown
         // symbol counts as new.
-        let held = self.subs.conn_count(conn);
+        // What the connection holds, by (symbol, channel): one pass over its
+        // subscriptions per request, so a request of many symbols costs
+        // O(symbols + held), never symbols × held.
+        let held_at: HashMap<(SymbolId, Channel), usize> = self
+            .subs
+            .conn_subs(conn)
+            .iter()
+            .map(|c| ((c.symbol, c.channel), c.pos()))
+            .collect();
+        let held = held_at.len();
         let mut added = 0usize;
         for name in &req.symbols {
             let id = self.lookup(name);
             for c in req.channels.iter() {
-                if id.is_none_or(|id| self.subs.find(conn, id, c).is_none()) {
+                if id.is_none_or(|id| !held_at.contains_key(&(id, c))) {
                     added += 1;
                 }
             }
@@ -903,7 +912,7 @@ impl WorkerCore {
         let json = self.conns[conn as usize].encoding == Encoding::Json;
         for id in ids {
             for c in req.channels.iter() {
-                match self.subs.find(conn, id, c) {
+                match held_at.get(&(id, c)).copied() {
                     None => {
                         let state = if c == Channel::Book {
                             SubState::Awaiting
@@ -932,8 +941,18 @@ impl WorkerCore {
 
     fn unsubscribe(&mut self, conn: u32, req: Request, now_ns: u64) -> Result<(), RequestError> {
         let ids = self.resolve(&req)?;
+        // Only what is held is looked for (a request may name 10,000 symbols).
+        let held: HashSet<(SymbolId, Channel)> = self
+            .subs
+            .conn_subs(conn)
+            .iter()
+            .map(|c| (c.symbol, c.channel))
+            .collect();
         for id in ids {
             for c in req.channels.iter() {
+                if !held.contains(&(id, c)) {
+                    continue;
+                }
                 if let Some(t) = self.subs.remove(conn, id, c) {
                     self.emit_transitions(id, c, t, false);
                 }
