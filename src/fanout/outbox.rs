@@ -13,10 +13,13 @@
 //! allocate once per loop turn).
 //!
 //! The policy, per frame, by [`FrameClass`]:
-//! - [`FrameClass::Control`] (Subscribed, Unsubscribed, Error, pong, close):
-//!   always queued (PROTOCOL §7: "Control answers are never dropped").
-//! - [`FrameClass::Resync`] (snapshots, Stale): queued, unless that would take
-//!   the buffered amount above the hard limit: then the connection is closed.
+//! - [`FrameClass::Control`] (Subscribed, Unsubscribed, Error, pong, close)
+//!   and [`FrameClass::Resync`] (snapshots, Stale): never dropped (PROTOCOL
+//!   §7: "Control answers are never dropped"), so queued unless that would
+//!   take the buffered amount above the hard limit: then the connection is
+//!   closed (a client that sends pings and never reads cannot grow its queue
+//!   without bound; the worker also stops reading from a connection above
+//!   high-water, so its requests wait while its answers are unread).
 //! - [`FrameClass::Stream`] (book deltas, trades): dropped while the connection
 //!   is in a dropping episode; an episode starts when the buffered amount is
 //!   above high-water and lasts until it drains below low-water; above the hard
@@ -58,7 +61,8 @@ impl Default for OutboxLimits {
 /// What a frame is, for the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameClass {
-    /// Control answers and ws control frames: never dropped.
+    /// Control answers and ws control frames: never dropped, bounded by the
+    /// hard limit.
     Control,
     /// Snapshots and Stale notices: never dropped, bounded by the hard limit.
     Resync,
@@ -188,8 +192,7 @@ impl Outbox {
         now_ns: u64,
     ) -> Admit {
         match class {
-            FrameClass::Control => Admit::Queue,
-            FrameClass::Resync => {
+            FrameClass::Control | FrameClass::Resync => {
                 if self.buffered_bytes + frame_len > limits.hard_limit_bytes {
                     Admit::Close
                 } else {
@@ -459,13 +462,23 @@ mod tests {
             o.admit(&frame(20, 1), FrameClass::Resync, &l, 0),
             Admit::Close
         );
+        // Control frames (pongs of a ping flood) are bounded the same way.
         assert_eq!(
             o.admit(&frame(20, 1), FrameClass::Control, &l, 0),
+            Admit::Close
+        );
+        assert_eq!(
+            o.admit(&frame(10, 1), FrameClass::Control, &l, 0),
             Admit::Queue
         );
         assert_eq!(
+            o.o.buffered_bytes(),
+            400,
+            "up to the hard limit, never past it"
+        );
+        assert_eq!(
             o.admit(&frame(20, 1), FrameClass::Stream, &l, 0),
-            Admit::Close
+            Admit::DropStale
         );
 
         let mut o = Q::default();
@@ -590,9 +603,8 @@ mod tests {
                         let got = o.admit(&frame(len, fill), class, &l, now_ns);
                         let buffered = m.bytes.len();
                         let want = match class {
-                            FrameClass::Control => Admit::Queue,
-                            FrameClass::Resync if buffered + len > l.hard_limit_bytes => Admit::Close,
-                            FrameClass::Resync => Admit::Queue,
+                            FrameClass::Control | FrameClass::Resync if buffered + len > l.hard_limit_bytes => Admit::Close,
+                            FrameClass::Control | FrameClass::Resync => Admit::Queue,
                             FrameClass::Stream if buffered > l.hard_limit_bytes => Admit::Close,
                             FrameClass::Stream => match m.dropping_since_ns {
                                 Some(t) if now_ns - t > l.max_lag_ns => Admit::Close,

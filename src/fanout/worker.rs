@@ -560,6 +560,12 @@ impl WorkerCore {
         self.finish_closes();
     }
 
+    /// Whether `conn` has more than the high-water mark queued: the shell
+    /// stops reading it (its requests and pings wait) until it drains.
+    pub fn over_high_water(&self, conn: ConnId) -> bool {
+        self.outbox(conn).buffered_bytes() > self.cfg.high_water_bytes
+    }
+
     /// A ws control frame (pong, close) for `conn`: never dropped.
     pub fn queue_control(&mut self, conn: ConnId, frame: EncodedFrame) {
         if self

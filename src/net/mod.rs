@@ -7,4 +7,5 @@ pub mod engine;
 pub mod ingest;
 pub mod shared;
 pub mod sink;
+pub mod symbols;
 pub mod worker;

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
+use super::symbols::SymbolDirectory;
 use crate::fanout::limits::{IpLimitConfig, IpLimits};
 use crate::fanout::router::RouterStats;
 use crate::metrics::{IngestCounters, PromText};
@@ -120,6 +121,9 @@ pub struct WorkerCounters {
     pub timers: crate::metrics::Gauge,
     /// Connections closed with 1001 at shutdown.
     pub closed_shutdown: crate::metrics::Counter,
+    /// Times a connection stopped being read because its queue was over
+    /// high-water (it does not read what it asks for).
+    pub reads_paused: crate::metrics::Counter,
     /// Indexed by `Reject as usize`.
     pub rejections: [crate::metrics::Counter; Reject::ALL.len()],
 }
@@ -172,8 +176,9 @@ pub struct Shared {
     pub ip_limits_on: bool,
     pub ingest: Arc<IngestCounters>,
     pub router: Mutex<RouterStats>,
-    /// The body of `GET /symbols`, re-rendered by the ingest thread when it changes.
-    pub symbols_json: Mutex<Arc<str>>,
+    /// What `GET /symbols` lists (written by the ingest thread, rendered by
+    /// the worker that answers).
+    pub symbols: Arc<SymbolDirectory>,
     pub workers: Vec<Arc<WorkerShared>>,
 }
 
@@ -194,18 +199,11 @@ impl Shared {
             ip_limits_on: ip.max_connections_per_ip != 0 || ip.handshakes_per_ip_per_sec != 0,
             ingest,
             router: Mutex::new(RouterStats::default()),
-            symbols_json: Mutex::new(Arc::from("{\"symbols\":[]}")),
+            symbols: Arc::new(SymbolDirectory::default()),
             workers: (0..workers)
                 .map(|_| Arc::new(WorkerShared::new()))
                 .collect(),
         }
-    }
-
-    pub fn symbols_json(&self) -> Arc<str> {
-        self.symbols_json
-            .lock()
-            .map(|g| g.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
     }
 
     /// Renders the Prometheus text of every thread's counters.
@@ -253,7 +251,7 @@ impl Shared {
             router.json_rendered,
         );
         type Get = fn(&WorkerCounters) -> u64;
-        let per_worker: [(&str, &str, &str, Get); 19] = [
+        let per_worker: [(&str, &str, &str, Get); 20] = [
             (
                 "tickwire_worker_connections",
                 "gauge",
@@ -367,6 +365,12 @@ impl Shared {
                 "counter",
                 "Connections closed 1001 at shutdown.",
                 |c| c.closed_shutdown.get(),
+            ),
+            (
+                "tickwire_reads_paused_total",
+                "counter",
+                "Times a connection stopped being read: its queue was over high-water.",
+                |c| c.reads_paused.get(),
             ),
         ];
         let raw = out.raw();

@@ -3,7 +3,6 @@
 //! waking a worker only when its ring was empty, and serves the workers'
 //! requests. Runs on the ingest thread.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use mio::Waker;
@@ -12,14 +11,15 @@ use crate::book::market::{Market, Published};
 use crate::fanout::ring::{ToIngest, ToWorker};
 use crate::fanout::router::{Rings, Router};
 use crate::wire::EncodedFrame;
-use crate::wire::json::write_json_str;
+use crate::wire::pb::server_message::Body;
 
 use super::ingest::MarketSink;
 use super::shared::Shared;
+use super::symbols::{DirectoryWriter, SymbolDirectory};
 
 /// Requests drained from one worker per loop turn, at most.
 const REQUESTS_PER_TURN: usize = 4096;
-/// How often the `/symbols` body and router stats are refreshed, ns.
+/// How often the router stats are published for scrapes, ns.
 const SHARED_REFRESH_NS: u64 = 250_000_000;
 
 /// The ingest → worker rings with their wakers.
@@ -51,7 +51,7 @@ pub struct FanoutSink {
     requests: Vec<rtrb::Consumer<ToIngest>>,
     shared: Arc<Shared>,
     last_refresh_ns: u64,
-    symbols_dirty: bool,
+    symbols: DirectoryWriter,
 }
 
 impl FanoutSink {
@@ -64,41 +64,34 @@ impl FanoutSink {
             router: Router::new(rings.producers.len()),
             rings,
             requests,
+            symbols: SymbolDirectory::writer(&shared.symbols),
             shared,
             last_refresh_ns: 0,
-            symbols_dirty: true,
         }
     }
 
-    fn refresh_shared(&mut self, market: &Market) {
+    fn refresh_shared(&mut self) {
         if let Ok(mut g) = self.shared.router.lock() {
             *g = self.router.stats().clone();
-        }
-        let mut body = String::from("{\"symbols\":[");
-        for (i, s) in market.symbols().enumerate() {
-            if i > 0 {
-                body.push(',');
-            }
-            body.push_str("{\"symbol\":");
-            write_json_str(&mut body, s.name);
-            // Writing to a String cannot fail.
-            let _ = write!(
-                body,
-                ",\"seq\":{},\"price_decimals\":{},\"size_decimals\":{}}}",
-                s.seq, s.price_decimals, s.size_decimals
-            );
-        }
-        body.push_str("]}");
-        if let Ok(mut g) = self.shared.symbols_json.lock() {
-            *g = Arc::from(body);
         }
     }
 }
 
 impl MarketSink for FanoutSink {
     fn publish(&mut self, market: &Market, event: &Published, frame: &EncodedFrame) {
-        if matches!(event, Published::Snapshot { .. }) {
-            self.symbols_dirty = true;
+        // Before the ring push: `/symbols` never reports an older seq than a
+        // client can have received.
+        match event {
+            Published::Snapshot { symbol, seq, msg } => {
+                let (pd, sd) = match &msg.body {
+                    Some(Body::Snapshot(s)) => (s.price_decimals as u32, s.size_decimals as u32),
+                    _ => (0, 0),
+                };
+                self.symbols
+                    .snapshot(*symbol, market.name(*symbol), *seq, pd, sd);
+            }
+            Published::Delta { symbol, seq, .. } => self.symbols.delta(*symbol, *seq),
+            Published::Trade { .. } | Published::Stale { .. } => {}
         }
         self.router.publish(market, event, frame, &mut self.rings);
     }
@@ -119,10 +112,9 @@ impl MarketSink for FanoutSink {
             }
         }
         done += self.router.do_work(&mut self.rings);
-        if self.symbols_dirty || now_ns.saturating_sub(self.last_refresh_ns) >= SHARED_REFRESH_NS {
-            self.refresh_shared(market);
+        if now_ns.saturating_sub(self.last_refresh_ns) >= SHARED_REFRESH_NS {
+            self.refresh_shared();
             self.last_refresh_ns = now_ns;
-            self.symbols_dirty = false;
         }
         done
     }

@@ -177,6 +177,8 @@ struct Client {
     generation: u32,
     /// Upgraded to a WebSocket (`/ws` or the echo endpoint): counted as open.
     upgraded: bool,
+    /// Not read while its queue is over high-water (see `Worker::read_client`).
+    read_paused: bool,
     /// Monotonic ns of the last bytes read (heartbeat) and the last ping sent.
     last_read_ns: u64,
     last_ping_ns: u64,
@@ -534,6 +536,7 @@ impl Worker {
                 out_pos: 0,
                 generation,
                 upgraded: false,
+                read_paused: false,
                 last_read_ns: now_ns,
                 last_ping_ns: now_ns,
                 codec_deadline: None,
@@ -611,6 +614,19 @@ impl Worker {
             }
             if reads == READS_PER_TURN {
                 self.pending_reads.push(slot);
+                return reads;
+            }
+            // A peer that does not read its answers (pongs of a ping flood,
+            // errors of a request flood) is not read either until they drain
+            // (`resume_reads`): its queue stays near high-water and TCP flow
+            // control holds the rest of its input in the kernel.
+            if let Some(id) = c.core
+                && self.core.over_high_water(id)
+            {
+                if !c.read_paused {
+                    c.read_paused = true;
+                    self.me.counters.reads_paused.inc();
+                }
                 return reads;
             }
             match c.stream.read(&mut self.read_buf) {
@@ -759,7 +775,7 @@ impl Worker {
                     ),
                     Endpoint::Symbols => ws::Response::ok(
                         "application/json",
-                        self.shared.symbols_json().as_bytes().to_vec(),
+                        self.shared.symbols.render_json().into_bytes(),
                     ),
                     Endpoint::Ws | Endpoint::Echo => ws::Response::upgrade_required(),
                 };
@@ -953,13 +969,21 @@ impl Worker {
             return;
         };
         match flush_conn(&mut c.stream, &mut self.core, id, now_ns, writes, bytes) {
-            Ok(Flush::Drained) => {
-                if c.ws.is_closed() {
-                    self.drop_client(slot, now_ns);
-                }
-            }
-            Ok(Flush::Blocked) => {}
+            Ok(Flush::Drained) if c.ws.is_closed() => self.drop_client(slot, now_ns),
+            Ok(_) => self.resume_reads(slot),
             Err(_) => self.drop_client(slot, now_ns),
+        }
+    }
+
+    /// A paused client (see `read_client`) whose queue is back under
+    /// high-water is read again; edge-triggered, so it is queued for a read.
+    fn resume_reads(&mut self, slot: usize) {
+        let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        if c.read_paused && c.core.is_none_or(|id| !self.core.over_high_water(id)) {
+            c.read_paused = false;
+            self.pending_reads.push(slot);
         }
     }
 
@@ -1010,7 +1034,7 @@ impl Worker {
         };
         match result {
             Ok(Flush::Drained) if c.ws.is_closed() => self.drop_client(slot, now_ns),
-            Ok(_) => {}
+            Ok(_) => self.resume_reads(slot),
             Err(_) => self.drop_client(slot, now_ns),
         }
         1

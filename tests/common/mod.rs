@@ -4,6 +4,8 @@
 //! explicit Stale then a snapshot.
 #![allow(dead_code)]
 
+pub mod harness;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
