@@ -142,7 +142,7 @@ fn deeply_nested_ingest_line_closes_only_that_feed() {
 fn failed_connections_are_closed_by_the_server_within_a_second() {
     let (e, mut feed) = engine_with_book(1);
     let mut other = watcher(&e, Enc::Proto, 4);
-    let mut header_64 = |len: u64| {
+    let header_64 = |len: u64| {
         let mut b = vec![0x81, 0xff];
         b.extend_from_slice(&len.to_be_bytes());
         b.extend_from_slice(&KEY);
