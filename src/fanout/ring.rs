@@ -110,10 +110,14 @@ pub enum ToWorker {
     },
     /// The ring was full: this many deltas and trades of `symbol` never reached
     /// this worker. Book subscribers must resync (Stale + snapshot).
+    /// `feed_down`: a `Stale{feed_down}` was among the lost messages, so trades
+    /// subscribers must be told it too (PROTOCOL §4: every subscriber gets it;
+    /// book subscribers learn it from their resync's answer).
     Dropped {
         symbol: SymbolId,
         deltas: u64,
         trades: u64,
+        feed_down: bool,
     },
 }
 

@@ -74,8 +74,8 @@ struct CachedSnapshot {
 struct WorkerLane {
     /// Must-deliver messages waiting for room, in order.
     backlog: VecDeque<ToWorker>,
-    /// Symbols with data dropped for this worker: (deltas, trades) not delivered.
-    dropped: HashMap<SymbolId, (u64, u64)>,
+    /// Symbols with data dropped for this worker: what was not delivered.
+    dropped: HashMap<SymbolId, Lost>,
 }
 
 /// Routing state of the ingest thread.
@@ -88,6 +88,15 @@ pub struct Router {
 
 fn bit(worker: usize) -> u64 {
     1u64 << worker
+}
+
+/// What a worker missed of one symbol while its ring was full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Lost {
+    deltas: u64,
+    trades: u64,
+    /// A `Stale{feed_down}` was dropped (its trades subscribers must hear it).
+    feed_down: bool,
 }
 
 fn stale_reason(r: FeedStale) -> FeedStaleReason {
@@ -263,16 +272,19 @@ impl Router {
             self.stats.pushed += 1;
             return;
         }
-        let entry = self.lanes[w].dropped.entry(symbol).or_insert((0, 0));
+        let entry = self.lanes[w].dropped.entry(symbol).or_default();
         match kind {
             DataKind::Trade => {
-                entry.1 += 1;
+                entry.trades += 1;
                 self.stats.dropped_trades += 1;
             }
-            // A lost replaced book or feed notice is repaired by the resync's
-            // snapshot answer, which carries the book or its stale reason.
+            // A lost replaced book or feed notice is repaired for book
+            // subscribers by the resync's snapshot answer, which carries the
+            // book or its stale reason; a lost feed_down is also remembered
+            // for trades subscribers, who get no snapshot.
             _ => {
-                entry.0 += 1;
+                entry.deltas += 1;
+                entry.feed_down |= kind == DataKind::FeedStale(FeedStaleReason::FeedDown);
                 self.stats.dropped_deltas += 1;
             }
         }
@@ -416,14 +428,15 @@ impl Router {
                 continue;
             }
             let mut delivered = Vec::new();
-            for (&symbol, &(deltas, trades)) in &lane.dropped {
+            for (&symbol, lost) in &lane.dropped {
                 if rings
                     .try_push(
                         w,
                         ToWorker::Dropped {
                             symbol,
-                            deltas,
-                            trades,
+                            deltas: lost.deltas,
+                            trades: lost.trades,
+                            feed_down: lost.feed_down,
                         },
                     )
                     .is_err()
@@ -559,7 +572,15 @@ mod tests {
                         stale.map_or("", |s| s.as_str())
                     )
                 }
-                ToWorker::Dropped { deltas, trades, .. } => format!("dropped {deltas}/{trades}"),
+                ToWorker::Dropped {
+                    deltas,
+                    trades,
+                    feed_down,
+                    ..
+                } => format!(
+                    "dropped {deltas}/{trades}{}",
+                    if *feed_down { " feed_down" } else { "" }
+                ),
             })
             .collect()
     }
@@ -782,6 +803,22 @@ mod tests {
             drop(m.handle_delta(feed, delta("AA", 9, 9), 11, out))
         });
         assert_eq!(kinds(&rings.drain(1)), vec!["Delta 9"]);
+        // A feed_down lost to a full ring is remembered in the marker, for
+        // the worker's trades subscribers.
+        rings.drain(0);
+        for seq in 10..13 {
+            publish(&mut m, &mut r, &mut rings, |m, out| {
+                drop(m.handle_delta(feed, delta("AA", seq, seq as i64), seq, out))
+            });
+        }
+        rings.drain(0);
+        publish(&mut m, &mut r, &mut rings, |m, out| {
+            m.handle_feed_down(feed, out)
+        });
+        assert_eq!(kinds(&rings.drain(0)), vec!["FeedStale(FeedDown) 12"]);
+        rings.drain(1);
+        assert_eq!(r.do_work(&mut rings), 1);
+        assert_eq!(kinds(&rings.drain(1)), vec!["dropped 1/0 feed_down"]);
     }
 
     #[test]

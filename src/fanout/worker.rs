@@ -620,7 +620,13 @@ impl WorkerCore {
                 symbol,
                 deltas,
                 trades,
-            } => self.handle_dropped(symbol, deltas, trades, now_ns),
+                feed_down,
+            } => {
+                self.handle_dropped(symbol, deltas, trades, now_ns);
+                if feed_down {
+                    self.tell_trades_feed_down(symbol, now_ns);
+                }
+            }
         }
         self.finish_closes();
     }
@@ -1337,8 +1343,9 @@ impl WorkerCore {
                 .copied()
             {
                 i += 1;
-                // Slow consumers learn it through their resync's answer.
-                if sub.state == SubState::Dropping {
+                // Slow book consumers learn it through their resync's answer;
+                // trades have no resync, so even a dropping one is told.
+                if sub.state == SubState::Dropping && c == Channel::Book {
                     continue;
                 }
                 let frame = frames.get(sub.json, &fallback, &mut self.json_buf);
@@ -1430,6 +1437,26 @@ impl WorkerCore {
                     self.subs.sub_mut(symbol, Channel::Trades, i - 1).seq = 0;
                 }
             }
+        }
+    }
+
+    /// A `Stale{feed_down}` for `symbol` was lost in the ring: its trades
+    /// subscribers get it now (book subscribers get it from their resync's
+    /// answer, which carries the stale reason).
+    fn tell_trades_feed_down(&mut self, symbol: SymbolId, now_ns: u64) {
+        let msg = stale_msg(&self.name_of(symbol), 0, FeedStaleReason::FeedDown.as_str());
+        let mut frames = FramePair::default();
+        let mut i = 0;
+        while let Some(sub) = self
+            .subs
+            .symbol(symbol)
+            .and_then(|ss| ss.list(Channel::Trades).get(i))
+            .copied()
+        {
+            i += 1;
+            let frame = frames.get(sub.json, &msg, &mut self.json_buf);
+            self.sink()
+                .admit(sub.conn, &frame, FrameClass::Resync, now_ns);
         }
     }
 
@@ -2576,6 +2603,7 @@ mod tests {
             symbol: BTC,
             deltas: 3,
             trades: 2,
+            feed_down: false,
         });
         assert_eq!(h.serve(), vec![ToIngest::SnapshotRequest { symbol: BTC }]);
         h.delta(BTC);
@@ -2599,6 +2627,40 @@ mod tests {
         assert_eq!(h.core.stats().ring_dropped_trades, 2);
     }
 
+    /// PROTOCOL §4: `feed_down` reaches every subscriber, trades-only ones
+    /// too, even when the notice itself was lost in a full ring.
+    #[test]
+    fn a_feed_down_lost_in_the_ring_still_reaches_trades_only_subscribers() {
+        let mut h = H::new(cfg());
+        let mut a = h.client(Encoding::Proto);
+        let mut b = h.client(Encoding::Json);
+        h.text(&a, &sub_text(&["BTC-USD"], &["trades"], 1));
+        h.text(&b, &sub_text(&["BTC-USD"], &["book"], 2));
+        h.serve();
+        // The ring lost the feed_down notice (counted as a book message).
+        h.ring(ToWorker::Dropped {
+            symbol: BTC,
+            deltas: 1,
+            trades: 0,
+            feed_down: true,
+        });
+        a.read_all(&mut h.core, h.now_ns);
+        let stales: Vec<_> = a
+            .take()
+            .into_iter()
+            .filter(|e| e.ty == "stale")
+            .map(|e| e.reason)
+            .collect();
+        assert_eq!(stales, vec!["feed_down"]);
+        // The book subscriber resyncs as for any ring drop.
+        assert!(
+            h.drain_to_ingest()
+                .contains(&ToIngest::SnapshotRequest { symbol: BTC })
+        );
+        b.read_all(&mut h.core, h.now_ns);
+        assert!(b.take().iter().any(|e| e.reason == "slow_consumer"));
+    }
+
     #[test]
     fn ring_dropped_trades_report_slow_consumer_trades() {
         let mut h = H::new(cfg());
@@ -2611,6 +2673,7 @@ mod tests {
             symbol: BTC,
             deltas: 0,
             trades: 1,
+            feed_down: false,
         });
         let t = h.ing.trade(BTC);
         h.ring(t);
