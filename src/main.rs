@@ -3,8 +3,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -85,8 +84,9 @@ struct ServeArgs {
     /// Allowed Origin of WebSocket upgrades (repeatable); none given: any origin.
     #[arg(long = "allowed-origin")]
     allowed_origins: Vec<String>,
-    /// Token every feed must present in its Hello.
-    #[arg(long, env = "TICKWIRE_INGEST_TOKEN")]
+    /// Token every feed must present in its Hello (or set TICKWIRE_INGEST_TOKEN;
+    /// its value is never printed, not even by --help).
+    #[arg(long, env = "TICKWIRE_INGEST_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// WebSocket connections at most (503 past it).
     #[arg(long, default_value_t = 100_000)]
@@ -205,9 +205,26 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
-fn wait_for(stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(50));
+/// Exit status when an engine thread died (`EX_SOFTWARE`): the supervisor
+/// restarts the process (see `tickwire::net::health`).
+const EXIT_THREAD_DIED: i32 = 70;
+
+/// Waits for SIGTERM/SIGINT; exits the process non-zero if a thread dies.
+fn wait_for(stop: &AtomicBool, engine: &Engine) {
+    if let Err(why) = engine.supervise(stop) {
+        tracing::error!("{why}: exiting with status {EXIT_THREAD_DIED} for a restart");
+        std::process::exit(EXIT_THREAD_DIED);
+    }
+}
+
+/// PROTOCOL §6 allows any Origin when no list is configured; an operator
+/// exposing the port beyond loopback should know.
+fn warn_if_open_to_any_origin(cfg: &EngineConfig) {
+    if cfg.allowed_origins.is_empty() && !cfg.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %cfg.listen,
+            "no --allowed-origin: any web page can open WebSockets to this non-loopback address"
+        );
     }
 }
 
@@ -223,13 +240,15 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let stop = stop_flag()?;
-            let engine = Engine::start(args.engine_config()).context("starting the engine")?;
+            let cfg = args.engine_config();
+            warn_if_open_to_any_origin(&cfg);
+            let engine = Engine::start(cfg).context("starting the engine")?;
             println!("listening on {}", engine.ws_addr);
             println!(
                 "ingest protobuf {} json {}",
                 engine.ingest.proto_addr, engine.ingest.json_addr
             );
-            wait_for(&stop);
+            wait_for(&stop, &engine);
             engine.shutdown();
         }
         Command::Demo {
@@ -241,6 +260,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             let stop = stop_flag()?;
             let cfg = serve.engine_config();
+            warn_if_open_to_any_origin(&cfg);
             let engine = Engine::start(cfg.clone()).context("starting the engine")?;
             let feed = demo::spawn(
                 DemoFeedConfig {
@@ -269,7 +289,7 @@ fn main() -> anyhow::Result<()> {
                 "  feed handlers: protobuf {}  JSON lines {}",
                 engine.ingest.proto_addr, engine.ingest.json_addr
             );
-            wait_for(&stop);
+            wait_for(&stop, &engine);
             let _ = feed.join();
             engine.shutdown();
         }

@@ -299,3 +299,98 @@ fn a_request_of_ten_thousand_symbols_is_answered_without_stalling() {
     assert_eq!((err.id, err.code.as_str()), (3, "too_many_subscriptions"));
     still_live(&mut feed, &mut other, 2, 30);
 }
+
+/// One honest policy for a dead thread (src/net/health.rs): `/healthz`
+/// answers 503 naming it, and the supervision loop the binary runs returns
+/// the failure (the binary then exits 70 for its supervisor to restart it).
+#[test]
+fn a_panicking_worker_or_ingest_thread_fails_health_and_supervision() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    for victim in ["worker-1", "ingest"] {
+        let e = Engine::start(config(2)).unwrap();
+        assert_eq!(http_get(e.ws_addr, "/healthz", "GET"), (200, "ok".into()));
+        let stop = AtomicBool::new(false);
+        if victim == "ingest" {
+            // The ingest thread runs control closures: one that panics.
+            let _ = e.ingest.with_market(Duration::from_millis(200), |_| -> () {
+                panic!("injected panic (test)")
+            });
+        } else {
+            e.shared.workers[1]
+                .inject_panic
+                .store(true, Ordering::Relaxed);
+        }
+        let why = e.supervise(&stop).expect_err("supervision sees the death");
+        assert_eq!(why, format!("{victim} died"));
+        // Any live worker answers /healthz honestly (retry: the connection
+        // may land on the dead worker's listener, which nobody accepts on).
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut s = TcpStream::connect(e.ws_addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            write!(s, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            if !out.is_empty() {
+                assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+                assert!(out.contains(&format!("{victim} died")), "{out}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "no live worker answered");
+        }
+    }
+}
+
+/// The ingest token is never printed by `--help`, even from its variable;
+/// a non-loopback listener without `--allowed-origin` is warned about.
+#[test]
+fn help_hides_the_token_and_an_open_origin_policy_is_warned() {
+    use std::process::{Command, Stdio};
+    let bin = env!("CARGO_BIN_EXE_tickwire");
+    let out = Command::new(bin)
+        .args(["serve", "--help"])
+        .env("TICKWIRE_INGEST_TOKEN", "sekrit-value-42")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("TICKWIRE_INGEST_TOKEN"), "{help}");
+    assert!(!help.contains("sekrit-value-42"), "{help}");
+    for (listen, warned) in [("0.0.0.0:0", true), ("127.0.0.1:0", false)] {
+        let mut child = Command::new(bin)
+            .args([
+                "serve",
+                "--listen",
+                listen,
+                "--ingest",
+                "127.0.0.1:0",
+                "--ingest-json",
+                "127.0.0.1:0",
+                "--workers",
+                "1",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert!(line.starts_with("listening on"), "{line}");
+        child.kill().unwrap();
+        let _ = child.wait();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_eq!(
+            err.contains("no --allowed-origin"),
+            warned,
+            "{listen}: {err}"
+        );
+    }
+}

@@ -96,8 +96,9 @@ impl Engine {
     pub fn start(cfg: EngineConfig) -> io::Result<Engine> {
         let workers = cfg.workers.clamp(1, crate::fanout::router::MAX_WORKERS);
         let ingest = IngestServer::bind(cfg.ingest.clone())?;
-        let shared = Arc::new(Shared::with_ip_limits(
+        let shared = Arc::new(Shared::new(
             ingest.counters(),
+            ingest.liveness(),
             workers,
             cfg.ip_limits,
         ));
@@ -183,6 +184,24 @@ impl Engine {
             wakers,
             threads,
         })
+    }
+
+    /// The first engine thread that died, if any (see [`super::health`]).
+    pub fn failure(&self) -> Option<String> {
+        self.shared.health.failure()
+    }
+
+    /// Waits until `stop` is set (`Ok`) or an engine thread dies (`Err` with
+    /// which one), checking every 50 ms. The binary exits non-zero on `Err`
+    /// so that its supervisor restarts it.
+    pub fn supervise(&self, stop: &AtomicBool) -> Result<(), String> {
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(why) = self.failure() {
+                return Err(why);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(())
     }
 
     /// Stops the workers (each stops accepting, closes its clients with 1001

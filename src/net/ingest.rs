@@ -29,6 +29,8 @@ use crate::config::IngestConfig;
 use crate::metrics::IngestCounters;
 use crate::wire::EncodedFrame;
 
+use super::health::Liveness;
+
 const PROTO_LISTENER: Token = Token(0);
 const JSON_LISTENER: Token = Token(1);
 const WAKER: Token = Token(2);
@@ -84,6 +86,7 @@ pub struct IngestServer {
     counters: Arc<IngestCounters>,
     control_tx: Sender<Control>,
     control_rx: Receiver<Control>,
+    liveness: Arc<Liveness>,
 }
 
 /// A running ingest thread.
@@ -117,6 +120,7 @@ impl IngestServer {
             counters: Arc::new(IngestCounters::default()),
             control_tx,
             control_rx,
+            liveness: Liveness::new("ingest"),
         })
     }
 
@@ -135,6 +139,11 @@ impl IngestServer {
 
     pub fn counters(&self) -> Arc<IngestCounters> {
         self.counters.clone()
+    }
+
+    /// The ingest thread's liveness (see [`super::health`]).
+    pub fn liveness(&self) -> Arc<Liveness> {
+        self.liveness.clone()
     }
 
     /// Starts the thread named `ingest`.
@@ -159,6 +168,7 @@ impl IngestServer {
             next_feed_id: 1,
             out: Vec::new(),
             read_buf: vec![0; READ_BUF_BYTES].into_boxed_slice(),
+            liveness: self.liveness,
         };
         let thread = std::thread::Builder::new()
             .name("ingest".into())
@@ -242,6 +252,7 @@ struct IngestLoop {
     next_feed_id: u64,
     out: Vec<Published>,
     read_buf: Box<[u8]>,
+    liveness: Arc<Liveness>,
 }
 
 enum ReadOutcome {
@@ -261,8 +272,11 @@ fn now_ns() -> u64 {
 impl IngestLoop {
     fn run(&mut self) {
         info!(proto = ?self.proto.local_addr().ok(), json = ?self.json.local_addr().ok(), "ingest listening");
+        let liveness = self.liveness.clone();
+        let _alive = liveness.guard();
         let mut events = Events::with_capacity(1024);
         loop {
+            liveness.beat();
             let timeout = if !self.pending.is_empty() {
                 Duration::ZERO
             } else if self.sink.has_pending() {

@@ -4,6 +4,7 @@
 pub mod demo;
 pub mod echo;
 pub mod engine;
+pub mod health;
 pub mod ingest;
 pub mod shared;
 pub mod sink;

@@ -2,12 +2,14 @@
 //! owning thread (ingest or a worker) on a slow period, read on a scrape. Only
 //! the control plane touches the locks here, never the per-message path.
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::MutexGuard;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
+use super::health::{Health, Liveness};
 use super::symbols::SymbolDirectory;
 use crate::fanout::limits::{IpLimitConfig, IpLimits};
 use crate::fanout::router::RouterStats;
@@ -140,20 +142,22 @@ pub struct WorkerShared {
     /// Ingest → socket-write latency, nanoseconds; copied from the worker's own
     /// histogram about once a second.
     pub latency_ns: Mutex<Histogram<u64>>,
+    /// Beats once per loop turn (see [`super::health`]).
+    pub liveness: Arc<Liveness>,
+    /// Test hook: the worker panics at its next loop turn (to test the
+    /// thread-death policy of [`super::health`]; nothing on the network can set it).
+    #[doc(hidden)]
+    pub inject_panic: AtomicBool,
 }
 
 impl WorkerShared {
-    pub fn new() -> WorkerShared {
+    pub fn new(name: impl Into<String>) -> WorkerShared {
         WorkerShared {
             counters: WorkerCounters::default(),
             latency_ns: Mutex::new(new_latency_histogram()),
+            liveness: Liveness::new(name),
+            inject_panic: AtomicBool::new(false),
         }
-    }
-}
-
-impl Default for WorkerShared {
-    fn default() -> Self {
-        WorkerShared::new()
     }
 }
 
@@ -180,19 +184,25 @@ pub struct Shared {
     /// the worker that answers).
     pub symbols: Arc<SymbolDirectory>,
     pub workers: Vec<Arc<WorkerShared>>,
+    /// Every engine thread's liveness (`/healthz`, the binary's exit).
+    pub health: Health,
 }
 
 impl Shared {
-    pub fn new(ingest: Arc<IngestCounters>, workers: usize) -> Shared {
-        Shared::with_ip_limits(ingest, workers, IpLimitConfig::default())
-    }
-
-    pub fn with_ip_limits(
+    /// `ingest_liveness`: the ingest thread's (see [`super::health`]).
+    pub fn new(
         ingest: Arc<IngestCounters>,
+        ingest_liveness: Arc<Liveness>,
         workers: usize,
         ip: IpLimitConfig,
     ) -> Shared {
+        let workers: Vec<Arc<WorkerShared>> = (0..workers)
+            .map(|i| Arc::new(WorkerShared::new(format!("worker-{i}"))))
+            .collect();
+        let mut threads = vec![ingest_liveness];
+        threads.extend(workers.iter().map(|w| w.liveness.clone()));
         Shared {
+            health: Health::new(threads),
             epoch: Instant::now(),
             ws_open: AtomicUsize::new(0),
             ip_limits: Mutex::new(IpLimits::new(ip)),
@@ -200,10 +210,15 @@ impl Shared {
             ingest,
             router: Mutex::new(RouterStats::default()),
             symbols: Arc::new(SymbolDirectory::default()),
-            workers: (0..workers)
-                .map(|_| Arc::new(WorkerShared::new()))
-                .collect(),
+            workers,
         }
+    }
+
+    /// The per-IP table. A poisoned lock (a thread panicked holding it) is
+    /// taken anyway: the process is then on its way out (see
+    /// [`super::health`]), and until it is, per-IP limits stay enforced.
+    pub fn ip_limits(&self) -> MutexGuard<'_, IpLimits> {
+        self.ip_limits.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Renders the Prometheus text of every thread's counters.
@@ -403,7 +418,7 @@ impl Shared {
                 raw,
                 "# HELP tickwire_ws_open WebSocket connections open in the process.\n# TYPE tickwire_ws_open gauge\ntickwire_ws_open {ws_open}"
             );
-            let ips = self.ip_limits.lock().map_or(0, |g| g.len());
+            let ips = self.ip_limits().len();
             let _ = writeln!(
                 raw,
                 "# HELP tickwire_ip_addresses_tracked Client addresses held by the per-IP limits.\n# TYPE tickwire_ip_addresses_tracked gauge\ntickwire_ip_addresses_tracked {ips}"

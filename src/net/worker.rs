@@ -372,11 +372,17 @@ impl Worker {
     /// Runs until the stop flag is set, then shuts down gracefully.
     pub fn run(mut self) {
         info!(worker = self.id.0, "{} running", self.name);
+        let me = self.me.clone();
+        let _alive = me.liveness.guard();
         let mut events = Events::with_capacity(1024);
         while !self.stop.load(Ordering::Relaxed) {
             if let Err(e) = self.do_work(&mut events) {
                 warn!(worker = self.id.0, error = %e, "worker poll failed; stopping");
                 break;
+            }
+            me.liveness.beat();
+            if me.inject_panic.load(Ordering::Relaxed) {
+                panic!("{}: injected panic (test hook)", self.name);
             }
         }
         self.shutdown(&mut events);
@@ -519,10 +525,8 @@ impl Worker {
                 self.free.push(slot);
                 continue;
             }
-            if self.shared.ip_limits_on
-                && let Ok(mut ips) = self.shared.ip_limits.lock()
-            {
-                ips.connect(addr.ip());
+            if self.shared.ip_limits_on {
+                self.shared.ip_limits().connect(addr.ip());
             }
             self.generations[slot] = self.generations[slot].wrapping_add(1);
             let generation = self.generations[slot];
@@ -700,11 +704,7 @@ impl Worker {
     /// The answer to an upgrade under the connection limits, if refused.
     fn check_limits(&mut self, addr: SocketAddr, now_ns: u64) -> Option<ws::Response> {
         if self.shared.ip_limits_on {
-            let verdict = self
-                .shared
-                .ip_limits
-                .lock()
-                .map_or(Ok(()), |mut ips| ips.check_upgrade(addr.ip(), now_ns));
+            let verdict = self.shared.ip_limits().check_upgrade(addr.ip(), now_ns);
             match verdict {
                 Ok(()) => {}
                 Err(IpReject::Connections) => {
@@ -768,7 +768,10 @@ impl Worker {
                 self.me.counters.http_requests.inc();
                 let resp = match endpoint {
                     Endpoint::Root => ws::Response::ok("text/html; charset=utf-8", DASHBOARD_HTML),
-                    Endpoint::Healthz => ws::Response::ok("text/plain; charset=utf-8", "ok"),
+                    Endpoint::Healthz => match self.shared.health.check(now) {
+                        Ok(()) => ws::Response::ok("text/plain; charset=utf-8", "ok"),
+                        Err(why) => ws::Response::unhealthy(&why),
+                    },
                     Endpoint::Metrics => ws::Response::ok(
                         "text/plain; version=0.0.4; charset=utf-8",
                         self.shared.render_metrics(),
@@ -1084,10 +1087,8 @@ impl Worker {
             if let Ok(mut h) = self.me.latency_ns.lock() {
                 h.clone_from(&self.latency);
             }
-            if self.shared.ip_limits_on
-                && let Ok(mut ips) = self.shared.ip_limits.lock()
-            {
-                ips.sweep(now_ns);
+            if self.shared.ip_limits_on {
+                self.shared.ip_limits().sweep(now_ns);
             }
         }
         fired
@@ -1173,10 +1174,8 @@ impl Worker {
             self.shared.ws_open.fetch_sub(1, Ordering::Relaxed);
             self.me.counters.connections_open.dec();
         }
-        if self.shared.ip_limits_on
-            && let Ok(mut ips) = self.shared.ip_limits.lock()
-        {
-            ips.disconnect(c.addr.ip(), now_ns);
+        if self.shared.ip_limits_on {
+            self.shared.ip_limits().disconnect(c.addr.ip(), now_ns);
         }
         self.me.counters.sockets.dec();
         self.free.push(slot);

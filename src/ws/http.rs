@@ -478,6 +478,11 @@ impl Response {
             .with_header("Retry-After", retry_after_secs.to_string())
     }
 
+    /// 503 for `/healthz` when a thread died or stalled: the reason as body.
+    pub fn unhealthy(why: &str) -> Response {
+        Response::text(503, why)
+    }
+
     /// 101 for an accepted WebSocket upgrade (RFC 6455 §4.2.2).
     pub fn switching_protocols(accept: &str, protocol: Option<&str>) -> Response {
         let r = Response::new(101)
