@@ -394,3 +394,91 @@ fn help_hides_the_token_and_an_open_origin_policy_is_warned() {
         );
     }
 }
+
+/// Out of file descriptors (EMFILE), the engine keeps the queued connections
+/// in the listen backlog and retries accepting on a timer: once descriptors
+/// are free again they are served without waiting for a new arrival, and the
+/// failure is logged once, not once per retry. The real binary runs under
+/// `ulimit -n 64`.
+#[test]
+fn out_of_descriptors_the_backlog_is_retried_on_a_timer_and_logged_once() {
+    use std::process::{Command, Stdio};
+    let bin = env!("CARGO_BIN_EXE_tickwire");
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 64 && exec {bin} serve --listen 127.0.0.1:0 --ingest 127.0.0.1:0 \
+             --ingest-json 127.0.0.1:0 --workers 1 --no-pin"
+        ))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("listening line")
+        .parse()
+        .unwrap();
+    // Each HTTP request on its own connection; which ones were answered.
+    let answered = |s: &mut TcpStream, wait: Duration| -> bool {
+        s.set_read_timeout(Some(wait)).unwrap();
+        let mut b = [0u8; 12];
+        matches!(s.read(&mut b), Ok(n) if n > 0)
+    };
+    let mut served = Vec::new();
+    let mut queued = Vec::new();
+    for _ in 0..64 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        // A WebSocket upgrade: the connection stays open once answered.
+        write!(
+            s,
+            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .unwrap();
+        if answered(&mut s, Duration::from_millis(150)) {
+            served.push(s);
+        } else {
+            queued.push(s);
+        }
+    }
+    assert!(!queued.is_empty(), "the descriptor limit was never reached");
+    assert!(served.len() >= 20, "served {}", served.len());
+    // Free ten descriptors; no new connection arrives after this.
+    served.truncate(served.len() - 10);
+    std::thread::sleep(Duration::from_millis(200));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut newly = 0;
+    for s in &mut queued {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        if answered(s, left.min(Duration::from_secs(2))) {
+            newly += 1;
+        }
+    }
+    assert!(
+        newly >= 5,
+        "only {newly} queued connections served after fds were freed"
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let lines = err.matches("accept failed: out of resources").count();
+    assert!(
+        (1..=2).contains(&lines),
+        "{lines} log lines for the failures:\n{err}"
+    );
+}

@@ -1,6 +1,7 @@
 //! The only module that touches sockets, `mio`, threads, wakers and CPU
 //! affinity. Everything it decides, it asks the sans-IO modules.
 
+pub mod accept_backoff;
 pub mod demo;
 pub mod echo;
 pub mod engine;

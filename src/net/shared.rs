@@ -126,6 +126,8 @@ pub struct WorkerCounters {
     /// Times a connection stopped being read because its queue was over
     /// high-water (it does not read what it asks for).
     pub reads_paused: crate::metrics::Counter,
+    /// `accept` failures for lack of resources (EMFILE…), retried on a timer.
+    pub accept_failures: crate::metrics::Counter,
     /// Indexed by `Reject as usize`.
     pub rejections: [crate::metrics::Counter; Reject::ALL.len()],
 }
@@ -266,7 +268,7 @@ impl Shared {
             router.json_rendered,
         );
         type Get = fn(&WorkerCounters) -> u64;
-        let per_worker: [(&str, &str, &str, Get); 20] = [
+        let per_worker: [(&str, &str, &str, Get); 21] = [
             (
                 "tickwire_worker_connections",
                 "gauge",
@@ -380,6 +382,12 @@ impl Shared {
                 "counter",
                 "Connections closed 1001 at shutdown.",
                 |c| c.closed_shutdown.get(),
+            ),
+            (
+                "tickwire_accept_failures_total",
+                "counter",
+                "accept() failures for lack of resources (EMFILE...), retried every 100 ms.",
+                |c| c.accept_failures.get(),
             ),
             (
                 "tickwire_reads_paused_total",

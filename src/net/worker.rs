@@ -62,6 +62,7 @@ use crate::fanout::worker::{CLOSE_RATE_LIMITED, ConnId, Encoding as CoreEncoding
 use crate::wire::EncodedFrame;
 use crate::ws::{self, CloseCode, Endpoint, Event, Route};
 
+use super::accept_backoff::{AcceptBackoff, is_resource_error};
 use super::shared::{Reject, WorkerShared, new_latency_histogram};
 
 const LISTENER: Token = Token(0);
@@ -227,6 +228,8 @@ pub struct Worker {
     /// The accept budget ran out: the backlog may hold more, and an
     /// edge-triggered listener will not say so again.
     accept_pending: bool,
+    /// Accept failures for lack of resources: retry timer and log limit.
+    accept_backoff: AcceptBackoff,
     /// When the ring was last drained.
     last_drain: Instant,
     /// The dirty-queue mark being timed and when timing started; the last
@@ -359,6 +362,7 @@ impl Worker {
             last_publish_ns: 0,
             ring_was_busy: false,
             accept_pending: false,
+            accept_backoff: AcceptBackoff::default(),
             last_drain: Instant::now(),
             pass_probe: None,
             last_pass: Duration::ZERO,
@@ -417,6 +421,9 @@ impl Worker {
         if self.core.has_dirty() {
             wake = wake.min(self.flush_resume_at);
         }
+        if let Some(t) = self.accept_backoff.retry_at_ns() {
+            wake = wake.min(self.shared.epoch + Duration::from_nanos(t));
+        }
         let timeout = wake.saturating_duration_since(start);
         match self.poll.poll(events, Some(timeout)) {
             Ok(()) => {}
@@ -428,7 +435,7 @@ impl Worker {
         let now_ns = self.mono_ns(now);
         let mut done = 0;
         let mut readable = std::mem::take(&mut self.pending_reads);
-        if self.accept_pending {
+        if self.accept_pending || self.accept_backoff.due(now_ns) {
             done += self.accept(now, now_ns);
         }
         for ev in events.iter() {
@@ -496,14 +503,29 @@ impl Worker {
             };
             let (mut stream, addr) = match listener.accept() {
                 Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // EMFILE and friends: stop accepting this turn, carry on serving.
-                    warn!(worker = self.id.0, error = %e, "accept failed");
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.accept_backoff.on_success();
                     break;
                 }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_resource_error(&e) => {
+                    // EMFILE and friends: the backlog keeps the connections;
+                    // retry on a timer (no new event will come for them),
+                    // carry on serving, log once per interval.
+                    self.me.counters.accept_failures.inc();
+                    let f = self.accept_backoff.on_failure(now_ns);
+                    if let Some(failures) = f.log {
+                        warn!(worker = self.id.0, error = %e, failures, "accept failed: out of resources; retrying every 100 ms");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    // That connection's own problem (ECONNABORTED…): next.
+                    debug!(worker = self.id.0, error = %e, "accept failed");
+                    continue;
+                }
             };
+            self.accept_backoff.on_success();
             n += 1;
             self.me.counters.connections_accepted.inc();
             let _ = stream.set_nodelay(true);
