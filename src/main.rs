@@ -137,6 +137,10 @@ struct ServeArgs {
     /// SO_SNDBUF of client sockets (bytes); 0: the kernel's default (autotuned).
     #[arg(long, default_value_t = 0)]
     socket_send_buffer_bytes: usize,
+    /// TCP_NOTSENT_LOWAT of client sockets (bytes): the most a client's kernel
+    /// socket holds unsent; counted in its backlog. 0: not set.
+    #[arg(long, default_value_t = ShellConfig::default().kernel_unsent_bytes)]
+    kernel_unsent_bytes: usize,
     /// Slots of each ingest → worker ring (messages).
     #[arg(long, default_value_t = 65_536)]
     ring_capacity: usize,
@@ -189,6 +193,7 @@ impl ServeArgs {
                 pong_timeout_ms: self.pong_timeout_ms,
                 shutdown_timeout_ms: self.shutdown_timeout_ms,
                 socket_send_buffer_bytes: self.socket_send_buffer_bytes,
+                kernel_unsent_bytes: self.kernel_unsent_bytes,
             },
             ip_limits: IpLimitConfig {
                 max_connections_per_ip: self.max_connections_per_ip,

@@ -32,6 +32,9 @@ pub struct Frames {
 struct Slot {
     frame: Option<EncodedFrame>,
     refs: u32,
+    /// When the frame entered the worker (monotonic ns): the age of the
+    /// oldest byte a connection has not received is measured from it.
+    born_ns: u64,
 }
 
 impl Frames {
@@ -41,10 +44,11 @@ impl Frames {
 
     /// Stores `frame` with a count of one (the caller's, given back with
     /// [`Frames::release`]).
-    pub fn insert(&mut self, frame: EncodedFrame) -> FrameId {
+    pub fn insert(&mut self, frame: EncodedFrame, born_ns: u64) -> FrameId {
         let slot = Slot {
             frame: Some(frame),
             refs: 1,
+            born_ns,
         };
         match self.free.pop() {
             Some(i) => {
@@ -88,6 +92,11 @@ impl Frames {
     }
 
     /// Frames currently held (slots in use).
+    /// When the frame `id` entered the worker (see `insert`).
+    pub fn born_ns(&self, id: FrameId) -> u64 {
+        self.slots[id.0 as usize].born_ns
+    }
+
     pub fn live(&self) -> usize {
         self.slots.len() - self.free.len()
     }
@@ -100,15 +109,15 @@ mod tests {
     #[test]
     fn slots_are_counted_freed_and_reused() {
         let mut f = Frames::new();
-        let a = f.insert(EncodedFrame::from_frame_bytes(vec![1, 2]));
-        let b = f.insert(EncodedFrame::from_frame_bytes(vec![3]));
+        let a = f.insert(EncodedFrame::from_frame_bytes(vec![1, 2]), 0);
+        let b = f.insert(EncodedFrame::from_frame_bytes(vec![3]), 0);
         f.retain(a);
         assert_eq!(f.live(), 2);
         f.release(a);
         assert_eq!(f.get(a).as_bytes(), &[1, 2], "still counted once");
         f.release(a);
         assert_eq!(f.live(), 1);
-        let c = f.insert(EncodedFrame::from_frame_bytes(vec![4]));
+        let c = f.insert(EncodedFrame::from_frame_bytes(vec![4]), 0);
         assert_eq!(c, a, "a freed slot is reused");
         assert_eq!(f.get(c).as_bytes(), &[4]);
         assert_eq!(f.get(b).as_bytes(), &[3]);
@@ -121,7 +130,7 @@ mod tests {
     fn the_table_keeps_the_frame_alive_on_its_own() {
         let mut f = Frames::new();
         let frame = EncodedFrame::from_frame_bytes(vec![7; 3]);
-        let id = f.insert(frame.clone());
+        let id = f.insert(frame.clone(), 0);
         drop(frame);
         assert_eq!(f.get(id).as_bytes(), &[7, 7, 7]);
     }

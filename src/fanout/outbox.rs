@@ -25,6 +25,12 @@
 //!   above high-water and lasts until it drains below low-water; above the hard
 //!   limit, or when the episode is older than the maximum lag, close (4001).
 //!
+//! The thresholds apply to the backlog: the queue plus the bytes the kernel
+//! accepted for the socket and has not sent (measured by the shell after
+//! writes, [`Outbox::set_kernel_unsent`]; the shell also bounds them with
+//! `TCP_NOTSENT_LOWAT`), so a client that stopped reading is seen as behind
+//! however much the kernel would have taken (DESIGN "Freshness").
+//!
 //! The caller counts drops per symbol (it holds the subscription entry already)
 //! and performs the resync when [`Outbox::consume`] reports
 //! [`Consumed::ResyncDue`].
@@ -113,6 +119,10 @@ pub struct Outbox {
     buffered_bytes: usize,
     /// Bytes of `queue[0]` already written.
     head_offset: u32,
+    /// Bytes the kernel accepted for the socket and has not sent, as last
+    /// measured (`SIOCOUTQNSD`, see [`Outbox::set_kernel_unsent`]). Part of the
+    /// backlog the policy sees (DESIGN "Freshness").
+    kernel_unsent_bytes: u32,
     /// Start of the open dropping episode, [`NOT_DROPPING`] when none.
     dropping_since_ns: u64,
 }
@@ -133,6 +143,7 @@ impl Outbox {
             queue: VecDeque::new(),
             buffered_bytes: 0,
             head_offset: 0,
+            kernel_unsent_bytes: 0,
             dropping_since_ns: NOT_DROPPING,
         }
     }
@@ -140,6 +151,43 @@ impl Outbox {
     /// Bytes queued and not yet consumed.
     pub fn buffered_bytes(&self) -> usize {
         self.buffered_bytes
+    }
+
+    /// What the client has not received as far as the engine can tell: the
+    /// queue plus the kernel's unsent bytes. The thresholds (high-water,
+    /// low-water, hard limit) apply to this.
+    pub fn backlog_bytes(&self) -> usize {
+        self.buffered_bytes + self.kernel_unsent_bytes as usize
+    }
+
+    /// The kernel's unsent bytes, as last measured.
+    pub fn kernel_unsent_bytes(&self) -> usize {
+        self.kernel_unsent_bytes as usize
+    }
+
+    /// The first queued frame (partially written, perhaps).
+    pub fn head(&self) -> Option<FrameId> {
+        self.queue.front().copied()
+    }
+
+    /// A new measure of the kernel's unsent bytes for the socket. A dropping
+    /// episode whose backlog is now below low-water ends here
+    /// ([`Consumed::ResyncDue`]), as it would after a write.
+    pub fn set_kernel_unsent(&mut self, bytes: usize, limits: &OutboxLimits) -> Consumed {
+        self.kernel_unsent_bytes = bytes.min(u32::MAX as usize) as u32;
+        self.episode_check(limits)
+    }
+
+    fn episode_check(&mut self, limits: &OutboxLimits) -> Consumed {
+        if self.dropping_since_ns != NOT_DROPPING && self.backlog_bytes() < limits.low_water_bytes {
+            self.dropping_since_ns = NOT_DROPPING;
+            return Consumed::ResyncDue;
+        }
+        if self.queue.is_empty() {
+            Consumed::Drained
+        } else {
+            Consumed::Pending
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -193,14 +241,14 @@ impl Outbox {
     ) -> Admit {
         match class {
             FrameClass::Control | FrameClass::Resync => {
-                if self.buffered_bytes + frame_len > limits.hard_limit_bytes {
+                if self.backlog_bytes() + frame_len > limits.hard_limit_bytes {
                     Admit::Close
                 } else {
                     Admit::Queue
                 }
             }
             FrameClass::Stream => {
-                if self.buffered_bytes > limits.hard_limit_bytes {
+                if self.backlog_bytes() > limits.hard_limit_bytes {
                     return Admit::Close;
                 }
                 if let Some(since_ns) = self.dropping_since_ns() {
@@ -209,7 +257,7 @@ impl Outbox {
                     }
                     return Admit::DropStale;
                 }
-                if self.buffered_bytes > limits.high_water_bytes {
+                if self.backlog_bytes() > limits.high_water_bytes {
                     // A clock at u64::MAX would read as "not dropping": clamp.
                     self.dropping_since_ns = now_ns.min(NOT_DROPPING - 1);
                     return Admit::DropStale;
@@ -269,15 +317,7 @@ impl Outbox {
             }
         }
         self.debug_check(frames);
-        if self.dropping_since_ns != NOT_DROPPING && self.buffered_bytes < limits.low_water_bytes {
-            self.dropping_since_ns = NOT_DROPPING;
-            return Consumed::ResyncDue;
-        }
-        if self.queue.is_empty() {
-            Consumed::Drained
-        } else {
-            Consumed::Pending
-        }
+        self.episode_check(limits)
     }
 
     /// Frees the queue's buffer if nothing is queued. Returns whether memory was freed.
@@ -361,7 +401,7 @@ mod tests {
             l: &OutboxLimits,
             now_ns: u64,
         ) -> Admit {
-            let id = self.f.insert(frame.clone());
+            let id = self.f.insert(frame.clone(), 0);
             let admit = self.o.admit(&mut self.f, id, class, l, now_ns);
             self.f.release(id);
             self.check();
@@ -448,6 +488,38 @@ mod tests {
         );
         assert_eq!(o.consume(1000, &l), Consumed::Drained);
         assert_eq!(o.o.buffered_bytes(), 0);
+    }
+
+    /// The kernel's unsent bytes count: a client whose socket holds them is
+    /// behind even with an empty queue, and its episode ends only once the
+    /// kernel has sent them too.
+    #[test]
+    fn kernel_unsent_bytes_count_toward_every_threshold() {
+        let l = limits();
+        let mut o = Q::default();
+        assert_eq!(o.o.set_kernel_unsent(90, &l), Consumed::Drained);
+        assert_eq!(
+            o.admit(&frame(20, 1), FrameClass::Stream, &l, 0),
+            Admit::Queue
+        );
+        assert_eq!(o.o.backlog_bytes(), 110);
+        assert_eq!(
+            o.admit(&frame(20, 2), FrameClass::Stream, &l, 1),
+            Admit::DropStale,
+            "90 in the kernel + 20 queued > high-water 100"
+        );
+        // The queue drains into the kernel, which does not send: still behind.
+        assert_eq!(o.consume(20, &l), Consumed::Drained);
+        assert_eq!(o.o.set_kernel_unsent(110, &l), Consumed::Drained);
+        assert!(o.o.dropping_since_ns().is_some());
+        assert_eq!(
+            o.admit(&frame(300, 3), FrameClass::Resync, &l, 2),
+            Admit::Close,
+            "110 + 300 > hard limit 400"
+        );
+        // The kernel sends: below low-water, the resync is due.
+        assert_eq!(o.o.set_kernel_unsent(39, &l), Consumed::ResyncDue);
+        assert_eq!(o.o.dropping_since_ns(), None);
     }
 
     #[test]

@@ -171,6 +171,49 @@ pub struct WorkerStats {
     /// Connections closed 4002 for sustained rate abuse.
     pub rate_limit_closes: u64,
     pub unrouted: u64,
+    /// Connections closed 4001 because the oldest byte they had not received
+    /// (queued, or in the kernel) was older than the maximum lag.
+    pub lag_closes: u64,
+    /// Age of the oldest byte not yet received by any backlogged connection
+    /// of this worker, at the last housekeeping (ns; 0: none).
+    pub oldest_backlog_age_ns: u64,
+    /// How long connections had been dropping when their resync was queued.
+    pub resync_lag: LagHistogram,
+}
+
+/// Upper bounds of [`LagHistogram`]'s buckets, ns (the last one is +Inf).
+pub const RESYNC_LAG_BOUNDS_NS: [u64; 10] = [
+    10_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+    30_000_000_000,
+];
+
+/// A fixed-bucket histogram (Prometheus style) of lags, ns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LagHistogram {
+    /// Per bucket of [`RESYNC_LAG_BOUNDS_NS`], then +Inf; not cumulative.
+    pub buckets: [u64; RESYNC_LAG_BOUNDS_NS.len() + 1],
+    pub sum_ns: u64,
+    pub count: u64,
+}
+
+impl LagHistogram {
+    pub fn record(&mut self, lag_ns: u64) {
+        let i = RESYNC_LAG_BOUNDS_NS
+            .iter()
+            .position(|&b| lag_ns <= b)
+            .unwrap_or(RESYNC_LAG_BOUNDS_NS.len());
+        self.buckets[i] += 1;
+        self.sum_ns = self.sum_ns.saturating_add(lag_ns);
+        self.count += 1;
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +240,7 @@ struct Conn {
     dirty: bool,
     in_dropping_list: bool,
     in_idle_list: bool,
+    in_backlog_list: bool,
 }
 
 impl Conn {
@@ -208,8 +252,23 @@ impl Conn {
             dirty: false,
             in_dropping_list: false,
             in_idle_list: false,
+            in_backlog_list: false,
         }
     }
+}
+
+/// What the core knows of the bytes a connection's kernel socket holds
+/// unsent (cold: beside `conns`). Ages are from [`Frames::born_ns`].
+#[derive(Debug, Clone, Copy, Default)]
+struct KernelBacklog {
+    /// The oldest frame of the last write, and that write's size.
+    last_write_born_ns: u64,
+    last_write_bytes: u32,
+    /// The oldest frame of the first write since the last measure (0: none).
+    since_measure_born_ns: u64,
+    /// When the oldest byte the kernel still holds entered the worker, as
+    /// far as the measures tell (0: the kernel holds nothing).
+    oldest_born_ns: u64,
 }
 
 /// Bytes of per-connection state held by the core outside allocations
@@ -324,7 +383,7 @@ impl Sink<'_> {
     /// Admits one frame for `conn`; marks it dirty, notes a dropping episode,
     /// or schedules a close.
     fn admit(&mut self, conn: u32, frame: &EncodedFrame, class: FrameClass, now_ns: u64) -> Admit {
-        let id = self.frame_id(frame);
+        let id = self.frame_id(frame, now_ns);
         self.admit_id(conn, id, class, now_ns)
     }
 
@@ -358,14 +417,14 @@ impl Sink<'_> {
 
     /// `frame`'s id in the table: the current one when it is the same frame
     /// (a fan-out loop admits one frame to every subscriber), else a new slot.
-    fn frame_id(&mut self, frame: &EncodedFrame) -> FrameId {
+    fn frame_id(&mut self, frame: &EncodedFrame, now_ns: u64) -> FrameId {
         if let Some(id) = self.current {
             if self.frames.get(id).same(frame) {
                 return id;
             }
             self.frames.release(id);
         }
-        let id = self.frames.insert(frame.clone());
+        let id = self.frames.insert(frame.clone(), now_ns);
         self.current = Some(id);
         id
     }
@@ -426,6 +485,11 @@ pub struct WorkerCore {
     pending_close: Vec<u32>,
     /// Request-rate state per connection slot (cold: beside `conns`, not in them).
     limiters: Vec<RequestLimiter>,
+    /// The kernel side of each connection's backlog (cold, beside `conns`).
+    kernel: Vec<KernelBacklog>,
+    /// Connections with bytes queued after a blocked write or unsent in the
+    /// kernel: the only ones whose lag housekeeping checks.
+    backlogged: Vec<u32>,
     closes: VecDeque<(ConnId, u16, &'static str)>,
     to_ingest: VecDeque<ToIngest>,
     stats: WorkerStats,
@@ -453,6 +517,8 @@ impl WorkerCore {
             idle: Vec::new(),
             pending_close: Vec::new(),
             limiters: Vec::new(),
+            kernel: Vec::new(),
+            backlogged: Vec::new(),
             closes: VecDeque::new(),
             to_ingest: VecDeque::new(),
             stats: WorkerStats::default(),
@@ -470,10 +536,12 @@ impl WorkerCore {
         if let Some(slot) = self.free.pop() {
             self.conns[slot as usize] = Conn::new(encoding);
             self.limiters[slot as usize] = RequestLimiter::default();
+            self.kernel[slot as usize] = KernelBacklog::default();
             return ConnId(slot);
         }
         self.conns.push(Conn::new(encoding));
         self.limiters.push(RequestLimiter::default());
+        self.kernel.push(KernelBacklog::default());
         ConnId((self.conns.len() - 1) as u32)
     }
 
@@ -492,6 +560,7 @@ impl WorkerCore {
         c.dirty = false;
         c.in_dropping_list = false;
         c.in_idle_list = false;
+        c.in_backlog_list = false;
         self.remove_all_subs(conn.0);
         self.closes.retain(|(id, _, _)| *id != conn);
         self.free.push(conn.0);
@@ -563,7 +632,7 @@ impl WorkerCore {
     /// Whether `conn` has more than the high-water mark queued: the shell
     /// stops reading it (its requests and pings wait) until it drains.
     pub fn over_high_water(&self, conn: ConnId) -> bool {
-        self.outbox(conn).buffered_bytes() > self.cfg.high_water_bytes
+        self.outbox(conn).backlog_bytes() > self.cfg.high_water_bytes
     }
 
     /// A ws control frame (pong, close) for `conn`: never dropped.
@@ -596,7 +665,7 @@ impl WorkerCore {
                 json,
             } => match kind {
                 DataKind::Delta => {
-                    let delta = self.run_delta(seq, bin, json);
+                    let delta = self.run_delta(seq, bin, json, now_ns);
                     self.deliver_deltas(symbol, &[delta], now_ns)
                 }
                 DataKind::Trade => self.deliver_trade(symbol, seq, &bin, json.as_ref(), now_ns),
@@ -656,7 +725,7 @@ impl WorkerCore {
                 self.handle_ring(msg, now_ns);
                 continue;
             };
-            run.push(self.run_delta(seq, bin, json));
+            run.push(self.run_delta(seq, bin, json, now_ns));
             while let Some(ToWorker::Data {
                 symbol: next,
                 kind: DataKind::Delta,
@@ -665,7 +734,7 @@ impl WorkerCore {
                 && *next == symbol
             {
                 if let Some(ToWorker::Data { seq, bin, json, .. }) = msgs.next() {
-                    run.push(self.run_delta(seq, bin, json));
+                    run.push(self.run_delta(seq, bin, json, now_ns));
                 }
             }
             self.deliver_deltas(symbol, &run, now_ns);
@@ -677,11 +746,17 @@ impl WorkerCore {
 
     /// A delta about to be delivered, its frames in the table (one count each,
     /// given back by `deliver_deltas`).
-    fn run_delta(&mut self, seq: u64, bin: EncodedFrame, json: Option<EncodedFrame>) -> RunDelta {
+    fn run_delta(
+        &mut self,
+        seq: u64,
+        bin: EncodedFrame,
+        json: Option<EncodedFrame>,
+        now_ns: u64,
+    ) -> RunDelta {
         RunDelta {
             seq,
-            bin: self.frames.insert(bin),
-            json: json.map(|j| self.frames.insert(j)),
+            bin: self.frames.insert(bin, now_ns),
+            json: json.map(|j| self.frames.insert(j, now_ns)),
         }
     }
 
@@ -694,30 +769,121 @@ impl WorkerCore {
         if c.state == ConnState::Free {
             return Consumed::Drained;
         }
+        if let Some(head) = c.outbox.head() {
+            let k = &mut self.kernel[conn.0 as usize];
+            k.last_write_born_ns = self.frames.born_ns(head);
+            k.last_write_bytes = n.min(u32::MAX as usize) as u32;
+            if k.since_measure_born_ns == 0 {
+                k.since_measure_born_ns = k.last_write_born_ns;
+            }
+        }
+        let dropping_since = c.outbox.dropping_since_ns();
         let consumed = c.outbox.consume(n, &self.limits, &mut self.frames);
+        self.after_consumed(conn.0, consumed, dropping_since, now_ns);
+        self.finish_closes();
+        consumed
+    }
+
+    /// The kernel holds `bytes` of `conn`'s output unsent (`SIOCOUTQNSD`,
+    /// measured by the shell after a blocked write, and every housekeeping
+    /// turn while it is not zero). They count in the connection's backlog and
+    /// in its lag; a dropping episode may end here.
+    pub fn handle_kernel_unsent(&mut self, conn: ConnId, bytes: usize, now_ns: u64) -> Consumed {
+        let Some(c) = self.conns.get_mut(conn.0 as usize) else {
+            return Consumed::Drained;
+        };
+        if c.state == ConnState::Free {
+            return Consumed::Drained;
+        }
+        let k = &mut self.kernel[conn.0 as usize];
+        k.oldest_born_ns = if bytes == 0 {
+            0
+        } else if bytes <= k.last_write_bytes as usize {
+            // Every unsent byte is from the last write.
+            k.last_write_born_ns
+        } else if k.oldest_born_ns != 0 {
+            k.oldest_born_ns
+        } else {
+            k.since_measure_born_ns.max(1)
+        };
+        k.since_measure_born_ns = 0;
+        let dropping_since = c.outbox.dropping_since_ns();
+        let consumed = c.outbox.set_kernel_unsent(bytes, &self.limits);
+        if bytes > 0 && !c.in_backlog_list {
+            c.in_backlog_list = true;
+            self.backlogged.push(conn.0);
+        }
+        self.after_consumed(conn.0, consumed, dropping_since, now_ns);
+        self.finish_closes();
+        consumed
+    }
+
+    /// `conn`'s socket would take no more: its queue is a backlog whose lag
+    /// housekeeping watches.
+    pub fn handle_blocked(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(conn.0 as usize)
+            && c.state != ConnState::Free
+            && !c.in_backlog_list
+        {
+            c.in_backlog_list = true;
+            self.backlogged.push(conn.0);
+        }
+    }
+
+    /// Connections whose kernel socket held unsent bytes at the last measure
+    /// (the shell measures them again each housekeeping turn).
+    pub fn kernel_backlogged(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.backlogged
+            .iter()
+            .filter(|&&id| self.conns[id as usize].outbox.kernel_unsent_bytes() > 0)
+            .map(|&id| ConnId(id))
+    }
+
+    /// Age of the oldest byte `conn` has not received, as far as the engine
+    /// knows: its queue's first frame, or the kernel's oldest unsent byte.
+    fn backlog_age_ns(&self, conn: u32, now_ns: u64) -> u64 {
+        let c = &self.conns[conn as usize];
+        let queued = c.outbox.head().map(|h| self.frames.born_ns(h));
+        let k = self.kernel[conn as usize].oldest_born_ns;
+        let kernel = (c.outbox.kernel_unsent_bytes() > 0 && k != 0).then_some(k);
+        match queued.into_iter().chain(kernel).min() {
+            Some(born) => now_ns.saturating_sub(born),
+            None => 0,
+        }
+    }
+
+    fn after_consumed(
+        &mut self,
+        conn: u32,
+        consumed: Consumed,
+        dropping_since: Option<u64>,
+        now_ns: u64,
+    ) {
+        let c = &mut self.conns[conn as usize];
         match consumed {
             Consumed::ResyncDue => {
+                if let Some(since) = dropping_since {
+                    self.stats.resync_lag.record(now_ns.saturating_sub(since));
+                }
                 if c.state == ConnState::Open {
-                    self.resync_dropped(conn.0, now_ns);
+                    self.resync_dropped(conn, now_ns);
                 }
             }
             Consumed::Drained => {
                 if !c.in_idle_list {
                     c.in_idle_list = true;
-                    self.idle.push((conn.0, now_ns));
+                    self.idle.push((conn, now_ns));
                 }
             }
             Consumed::Pending => {}
         }
-        self.finish_closes();
-        consumed
     }
 
     /// Periodic duties: closes connections dropping for longer than the max
     /// lag (4001) and frees the queue buffers of connections idle for
     /// `idle_release_ns`. Returns how many connections it acted on.
     pub fn handle_timeout(&mut self, now_ns: u64) -> usize {
-        let mut done = 0;
+        let mut done = self.check_backlog_lag(now_ns);
         let mut i = 0;
         while i < self.dropping.len() {
             let id = self.dropping[i];
@@ -750,6 +916,40 @@ impl WorkerCore {
             self.idle.swap_remove(i);
         }
         self.finish_closes();
+        done
+    }
+
+    /// PROTOCOL §7 wherever the backlog sits: a backlogged connection whose
+    /// oldest unreceived byte is older than the maximum lag is closed 4001
+    /// (queued bytes, or bytes the kernel holds unsent). Connections with
+    /// nothing left leave the list. Also publishes the oldest age.
+    fn check_backlog_lag(&mut self, now_ns: u64) -> usize {
+        let mut done = 0;
+        let mut oldest = 0;
+        let mut i = 0;
+        while i < self.backlogged.len() {
+            let id = self.backlogged[i];
+            let c = &self.conns[id as usize];
+            let keep = c.state == ConnState::Open
+                && (!c.outbox.is_empty() || c.outbox.kernel_unsent_bytes() > 0);
+            if keep {
+                let age = self.backlog_age_ns(id, now_ns);
+                if age > self.cfg.max_lag_ns {
+                    self.stats.lag_closes += 1;
+                    let c = &mut self.conns[id as usize];
+                    c.state = ConnState::Closing;
+                    self.pending_close.push(id);
+                    done += 1;
+                } else {
+                    oldest = oldest.max(age);
+                    i += 1;
+                    continue;
+                }
+            }
+            self.conns[id as usize].in_backlog_list = false;
+            self.backlogged.swap_remove(i);
+        }
+        self.stats.oldest_backlog_age_ns = oldest;
         done
     }
 

@@ -92,8 +92,41 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<mio::net::TcpListener> {
     Ok(mio::net::TcpListener::from_std(socket.into()))
 }
 
+impl EngineConfig {
+    /// Thresholds that cannot work together are a configuration error at
+    /// start, not a surprise under load.
+    pub fn validate(&self) -> Result<(), String> {
+        let w = &self.worker;
+        let k = self.shell.kernel_unsent_bytes;
+        if w.low_water_bytes >= w.high_water_bytes {
+            return Err(format!(
+                "low-water ({}) must be below high-water ({})",
+                w.low_water_bytes, w.high_water_bytes
+            ));
+        }
+        if w.high_water_bytes >= w.hard_limit_bytes {
+            return Err(format!(
+                "high-water ({}) must be below the hard limit ({})",
+                w.high_water_bytes, w.hard_limit_bytes
+            ));
+        }
+        if k > w.low_water_bytes {
+            return Err(format!(
+                "kernel unsent bytes ({k}) must be at most low-water ({}): a drained queue must end a dropping episode",
+                w.low_water_bytes
+            ));
+        }
+        if self.shell.ping_interval_ms > 0 && self.shell.pong_timeout_ms == 0 {
+            return Err("a ping interval needs a pong timeout".into());
+        }
+        Ok(())
+    }
+}
+
 impl Engine {
     pub fn start(cfg: EngineConfig) -> io::Result<Engine> {
+        cfg.validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let workers = cfg.workers.clamp(1, crate::fanout::router::MAX_WORKERS);
         let ingest = IngestServer::bind(cfg.ingest.clone())?;
         let shared = Arc::new(Shared::new(

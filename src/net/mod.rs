@@ -10,4 +10,5 @@ pub mod ingest;
 pub mod shared;
 pub mod sink;
 pub mod symbols;
+pub mod unsent;
 pub mod worker;

@@ -13,6 +13,7 @@ use super::health::{Health, Liveness};
 use super::symbols::SymbolDirectory;
 use crate::fanout::limits::{IpLimitConfig, IpLimits};
 use crate::fanout::router::RouterStats;
+use crate::fanout::worker::{LagHistogram, RESYNC_LAG_BOUNDS_NS};
 use crate::metrics::{IngestCounters, PromText};
 
 /// Why a connection or request was refused or a connection closed by the
@@ -128,6 +129,11 @@ pub struct WorkerCounters {
     pub reads_paused: crate::metrics::Counter,
     /// `accept` failures for lack of resources (EMFILE…), retried on a timer.
     pub accept_failures: crate::metrics::Counter,
+    /// Age of the oldest byte not yet received by any connection (queued or
+    /// unsent in the kernel), ns, at the last housekeeping.
+    pub oldest_backlog_age_ns: crate::metrics::Gauge,
+    /// Connections closed 4001 for a backlog older than the maximum lag.
+    pub lag_closes: crate::metrics::Counter,
     /// Indexed by `Reject as usize`.
     pub rejections: [crate::metrics::Counter; Reject::ALL.len()],
 }
@@ -144,6 +150,9 @@ pub struct WorkerShared {
     /// Ingest → socket-write latency, nanoseconds; copied from the worker's own
     /// histogram about once a second.
     pub latency_ns: Mutex<Histogram<u64>>,
+    /// How long connections had been dropping when resynced (copied from
+    /// the core about once a second).
+    pub resync_lag: Mutex<LagHistogram>,
     /// Beats once per loop turn (see [`super::health`]).
     pub liveness: Arc<Liveness>,
     /// Test hook: the worker panics at its next loop turn (to test the
@@ -157,6 +166,7 @@ impl WorkerShared {
         WorkerShared {
             counters: WorkerCounters::default(),
             latency_ns: Mutex::new(new_latency_histogram()),
+            resync_lag: Mutex::new(LagHistogram::default()),
             liveness: Liveness::new(name),
             inject_panic: AtomicBool::new(false),
         }
@@ -268,7 +278,7 @@ impl Shared {
             router.json_rendered,
         );
         type Get = fn(&WorkerCounters) -> u64;
-        let per_worker: [(&str, &str, &str, Get); 21] = [
+        let per_worker: [(&str, &str, &str, Get); 22] = [
             (
                 "tickwire_worker_connections",
                 "gauge",
@@ -390,6 +400,12 @@ impl Shared {
                 |c| c.accept_failures.get(),
             ),
             (
+                "tickwire_lag_closes_total",
+                "counter",
+                "Connections closed 4001: their oldest unreceived byte (queued or unsent in the kernel) was older than the maximum lag.",
+                |c| c.lag_closes.get(),
+            ),
+            (
                 "tickwire_reads_paused_total",
                 "counter",
                 "Times a connection stopped being read: its queue was over high-water.",
@@ -432,6 +448,7 @@ impl Shared {
                 "# HELP tickwire_ip_addresses_tracked Client addresses held by the per-IP limits.\n# TYPE tickwire_ip_addresses_tracked gauge\ntickwire_ip_addresses_tracked {ips}"
             );
         }
+        render_freshness(out.raw(), &self.workers);
         let mut merged = new_latency_histogram();
         for w in &self.workers {
             let h = w.latency_ns.lock().unwrap_or_else(|p| p.into_inner());
@@ -440,6 +457,45 @@ impl Shared {
         }
         render_summary(out.raw(), "tickwire_delivery_latency_seconds", &merged);
         out.finish()
+    }
+}
+
+/// Freshness (DESIGN "Freshness"): `tickwire_oldest_backlog_age_seconds`,
+/// per worker the age of the oldest byte some connection has not received;
+/// `tickwire_resync_lag_seconds`, a histogram of how long connections had
+/// been dropping when their resync was queued.
+fn render_freshness(raw: &mut String, workers: &[Arc<WorkerShared>]) {
+    use std::fmt::Write as _;
+    let name = "tickwire_oldest_backlog_age_seconds";
+    let _ = writeln!(
+        raw,
+        "# HELP {name} Age of the oldest message queued (or unsent in the kernel) for any connection of the worker.\n# TYPE {name} gauge"
+    );
+    for (i, w) in workers.iter().enumerate() {
+        let age = w.counters.oldest_backlog_age_ns.get() as f64 / 1e9;
+        let _ = writeln!(raw, "{name}{{worker=\"{i}\"}} {age}");
+    }
+    let name = "tickwire_resync_lag_seconds";
+    let _ = writeln!(
+        raw,
+        "# HELP {name} How long a slow connection had been dropping when its Stale + snapshot were queued.\n# TYPE {name} histogram"
+    );
+    for (i, w) in workers.iter().enumerate() {
+        let h = *w.resync_lag.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cumulative = 0;
+        for (b, &n) in h.buckets.iter().enumerate() {
+            cumulative += n;
+            let le = RESYNC_LAG_BOUNDS_NS
+                .get(b)
+                .map_or("+Inf".to_string(), |&ns| format!("{}", ns as f64 / 1e9));
+            let _ = writeln!(raw, "{name}_bucket{{worker=\"{i}\",le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(
+            raw,
+            "{name}_sum{{worker=\"{i}\"}} {}\n{name}_count{{worker=\"{i}\"}} {}",
+            h.sum_ns as f64 / 1e9,
+            h.count
+        );
     }
 }
 

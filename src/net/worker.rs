@@ -63,6 +63,7 @@ use crate::wire::EncodedFrame;
 use crate::ws::{self, CloseCode, Endpoint, Event, Route};
 
 use super::accept_backoff::{AcceptBackoff, is_resource_error};
+use super::unsent::unsent_bytes;
 use super::shared::{Reject, WorkerShared, new_latency_histogram};
 
 const LISTENER: Token = Token(0);
@@ -117,6 +118,12 @@ pub struct ShellConfig {
     pub shutdown_timeout_ms: u64,
     /// `SO_SNDBUF` of client sockets; 0: the kernel's (autotuned).
     pub socket_send_buffer_bytes: usize,
+    /// `TCP_NOTSENT_LOWAT` of client sockets: the kernel takes at most this
+    /// many bytes it cannot send yet (measured with `SIOCOUTQNSD` and counted
+    /// in the backlog, DESIGN "Freshness"). At most the low-water mark.
+    /// Default 16 KiB; 0: not set (the kernel then takes up to its send
+    /// buffer, autotuned to 4 MiB here, before the policy sees anything).
+    pub kernel_unsent_bytes: usize,
 }
 
 impl Default for ShellConfig {
@@ -127,6 +134,7 @@ impl Default for ShellConfig {
             pong_timeout_ms: 10_000,
             shutdown_timeout_ms: 5_000,
             socket_send_buffer_bytes: 0,
+            kernel_unsent_bytes: 16 * 1024,
         }
     }
 }
@@ -180,6 +188,9 @@ struct Client {
     upgraded: bool,
     /// Not read while its queue is over high-water (see `Worker::read_client`).
     read_paused: bool,
+    /// The last write would have blocked: not written again before the
+    /// socket says it is writable (no syscall per pass for a stalled peer).
+    blocked: bool,
     /// Monotonic ns of the last bytes read (heartbeat) and the last ping sent.
     last_read_ns: u64,
     last_ping_ns: u64,
@@ -448,6 +459,9 @@ impl Worker {
                         readable.push(slot);
                     }
                     if ev.is_writable() {
+                        if let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) {
+                            c.blocked = false;
+                        }
                         self.pending_writes.push(slot);
                     }
                 }
@@ -533,6 +547,10 @@ impl Worker {
                 let _ = socket2::SockRef::from(&stream)
                     .set_send_buffer_size(self.cfg.socket_send_buffer_bytes);
             }
+            if self.cfg.kernel_unsent_bytes > 0 {
+                let _ = socket2::SockRef::from(&stream)
+                    .set_tcp_notsent_lowat(self.cfg.kernel_unsent_bytes as u32);
+            }
             let slot = self.free.pop().unwrap_or_else(|| {
                 self.clients.push(None);
                 self.generations.push(0);
@@ -563,6 +581,7 @@ impl Worker {
                 generation,
                 upgraded: false,
                 read_paused: false,
+                blocked: false,
                 last_read_ns: now_ns,
                 last_ping_ns: now_ns,
                 codec_deadline: None,
@@ -993,10 +1012,47 @@ impl Worker {
         let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
-        match flush_conn(&mut c.stream, &mut self.core, id, now_ns, writes, bytes) {
-            Ok(Flush::Drained) if c.ws.is_closed() => self.drop_client(slot, now_ns),
-            Ok(_) => self.resume_reads(slot),
-            Err(_) => self.drop_client(slot, now_ns),
+        if c.blocked {
+            // Its writable event will flush it.
+            return;
+        }
+        let result = flush_conn(&mut c.stream, &mut self.core, id, now_ns, writes, bytes);
+        self.after_flush(slot, id, result, now_ns);
+    }
+
+    /// After writing a core connection: drop it if closed and written;
+    /// otherwise note a block, measure the kernel's unsent bytes when they
+    /// may matter (a blocked write, or some were unsent last time), and
+    /// resume reading it if it was paused.
+    fn after_flush(&mut self, slot: usize, id: ConnId, result: io::Result<Flush>, now_ns: u64) {
+        let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        match result {
+            Ok(Flush::Drained) if c.ws.is_closed() => return self.drop_client(slot, now_ns),
+            Err(_) => return self.drop_client(slot, now_ns),
+            Ok(Flush::Blocked) => {
+                c.blocked = true;
+                self.core.handle_blocked(id);
+                self.measure_unsent(slot, id, now_ns);
+            }
+            Ok(Flush::Drained) => {
+                if self.core.outbox(id).kernel_unsent_bytes() > 0 {
+                    self.measure_unsent(slot, id, now_ns);
+                }
+            }
+        }
+        self.resume_reads(slot);
+    }
+
+    /// Asks the kernel how much of `slot`'s output it holds unsent and tells
+    /// the core (DESIGN "Freshness").
+    fn measure_unsent(&mut self, slot: usize, id: ConnId, now_ns: u64) {
+        let Some(c) = self.clients.get(slot).and_then(Option::as_ref) else {
+            return;
+        };
+        if let Ok(n) = unsent_bytes(&c.stream) {
+            self.core.handle_kernel_unsent(id, n, now_ns);
         }
     }
 
@@ -1037,7 +1093,11 @@ impl Worker {
             return 0;
         };
         let result = match c.core {
-            Some(id) => flush_conn(&mut c.stream, &mut self.core, id, now_ns, writes, bytes),
+            Some(id) => {
+                let result = flush_conn(&mut c.stream, &mut self.core, id, now_ns, writes, bytes);
+                self.after_flush(slot, id, result, now_ns);
+                return 1;
+            }
             None => loop {
                 if c.out_pos == c.out.len() {
                     c.out = Vec::new();
@@ -1101,6 +1161,14 @@ impl Worker {
         self.expired = expired;
         if now_ns.saturating_sub(self.last_housekeeping_ns) >= HOUSEKEEPING_NS {
             self.last_housekeeping_ns = now_ns;
+            // Sockets that held unsent bytes get no event as the kernel
+            // drains them (or does not): measure them again.
+            let ids: Vec<ConnId> = self.core.kernel_backlogged().collect();
+            for id in ids {
+                if let Some(&slot) = self.by_core.get(id.0 as usize) {
+                    self.measure_unsent(slot as usize, id, now_ns);
+                }
+            }
             self.core.handle_timeout(now_ns);
         }
         if now_ns.saturating_sub(self.last_publish_ns) >= PUBLISH_NS {
@@ -1174,6 +1242,11 @@ impl Worker {
             c.rejections[r as usize].set(v);
         }
         c.timers.set(self.timers.len() as u64);
+        c.oldest_backlog_age_ns.set(s.oldest_backlog_age_ns);
+        c.lag_closes.set(s.lag_closes);
+        if let Ok(mut h) = self.me.resync_lag.lock() {
+            *h = s.resync_lag;
+        }
     }
 
     /// Closes the socket and removes the client from every index, timer and
