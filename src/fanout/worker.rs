@@ -3170,6 +3170,121 @@ mod tests {
         }
     }
 
+    /// DESIGN "Freshness": bytes the kernel holds unsent count in the
+    /// backlog. A client whose kernel socket took everything is still seen
+    /// as behind: dropped above high-water, resynced once the kernel sends.
+    #[test]
+    fn kernel_unsent_bytes_open_and_close_a_dropping_episode() {
+        let mut h = H::new(small_limits());
+        let mut c = h.client(Encoding::Proto);
+        h.text(&c, &sub_text(&["BTC-USD"], &["book"], 1));
+        h.serve();
+        c.read_all(&mut h.core, h.now_ns);
+        c.take();
+        // Everything was "written", but the kernel sent none of 2,500 bytes.
+        assert_eq!(
+            h.core.handle_kernel_unsent(c.conn, 2_500, h.now_ns),
+            Consumed::Drained
+        );
+        h.delta(BTC);
+        assert_eq!(h.core.stats().dropped_deltas, 1, "2,500 > high-water");
+        // The kernel sends it all: the resync comes now, not at a write.
+        assert_eq!(
+            h.core.handle_kernel_unsent(c.conn, 0, h.now_ns),
+            Consumed::ResyncDue
+        );
+        h.serve();
+        c.read_all(&mut h.core, h.now_ns);
+        let types = c.types();
+        assert!(
+            types.contains(&"stale:slow_consumer".to_string()),
+            "{types:?}"
+        );
+        assert_eq!(c.books["BTC-USD"].1, h.ing.truth(BTC));
+        assert_eq!(h.core.stats().resync_lag.count, 1);
+    }
+
+    /// PROTOCOL §7 wherever the backlog sits: older than the max lag, in the
+    /// queue (a blocked socket) or unsent in the kernel, closes 4001; a
+    /// backlog younger than it does not.
+    #[test]
+    fn a_backlog_older_than_the_max_lag_closes_4001_queued_or_in_the_kernel() {
+        for in_kernel in [false, true] {
+            let mut h = H::new(small_limits());
+            let mut c = h.client(Encoding::Proto);
+            h.text(&c, &sub_text(&["BTC-USD"], &["book"], 1));
+            h.serve();
+            c.read_all(&mut h.core, h.now_ns);
+            // A few deltas, well under high-water, that the client never gets.
+            h.delta(BTC);
+            h.delta(BTC);
+            if in_kernel {
+                // Written to the socket, all unsent.
+                let n = c.read(&mut h.core, usize::MAX / 2, h.now_ns);
+                assert_eq!(
+                    h.core.handle_kernel_unsent(c.conn, n, h.now_ns),
+                    Consumed::Drained
+                );
+                assert!(h.core.outbox(c.conn).is_empty());
+                assert_eq!(h.core.kernel_backlogged().count(), 1);
+            } else {
+                h.core.handle_blocked(c.conn);
+            }
+            assert_eq!(h.core.stats().dropped_deltas, 0);
+            h.now_ns += 1_000_000; // exactly the max lag: not yet
+            assert_eq!(h.core.handle_timeout(h.now_ns), 0);
+            assert!(h.core.stats().oldest_backlog_age_ns >= 1_000_000);
+            h.now_ns += 1;
+            assert_eq!(h.core.handle_timeout(h.now_ns), 1, "in_kernel={in_kernel}");
+            assert_eq!(
+                h.core.poll_close().map(|(id, code, _)| (id, code)),
+                Some((c.conn, 4001))
+            );
+            assert_eq!(h.core.stats().lag_closes, 1);
+        }
+        // A client that keeps up leaves the list and is never closed.
+        let mut h = H::new(small_limits());
+        let mut c = h.client(Encoding::Proto);
+        h.text(&c, &sub_text(&["BTC-USD"], &["book"], 1));
+        h.serve();
+        h.core.handle_blocked(c.conn);
+        c.read_all(&mut h.core, h.now_ns);
+        h.core.handle_kernel_unsent(c.conn, 0, h.now_ns);
+        h.now_ns += 10_000_000;
+        assert_eq!(h.core.handle_timeout(h.now_ns), 0);
+        assert!(h.core.poll_close().is_none());
+        assert_eq!(h.core.stats().oldest_backlog_age_ns, 0);
+    }
+
+    /// The kernel's oldest unsent byte is dated by the write it came from:
+    /// when every unsent byte is from the last write, that write's oldest
+    /// frame; when more is unsent, the older estimate stands.
+    #[test]
+    fn kernel_backlog_age_follows_the_writes_it_came_from() {
+        let mut h = H::new(small_limits());
+        let mut c = h.client(Encoding::Proto);
+        h.text(&c, &sub_text(&["BTC-USD"], &["book"], 1));
+        h.serve();
+        c.read_all(&mut h.core, h.now_ns);
+        let t0 = h.now_ns;
+        h.delta(BTC);
+        let first = c.read(&mut h.core, usize::MAX / 2, h.now_ns);
+        h.core.handle_kernel_unsent(c.conn, first, h.now_ns);
+        h.now_ns += 500_000;
+        h.delta(BTC);
+        let second = c.read(&mut h.core, usize::MAX / 2, h.now_ns);
+        // Both writes unsent: the age is the first one's.
+        h.core
+            .handle_kernel_unsent(c.conn, first + second, h.now_ns);
+        h.now_ns += 400_000;
+        h.core.handle_timeout(h.now_ns);
+        assert_eq!(h.core.stats().oldest_backlog_age_ns, h.now_ns - t0);
+        // The first write was sent: only the second's bytes remain.
+        h.core.handle_kernel_unsent(c.conn, second, h.now_ns);
+        h.core.handle_timeout(h.now_ns);
+        assert_eq!(h.core.stats().oldest_backlog_age_ns, 400_000);
+    }
+
     #[test]
     fn idle_buffers_are_released_after_the_grace_period() {
         let mut h = H::new(WorkerConfig {

@@ -488,7 +488,10 @@ fn render_freshness(raw: &mut String, workers: &[Arc<WorkerShared>]) {
             let le = RESYNC_LAG_BOUNDS_NS
                 .get(b)
                 .map_or("+Inf".to_string(), |&ns| format!("{}", ns as f64 / 1e9));
-            let _ = writeln!(raw, "{name}_bucket{{worker=\"{i}\",le=\"{le}\"}} {cumulative}");
+            let _ = writeln!(
+                raw,
+                "{name}_bucket{{worker=\"{i}\",le=\"{le}\"}} {cumulative}"
+            );
         }
         let _ = writeln!(
             raw,

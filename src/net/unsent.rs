@@ -49,12 +49,15 @@ mod tests {
     #[test]
     fn measures_unsent_bytes_bounded_by_notsent_lowat() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let peer = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let peer =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         peer.set_recv_buffer_size(4096).unwrap();
         peer.connect(&l.local_addr().unwrap().into()).unwrap();
         let (mut s, _) = l.accept().unwrap();
         assert_eq!(unsent_bytes(&s).unwrap(), 0);
-        socket2::SockRef::from(&s).set_tcp_notsent_lowat(16 * 1024).unwrap();
+        socket2::SockRef::from(&s)
+            .set_tcp_notsent_lowat(16 * 1024)
+            .unwrap();
         s.set_nonblocking(true).unwrap();
         let chunk = [7u8; 1000];
         let mut accepted = 0;

@@ -63,8 +63,8 @@ use crate::wire::EncodedFrame;
 use crate::ws::{self, CloseCode, Endpoint, Event, Route};
 
 use super::accept_backoff::{AcceptBackoff, is_resource_error};
-use super::unsent::unsent_bytes;
 use super::shared::{Reject, WorkerShared, new_latency_histogram};
+use super::unsent::unsent_bytes;
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
