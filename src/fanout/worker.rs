@@ -241,6 +241,8 @@ struct Conn {
     in_dropping_list: bool,
     in_idle_list: bool,
     in_backlog_list: bool,
+    /// Written since the kernel's unsent bytes were last measured.
+    in_unmeasured_list: bool,
 }
 
 impl Conn {
@@ -253,6 +255,7 @@ impl Conn {
             in_dropping_list: false,
             in_idle_list: false,
             in_backlog_list: false,
+            in_unmeasured_list: false,
         }
     }
 }
@@ -490,6 +493,8 @@ pub struct WorkerCore {
     /// Connections with bytes queued after a blocked write or unsent in the
     /// kernel: the only ones whose lag housekeeping checks.
     backlogged: Vec<u32>,
+    /// Connections written since their kernel backlog was last measured.
+    unmeasured: Vec<u32>,
     closes: VecDeque<(ConnId, u16, &'static str)>,
     to_ingest: VecDeque<ToIngest>,
     stats: WorkerStats,
@@ -519,6 +524,7 @@ impl WorkerCore {
             limiters: Vec::new(),
             kernel: Vec::new(),
             backlogged: Vec::new(),
+            unmeasured: Vec::new(),
             closes: VecDeque::new(),
             to_ingest: VecDeque::new(),
             stats: WorkerStats::default(),
@@ -561,6 +567,7 @@ impl WorkerCore {
         c.in_dropping_list = false;
         c.in_idle_list = false;
         c.in_backlog_list = false;
+        c.in_unmeasured_list = false;
         self.remove_all_subs(conn.0);
         self.closes.retain(|(id, _, _)| *id != conn);
         self.free.push(conn.0);
@@ -769,6 +776,10 @@ impl WorkerCore {
         if c.state == ConnState::Free {
             return Consumed::Drained;
         }
+        if n > 0 && !c.in_unmeasured_list {
+            c.in_unmeasured_list = true;
+            self.unmeasured.push(conn.0);
+        }
         if let Some(head) = c.outbox.head() {
             let k = &mut self.kernel[conn.0 as usize];
             k.last_write_born_ns = self.frames.born_ns(head);
@@ -828,6 +839,23 @@ impl WorkerCore {
             c.in_backlog_list = true;
             self.backlogged.push(conn.0);
         }
+    }
+
+    /// A connection written since its kernel backlog was last measured (each
+    /// once; the shell measures them about once a second, so a write that the
+    /// kernel took but could not send is seen within a second without a
+    /// syscall per write).
+    pub fn poll_unmeasured(&mut self) -> Option<ConnId> {
+        while let Some(id) = self.unmeasured.pop() {
+            let c = &mut self.conns[id as usize];
+            if c.in_unmeasured_list {
+                c.in_unmeasured_list = false;
+                if c.state != ConnState::Free {
+                    return Some(ConnId(id));
+                }
+            }
+        }
+        None
     }
 
     /// Connections whose kernel socket held unsent bytes at the last measure

@@ -1173,6 +1173,13 @@ impl Worker {
         }
         if now_ns.saturating_sub(self.last_publish_ns) >= PUBLISH_NS {
             self.last_publish_ns = now_ns;
+            // Once a second, the kernel backlog of every connection written
+            // since: one syscall per active connection per second.
+            while let Some(id) = self.core.poll_unmeasured() {
+                if let Some(&slot) = self.by_core.get(id.0 as usize) {
+                    self.measure_unsent(slot as usize, id, now_ns);
+                }
+            }
             self.publish_stats();
             if let Ok(mut h) = self.me.latency_ns.lock() {
                 h.clone_from(&self.latency);
