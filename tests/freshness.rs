@@ -150,13 +150,14 @@ fn after_a_10_s_pause_old_deltas_before_the_stale_are_bounded_by_high_water() {
     let mut old_bytes = 0usize;
     let mut stale_seen = false;
     c.read_until(WAIT, |b| {
-        if let Body::Delta(d) = b {
-            if !stale_seen && realtime_ns().saturating_sub(d.ingest_ts_ns) > 1_000_000_000 {
-                let msg = pb::ServerMessage {
-                    body: Some(b.clone()),
-                };
-                old_bytes += msg.encoded_len() + 2;
-            }
+        if let Body::Delta(d) = b
+            && !stale_seen
+            && realtime_ns().saturating_sub(d.ingest_ts_ns) > 1_000_000_000
+        {
+            let msg = pb::ServerMessage {
+                body: Some(b.clone()),
+            };
+            old_bytes += msg.encoded_len() + 2;
         }
         stale_seen |= matches!(b, Body::Stale(_));
         stale_seen
