@@ -36,6 +36,12 @@
 //!   (`net::worker::Worker::drop_client`), which removes it from the core's
 //!   indexes, the timing wheel, the per-IP counts and the open counts
 //!   (`tests/lifecycle.rs` churns thousands of connections back to zero).
+//! - A client's backlog is what it has not received: its queue plus the bytes
+//!   its kernel socket holds unsent (bounded by `TCP_NOTSENT_LOWAT`, measured
+//!   with `SIOCOUTQNSD` in [`net::unsent`], the one module with `unsafe`);
+//!   the slow-consumer policy and the maximum lag apply to that
+//!   ([`fanout::outbox`], `WorkerCore::handle_kernel_unsent`).
+//! - A thread that dies is never left half alive ([`net::health`]).
 //! - Limits answer, never silently drop: 503/429 with `Retry-After`,
 //!   `Error{rate_limited}`, close 4001/4002/4003/1009; each counted by reason
 //!   ([`fanout::limits`], [`net::shared::Reject`]).

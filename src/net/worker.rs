@@ -23,7 +23,8 @@
 //! 4. Push the core's requests (interest, snapshot requests) into the ingest
 //!    ring, waking the ingest thread only if the ring was empty.
 //! 5. Closes the core decided (4001, 4002): queue the close frame.
-//! 6. Flush: write dirty connections, oldest first, one `write`/`writev` of
+//! 6. Flush: write dirty connections (not those whose last write blocked:
+//!    their writable event flushes them), oldest first, one `write`/`writev` of
 //!    everything queued each, for about `FLUSH_SLICE`; the rest wait for the
 //!    next turn. The dirty queue is FIFO: a frame waits at most one pass over
 //!    the connections dirty before it. After each pass, writing pauses for as
@@ -31,7 +32,10 @@
 //!    moderate load still batches. The only step that writes market data.
 //! 7. Timers: one [`TimerWheel`] holds every connection's deadlines
 //!    (handshake, close handshake, heartbeat: ping / 4003); every ~100 ms the
-//!    core's duties (max lag → 4001, release of idle buffers).
+//!    kernel's unsent bytes of sockets that held some are measured again and
+//!    the core's duties run (backlog older than the max lag → 4001, release
+//!    of idle buffers); every second, every socket written since its last
+//!    measure is measured (DESIGN "Freshness").
 //!
 //! Time: deadlines and rates use monotonic nanoseconds since
 //! [`Shared::epoch`](super::shared::Shared::epoch); only the delivery latency
