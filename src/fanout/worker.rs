@@ -3284,6 +3284,31 @@ mod tests {
         assert_eq!(h.core.stats().oldest_backlog_age_ns, 0);
     }
 
+    /// Every connection written since its last measure is handed out once
+    /// (the shell measures them once a second); closed ones are skipped.
+    #[test]
+    fn written_connections_are_handed_out_once_for_a_measure() {
+        let mut h = H::new(cfg());
+        let mut a = h.client(Encoding::Proto);
+        let mut b = h.client(Encoding::Json);
+        let mut gone = h.client(Encoding::Proto);
+        for c in [&a, &b, &gone] {
+            h.text(c, &sub_text(&["BTC-USD"], &["book"], 1));
+        }
+        h.serve();
+        for c in [&mut a, &mut b, &mut gone] {
+            c.read_all(&mut h.core, h.now_ns);
+        }
+        h.core.close_conn(gone.conn);
+        let mut got: Vec<_> = std::iter::from_fn(|| h.core.poll_unmeasured()).collect();
+        got.sort();
+        assert_eq!(got, vec![a.conn, b.conn]);
+        assert_eq!(h.core.poll_unmeasured(), None, "once until written again");
+        h.delta(BTC);
+        a.read_all(&mut h.core, h.now_ns);
+        assert_eq!(h.core.poll_unmeasured(), Some(a.conn));
+    }
+
     /// The kernel's oldest unsent byte is dated by the write it came from:
     /// when every unsent byte is from the last write, that write's oldest
     /// frame; when more is unsent, the older estimate stands.
