@@ -842,9 +842,9 @@ impl WorkerCore {
     }
 
     /// A connection written since its kernel backlog was last measured (each
-    /// once; the shell measures them about once a second, so a write that the
-    /// kernel took but could not send is seen within a second without a
-    /// syscall per write).
+    /// once; the shell measures a bounded number per housekeeping turn, so a
+    /// write that the kernel took but could not send is seen within about a
+    /// second, without a syscall per write).
     pub fn poll_unmeasured(&mut self) -> Option<ConnId> {
         while let Some(id) = self.unmeasured.pop() {
             let c = &mut self.conns[id as usize];
