@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use tickwire::book::synth::SynthConfig;
-use tickwire::config::IngestConfig;
+use tickwire::config::{IngestConfig, MarketLimits};
 use tickwire::fanout::limits::{IpLimitConfig, Rate, RequestLimits};
 use tickwire::fanout::worker::WorkerConfig;
 use tickwire::net::demo::{self, DemoFeedConfig};
@@ -88,6 +88,15 @@ struct ServeArgs {
     /// Token every feed must present in its Hello.
     #[arg(long, env = "TICKWIRE_INGEST_TOKEN")]
     token: Option<String>,
+    /// Symbols at most (created by a first snapshot, never removed); more: `too_many_symbols`.
+    #[arg(long, default_value_t = MarketLimits::default().max_symbols)]
+    max_symbols: usize,
+    /// Levels per side of a book at most (levels); deeper: `book_too_deep`.
+    #[arg(long, default_value_t = MarketLimits::default().max_book_levels)]
+    max_book_levels: usize,
+    /// Level updates in one delta at most (updates); more: `too_many_updates`.
+    #[arg(long, default_value_t = MarketLimits::default().max_delta_updates)]
+    max_delta_updates: usize,
     /// WebSocket connections at most (503 past it).
     #[arg(long, default_value_t = 100_000)]
     max_connections: usize,
@@ -153,6 +162,11 @@ impl ServeArgs {
                 proto_addr: self.ingest,
                 json_addr: self.ingest_json,
                 token: self.token.as_deref().map(Arc::from),
+                market: MarketLimits {
+                    max_symbols: self.max_symbols,
+                    max_book_levels: self.max_book_levels,
+                    max_delta_updates: self.max_delta_updates,
+                },
                 ..IngestConfig::default()
             },
             listen: self.listen,
@@ -240,7 +254,10 @@ fn main() -> anyhow::Result<()> {
             seed,
         } => {
             let stop = stop_flag()?;
-            let cfg = serve.engine_config();
+            let mut cfg = serve.engine_config();
+            // The synthetic books hover around `depth`: leave them room.
+            let levels = &mut cfg.ingest.market.max_book_levels;
+            *levels = (*levels).max(depth.saturating_mul(2));
             let engine = Engine::start(cfg.clone()).context("starting the engine")?;
             let feed = demo::spawn(
                 DemoFeedConfig {

@@ -12,7 +12,7 @@ use tickwire::book::book::OrderBook;
 use tickwire::book::decode::{encode_json_line, encode_proto};
 use tickwire::book::market::{Market, Published};
 use tickwire::book::synth::{SynthConfig, SynthMarket};
-use tickwire::config::IngestConfig;
+use tickwire::config::{IngestConfig, MarketLimits};
 use tickwire::net::ingest::{IngestHandle, IngestServer, MarketSink};
 use tickwire::wire::pb::{self, ingest_message::Body};
 use tickwire::wire::{EncodedFrame, pb::server_message};
@@ -34,11 +34,18 @@ impl MarketSink for Recorder {
 }
 
 fn start(token: Option<&str>) -> (IngestHandle, Recorder) {
+    start_with(IngestConfig {
+        token: token.map(Arc::from),
+        ..IngestConfig::default()
+    })
+}
+
+/// An ingest server with `cfg`, on loopback port 0.
+fn start_with(cfg: IngestConfig) -> (IngestHandle, Recorder) {
     let cfg = IngestConfig {
         proto_addr: "127.0.0.1:0".parse().unwrap(),
         json_addr: "127.0.0.1:0".parse().unwrap(),
-        token: token.map(Arc::from),
-        ..IngestConfig::default()
+        ..cfg
     };
     let rec = Recorder::default();
     let server = IngestServer::bind(cfg).unwrap();
@@ -445,4 +452,238 @@ fn token_is_enforced() {
         1,
         "nothing from the refused feeds was applied"
     );
+}
+
+/// A well-behaved protobuf feed streaming a synthetic market, to check that
+/// whatever else happens its books stay exact.
+struct GoodFeed {
+    stream: TcpStream,
+    synth: SynthMarket,
+    /// Deltas and trades sent.
+    sent: u64,
+    ts: u64,
+}
+
+impl GoodFeed {
+    fn connect(addr: SocketAddr, hello: Option<&str>) -> GoodFeed {
+        let synth = SynthMarket::new(SynthConfig {
+            seed: 11,
+            symbols: 3,
+            ..SynthConfig::default()
+        });
+        let mut stream = connect(addr);
+        let mut first = Vec::new();
+        if let Some(token) = hello {
+            first.push(pb::IngestMessage {
+                body: Some(Body::Hello(pb::Hello {
+                    feed_id: "good".into(),
+                    token: token.into(),
+                })),
+            });
+        }
+        first.extend(synth.snapshots(1));
+        stream.write_all(&proto(&first)).unwrap();
+        GoodFeed {
+            stream,
+            synth,
+            sent: 0,
+            ts: 10,
+        }
+    }
+
+    /// Waits until the ingest thread has every one of the feed's books.
+    fn wait_ready(&self, h: &IngestHandle) {
+        let names: Vec<String> = self.synth.names().map(str::to_string).collect();
+        wait_until("good feed's snapshots", || {
+            let names = names.clone();
+            market(h, move |m| names.iter().all(|n| m.symbol_id(n).is_some()))
+        });
+    }
+
+    fn stream_some(&mut self) {
+        let batch: Vec<_> = (0..100)
+            .map(|i| self.synth.next_event(self.ts + i))
+            .collect();
+        self.ts += 100;
+        self.stream.write_all(&proto(&batch)).unwrap();
+        self.sent += batch.len() as u64;
+    }
+
+    /// Waits until every event sent was applied, then checks each book against
+    /// the feed's own and the published stream for gaps and checksums.
+    fn check(&self, h: &IngestHandle, rec: &Recorder, accepted_before: u64) {
+        let expected = accepted_before + self.sent;
+        wait_until("good feed applied", || {
+            h.counters.accepted.get("delta") + h.counters.accepted.get("trade") >= expected
+        });
+        assert_eq!(
+            h.counters.accepted.get("delta") + h.counters.accepted.get("trade"),
+            expected
+        );
+        for i in 0..self.synth.len() {
+            let name: &'static str = Box::leak(
+                self.synth
+                    .names()
+                    .nth(i)
+                    .unwrap()
+                    .to_string()
+                    .into_boxed_str(),
+            );
+            let (_, b) = book_of(h, name).unwrap();
+            assert_eq!(
+                &b,
+                self.synth.book(i).unwrap(),
+                "{name} equals the feed's book"
+            );
+            assert!(verify_stream(rec, name) > 0, "{name} streamed deltas");
+            assert_eq!(
+                market(h, move |m| m.stale_reason(m.symbol_id(name).unwrap())),
+                None,
+                "{name} is live"
+            );
+        }
+    }
+}
+
+fn levels(n: i64, best: i64, step: i64) -> Vec<(i64, i64)> {
+    (0..n).map(|i| (best + i * step, 1)).collect()
+}
+
+fn delta_of(symbol: &str, seq: u64, updates: Vec<pb::LevelUpdate>) -> pb::IngestMessage {
+    pb::IngestMessage {
+        body: Some(Body::Delta(pb::BookDelta {
+            symbol: symbol.into(),
+            seq,
+            updates,
+            ..Default::default()
+        })),
+    }
+}
+
+fn stale_reasons_of(rec: &Recorder, symbol: &str) -> Vec<String> {
+    rec.0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(n, ..)| n == symbol)
+        .filter_map(|(_, ev, _)| match ev.msg().body.as_ref() {
+            Some(server_message::Body::Stale(s)) => Some(s.reason.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The market limits (PROTOCOL §3 "readable but invalid"): each refusal is a
+/// rejection counted by its reason, the connection stays, a rejected delta for
+/// an owned book is a gap until the next snapshot, and a good feed streaming
+/// meanwhile is untouched. The symbol cap is lowered for the test; the depth
+/// (5 000) and update (10 000) caps are the defaults.
+#[test]
+fn market_limits_reject_and_leave_other_books_alone() {
+    let (h, rec) = start_with(IngestConfig {
+        market: MarketLimits {
+            max_symbols: 5,
+            ..MarketLimits::default()
+        },
+        ..IngestConfig::default()
+    });
+    let depth = MarketLimits::default().max_book_levels as i64;
+    let max_updates = MarketLimits::default().max_delta_updates;
+    let mut good = GoodFeed::connect(h.proto_addr, None);
+    good.wait_ready(&h);
+    good.stream_some();
+    let mut bad = connect(h.proto_addr);
+    let rejected = |reason: &str| h.counters.rejected.get(reason);
+
+    // Symbols 4 and 5 fit (the good feed has 3); a 6th is refused.
+    bad.write_all(&proto(&[
+        snapshot(
+            "DEEP",
+            1,
+            &levels(depth, 100_000, -1),
+            &levels(depth, 100_001, 1),
+        ),
+        snapshot("WIDE", 1, &[(10, 1)], &[(11, 1)]),
+        snapshot("SIXTH", 1, &[(10, 1)], &[(11, 1)]),
+    ]))
+    .unwrap();
+    wait_until("too_many_symbols", || rejected("too_many_symbols") == 1);
+    assert_eq!(book_of(&h, "SIXTH"), None);
+    good.stream_some();
+
+    // One level too many on a side: the snapshot is refused, DEEP stays.
+    bad.write_all(&proto(&[snapshot(
+        "DEEP",
+        2,
+        &levels(depth + 1, 100_000, -1),
+        &[],
+    )]))
+    .unwrap();
+    wait_until("book_too_deep (snapshot)", || {
+        rejected("book_too_deep") == 1
+    });
+    let (seq, b) = book_of(&h, "DEEP").unwrap();
+    assert_eq!(
+        (seq, b.depth(tickwire::book::book::Side::Ask)),
+        (1, depth as usize)
+    );
+
+    // DEEP is at the cap: a delta that removes a level and adds one is fine; one
+    // that ends a level over (re-adding the removed one, adding another) is
+    // refused, and is a gap: the next delta is not applied either.
+    let up = |side: pb::Side, price: i64, size: i64| pb::LevelUpdate {
+        side: side as i32,
+        price,
+        size,
+    };
+    bad.write_all(&proto(&[
+        delta_of(
+            "DEEP",
+            2,
+            vec![
+                up(pb::Side::Bid, 100_000, 0),
+                up(pb::Side::Bid, 100_001 - depth - 5, 3),
+            ],
+        ),
+        delta_of(
+            "DEEP",
+            3,
+            vec![up(pb::Side::Bid, 100_000, 7), up(pb::Side::Bid, 1, 1)],
+        ),
+        delta_of("DEEP", 4, vec![up(pb::Side::Bid, 99_999, 0)]),
+    ]))
+    .unwrap();
+    wait_until("book_too_deep (delta)", || rejected("book_too_deep") == 2);
+    wait_until("stale delta", || rejected("book_stale") == 1);
+    assert_eq!(stale_reasons_of(&rec, "DEEP"), vec!["feed_gap"]);
+    let (seq, b) = book_of(&h, "DEEP").unwrap();
+    assert_eq!(seq, 2, "the first delta was applied, nothing after");
+    assert_eq!(b.depth(tickwire::book::book::Side::Bid), depth as usize);
+    assert_eq!(
+        b.best(tickwire::book::book::Side::Bid).unwrap().price,
+        99_999
+    );
+    good.stream_some();
+
+    // Too many updates in one delta: refused, a gap; a snapshot resumes.
+    let many: Vec<_> = (0..=max_updates as i64)
+        .map(|i| up(pb::Side::Ask, 11 + i % 50, 1 + i))
+        .collect();
+    bad.write_all(&proto(&[
+        delta_of("WIDE", 2, many),
+        snapshot("WIDE", 10, &[(10, 2)], &[(11, 2)]),
+        delta_of("WIDE", 11, vec![up(pb::Side::Bid, 9, 1)]),
+    ]))
+    .unwrap();
+    wait_until("too_many_updates", || rejected("too_many_updates") == 1);
+    wait_until("WIDE resumed", || {
+        book_of(&h, "WIDE").is_some_and(|(seq, _)| seq == 3)
+    });
+    assert_eq!(stale_reasons_of(&rec, "WIDE"), vec!["feed_gap"]);
+    verify_stream(&rec, "DEEP");
+    verify_stream(&rec, "WIDE");
+
+    good.stream_some();
+    good.check(&h, &rec, 2);
+    assert_eq!(h.counters.feeds_open.get(), 2, "both feeds still connected");
 }

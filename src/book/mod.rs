@@ -51,6 +51,23 @@ pub enum RejectReason {
     BookStale(String),
     #[error("hello after the first message")]
     LateHello,
+    #[error(
+        "snapshot for new symbol {symbol}: the market already holds the limit of {max} symbols"
+    )]
+    TooManySymbols { symbol: String, max: usize },
+    #[error("book {symbol}: the {side} side would hold {depth} levels, over the limit of {max}")]
+    BookTooDeep {
+        symbol: String,
+        side: &'static str,
+        depth: usize,
+        max: usize,
+    },
+    #[error("delta for {symbol} has {updates} level updates, over the limit of {max}")]
+    TooManyUpdates {
+        symbol: String,
+        updates: usize,
+        max: usize,
+    },
 }
 
 impl RejectReason {
@@ -68,6 +85,9 @@ impl RejectReason {
             RejectReason::FeedGap { .. } => "feed_gap",
             RejectReason::BookStale(_) => "book_stale",
             RejectReason::LateHello => "late_hello",
+            RejectReason::TooManySymbols { .. } => "too_many_symbols",
+            RejectReason::BookTooDeep { .. } => "book_too_deep",
+            RejectReason::TooManyUpdates { .. } => "too_many_updates",
         }
     }
 }

@@ -103,7 +103,7 @@ impl<const N: usize> LabeledCounter<N> {
 pub const INGEST_KINDS: [&str; 4] = ["snapshot", "delta", "trade", "hello"];
 
 /// Reasons a readable ingest message is rejected (see `book::RejectReason::label`).
-pub const REJECT_REASONS: [&str; 12] = [
+pub const REJECT_REASONS: [&str; 15] = [
     "invalid_symbol",
     "bad_decimal",
     "empty_message",
@@ -115,6 +115,9 @@ pub const REJECT_REASONS: [&str; 12] = [
     "feed_gap",
     "book_stale",
     "late_hello",
+    "too_many_symbols",
+    "book_too_deep",
+    "too_many_updates",
     "other",
 ];
 
@@ -141,7 +144,7 @@ pub struct IngestCounters {
     pub feeds_closed: LabeledCounter<11>,
     pub bytes_read: Counter,
     pub accepted: LabeledCounter<4>,
-    pub rejected: LabeledCounter<12>,
+    pub rejected: LabeledCounter<15>,
     pub published_deltas: Counter,
     pub published_snapshots: Counter,
     pub published_trades: Counter,
@@ -307,6 +310,21 @@ mod tests {
             },
             RejectReason::BookStale(String::new()),
             RejectReason::LateHello,
+            RejectReason::TooManySymbols {
+                symbol: String::new(),
+                max: 0,
+            },
+            RejectReason::BookTooDeep {
+                symbol: String::new(),
+                side: "bid",
+                depth: 0,
+                max: 0,
+            },
+            RejectReason::TooManyUpdates {
+                symbol: String::new(),
+                updates: 0,
+                max: 0,
+            },
         ];
         for r in rejects {
             assert!(REJECT_REASONS.contains(&r.label()), "{}", r.label());

@@ -10,6 +10,9 @@
 //! the rest. Peer input never panics it: bad streams close that feed, bad
 //! messages are rejected, both counted by reason and logged with the feed's id
 //! and address.
+//!
+//! What one peer can cost the others is bounded:
+//! - what the market holds and one message costs ([`crate::config::MarketLimits`]);
 
 use std::io::{self, Read};
 use std::net::SocketAddr;
@@ -148,10 +151,10 @@ impl IngestServer {
             poll: self.poll,
             proto: self.proto,
             json: self.json,
+            market: Market::with_limits(self.cfg.market),
             cfg: self.cfg,
             counters: self.counters,
             control: self.control_rx,
-            market: Market::new(),
             sink,
             feeds: Vec::new(),
             free: Vec::new(),
