@@ -22,6 +22,18 @@ pub struct IngestConfig {
     pub max_feeds: usize,
     /// What feeds may make the market hold and do (symbols, depth, updates).
     pub market: MarketLimits,
+    /// A feed connection that has not completed its first message this long
+    /// after it was accepted is closed (`hello_timeout`), so that silent
+    /// connections cannot hold the `max_feeds` slots. Milliseconds; default
+    /// 10 000 (a 1 MiB first snapshot needs under 1 Mbit/s). 0: no deadline.
+    pub feed_hello_timeout_ms: u64,
+    /// A message whose first bytes arrived this long ago and that is still
+    /// incomplete closes the feed (`message_timeout`): a slow-loris sender, or
+    /// a feed handler stuck half-way through a write, whose books would
+    /// otherwise look live while nothing arrives. Between messages a feed may
+    /// be silent for as long as it likes. Milliseconds; default 30 000 (a
+    /// 1 MiB frame needs 0.3 Mbit/s). 0: no deadline.
+    pub feed_message_timeout_ms: u64,
 }
 
 impl Default for IngestConfig {
@@ -33,6 +45,8 @@ impl Default for IngestConfig {
             max_frame_bytes: MAX_INGEST_FRAME_BYTES,
             max_feeds: 1024,
             market: MarketLimits::default(),
+            feed_hello_timeout_ms: 10_000,
+            feed_message_timeout_ms: 30_000,
         }
     }
 }

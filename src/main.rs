@@ -88,6 +88,15 @@ struct ServeArgs {
     /// Token every feed must present in its Hello.
     #[arg(long, env = "TICKWIRE_INGEST_TOKEN")]
     token: Option<String>,
+    /// Feed connections at most (both listeners); more are closed at accept.
+    #[arg(long, default_value_t = IngestConfig::default().max_feeds)]
+    max_feeds: usize,
+    /// A feed connection must complete its first message within this (ms); 0: no deadline.
+    #[arg(long, default_value_t = IngestConfig::default().feed_hello_timeout_ms)]
+    feed_hello_timeout_ms: u64,
+    /// A feed message must complete within this of its first bytes (ms); 0: no deadline.
+    #[arg(long, default_value_t = IngestConfig::default().feed_message_timeout_ms)]
+    feed_message_timeout_ms: u64,
     /// Symbols at most (created by a first snapshot, never removed); more: `too_many_symbols`.
     #[arg(long, default_value_t = MarketLimits::default().max_symbols)]
     max_symbols: usize,
@@ -162,6 +171,9 @@ impl ServeArgs {
                 proto_addr: self.ingest,
                 json_addr: self.ingest_json,
                 token: self.token.as_deref().map(Arc::from),
+                max_feeds: self.max_feeds,
+                feed_hello_timeout_ms: self.feed_hello_timeout_ms,
+                feed_message_timeout_ms: self.feed_message_timeout_ms,
                 market: MarketLimits {
                     max_symbols: self.max_symbols,
                     max_book_levels: self.max_book_levels,

@@ -2,8 +2,9 @@
 //! several feeds at once, every kind of bad input with its stated answer, and
 //! well-behaved feeds whose books stay exact throughout.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -686,4 +687,311 @@ fn market_limits_reject_and_leave_other_books_alone() {
     good.stream_some();
     good.check(&h, &rec, 2);
     assert_eq!(h.counters.feeds_open.get(), 2, "both feeds still connected");
+}
+
+/// `max_feeds` silent connections cannot lock real feeds out, even with a
+/// token configured: 1 100 connections that never send a byte, against a
+/// limit of 8 feeds (one held by a good feed). Those over the limit are
+/// refused at once; those under it are closed at the hello deadline; then a
+/// real feed gets in. The good feed, which said hello, is never touched.
+#[test]
+fn silent_connections_are_closed_at_the_hello_deadline() {
+    let (h, rec) = start_with(IngestConfig {
+        token: Some(Arc::from("t0k")),
+        max_feeds: 8,
+        feed_hello_timeout_ms: 500,
+        ..IngestConfig::default()
+    });
+    let mut good = GoodFeed::connect(h.proto_addr, Some("t0k"));
+    good.wait_ready(&h);
+    let silent: Vec<TcpStream> = (0..1_100)
+        .map(|i| {
+            TcpStream::connect(if i % 2 == 0 {
+                h.proto_addr
+            } else {
+                h.json_addr
+            })
+            .unwrap()
+        })
+        .collect();
+    good.stream_some();
+    // Each silent connection is refused at the limit or closed at the deadline
+    // (how many of each depends on how fast they arrive against the deadline).
+    wait_until("every silent connection closed", || {
+        h.counters.feeds_closed.get("too_many_feeds") + h.counters.feeds_closed.get("hello_timeout")
+            == 1_100
+    });
+    assert!(h.counters.feeds_closed.get("hello_timeout") >= 7);
+    assert_eq!(h.counters.feeds_accepted.get(), 1_101);
+    assert_eq!(h.counters.feeds_open.get(), 1, "only the good feed is left");
+    let mut real = connect(h.json_addr);
+    real.write_all(b"{\"type\":\"hello\",\"feed_id\":\"late\",\"token\":\"t0k\"}\n")
+        .unwrap();
+    let mut line = String::new();
+    encode_json_line(&snapshot("LATE", 1, &[(5, 1)], &[(6, 1)]), 2, 4, &mut line);
+    real.write_all(line.as_bytes()).unwrap();
+    wait_until("the real feed got in", || book_of(&h, "LATE").is_some());
+    good.stream_some();
+    good.check(&h, &rec, 0);
+    drop(silent);
+}
+
+/// A slow-loris feed that said hello, then sends a message one byte at a
+/// time, is closed at the message deadline; its books go `feed_down`. A feed
+/// that is merely quiet between messages is not.
+#[test]
+fn a_message_dribbled_too_slowly_closes_the_feed() {
+    let (h, rec) = start_with(IngestConfig {
+        feed_message_timeout_ms: 400,
+        ..IngestConfig::default()
+    });
+    let mut good = GoodFeed::connect(h.proto_addr, None);
+    let mut quiet = connect(h.proto_addr);
+    quiet
+        .write_all(&proto(&[snapshot("QUIET", 1, &[(1, 1)], &[(2, 1)])]))
+        .unwrap();
+    let mut slow = connect(h.json_addr);
+    let mut lines = String::new();
+    encode_json_line(&snapshot("SLOW", 1, &[(1, 1)], &[(2, 1)]), 2, 4, &mut lines);
+    slow.write_all(lines.as_bytes()).unwrap();
+    wait_until("SLOW and QUIET exist", || {
+        book_of(&h, "SLOW").is_some() && book_of(&h, "QUIET").is_some()
+    });
+    let start = Instant::now();
+    let mut closed = false;
+    for b in br#"{"type":"delta","symbol":"SLOW","seq":2,"bids":[],"asks":[]"#
+        .iter()
+        .cycle()
+    {
+        good.stream_some();
+        if slow.write_all(&[*b]).is_err() {
+            closed = true;
+            break;
+        }
+        if h.counters.feeds_closed.get("message_timeout") == 1 {
+            closed = true;
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "the slow feed was never closed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(closed);
+    wait_until("message_timeout", || {
+        h.counters.feeds_closed.get("message_timeout") == 1
+    });
+    assert!(start.elapsed() >= Duration::from_millis(400));
+    wait_until("SLOW feed_down", || {
+        stale_reasons_of(&rec, "SLOW") == ["feed_down"]
+    });
+    // QUIET said nothing for as long, and is still open and live.
+    assert!(stale_reasons_of(&rec, "QUIET").is_empty());
+    quiet
+        .write_all(&proto(&[delta("QUIET", 2, pb::Side::Bid, 1, 5)]))
+        .unwrap();
+    wait_until("QUIET still applies", || {
+        book_of(&h, "QUIET").is_some_and(|(seq, _)| seq == 2)
+    });
+    good.check(&h, &rec, 1);
+    assert_eq!(h.counters.feeds_open.get(), 2);
+}
+
+/// A `feed_id` over 64 bytes closes the connection with its own reason; 64
+/// bytes is fine.
+#[test]
+fn an_oversized_feed_id_closes_the_feed() {
+    let (h, rec) = start(None);
+    let mut good = GoodFeed::connect(h.proto_addr, None);
+    let hello = |id: &str| {
+        proto(&[pb::IngestMessage {
+            body: Some(Body::Hello(pb::Hello {
+                feed_id: id.into(),
+                token: String::new(),
+            })),
+        }])
+    };
+    let mut long = connect(h.proto_addr);
+    long.write_all(&hello(&"x".repeat(65))).unwrap();
+    long.write_all(&proto(&[snapshot("LONG", 1, &[(1, 1)], &[])]))
+        .unwrap();
+    assert_closed_by_server(&mut long);
+    wait_until("feed_id_too_long", || {
+        h.counters.feeds_closed.get("feed_id_too_long") == 1
+    });
+    let mut ok = connect(h.proto_addr);
+    ok.write_all(&hello(&"y".repeat(64))).unwrap();
+    ok.write_all(&proto(&[snapshot("OK64", 1, &[(1, 1)], &[])]))
+        .unwrap();
+    wait_until("64 bytes accepted", || book_of(&h, "OK64").is_some());
+    assert_eq!(book_of(&h, "LONG"), None);
+    good.stream_some();
+    good.check(&h, &rec, 0);
+}
+
+/// The real binary, with its stderr log collected line by line.
+struct Served {
+    child: Child,
+    ws_addr: SocketAddr,
+    json_addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Served {
+    /// `tickwire serve` on loopback port 0, one worker, logging at info
+    /// without colours; under `ulimit -n fd_limit` when given (through `sh`).
+    fn start(fd_limit: Option<u32>, args: &[&str]) -> Served {
+        let bin = env!("CARGO_BIN_EXE_tickwire");
+        let mut cmd = match fd_limit {
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ingest",
+            "127.0.0.1:0",
+            "--ingest-json",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--no-pin",
+        ])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn tickwire");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut next = || lines.next().expect("a line").expect("stdout");
+        let ws_addr = next()
+            .strip_prefix("listening on ")
+            .expect("listening on")
+            .parse()
+            .unwrap();
+        let ingest = next();
+        let mut words = ingest.split_whitespace();
+        let json_addr = match words.nth(4) {
+            Some(j) => j.parse().unwrap(),
+            None => panic!("unexpected line {ingest:?}"),
+        };
+        Served {
+            child,
+            ws_addr,
+            json_addr,
+            log,
+        }
+    }
+
+    fn lines_with(&self, needle: &str) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    fn get(&self, path: &str) -> String {
+        let mut s = TcpStream::connect(self.ws_addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `feed_id` full of log-breaking characters reaches the log only escaped:
+/// no raw newline starts a forged line, no raw quote or ANSI escape appears,
+/// and `/metrics` never carries it.
+#[test]
+fn feed_ids_reach_the_log_escaped() {
+    let served = Served::start(None, &[]);
+    // 52 bytes: a forged log line, quotes, an ANSI colour, a carriage return.
+    let evil = "ev\"il\n2030-01-01T00:00:00Z INFO FORGED-LINE\u{1b}[31mRED\r";
+    assert!(evil.len() <= 64);
+    let mut feed = connect(served.json_addr);
+    let mut line = String::new();
+    encode_json_line(
+        &pb::IngestMessage {
+            body: Some(Body::Hello(pb::Hello {
+                feed_id: evil.into(),
+                token: String::new(),
+            })),
+        },
+        0,
+        0,
+        &mut line,
+    );
+    // A rejection is logged with the name too.
+    line.push_str("{\"type\":\"delta\",\"symbol\":\"NOPE\",\"seq\":1}\n");
+    feed.write_all(line.as_bytes()).unwrap();
+    wait_until("hello and rejection logged", || {
+        !served.lines_with("feed hello").is_empty()
+            && !served.lines_with("ingest message rejected").is_empty()
+    });
+    drop(feed);
+    wait_until("disconnect logged", || {
+        !served.lines_with("feed disconnected").is_empty()
+    });
+    let hello = served.lines_with("feed hello").remove(0);
+    let shown = tickwire::book::feed_name::display_feed_id(evil);
+    assert!(hello.contains(&format!("name={shown}")), "{hello}");
+    assert!(shown.starts_with("ev\\u{22}il\\u{a}2030-01-01T00:00:00Z\\u{20}INFO"));
+    assert!(
+        shown.ends_with("FORGED-LINE\\u{1b}\\u{5b}31mRED\\u{d}"),
+        "{shown}"
+    );
+    let log = served.log.lock().unwrap().clone();
+    for l in &log {
+        assert!(
+            !l.contains('\u{1b}') && !l.contains('\r'),
+            "raw control character: {l:?}"
+        );
+        assert!(!l.contains("ev\"il"), "raw quote: {l}");
+        if l.contains("FORGED-LINE") {
+            assert!(
+                l.contains("feed hello")
+                    || l.contains("ingest message rejected")
+                    || l.contains("feed disconnected"),
+                "a forged log line: {l}"
+            );
+        }
+    }
+    assert_eq!(
+        log.iter().filter(|l| l.contains("FORGED-LINE")).count(),
+        3,
+        "hello, rejection and disconnect each name the feed once: {log:#?}"
+    );
+    let metrics = served.get("/metrics");
+    assert!(
+        metrics.contains("tickwire_ingest_messages_total{kind=\"hello\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("FORGED") && !metrics.contains('\u{1b}'));
 }

@@ -5,6 +5,8 @@
 pub mod book;
 pub mod checksum;
 pub mod decode;
+pub mod feed_deadlines;
+pub mod feed_name;
 pub mod market;
 pub mod symbol;
 pub mod synth;
@@ -110,7 +112,8 @@ impl From<RejectReason> for Rejection {
     }
 }
 
-/// Why a feed connection is closed (PROTOCOL §3, "unreadable stream").
+/// Why a feed connection is closed (PROTOCOL §3, "unreadable stream"), by
+/// the decoder or, for the deadlines and the `feed_id` cap, by the ingest loop.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StreamError {
     #[error("frame length {0} exceeds the 1 MiB limit")]
@@ -127,6 +130,12 @@ pub enum StreamError {
     MissingHello,
     #[error("wrong token")]
     BadToken,
+    #[error("no complete first message within {after_ms} ms of connecting")]
+    HelloTimeout { after_ms: u64 },
+    #[error("a message was still incomplete {after_ms} ms after its first bytes")]
+    MessageTimeout { after_ms: u64 },
+    #[error("feed_id of {bytes} bytes, over the limit of {max}", max = feed_name::MAX_FEED_ID_BYTES)]
+    FeedIdTooLong { bytes: usize },
 }
 
 impl StreamError {
@@ -140,6 +149,9 @@ impl StreamError {
             StreamError::LineTooLong => "line_too_long",
             StreamError::MissingHello => "missing_hello",
             StreamError::BadToken => "bad_token",
+            StreamError::HelloTimeout { .. } => "hello_timeout",
+            StreamError::MessageTimeout { .. } => "message_timeout",
+            StreamError::FeedIdTooLong { .. } => "feed_id_too_long",
         }
     }
 }

@@ -122,7 +122,7 @@ pub const REJECT_REASONS: [&str; 15] = [
 ];
 
 /// Reasons a feed connection ends (see `book::StreamError::label`, plus EOF/IO).
-pub const FEED_CLOSE_REASONS: [&str; 11] = [
+pub const FEED_CLOSE_REASONS: [&str; 14] = [
     "frame_too_large",
     "bad_length",
     "undecodable",
@@ -130,6 +130,9 @@ pub const FEED_CLOSE_REASONS: [&str; 11] = [
     "line_too_long",
     "missing_hello",
     "bad_token",
+    "hello_timeout",
+    "message_timeout",
+    "feed_id_too_long",
     "eof",
     "io_error",
     "too_many_feeds",
@@ -141,7 +144,7 @@ pub const FEED_CLOSE_REASONS: [&str; 11] = [
 pub struct IngestCounters {
     pub feeds_open: Gauge,
     pub feeds_accepted: Counter,
-    pub feeds_closed: LabeledCounter<11>,
+    pub feeds_closed: LabeledCounter<14>,
     pub bytes_read: Counter,
     pub accepted: LabeledCounter<4>,
     pub rejected: LabeledCounter<15>,
@@ -337,6 +340,9 @@ mod tests {
             StreamError::LineTooLong,
             StreamError::MissingHello,
             StreamError::BadToken,
+            StreamError::HelloTimeout { after_ms: 0 },
+            StreamError::MessageTimeout { after_ms: 0 },
+            StreamError::FeedIdTooLong { bytes: 0 },
         ];
         for c in closes {
             assert!(FEED_CLOSE_REASONS.contains(&c.label()), "{}", c.label());

@@ -12,13 +12,16 @@
 //! and address.
 //!
 //! What one peer can cost the others is bounded:
+//! - a connection must complete its first message within the hello timeout,
+//!   and any message within the message timeout ([`FeedDeadlines`]);
+//! - a `feed_id` is at most [`MAX_FEED_ID_BYTES`] and logged escaped;
 //! - what the market holds and one message costs ([`crate::config::MarketLimits`]);
 
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
@@ -26,6 +29,8 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use tracing::{debug, info, warn};
 
 use crate::book::decode::{Decoded, FeedDecoder, Framing};
+use crate::book::feed_deadlines::FeedDeadlines;
+use crate::book::feed_name::{MAX_FEED_ID_BYTES, display_feed_id};
 use crate::book::market::{Market, Published};
 use crate::book::{FeedId, RejectReason, StreamError};
 use crate::config::IngestConfig;
@@ -39,6 +44,9 @@ const FIRST_FEED: usize = 16;
 
 /// Reads of one feed per readiness event before the loop serves others.
 const READS_PER_TURN: usize = 16;
+/// Feed deadlines are checked at most this often (with the 100 ms idle poll,
+/// their resolution).
+const DEADLINE_SWEEP_NS: u64 = 50_000_000;
 const READ_BUF_BYTES: usize = 64 * 1024;
 /// Rejections logged at `warn` per feed before only every 10,000th is.
 const REJECTS_LOGGED_PER_FEED: u64 = 20;
@@ -155,6 +163,8 @@ impl IngestServer {
             cfg: self.cfg,
             counters: self.counters,
             control: self.control_rx,
+            epoch: Instant::now(),
+            next_sweep_ns: 0,
             sink,
             feeds: Vec::new(),
             free: Vec::new(),
@@ -223,9 +233,10 @@ struct Feed {
     stream: TcpStream,
     addr: SocketAddr,
     id: FeedId,
-    /// `feed_id` from the Hello, for logs; empty until then.
+    /// `feed_id` from the Hello as logs show it ([`display_feed_id`]); empty until then.
     name: String,
     decoder: FeedDecoder,
+    deadlines: FeedDeadlines,
     rejected: u64,
 }
 
@@ -236,6 +247,9 @@ struct IngestLoop {
     cfg: IngestConfig,
     counters: Arc<IngestCounters>,
     control: Receiver<Control>,
+    /// The origin of the loop's monotonic clock (deadlines, retries, budgets).
+    epoch: Instant,
+    next_sweep_ns: u64,
     market: Market,
     sink: Box<dyn MarketSink>,
     feeds: Vec<Option<Feed>>,
@@ -262,6 +276,11 @@ fn now_ns() -> u64 {
 }
 
 impl IngestLoop {
+    /// The loop's monotonic clock, ns since it started.
+    fn mono_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
     fn run(&mut self) {
         info!(proto = ?self.proto.local_addr().ok(), json = ?self.json.local_addr().ok(), "ingest listening");
         let mut events = Events::with_capacity(1024);
@@ -294,6 +313,7 @@ impl IngestLoop {
             for slot in ready {
                 self.serve_feed(slot);
             }
+            self.sweep_deadlines();
             if !self.serve_control() {
                 self.close_all();
                 return;
@@ -363,6 +383,7 @@ impl IngestLoop {
                     self.cfg.token.clone(),
                     self.cfg.max_frame_bytes,
                 ),
+                deadlines: FeedDeadlines::new(self.mono_ns()),
                 rejected: 0,
             });
             // Bytes may already be waiting (edge-triggered): read them now.
@@ -394,30 +415,42 @@ impl IngestLoop {
             // CLOCK_REALTIME once per read: every message in these bytes was read now.
             let ingest_ts_ns = now_ns();
             feed.decoder.handle_bytes(&self.read_buf[..n]);
-            if let Err(e) = self.drain_decoder(slot, ingest_ts_ns) {
-                return ReadOutcome::Closed(e.label(), e.to_string());
+            let completed = match self.drain_decoder(slot, ingest_ts_ns) {
+                Ok(completed) => completed,
+                Err(e) => return ReadOutcome::Closed(e.label(), e.to_string()),
+            };
+            let now = self.mono_ns();
+            if let Some(feed) = self.feeds.get_mut(slot).and_then(Option::as_mut) {
+                let buffered = feed.decoder.buffered_bytes();
+                feed.deadlines.handle_read(now, completed, buffered);
             }
         }
         ReadOutcome::MoreLater
     }
 
-    /// Applies every complete message buffered for the feed in `slot`.
-    fn drain_decoder(&mut self, slot: usize, ingest_ts_ns: u64) -> Result<(), StreamError> {
+    /// Applies every complete message buffered for the feed in `slot`;
+    /// returns how many there were (accepted or rejected).
+    fn drain_decoder(&mut self, slot: usize, ingest_ts_ns: u64) -> Result<usize, StreamError> {
+        let mut completed = 0;
         loop {
             // The slot is occupied: the caller just used it and nothing in between closes it.
             let Some(feed) = self.feeds[slot].as_mut() else {
-                return Ok(());
+                return Ok(completed);
             };
             let market = &self.market;
             let decoded = match feed.decoder.poll_message(&|s| market.decimals(s))? {
-                None => return Ok(()),
+                None => return Ok(completed),
                 Some(d) => d,
             };
+            completed += 1;
             let feed_id = feed.id;
             let result = match decoded {
                 Ok(Decoded::Hello { feed_id: name }) => {
-                    info!(feed = feed_id.0, addr = %feed.addr, name = %name, "feed hello");
-                    feed.name = name;
+                    if name.len() > MAX_FEED_ID_BYTES {
+                        return Err(StreamError::FeedIdTooLong { bytes: name.len() });
+                    }
+                    feed.name = display_feed_id(&name);
+                    info!(feed = feed_id.0, addr = %feed.addr, name = %feed.name, "feed hello");
                     self.counters.accepted.inc("hello");
                     Ok(())
                 }
@@ -513,6 +546,28 @@ impl IngestLoop {
         }
         self.market.handle_feed_down(feed.id, &mut self.out);
         self.flush_published();
+    }
+
+    /// Closes every feed whose first-message or message deadline has passed
+    /// (at most once per [`DEADLINE_SWEEP_NS`]; O(feeds)).
+    fn sweep_deadlines(&mut self) {
+        let now = self.mono_ns();
+        if now < self.next_sweep_ns {
+            return;
+        }
+        self.next_sweep_ns = now.saturating_add(DEADLINE_SWEEP_NS);
+        for slot in 0..self.feeds.len() {
+            let expired = self.feeds[slot].as_ref().and_then(|f| {
+                f.deadlines.poll_expired(
+                    now,
+                    self.cfg.feed_hello_timeout_ms,
+                    self.cfg.feed_message_timeout_ms,
+                )
+            });
+            if let Some(e) = expired {
+                self.close_feed(slot, e.label(), &e.to_string());
+            }
+        }
     }
 
     fn close_all(&mut self) {
