@@ -831,6 +831,7 @@ fn an_oversized_feed_id_closes_the_feed() {
 struct Served {
     child: Child,
     ws_addr: SocketAddr,
+    proto_addr: SocketAddr,
     json_addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
 }
@@ -887,13 +888,14 @@ impl Served {
             .unwrap();
         let ingest = next();
         let mut words = ingest.split_whitespace();
-        let json_addr = match words.nth(4) {
-            Some(j) => j.parse().unwrap(),
-            None => panic!("unexpected line {ingest:?}"),
+        let (proto_addr, json_addr) = match (words.nth(2), words.nth(1)) {
+            (Some(p), Some(j)) => (p.parse().unwrap(), j.parse().unwrap()),
+            _ => panic!("unexpected line {ingest:?}"),
         };
         Served {
             child,
             ws_addr,
+            proto_addr,
             json_addr,
             log,
         }
@@ -994,4 +996,82 @@ fn feed_ids_reach_the_log_escaped() {
         "{metrics}"
     );
     assert!(!metrics.contains("FORGED") && !metrics.contains('\u{1b}'));
+}
+
+/// Out of file descriptors (the real binary under `ulimit -n`): feeds keep
+/// arriving while the ingest thread cannot accept them; once descriptors are
+/// freed, the queued ones are accepted within the retry period although no new
+/// connection arrives (the listener is edge-triggered), their data is applied,
+/// and the failure was logged once, not once per retry or arrival.
+#[test]
+fn accept_out_of_descriptors_retries_and_logs_once() {
+    // About a dozen descriptors at start-up (stdio, pollers, wakers, three
+    // listeners): 40 leaves room for a couple of dozen feeds.
+    let served = Served::start(Some(40), &[]);
+    let hello = |i: usize| {
+        proto(&[pb::IngestMessage {
+            body: Some(Body::Hello(pb::Hello {
+                feed_id: format!("f{i}"),
+                token: String::new(),
+            })),
+        }])
+    };
+    let connected = || served.lines_with("feed connected").len();
+    let mut feeds = Vec::new();
+    // Connect until the server stops accepting, then ten more.
+    let mut last_accepted = 0;
+    let mut queued = 0;
+    while queued < 10 {
+        assert!(feeds.len() < 200, "never ran out of descriptors");
+        let mut s = connect(served.proto_addr);
+        s.write_all(&hello(feeds.len())).unwrap();
+        feeds.push(s);
+        let before = Instant::now();
+        while connected() < feeds.len() && before.elapsed() < Duration::from_millis(300) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if connected() == feeds.len() {
+            last_accepted = feeds.len();
+        } else {
+            queued += 1;
+        }
+    }
+    // The last queued feed also sends a snapshot while it waits.
+    let late = feeds.len() - 1;
+    feeds[late]
+        .write_all(&proto(&[snapshot("QUEUED", 1, &[(1, 1)], &[(2, 1)])]))
+        .unwrap();
+    // Several retries fail meanwhile (every 100 ms).
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        connected(),
+        last_accepted,
+        "nothing accepted while out of descriptors"
+    );
+    let failures = served.lines_with("accept failed");
+    assert_eq!(failures.len(), 1, "logged once: {failures:#?}");
+    assert!(
+        failures[0].contains("failures_since_last_line=0"),
+        "{}",
+        failures[0]
+    );
+    // Free 12 descriptors: close accepted feeds (the oldest).
+    for s in feeds.drain(..12) {
+        drop(s);
+    }
+    wait_until("queued feeds accepted without a new arrival", || {
+        connected() == last_accepted + 10
+    });
+    // Two descriptors to spare: ask the client port what the queued feed sent.
+    wait_until("the queued feed's snapshot applied", || {
+        served.get("/symbols").contains("\"QUEUED\"")
+    });
+    let metrics = served.get("/metrics");
+    let errors: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tickwire_ingest_accept_errors_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("accept errors metric");
+    assert!(errors >= 5, "retried every 100 ms: {errors}");
+    assert_eq!(served.lines_with("accept failed").len(), 1);
 }

@@ -5,8 +5,12 @@
 //! scrape) load them with relaxed ordering. A scrape may see counters a few
 //! increments apart from each other, never torn values.
 
+pub mod throttle;
+
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use throttle::LogThrottle;
 
 /// A monotonically increasing counter written by one thread.
 #[derive(Debug, Default)]
@@ -144,6 +148,8 @@ pub const FEED_CLOSE_REASONS: [&str; 14] = [
 pub struct IngestCounters {
     pub feeds_open: Gauge,
     pub feeds_accepted: Counter,
+    /// `accept` on a feed listener failed (out of file descriptors, say).
+    pub accept_errors: Counter,
     pub feeds_closed: LabeledCounter<14>,
     pub bytes_read: Counter,
     pub accepted: LabeledCounter<4>,
@@ -159,6 +165,7 @@ impl Default for IngestCounters {
         IngestCounters {
             feeds_open: Gauge::default(),
             feeds_accepted: Counter::default(),
+            accept_errors: Counter::default(),
             feeds_closed: LabeledCounter::new(&FEED_CLOSE_REASONS),
             bytes_read: Counter::default(),
             accepted: LabeledCounter::new(&INGEST_KINDS),
@@ -183,6 +190,11 @@ impl IngestCounters {
             "tickwire_ingest_feeds_accepted_total",
             "Feed connections accepted.",
             self.feeds_accepted.get(),
+        );
+        out.counter(
+            "tickwire_ingest_accept_errors_total",
+            "Failed accepts on the feed listeners (e.g. out of file descriptors); retried every 100 ms.",
+            self.accept_errors.get(),
         );
         out.labeled_counter(
             "tickwire_ingest_feeds_closed_total",

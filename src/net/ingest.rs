@@ -16,6 +16,11 @@
 //!   and any message within the message timeout ([`FeedDeadlines`]);
 //! - a `feed_id` is at most [`MAX_FEED_ID_BYTES`] and logged escaped;
 //! - what the market holds and one message costs ([`crate::config::MarketLimits`]);
+//! - when `accept` fails (out of file descriptors: `EMFILE`), the loop
+//!   retries every [`ACCEPT_RETRY_NS`] (the listeners are edge-triggered, so
+//!   connections already queued would otherwise wait for the next arrival),
+//!   and such repeating warnings are logged once, then at most once per
+//!   [`REPEAT_LOG_INTERVAL_NS`] with a count ([`LogThrottle`]).
 
 use std::io::{self, Read};
 use std::net::SocketAddr;
@@ -34,7 +39,7 @@ use crate::book::feed_name::{MAX_FEED_ID_BYTES, display_feed_id};
 use crate::book::market::{Market, Published};
 use crate::book::{FeedId, RejectReason, StreamError};
 use crate::config::IngestConfig;
-use crate::metrics::IngestCounters;
+use crate::metrics::{IngestCounters, LogThrottle};
 use crate::wire::EncodedFrame;
 
 const PROTO_LISTENER: Token = Token(0);
@@ -44,6 +49,11 @@ const FIRST_FEED: usize = 16;
 
 /// Reads of one feed per readiness event before the loop serves others.
 const READS_PER_TURN: usize = 16;
+/// How long the listeners rest after `accept` failed (other than for a
+/// connection already gone) before the loop tries again.
+pub const ACCEPT_RETRY_NS: u64 = 100_000_000;
+/// A repeating warning is logged once, then at most once per this, with a count.
+pub const REPEAT_LOG_INTERVAL_NS: u64 = 10_000_000_000;
 /// Feed deadlines are checked at most this often (with the 100 ms idle poll,
 /// their resolution).
 const DEADLINE_SWEEP_NS: u64 = 50_000_000;
@@ -164,6 +174,9 @@ impl IngestServer {
             counters: self.counters,
             control: self.control_rx,
             epoch: Instant::now(),
+            accept_retry_ns: None,
+            accept_log: LogThrottle::new(REPEAT_LOG_INTERVAL_NS),
+            refused_log: LogThrottle::new(REPEAT_LOG_INTERVAL_NS),
             next_sweep_ns: 0,
             sink,
             feeds: Vec::new(),
@@ -249,6 +262,11 @@ struct IngestLoop {
     control: Receiver<Control>,
     /// The origin of the loop's monotonic clock (deadlines, retries, budgets).
     epoch: Instant,
+    /// When to call `accept` again after it failed.
+    accept_retry_ns: Option<u64>,
+    accept_log: LogThrottle,
+    /// Feeds refused at `max_feeds`.
+    refused_log: LogThrottle,
     next_sweep_ns: u64,
     market: Market,
     sink: Box<dyn MarketSink>,
@@ -285,13 +303,16 @@ impl IngestLoop {
         info!(proto = ?self.proto.local_addr().ok(), json = ?self.json.local_addr().ok(), "ingest listening");
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = if !self.pending.is_empty() {
+            let mut timeout = if !self.pending.is_empty() {
                 Duration::ZERO
             } else if self.sink.has_pending() {
                 Duration::from_millis(1)
             } else {
                 Duration::from_millis(100)
             };
+            if let Some(at) = self.accept_retry_ns {
+                timeout = timeout.min(Duration::from_nanos(at.saturating_sub(self.mono_ns())));
+            }
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -307,6 +328,13 @@ impl IngestLoop {
                     WAKER => {}
                     Token(t) => ready.push(t - FIRST_FEED),
                 }
+            }
+            // Edge-triggered listeners raise no new event for connections that
+            // were already queued when accept failed: try again on the timer.
+            if self.accept_retry_ns.is_some_and(|at| self.mono_ns() >= at) {
+                self.accept_retry_ns = None;
+                self.accept(Framing::Protobuf);
+                self.accept(Framing::JsonLines);
             }
             ready.sort_unstable();
             ready.dedup();
@@ -344,14 +372,44 @@ impl IngestLoop {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // That connection is gone; the next one may be fine.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    continue;
+                }
                 Err(e) => {
-                    warn!(error = %e, "ingest accept failed");
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM…: the queue stays as it is
+                    // until resources come back; rest, then retry on the timer.
+                    self.counters.accept_errors.inc();
+                    let now = self.mono_ns();
+                    self.accept_retry_ns = Some(now.saturating_add(ACCEPT_RETRY_NS));
+                    if let Some(suppressed) = self.accept_log.handle_event(now) {
+                        warn!(
+                            error = %e,
+                            retry_ms = ACCEPT_RETRY_NS / 1_000_000,
+                            failures_since_last_line = suppressed,
+                            "ingest accept failed; retrying (logged at most every {} s)",
+                            REPEAT_LOG_INTERVAL_NS / 1_000_000_000
+                        );
+                    }
                     return;
                 }
             };
             self.counters.feeds_accepted.inc();
             if self.counters.feeds_open.get() as usize >= self.cfg.max_feeds {
-                warn!(%addr, max = self.cfg.max_feeds, "feed refused: too many feeds");
+                if let Some(suppressed) = self.refused_log.handle_event(self.mono_ns()) {
+                    warn!(
+                        %addr,
+                        max = self.cfg.max_feeds,
+                        refused_since_last_line = suppressed,
+                        "feed refused: too many feeds (logged at most every {} s)",
+                        REPEAT_LOG_INTERVAL_NS / 1_000_000_000
+                    );
+                }
                 self.counters.feeds_closed.inc("too_many_feeds");
                 continue; // dropping the stream closes it
             }
