@@ -12,6 +12,8 @@
 //! and address.
 //!
 //! What one peer can cost the others is bounded:
+//! - a feed's turn ends after [`READS_PER_TURN`] reads or about
+//!   [`FEED_TURN_BUDGET_NS`] of work, whichever comes first;
 //! - a connection must complete its first message within the hello timeout,
 //!   and any message within the message timeout ([`FeedDeadlines`]);
 //! - a `feed_id` is at most [`MAX_FEED_ID_BYTES`] and logged escaped;
@@ -48,7 +50,12 @@ const WAKER: Token = Token(2);
 const FIRST_FEED: usize = 16;
 
 /// Reads of one feed per readiness event before the loop serves others.
-const READS_PER_TURN: usize = 16;
+pub const READS_PER_TURN: usize = 16;
+/// Work (reading, decoding, applying, publishing) one feed's turn may take
+/// before the loop serves the others, checked after each read: one read of
+/// the costliest input a feed can send (64 KiB of one-update deltas that each
+/// shift a 5 000-level side, about 10 ms) still ends its turn.
+pub const FEED_TURN_BUDGET_NS: u64 = 1_000_000;
 /// How long the listeners rest after `accept` failed (other than for a
 /// connection already gone) before the loop tries again.
 pub const ACCEPT_RETRY_NS: u64 = 100_000_000;
@@ -458,6 +465,7 @@ impl IngestLoop {
     }
 
     fn read_feed(&mut self, slot: usize) -> ReadOutcome {
+        let turn_start_ns = self.mono_ns();
         for _ in 0..READS_PER_TURN {
             let Some(feed) = self.feeds.get_mut(slot).and_then(Option::as_mut) else {
                 return ReadOutcome::Drained;
@@ -481,6 +489,9 @@ impl IngestLoop {
             if let Some(feed) = self.feeds.get_mut(slot).and_then(Option::as_mut) {
                 let buffered = feed.decoder.buffered_bytes();
                 feed.deadlines.handle_read(now, completed, buffered);
+            }
+            if now.saturating_sub(turn_start_ns) >= FEED_TURN_BUDGET_NS {
+                return ReadOutcome::MoreLater;
             }
         }
         ReadOutcome::MoreLater
