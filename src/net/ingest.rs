@@ -333,7 +333,8 @@ impl IngestLoop {
                     PROTO_LISTENER => self.accept(Framing::Protobuf),
                     JSON_LISTENER => self.accept(Framing::JsonLines),
                     WAKER => {}
-                    Token(t) => ready.push(t - FIRST_FEED),
+                    // Feed tokens start at FIRST_FEED; nothing else is registered.
+                    Token(t) => ready.extend(t.checked_sub(FIRST_FEED)),
                 }
             }
             // Edge-triggered listeners raise no new event for connections that
@@ -503,7 +504,7 @@ impl IngestLoop {
         let mut completed = 0;
         loop {
             // The slot is occupied: the caller just used it and nothing in between closes it.
-            let Some(feed) = self.feeds[slot].as_mut() else {
+            let Some(feed) = self.feeds.get_mut(slot).and_then(Option::as_mut) else {
                 return Ok(completed);
             };
             let market = &self.market;
@@ -552,7 +553,7 @@ impl IngestLoop {
 
     fn count_rejection(&mut self, slot: usize, reason: &RejectReason) {
         self.counters.rejected.inc(reason.label());
-        let Some(feed) = self.feeds[slot].as_mut() else {
+        let Some(feed) = self.feeds.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
         feed.rejected += 1;
