@@ -36,6 +36,10 @@
 //!   (`net::worker::Worker::drop_client`), which removes it from the core's
 //!   indexes, the timing wheel, the per-IP counts and the open counts
 //!   (`tests/lifecycle.rs` churns thousands of connections back to zero).
+//! - What one feed can make the ingest thread hold and do is bounded:
+//!   symbols, levels per side and updates per delta
+//!   ([`config::MarketLimits`]), the time to a first and to each message,
+//!   and the work of one turn ([`net::ingest`]).
 //! - Limits answer, never silently drop: 503/429 with `Retry-After`,
 //!   `Error{rate_limited}`, close 4001/4002/4003/1009; each counted by reason
 //!   ([`fanout::limits`], [`net::shared::Reject`]).
