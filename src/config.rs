@@ -20,6 +20,20 @@ pub struct IngestConfig {
     pub max_frame_bytes: usize,
     /// Most feed connections at once; further ones are closed at accept. Default 1024.
     pub max_feeds: usize,
+    /// What feeds may make the market hold and do (symbols, depth, updates).
+    pub market: MarketLimits,
+    /// A feed connection that has not completed its first message this long
+    /// after it was accepted is closed (`hello_timeout`), so that silent
+    /// connections cannot hold the `max_feeds` slots. Milliseconds; default
+    /// 10 000 (a 1 MiB first snapshot needs under 1 Mbit/s). 0: no deadline.
+    pub feed_hello_timeout_ms: u64,
+    /// A message whose first bytes arrived this long ago and that is still
+    /// incomplete closes the feed (`message_timeout`): a slow-loris sender, or
+    /// a feed handler stuck half-way through a write, whose books would
+    /// otherwise look live while nothing arrives. Between messages a feed may
+    /// be silent for as long as it likes. Milliseconds; default 30 000 (a
+    /// 1 MiB frame needs 0.3 Mbit/s). 0: no deadline.
+    pub feed_message_timeout_ms: u64,
 }
 
 impl Default for IngestConfig {
@@ -30,6 +44,53 @@ impl Default for IngestConfig {
             token: None,
             max_frame_bytes: MAX_INGEST_FRAME_BYTES,
             max_feeds: 1024,
+            market: MarketLimits::default(),
+            feed_hello_timeout_ms: 10_000,
+            feed_message_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// Bounds on what feeds can make the market ([`crate::book::market::Market`])
+/// hold, and on the work one message can cost the ingest thread. Each
+/// refusal is a rejected message (the feed stays connected), counted by
+/// reason in `tickwire_ingest_rejected_total`.
+///
+/// Worst-case book memory is `max_symbols × 2 × max_book_levels × 16` bytes
+/// (16 GB at the defaults, reached only if every symbol is filled to the cap;
+/// real books hold tens to a few thousand levels), plus as much again while
+/// the fan-out keeps a book's encoded snapshot for subscribers (until its next
+/// delta). `GET /symbols` is re-rendered in O(`max_symbols`) every 250 ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MarketLimits {
+    /// Most symbols. A symbol is created by its first snapshot and never
+    /// removed; a snapshot for a new symbol past this is rejected
+    /// (`too_many_symbols`), existing symbols carry on. Symbols; default
+    /// 100 000 (every listed instrument of several large venues together).
+    pub max_symbols: usize,
+    /// Most levels one side of a book may hold. A snapshot with more on a side
+    /// is rejected (`book_too_deep`); so is a delta that would grow a side past
+    /// it, and the book turns stale as after a gap (PROTOCOL §3). Levels per
+    /// side; default 5 000: the deepest snapshot the large venues publish
+    /// (Binance's and OKX's REST depth limit; Kraken 1 000, Bybit 1 000). A
+    /// book kept from such a snapshot plus diffs is incomplete past the
+    /// snapshot's depth anyway, so a feed handler should trim it there.
+    pub max_book_levels: usize,
+    /// Most level updates in one delta; more is rejected (`too_many_updates`)
+    /// and the book turns stale as after a gap. Updates; default 10 000:
+    /// twice the depth cap (both sides of a full book rewritten), well above
+    /// the largest diffs feeds send (hundreds of levels in a 100 ms Binance
+    /// diff at a burst). Bounds the work of one message: see
+    /// [`crate::book::book::OrderBook::apply_updates`] for the measured cost.
+    pub max_delta_updates: usize,
+}
+
+impl Default for MarketLimits {
+    fn default() -> Self {
+        MarketLimits {
+            max_symbols: 100_000,
+            max_book_levels: 5_000,
+            max_delta_updates: 10_000,
         }
     }
 }

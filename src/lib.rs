@@ -42,6 +42,10 @@
 //!   the slow-consumer policy and the maximum lag apply to that
 //!   ([`fanout::outbox`], `WorkerCore::handle_kernel_unsent`).
 //! - A thread that dies is never left half alive ([`net::health`]).
+//! - What one feed can make the ingest thread hold and do is bounded:
+//!   symbols, levels per side and updates per delta
+//!   ([`config::MarketLimits`]), the time to a first and to each message,
+//!   and the work of one turn ([`net::ingest`]).
 //! - Limits answer, never silently drop: 503/429 with `Retry-After`,
 //!   `Error{rate_limited}`, close 4001/4002/4003/1009; each counted by reason
 //!   ([`fanout::limits`], [`net::shared::Reject`]).

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use tickwire::book::synth::SynthConfig;
-use tickwire::config::IngestConfig;
+use tickwire::config::{IngestConfig, MarketLimits};
 use tickwire::fanout::limits::{IpLimitConfig, Rate, RequestLimits};
 use tickwire::fanout::worker::WorkerConfig;
 use tickwire::net::demo::{self, DemoFeedConfig};
@@ -88,6 +88,24 @@ struct ServeArgs {
     /// its value is never printed, not even by --help).
     #[arg(long, env = "TICKWIRE_INGEST_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Feed connections at most (both listeners); more are closed at accept.
+    #[arg(long, default_value_t = IngestConfig::default().max_feeds)]
+    max_feeds: usize,
+    /// A feed connection must complete its first message within this (ms); 0: no deadline.
+    #[arg(long, default_value_t = IngestConfig::default().feed_hello_timeout_ms)]
+    feed_hello_timeout_ms: u64,
+    /// A feed message must complete within this of its first bytes (ms); 0: no deadline.
+    #[arg(long, default_value_t = IngestConfig::default().feed_message_timeout_ms)]
+    feed_message_timeout_ms: u64,
+    /// Symbols at most (created by a first snapshot, never removed); more: `too_many_symbols`.
+    #[arg(long, default_value_t = MarketLimits::default().max_symbols)]
+    max_symbols: usize,
+    /// Levels per side of a book at most (levels); deeper: `book_too_deep`.
+    #[arg(long, default_value_t = MarketLimits::default().max_book_levels)]
+    max_book_levels: usize,
+    /// Level updates in one delta at most (updates); more: `too_many_updates`.
+    #[arg(long, default_value_t = MarketLimits::default().max_delta_updates)]
+    max_delta_updates: usize,
     /// WebSocket connections at most (503 past it).
     #[arg(long, default_value_t = 100_000)]
     max_connections: usize,
@@ -157,6 +175,14 @@ impl ServeArgs {
                 proto_addr: self.ingest,
                 json_addr: self.ingest_json,
                 token: self.token.as_deref().map(Arc::from),
+                max_feeds: self.max_feeds,
+                feed_hello_timeout_ms: self.feed_hello_timeout_ms,
+                feed_message_timeout_ms: self.feed_message_timeout_ms,
+                market: MarketLimits {
+                    max_symbols: self.max_symbols,
+                    max_book_levels: self.max_book_levels,
+                    max_delta_updates: self.max_delta_updates,
+                },
                 ..IngestConfig::default()
             },
             listen: self.listen,
@@ -264,7 +290,10 @@ fn main() -> anyhow::Result<()> {
             seed,
         } => {
             let stop = stop_flag()?;
-            let cfg = serve.engine_config();
+            let mut cfg = serve.engine_config();
+            // The synthetic books hover around `depth`: leave them room.
+            let levels = &mut cfg.ingest.market.max_book_levels;
+            *levels = (*levels).max(depth.saturating_mul(2));
             warn_if_open_to_any_origin(&cfg);
             let engine = Engine::start(cfg.clone()).context("starting the engine")?;
             let feed = demo::spawn(

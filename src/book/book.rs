@@ -14,11 +14,17 @@ use crate::wire::pb;
 
 use super::checksum;
 
-/// Most levels one side may hold. A snapshot is at most 1 MiB (PROTOCOL §3,
-/// about 170 000 levels at the smallest encoding), so only a long run of
-/// deltas can get near this; the cap bounds a misbehaving feed's memory at
-/// 16 MiB per side and the cost of one insert's `memmove`.
+/// Most levels one side may ever hold, whatever the configuration: the
+/// structural ceiling behind [`OrderBook::apply`]'s `SideFull`. The market
+/// enforces a much lower, configured cap
+/// ([`MarketLimits::max_book_levels`](crate::config::MarketLimits), default
+/// 5 000) through [`OrderBook::apply_updates`].
 pub const MAX_LEVELS_PER_SIDE: usize = 1 << 20;
+
+/// Levels that [`OrderBook::apply_updates`] may shift with one-by-one inserts
+/// and removes, beyond twice the book's depth, before it merges the rest of
+/// the delta in one pass instead.
+const SEQUENTIAL_MOVE_SLACK: usize = 64;
 
 /// A side of the book.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -96,6 +102,29 @@ pub enum LevelError {
     },
     #[error("{side} has {depth} levels, over the limit of {MAX_LEVELS_PER_SIDE}")]
     TooDeep { side: &'static str, depth: usize },
+}
+
+/// Why a delta's level updates cannot be applied to a book; nothing was applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpdateError {
+    #[error("update {index} has side {side}; must be BID or ASK")]
+    BadSide { index: usize, side: i32 },
+    #[error("update {index} has negative size {size}")]
+    NegativeSize { index: usize, size: i64 },
+    #[error("the {side} side would hold {depth} levels, over the limit of {max}")]
+    TooDeep {
+        side: &'static str,
+        depth: usize,
+        max: usize,
+    },
+}
+
+/// Reusable buffers for [`OrderBook::apply_updates`], so that its merge path
+/// allocates only until they have grown to the largest delta and side seen.
+#[derive(Debug, Default)]
+pub struct UpdateScratch {
+    updates: Vec<pb::LevelUpdate>,
+    levels: Vec<pb::Level>,
 }
 
 /// Checks that `levels` (best first) can be one side of a book: prices
@@ -249,6 +278,190 @@ impl OrderBook {
         }
     }
 
+    /// Applies a delta's `updates` in order (each sets the absolute size of a
+    /// level; 0 removes it), all or nothing: an update with an unknown side or
+    /// a negative size, or a result with more than `max_levels_per_side`
+    /// levels on a side (counted exactly, after the whole delta), is an error
+    /// and the book is unchanged.
+    ///
+    /// # Cost
+    ///
+    /// O(U log L) searches for U updates on sides of L levels, plus at most
+    /// 2·L + 64 levels shifted one by one, plus, past that, one merge of the
+    /// rest: O(U log U) to sort it and one pass over each side. Updates near
+    /// the touch (the normal case) shift a few levels each and never reach the
+    /// merge; a delta of deep inserts and removes, each shifting a whole side,
+    /// switches to the merge after two or three of them. Without the merge, a
+    /// 10 000-update delta of deep moves on a 5 000-level side shifted 50 M
+    /// levels (800 MB of `memmove`).
+    ///
+    /// Measured at the default caps (5 000 levels a side, 10 000 updates;
+    /// release build on one shared core, `cargo test --release --lib
+    /// book::market::tests::worst_case_costs -- --ignored --nocapture`, two
+    /// runs): the delta above applies in 0.45–0.47 ms (26–50 ms one update at
+    /// a time); the costliest, 10 000 distinct prices rewriting a full side
+    /// (two sorts and a merge), in 1.7–1.8 ms. What the merge cannot remove is
+    /// one deep insert or remove per delta: a one-update delta that shifts a
+    /// full side costs 2.4–2.9 µs against 0.2–0.45 µs at the touch, about
+    /// 130–160 ms per MiB of such 19-byte deltas.
+    pub fn apply_updates(
+        &mut self,
+        updates: &[pb::LevelUpdate],
+        max_levels_per_side: usize,
+        scratch: &mut UpdateScratch,
+    ) -> Result<(), UpdateError> {
+        let max = max_levels_per_side.min(MAX_LEVELS_PER_SIDE);
+        // Inserts per side, counting repeats: an upper bound on the growth.
+        let mut inserts = [0usize; 2];
+        for (index, u) in updates.iter().enumerate() {
+            let Some(side) = Side::from_pb(u.side) else {
+                return Err(UpdateError::BadSide {
+                    index,
+                    side: u.side,
+                });
+            };
+            if u.size < 0 {
+                return Err(UpdateError::NegativeSize {
+                    index,
+                    size: u.size,
+                });
+            }
+            if u.size > 0 {
+                inserts[side_index(side)] += 1;
+            }
+        }
+        for side in [Side::Bid, Side::Ask] {
+            let depth = self.depth(side);
+            if depth.saturating_add(inserts[side_index(side)]) <= max {
+                continue;
+            }
+            let after = self.depth_after(side, updates, scratch);
+            if after > max {
+                return Err(UpdateError::TooDeep {
+                    side: side.label(),
+                    depth: after,
+                    max,
+                });
+            }
+        }
+        // One by one while that stays cheap (and no insert could hit the
+        // structural ceiling on the way); then merge what is left.
+        let one_by_one = [Side::Bid, Side::Ask]
+            .iter()
+            .all(|&s| self.depth(s).saturating_add(inserts[side_index(s)]) <= MAX_LEVELS_PER_SIDE);
+        let budget = 2 * (self.bids.len() + self.asks.len()) + SEQUENTIAL_MOVE_SLACK;
+        let mut moved = 0usize;
+        let mut done = 0;
+        if one_by_one {
+            while done < updates.len() && moved <= budget {
+                let u = &updates[done];
+                // Validated above: the side is known, the size >= 0.
+                if let Some(side) = Side::from_pb(u.side) {
+                    moved += self.set_level(side, u.price, u.size);
+                }
+                done += 1;
+            }
+        }
+        if done < updates.len() {
+            self.merge(&updates[done..], scratch);
+        }
+        debug_assert!(self.bids.len() <= max && self.asks.len() <= max);
+        debug_assert!(self.invariants_hold());
+        Ok(())
+    }
+
+    /// The depth of `side` after `updates` (their last size per price wins).
+    fn depth_after(
+        &self,
+        side: Side,
+        updates: &[pb::LevelUpdate],
+        scratch: &mut UpdateScratch,
+    ) -> usize {
+        let ups = &mut scratch.updates;
+        ups.clear();
+        ups.extend(updates.iter().filter(|u| u.side == side.to_pb() as i32));
+        last_per_price(ups);
+        let levels = self.side_vec(side);
+        let mut depth = levels.len();
+        for u in ups.iter() {
+            match (Self::search(side, levels, u.price).is_ok(), u.size > 0) {
+                (false, true) => depth += 1,
+                (true, false) => depth -= 1,
+                _ => {}
+            }
+        }
+        depth
+    }
+
+    /// Sets one level (validated side, size >= 0, room on the side); returns
+    /// how many levels it shifted.
+    fn set_level(&mut self, side: Side, price: i64, size: i64) -> usize {
+        let levels = match side {
+            Side::Bid => &mut self.bids,
+            Side::Ask => &mut self.asks,
+        };
+        match (Self::search(side, levels, price), size) {
+            (Ok(i), 0) => {
+                levels.remove(i);
+                levels.len() - i
+            }
+            (Ok(i), _) => {
+                levels[i].size = size;
+                0
+            }
+            (Err(_), 0) => 0,
+            (Err(i), _) => {
+                levels.insert(i, pb::Level { price, size });
+                levels.len() - 1 - i
+            }
+        }
+    }
+
+    /// Applies `updates` (validated) as one merge per side: sorted by price,
+    /// the last size per price wins (sizes are absolute, so that is what
+    /// applying them in order gives), then each side is rebuilt in one pass.
+    fn merge(&mut self, updates: &[pb::LevelUpdate], scratch: &mut UpdateScratch) {
+        for side in [Side::Bid, Side::Ask] {
+            let ups = &mut scratch.updates;
+            ups.clear();
+            ups.extend(updates.iter().filter(|u| u.side == side.to_pb() as i32));
+            if ups.is_empty() {
+                continue;
+            }
+            last_per_price(ups);
+            let levels = match side {
+                Side::Bid => &mut self.bids,
+                Side::Ask => &mut self.asks,
+            };
+            let new = &mut scratch.levels;
+            new.clear();
+            new.reserve(levels.len() + ups.len());
+            let mut i = 0;
+            // Storage order: bids ascending, asks descending (best last).
+            let mut step = |u: &pb::LevelUpdate| {
+                while i < levels.len() && side.is_better(u.price, levels[i].price) {
+                    new.push(levels[i]);
+                    i += 1;
+                }
+                if i < levels.len() && levels[i].price == u.price {
+                    i += 1;
+                }
+                if u.size > 0 {
+                    new.push(pb::Level {
+                        price: u.price,
+                        size: u.size,
+                    });
+                }
+            };
+            match side {
+                Side::Bid => ups.iter().for_each(&mut step),
+                Side::Ask => ups.iter().rev().for_each(&mut step),
+            }
+            new.extend_from_slice(&levels[i..]);
+            std::mem::swap(levels, new);
+        }
+    }
+
     /// The levels of `side`, best first.
     pub fn levels(
         &self,
@@ -327,6 +540,27 @@ impl OrderBook {
         }
         side_ok(Side::Bid, &self.bids) && side_ok(Side::Ask, &self.asks)
     }
+}
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::Bid => 0,
+        Side::Ask => 1,
+    }
+}
+
+/// Sorts one side's updates by price, keeping only the last of each price (a
+/// stable sort keeps them in delta order within a price).
+fn last_per_price(ups: &mut Vec<pb::LevelUpdate>) {
+    ups.sort_by_key(|u| u.price);
+    ups.dedup_by(|later, kept| {
+        if later.price == kept.price {
+            kept.size = later.size;
+            true
+        } else {
+            false
+        }
+    });
 }
 
 #[cfg(test)]
@@ -489,5 +723,148 @@ mod tests {
         let mut sorted = bids.clone();
         sorted.sort_unstable_by(|a, b| b.cmp(a));
         assert_eq!(bids, sorted);
+    }
+
+    fn up(side: Side, price: i64, size: i64) -> pb::LevelUpdate {
+        pb::LevelUpdate {
+            side: side.to_pb() as i32,
+            price,
+            size,
+        }
+    }
+
+    /// The reference: [`OrderBook::apply`] one update after the other.
+    fn one_by_one(book: &OrderBook, updates: &[pb::LevelUpdate]) -> OrderBook {
+        let mut b = book.clone();
+        for u in updates {
+            b.apply(Side::from_pb(u.side).unwrap(), u.price, u.size);
+        }
+        b
+    }
+
+    fn ladder(depth: i64) -> OrderBook {
+        let bids: Vec<_> = (0..depth).map(|i| lv(1_000 - i, 1 + i)).collect();
+        let asks: Vec<_> = (0..depth).map(|i| lv(1_001 + i, 1 + i)).collect();
+        OrderBook::from_levels(&bids, &asks).unwrap()
+    }
+
+    #[test]
+    fn apply_updates_is_all_or_nothing() {
+        let mut b = ladder(3);
+        let before = b.clone();
+        let mut scratch = UpdateScratch::default();
+        let bad_side = [
+            up(Side::Bid, 990, 1),
+            pb::LevelUpdate {
+                side: 0,
+                price: 1,
+                size: 1,
+            },
+        ];
+        assert_eq!(
+            b.apply_updates(&bad_side, 100, &mut scratch),
+            Err(UpdateError::BadSide { index: 1, side: 0 })
+        );
+        let negative = [up(Side::Bid, 990, 1), up(Side::Ask, 2_000, -5)];
+        assert_eq!(
+            b.apply_updates(&negative, 100, &mut scratch),
+            Err(UpdateError::NegativeSize { index: 1, size: -5 })
+        );
+        assert_eq!(b, before);
+    }
+
+    #[test]
+    fn the_depth_cap_counts_the_result_exactly() {
+        let mut scratch = UpdateScratch::default();
+        // A side at the cap of 3: updating, removing-then-adding, and adding
+        // then removing within one delta are fine.
+        let mut b = ladder(3);
+        let ok = [
+            up(Side::Bid, 1_000, 9), // update in place
+            up(Side::Bid, 998, 0),   // remove ...
+            up(Side::Bid, 995, 4),   // ... and add: still 3
+            up(Side::Bid, 990, 1),   // 4 for a moment ...
+            up(Side::Bid, 990, 0),   // ... back to 3
+            up(Side::Bid, 1_005, 0), // removing an absent level: a no-op
+            up(Side::Ask, 1_001, 2), // the other side, in place
+        ];
+        let expect = one_by_one(&b, &ok);
+        assert_eq!(b.apply_updates(&ok, 3, &mut scratch), Ok(()));
+        assert_eq!(b, expect);
+        assert_eq!(b.depth(Side::Bid), 3);
+        // One level more than the cap: refused, the book unchanged.
+        let before = b.clone();
+        let grow = [
+            up(Side::Ask, 1_001, 0),
+            up(Side::Ask, 1_100, 1),
+            up(Side::Ask, 1_101, 1),
+        ];
+        assert_eq!(
+            b.apply_updates(&grow, 3, &mut scratch),
+            Err(UpdateError::TooDeep {
+                side: "ask",
+                depth: 4,
+                max: 3
+            })
+        );
+        assert_eq!(b, before);
+        // The same price twice counts once; its last size decides.
+        let twice = [
+            up(Side::Ask, 1_100, 1),
+            up(Side::Ask, 1_100, 2),
+            up(Side::Ask, 1_001, 0),
+        ];
+        assert_eq!(b.apply_updates(&twice, 3, &mut scratch), Ok(()));
+        assert_eq!(b.size_at(Side::Ask, 1_100), Some(2));
+        assert_eq!(b.depth(Side::Ask), 3);
+    }
+
+    #[test]
+    fn deep_moves_give_the_same_book_as_one_by_one() {
+        // Alternating inserts and removes of the deepest bid shift the whole
+        // side each time: the budget (2 × 400 + 64) is spent after ~2 of them.
+        let b = ladder(200);
+        let updates: Vec<_> = (0..1_000)
+            .map(|k| up(Side::Bid, 1, (k + 1) % 2))
+            .chain((0..1_000).map(|k| up(Side::Ask, 5_000 + k % 7, k % 3)))
+            .collect();
+        let mut got = b.clone();
+        got.apply_updates(&updates, 10_000, &mut UpdateScratch::default())
+            .unwrap();
+        assert_eq!(got, one_by_one(&b, &updates));
+        assert!(got.invariants_hold());
+    }
+
+    #[test]
+    fn merge_equals_one_by_one_on_mixed_updates() {
+        let mut rng = crate::book::synth::Rng::new(5);
+        let mut scratch = UpdateScratch::default();
+        for round in 0..300 {
+            let depth = rng.below(40) as i64;
+            let book = ladder(depth);
+            let n = rng.below(60) as usize;
+            let updates: Vec<_> = (0..n)
+                .map(|_| {
+                    let side = if rng.below(2) == 0 {
+                        Side::Bid
+                    } else {
+                        Side::Ask
+                    };
+                    // Prices inside, around and beyond both sides; many repeats.
+                    let price = 950 + rng.below(100) as i64;
+                    up(side, price, rng.below(3) as i64)
+                })
+                .collect();
+            let expect = one_by_one(&book, &updates);
+            let mut merged = book.clone();
+            merged.merge(&updates, &mut scratch);
+            assert_eq!(merged, expect, "round {round}");
+            assert!(merged.invariants_hold());
+            let mut applied = book.clone();
+            applied
+                .apply_updates(&updates, MAX_LEVELS_PER_SIDE, &mut scratch)
+                .unwrap();
+            assert_eq!(applied, expect, "round {round}");
+        }
     }
 }

@@ -23,14 +23,19 @@
 //! - tickwire's own book sequence per symbol starts at 1 and takes one number
 //!   per published delta or snapshot, never decreasing; the trade sequence is
 //!   separate, contiguous from 1.
+//! - What one feed can make it hold and do is bounded ([`MarketLimits`]):
+//!   symbols (`TooManySymbols`), levels per side (`BookTooDeep`) and level
+//!   updates per delta (`TooManyUpdates`). A rejected delta for a book its
+//!   feed owns turns the book stale, as for a gap.
 
 use std::collections::HashMap;
 
 use crate::wire::pb;
 use crate::wire::pb::server_message::Body;
 
-use super::book::{MAX_LEVELS_PER_SIDE, OrderBook, Side};
+use super::book::{MAX_LEVELS_PER_SIDE, OrderBook, Side, UpdateError, UpdateScratch};
 use super::{FeedId, RejectReason, SymbolId};
+pub use crate::config::MarketLimits;
 
 /// Largest `price_decimals` / `size_decimals` (PROTOCOL §1).
 pub const MAX_DECIMALS: i32 = 18;
@@ -180,16 +185,39 @@ struct SymbolState {
 /// - `owner.is_none()` exactly when `stale == Some(FeedDown)`: only a feed's
 ///   disconnect clears ownership, and only a snapshot sets it (and clears `stale`).
 /// - `seq ≥ 1` and never decreases; `trade_seq` never decreases.
+/// - `symbols.len() ≤ limits.max_symbols`; each side of each book holds at
+///   most `limits.max_book_levels` levels.
 #[derive(Debug, Default)]
 pub struct Market {
     ids: HashMap<Box<str>, SymbolId>,
     symbols: Vec<SymbolState>,
     owned: HashMap<FeedId, Vec<SymbolId>>,
+    limits: MarketLimits,
+    /// Buffers of [`OrderBook::apply_updates`], kept warm across deltas.
+    scratch: UpdateScratch,
 }
 
 impl Market {
+    /// A market with the default [`MarketLimits`].
     pub fn new() -> Market {
         Market::default()
+    }
+
+    /// A market with `limits` (the depth cap taken at most
+    /// [`MAX_LEVELS_PER_SIDE`], the symbol cap at most `u32::MAX`).
+    pub fn with_limits(limits: MarketLimits) -> Market {
+        Market {
+            limits: MarketLimits {
+                max_symbols: limits.max_symbols.min(u32::MAX as usize),
+                max_book_levels: limits.max_book_levels.min(MAX_LEVELS_PER_SIDE),
+                max_delta_updates: limits.max_delta_updates,
+            },
+            ..Market::default()
+        }
+    }
+
+    pub fn limits(&self) -> &MarketLimits {
+        &self.limits
     }
 
     /// A feed's snapshot replaces the symbol's whole book (creating the symbol
@@ -197,8 +225,12 @@ impl Market {
     /// takes the next book sequence. Publishes the snapshot (the incoming levels,
     /// already best first, with tickwire's seq, checksum and `ingest_ts_ns`).
     ///
-    /// Rejected, changing nothing: decimals outside 0..=18 (`BadDecimals`), or
-    /// levels that are not strictly best first with sizes > 0 (`BadLevel`).
+    /// Rejected, changing nothing, in the order checked: decimals outside
+    /// 0..=18 (`BadDecimals`); a new symbol when the market already holds
+    /// `max_symbols` (`TooManySymbols`); more than `max_book_levels` levels on
+    /// a side (`BookTooDeep`); levels that are not strictly best first with
+    /// sizes > 0 (`BadLevel`). A rejected snapshot leaves the symbol as it was
+    /// (its feed's next delta will not follow on, and is a gap).
     pub fn handle_snapshot(
         &mut self,
         feed: FeedId,
@@ -208,10 +240,28 @@ impl Market {
     ) -> Result<SymbolId, RejectReason> {
         let price_decimals = decimals(snap.price_decimals)?;
         let size_decimals = decimals(snap.size_decimals)?;
+        let existing = self.ids.get(snap.symbol.as_str()).copied();
+        if existing.is_none() && self.symbols.len() >= self.limits.max_symbols {
+            return Err(RejectReason::TooManySymbols {
+                symbol: snap.symbol,
+                max: self.limits.max_symbols,
+            });
+        }
+        let max = self.limits.max_book_levels;
+        for (side, levels) in [("bid", &snap.bids), ("ask", &snap.asks)] {
+            if levels.len() > max {
+                return Err(RejectReason::BookTooDeep {
+                    symbol: snap.symbol,
+                    side,
+                    depth: levels.len(),
+                    max,
+                });
+            }
+        }
         let bad_level =
             |e: super::book::LevelError| RejectReason::BadLevel(format!("{}: {e}", snap.symbol));
-        let id = match self.ids.get(snap.symbol.as_str()) {
-            Some(&id) => {
+        let id = match existing {
+            Some(id) => {
                 self.state_mut(id)
                     .book
                     .replace_from_levels(&snap.bids, &snap.asks)
@@ -277,9 +327,15 @@ impl Market {
     /// - `BookStale`: the book is stale after a gap; waiting for a snapshot.
     /// - `FeedGap`: `seq` is not the previous one + 1. The book turns stale and
     ///   one `Stale{feed_gap}` is published.
-    /// - `BadLevel`: an update with an unknown side, a negative size, or that
-    ///   could overflow a side's depth limit. Nothing is applied, and the book
-    ///   turns stale as for a gap (PROTOCOL §3: an owner's rejected delta).
+    /// - `TooManyUpdates`: more than `max_delta_updates` level updates.
+    /// - `BadLevel`: an update with an unknown side or a negative size.
+    /// - `BookTooDeep`: after the delta a side would hold more than
+    ///   `max_book_levels` levels (counted exactly: updates and removals of
+    ///   existing levels do not count).
+    ///
+    /// For the last three nothing is applied, and the book turns stale as for
+    /// a gap (PROTOCOL §3: an owner's rejected delta). The work is bounded by
+    /// the limits: see [`OrderBook::apply_updates`].
     pub fn handle_delta(
         &mut self,
         feed: FeedId,
@@ -290,7 +346,9 @@ impl Market {
         let Some(&id) = self.ids.get(delta.symbol.as_str()) else {
             return Err(RejectReason::NoSnapshot(delta.symbol));
         };
-        let st = self.state_mut(id);
+        // Ids in `ids` are in bounds (`# Invariants`); borrowed by field so that
+        // the scratch buffers can be lent alongside.
+        let st = &mut self.symbols[id.0 as usize];
         if st.owner != Some(feed) {
             return Err(RejectReason::NotOwner(delta.symbol));
         }
@@ -308,15 +366,31 @@ impl Market {
                 got: delta.seq,
             });
         }
-        if let Err(why) = check_updates(&st.book, &delta.updates) {
+        let max = self.limits.max_delta_updates;
+        if delta.updates.len() > max {
             mark_stale(id, st, FeedStale::FeedGap, out);
-            return Err(RejectReason::BadLevel(format!("{}: {why}", delta.symbol)));
+            return Err(RejectReason::TooManyUpdates {
+                updates: delta.updates.len(),
+                symbol: delta.symbol,
+                max,
+            });
         }
-        for u in &delta.updates {
-            // `check_updates` accepted every side; a `None` here cannot happen.
-            if let Some(side) = Side::from_pb(u.side) {
-                st.book.apply(side, u.price, u.size);
-            }
+        let applied = st.book.apply_updates(
+            &delta.updates,
+            self.limits.max_book_levels,
+            &mut self.scratch,
+        );
+        if let Err(why) = applied {
+            mark_stale(id, st, FeedStale::FeedGap, out);
+            return Err(match why {
+                UpdateError::TooDeep { side, depth, max } => RejectReason::BookTooDeep {
+                    symbol: delta.symbol,
+                    side,
+                    depth,
+                    max,
+                },
+                e => RejectReason::BadLevel(format!("{}: {e}", delta.symbol)),
+            });
         }
         st.feed_seq = delta.seq;
         st.seq = st.seq.saturating_add(1);
@@ -574,27 +648,6 @@ fn mark_stale(id: SymbolId, st: &mut SymbolState, reason: FeedStale, out: &mut V
         reason,
         msg,
     });
-}
-
-/// Checks that every update of a delta can be applied to `book`, so that a
-/// delta applies entirely or not at all.
-fn check_updates(book: &OrderBook, updates: &[pb::LevelUpdate]) -> Result<(), String> {
-    for (i, u) in updates.iter().enumerate() {
-        let Some(side) = Side::from_pb(u.side) else {
-            return Err(format!("update {i} has side {}", u.side));
-        };
-        if u.size < 0 {
-            return Err(format!("update {i} has negative size {}", u.size));
-        }
-        // Conservative: as if every update were an insert on this side.
-        if book.depth(side).saturating_add(updates.len()) > MAX_LEVELS_PER_SIDE {
-            return Err(format!(
-                "{} side would exceed {MAX_LEVELS_PER_SIDE} levels",
-                side.label()
-            ));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -1113,6 +1166,186 @@ mod tests {
         assert_eq!((s.price_decimals, s.size_decimals, s.checksum), (0, 18, 0));
     }
 
+    fn limited(max_symbols: usize, max_book_levels: usize, max_delta_updates: usize) -> Market {
+        Market::with_limits(MarketLimits {
+            max_symbols,
+            max_book_levels,
+            max_delta_updates,
+        })
+    }
+
+    #[test]
+    fn a_new_symbol_past_the_limit_is_rejected_and_the_others_carry_on() {
+        let mut m = limited(2, 100, 100);
+        let mut out = Vec::new();
+        let btc = m
+            .handle_snapshot(A, snap("BTC-USD", 1, &[(1, 1)], &[]), 0, &mut out)
+            .unwrap();
+        m.handle_snapshot(B, snap("ETH-USD", 1, &[(1, 1)], &[]), 0, &mut out)
+            .unwrap();
+        out.clear();
+        assert_eq!(
+            m.handle_snapshot(A, snap("SOL-USD", 1, &[(1, 1)], &[]), 0, &mut out),
+            Err(RejectReason::TooManySymbols {
+                symbol: "SOL-USD".into(),
+                max: 2
+            })
+        );
+        assert_eq!(
+            RejectReason::TooManySymbols {
+                symbol: String::new(),
+                max: 0
+            }
+            .label(),
+            "too_many_symbols"
+        );
+        assert!(out.is_empty());
+        assert_eq!((m.len(), m.symbol_id("SOL-USD")), (2, None));
+        // Existing symbols: re-snapshots (even by another feed), deltas and trades.
+        assert_eq!(
+            m.handle_snapshot(B, snap("BTC-USD", 5, &[(2, 2)], &[]), 0, &mut out),
+            Ok(btc)
+        );
+        assert_eq!(
+            m.handle_delta(B, bid_delta("BTC-USD", 6), 0, &mut out),
+            Ok(btc)
+        );
+        assert_eq!(m.handle_trade(B, trade("BTC-USD"), 0, &mut out), Ok(btc));
+        assert_eq!(m.snapshot_seq(btc), 3);
+    }
+
+    #[test]
+    fn a_snapshot_deeper_than_the_limit_is_rejected_and_changes_nothing() {
+        let mut m = limited(10, 3, 100);
+        let mut out = Vec::new();
+        let id = m
+            .handle_snapshot(
+                A,
+                snap("BTC-USD", 10, &[(100, 5)], &[(101, 2)]),
+                0,
+                &mut out,
+            )
+            .unwrap();
+        out.clear();
+        let four = [(100, 1), (99, 1), (98, 1), (97, 1)];
+        let four_asks = [(101, 1), (102, 1), (103, 1), (104, 1)];
+        for (bids, asks, side) in [
+            (&four[..], &[][..], "bid"),
+            (&[][..], &four_asks[..], "ask"),
+        ] {
+            for name in ["BTC-USD", "NEW"] {
+                let r = m.handle_snapshot(B, snap(name, 1, bids, asks), 0, &mut out);
+                assert_eq!(
+                    r,
+                    Err(RejectReason::BookTooDeep {
+                        symbol: name.into(),
+                        side,
+                        depth: 4,
+                        max: 3
+                    })
+                );
+            }
+        }
+        assert!(out.is_empty());
+        assert_eq!((m.len(), m.symbol_id("NEW")), (1, None));
+        assert_eq!(m.info(id).unwrap().owner, Some(A));
+        assert_eq!(m.book(id).bids().collect::<Vec<_>>(), vec![lv(100, 5)]);
+        // Exactly at the limit is fine.
+        let asks = [(101, 1), (102, 1), (103, 1)];
+        m.handle_snapshot(A, snap("BTC-USD", 20, &four[..3], &asks), 0, &mut out)
+            .unwrap();
+        assert_eq!(m.info(id).unwrap().bid_depth, 3);
+    }
+
+    /// A delta rejected for a limit is an owner's rejected delta: the book
+    /// turns stale (one `Stale{feed_gap}`), stays as it was, and resumes on
+    /// the next snapshot; other books are untouched.
+    #[test]
+    fn deltas_past_the_depth_or_update_limits_gap_the_book() {
+        let mut m = limited(10, 3, 4);
+        let mut out = Vec::new();
+        let btc = m
+            .handle_snapshot(
+                A,
+                snap("BTC-USD", 10, &[(100, 5), (99, 1)], &[]),
+                0,
+                &mut out,
+            )
+            .unwrap();
+        let eth = m
+            .handle_snapshot(A, snap("ETH-USD", 1, &[(50, 1)], &[]), 0, &mut out)
+            .unwrap();
+        let cases: [(Vec<pb::LevelUpdate>, RejectReason); 2] = [
+            (
+                vec![upd(pb::Side::Bid, 98, 1), upd(pb::Side::Bid, 97, 1)],
+                RejectReason::BookTooDeep {
+                    symbol: "BTC-USD".into(),
+                    side: "bid",
+                    depth: 4,
+                    max: 3,
+                },
+            ),
+            (
+                vec![upd(pb::Side::Bid, 100, 1); 5],
+                RejectReason::TooManyUpdates {
+                    symbol: "BTC-USD".into(),
+                    updates: 5,
+                    max: 4,
+                },
+            ),
+        ];
+        let mut feed_seq = 10;
+        for (updates, reason) in cases {
+            let before = m.book(btc).clone();
+            out.clear();
+            feed_seq += 1;
+            let r = m.handle_delta(A, delta("BTC-USD", feed_seq, updates), 0, &mut out);
+            assert_eq!(r, Err(reason));
+            assert_eq!(stale_reasons(&out), vec![(btc, FeedStale::FeedGap)]);
+            assert_eq!(m.book(btc), &before, "nothing applied");
+            assert_eq!(
+                m.handle_delta(A, bid_delta("BTC-USD", feed_seq + 1), 0, &mut out),
+                Err(RejectReason::BookStale("BTC-USD".into()))
+            );
+            // ETH, same feed, carries on.
+            let eth_seq = m.info(eth).unwrap().feed_seq + 1;
+            assert_eq!(
+                m.handle_delta(
+                    A,
+                    delta("ETH-USD", eth_seq, vec![upd(pb::Side::Bid, 49, 1)]),
+                    0,
+                    &mut out
+                ),
+                Ok(eth)
+            );
+            // A snapshot resumes BTC.
+            feed_seq = 100;
+            m.handle_snapshot(
+                A,
+                snap("BTC-USD", feed_seq, &[(100, 5), (99, 1)], &[]),
+                0,
+                &mut out,
+            )
+            .unwrap();
+            assert_eq!(m.stale_reason(btc), None);
+        }
+        // At the limits exactly: 4 updates, ending at 3 levels, are applied.
+        let ok = vec![
+            upd(pb::Side::Bid, 98, 1),
+            upd(pb::Side::Bid, 97, 1),
+            upd(pb::Side::Bid, 99, 0),
+            upd(pb::Side::Bid, 100, 7),
+        ];
+        assert_eq!(
+            m.handle_delta(A, delta("BTC-USD", 101, ok), 0, &mut out),
+            Ok(btc)
+        );
+        assert_eq!(
+            m.book(btc).bids().collect::<Vec<_>>(),
+            vec![lv(100, 7), lv(98, 1), lv(97, 1)]
+        );
+    }
+
     #[test]
     fn extreme_feed_seqs_never_panic() {
         let (mut m, id) = market_with_btc();
@@ -1330,6 +1563,219 @@ mod tests {
                     prop_assert_eq!(Some(m.book(info.id)), synth.book(i));
                 }
             }
+        }
+    }
+
+    /// The worst costs the default limits allow, printed, not asserted (a
+    /// timing, not a test): run in release,
+    /// `cargo test --release --lib book::market::tests::worst_case_costs -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "timing: run in release with --ignored --nocapture"]
+    fn worst_case_costs() {
+        use std::time::{Duration, Instant};
+
+        use crate::book::decode::{FeedDecoder, Framing, encode_json_line, encode_proto};
+
+        const ROUNDS: usize = 7;
+        /// Median of `ROUNDS` runs of `f` (each on fresh state from `setup`).
+        fn median<S>(mut setup: impl FnMut() -> S, mut f: impl FnMut(S)) -> Duration {
+            let mut times: Vec<Duration> = (0..ROUNDS)
+                .map(|_| {
+                    let s = setup();
+                    let t = Instant::now();
+                    f(s);
+                    t.elapsed()
+                })
+                .collect();
+            times.sort();
+            times[ROUNDS / 2]
+        }
+        let limits = MarketLimits::default();
+        let cap = limits.max_book_levels as i64;
+        let max_updates = limits.max_delta_updates;
+        let full: Vec<(i64, i64)> = (0..cap).map(|i| (1_000_000 - i, 1)).collect();
+        let full_asks: Vec<(i64, i64)> = (0..cap).map(|i| (1_000_001 + i, 1)).collect();
+        let full_market = || {
+            let mut m = Market::with_limits(limits);
+            let mut out = Vec::new();
+            m.handle_snapshot(A, snap("X", 0, &full, &full_asks), 0, &mut out)
+                .unwrap();
+            m
+        };
+        let deepest = 1_000_000 - cap + 1;
+        println!(
+            "limits: {} levels a side, {} updates a delta",
+            cap, max_updates
+        );
+
+        // 1. One delta at the caps, every update shifting a whole side: the
+        //    deepest bid removed and put back, over and over.
+        let churn: Vec<pb::LevelUpdate> = (0..max_updates)
+            .map(|k| upd(pb::Side::Bid, deepest, (k % 2) as i64))
+            .collect();
+        let t = median(full_market, |mut m| {
+            let mut out = Vec::new();
+            m.handle_delta(A, delta("X", 1, churn.clone()), 0, &mut out)
+                .unwrap();
+        });
+        let t_old = median(
+            || full_market().book(SymbolId(0)).clone(),
+            |mut b| {
+                for u in &churn {
+                    b.apply(Side::Bid, u.price, u.size);
+                }
+            },
+        );
+        println!(
+            "worst delta ({max_updates} deep moves on {cap} levels): {t:?}; one update at a time: {t_old:?}"
+        );
+        // 1b. A delta rewriting both full sides: every level removed, as many new.
+        let rewrite: Vec<pb::LevelUpdate> = (0..cap)
+            .flat_map(|i| {
+                [
+                    upd(pb::Side::Bid, 1_000_000 - i, 0),
+                    upd(pb::Side::Bid, 1_000_000 - cap - i, 1),
+                ]
+            })
+            .take(max_updates)
+            .collect();
+        let t = median(full_market, |mut m| {
+            let mut out = Vec::new();
+            m.handle_delta(A, delta("X", 1, rewrite.clone()), 0, &mut out)
+                .unwrap();
+        });
+        println!(
+            "delta rewriting a full side ({} updates): {t:?}",
+            rewrite.len()
+        );
+
+        // 2. A stream of one-update deltas, each shifting a whole side.
+        let n = 20_000u64;
+        let mut bytes = Vec::new();
+        encode_proto(
+            &pb::IngestMessage {
+                body: Some(In::Delta(delta(
+                    "X",
+                    1,
+                    vec![upd(pb::Side::Bid, deepest, 0)],
+                ))),
+            },
+            &mut bytes,
+        );
+        for (name, price) in [("deep", deepest), ("touch", 1_000_000)] {
+            let t = median(full_market, |mut m| {
+                let mut out = Vec::new();
+                for seq in 1..=n {
+                    let size = (seq % 2) as i64;
+                    let d = delta("X", seq, vec![upd(pb::Side::Bid, price, size)]);
+                    m.handle_delta(A, d, 0, &mut out).unwrap();
+                    out.clear();
+                }
+            });
+            let per = t / n as u32;
+            let per_mib = per * ((1u32 << 20) / bytes.len() as u32);
+            println!(
+                "one-update deltas at the {name} of a {cap}-level side: {per:?} each; \
+                 {per_mib:?} per MiB of such deltas ({} bytes each)",
+                bytes.len()
+            );
+        }
+
+        // 3. The largest messages the frame limit allows, rejected.
+        let decode_and_apply = |framing: Framing, input: &[u8], m: &mut Market| {
+            let mut dec = FeedDecoder::new(framing, None, 1 << 20);
+            dec.handle_bytes(input);
+            let mut out = Vec::new();
+            let mut reasons = Vec::new();
+            while let Ok(Some(msg)) = dec.poll_message(&|s| m.decimals(s)) {
+                let r = match msg {
+                    Ok(crate::book::decode::Decoded::Delta(d)) => m.handle_delta(A, d, 0, &mut out),
+                    Ok(crate::book::decode::Decoded::Snapshot(s)) => {
+                        m.handle_snapshot(A, s, 0, &mut out)
+                    }
+                    other => panic!("{other:?}"),
+                };
+                reasons.push(r.map_err(|e| e.label()));
+            }
+            reasons
+        };
+        let big_updates: Vec<pb::LevelUpdate> = (0..131_000)
+            .map(|k| upd(pb::Side::Bid, k % 100, 1))
+            .collect();
+        let mut proto_delta = Vec::new();
+        encode_proto(
+            &pb::IngestMessage {
+                body: Some(In::Delta(delta("X", 1, big_updates.clone()))),
+            },
+            &mut proto_delta,
+        );
+        let mut json_delta = String::new();
+        encode_json_line(
+            &pb::IngestMessage {
+                body: Some(In::Delta(delta("X", 1, big_updates[..70_000].to_vec()))),
+            },
+            0,
+            0,
+            &mut json_delta,
+        );
+        let scrambled: Vec<(i64, i64)> = (0..65_000).map(|k| ((k * 7_919) % 65_003, 1)).collect();
+        let mut proto_snap = Vec::new();
+        encode_proto(
+            &pb::IngestMessage {
+                body: Some(In::Snapshot(snap("X", 1, &scrambled, &[]))),
+            },
+            &mut proto_snap,
+        );
+        let sorted: Vec<(i64, i64)> = (0..65_000).map(|k| (100_000 - k, 1)).collect();
+        let mut proto_sorted = Vec::new();
+        encode_proto(
+            &pb::IngestMessage {
+                body: Some(In::Snapshot(snap("X", 1, &sorted, &[]))),
+            },
+            &mut proto_sorted,
+        );
+        let mut proto_full = Vec::new();
+        encode_proto(
+            &pb::IngestMessage {
+                body: Some(In::Snapshot(snap("X", 1, &full, &full_asks))),
+            },
+            &mut proto_full,
+        );
+        for (name, framing, input) in [
+            (
+                "protobuf delta, too many updates",
+                Framing::Protobuf,
+                &proto_delta,
+            ),
+            (
+                "JSON delta, too many updates",
+                Framing::JsonLines,
+                json_delta.as_bytes().to_vec().as_ref(),
+            ),
+            (
+                "protobuf snapshot, unordered levels",
+                Framing::Protobuf,
+                &proto_snap,
+            ),
+            (
+                "protobuf snapshot, too deep",
+                Framing::Protobuf,
+                &proto_sorted,
+            ),
+            (
+                "protobuf snapshot at the depth cap",
+                Framing::Protobuf,
+                &proto_full,
+            ),
+        ] {
+            let mut reasons = Vec::new();
+            let t = median(full_market, |mut m| {
+                reasons = decode_and_apply(framing, input, &mut m);
+            });
+            println!(
+                "{name} ({} KiB): {t:?} to decode and answer {reasons:?}",
+                input.len() / 1024
+            );
         }
     }
 }

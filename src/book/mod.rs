@@ -5,6 +5,8 @@
 pub mod book;
 pub mod checksum;
 pub mod decode;
+pub mod feed_deadlines;
+pub mod feed_name;
 pub mod market;
 pub mod symbol;
 pub mod synth;
@@ -51,6 +53,23 @@ pub enum RejectReason {
     BookStale(String),
     #[error("hello after the first message")]
     LateHello,
+    #[error(
+        "snapshot for new symbol {symbol}: the market already holds the limit of {max} symbols"
+    )]
+    TooManySymbols { symbol: String, max: usize },
+    #[error("book {symbol}: the {side} side would hold {depth} levels, over the limit of {max}")]
+    BookTooDeep {
+        symbol: String,
+        side: &'static str,
+        depth: usize,
+        max: usize,
+    },
+    #[error("delta for {symbol} has {updates} level updates, over the limit of {max}")]
+    TooManyUpdates {
+        symbol: String,
+        updates: usize,
+        max: usize,
+    },
 }
 
 impl RejectReason {
@@ -68,6 +87,9 @@ impl RejectReason {
             RejectReason::FeedGap { .. } => "feed_gap",
             RejectReason::BookStale(_) => "book_stale",
             RejectReason::LateHello => "late_hello",
+            RejectReason::TooManySymbols { .. } => "too_many_symbols",
+            RejectReason::BookTooDeep { .. } => "book_too_deep",
+            RejectReason::TooManyUpdates { .. } => "too_many_updates",
         }
     }
 }
@@ -90,7 +112,8 @@ impl From<RejectReason> for Rejection {
     }
 }
 
-/// Why a feed connection is closed (PROTOCOL §3, "unreadable stream").
+/// Why a feed connection is closed (PROTOCOL §3, "unreadable stream"), by
+/// the decoder or, for the deadlines and the `feed_id` cap, by the ingest loop.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StreamError {
     #[error("frame length {0} exceeds the 1 MiB limit")]
@@ -107,6 +130,12 @@ pub enum StreamError {
     MissingHello,
     #[error("wrong token")]
     BadToken,
+    #[error("no complete first message within {after_ms} ms of connecting")]
+    HelloTimeout { after_ms: u64 },
+    #[error("a message was still incomplete {after_ms} ms after its first bytes")]
+    MessageTimeout { after_ms: u64 },
+    #[error("feed_id of {bytes} bytes, over the limit of {max}", max = feed_name::MAX_FEED_ID_BYTES)]
+    FeedIdTooLong { bytes: usize },
 }
 
 impl StreamError {
@@ -120,6 +149,9 @@ impl StreamError {
             StreamError::LineTooLong => "line_too_long",
             StreamError::MissingHello => "missing_hello",
             StreamError::BadToken => "bad_token",
+            StreamError::HelloTimeout { .. } => "hello_timeout",
+            StreamError::MessageTimeout { .. } => "message_timeout",
+            StreamError::FeedIdTooLong { .. } => "feed_id_too_long",
         }
     }
 }

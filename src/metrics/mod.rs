@@ -5,8 +5,12 @@
 //! scrape) load them with relaxed ordering. A scrape may see counters a few
 //! increments apart from each other, never torn values.
 
+pub mod throttle;
+
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use throttle::LogThrottle;
 
 /// A monotonically increasing counter written by one thread.
 #[derive(Debug, Default)]
@@ -103,7 +107,7 @@ impl<const N: usize> LabeledCounter<N> {
 pub const INGEST_KINDS: [&str; 4] = ["snapshot", "delta", "trade", "hello"];
 
 /// Reasons a readable ingest message is rejected (see `book::RejectReason::label`).
-pub const REJECT_REASONS: [&str; 12] = [
+pub const REJECT_REASONS: [&str; 15] = [
     "invalid_symbol",
     "bad_decimal",
     "empty_message",
@@ -115,11 +119,14 @@ pub const REJECT_REASONS: [&str; 12] = [
     "feed_gap",
     "book_stale",
     "late_hello",
+    "too_many_symbols",
+    "book_too_deep",
+    "too_many_updates",
     "other",
 ];
 
 /// Reasons a feed connection ends (see `book::StreamError::label`, plus EOF/IO).
-pub const FEED_CLOSE_REASONS: [&str; 11] = [
+pub const FEED_CLOSE_REASONS: [&str; 14] = [
     "frame_too_large",
     "bad_length",
     "undecodable",
@@ -127,6 +134,9 @@ pub const FEED_CLOSE_REASONS: [&str; 11] = [
     "line_too_long",
     "missing_hello",
     "bad_token",
+    "hello_timeout",
+    "message_timeout",
+    "feed_id_too_long",
     "eof",
     "io_error",
     "too_many_feeds",
@@ -138,10 +148,12 @@ pub const FEED_CLOSE_REASONS: [&str; 11] = [
 pub struct IngestCounters {
     pub feeds_open: Gauge,
     pub feeds_accepted: Counter,
-    pub feeds_closed: LabeledCounter<11>,
+    /// `accept` on a feed listener failed (out of file descriptors, say).
+    pub accept_errors: Counter,
+    pub feeds_closed: LabeledCounter<14>,
     pub bytes_read: Counter,
     pub accepted: LabeledCounter<4>,
-    pub rejected: LabeledCounter<12>,
+    pub rejected: LabeledCounter<15>,
     pub published_deltas: Counter,
     pub published_snapshots: Counter,
     pub published_trades: Counter,
@@ -153,6 +165,7 @@ impl Default for IngestCounters {
         IngestCounters {
             feeds_open: Gauge::default(),
             feeds_accepted: Counter::default(),
+            accept_errors: Counter::default(),
             feeds_closed: LabeledCounter::new(&FEED_CLOSE_REASONS),
             bytes_read: Counter::default(),
             accepted: LabeledCounter::new(&INGEST_KINDS),
@@ -177,6 +190,11 @@ impl IngestCounters {
             "tickwire_ingest_feeds_accepted_total",
             "Feed connections accepted.",
             self.feeds_accepted.get(),
+        );
+        out.counter(
+            "tickwire_ingest_accept_errors_total",
+            "Failed accepts on the feed listeners (e.g. out of file descriptors); retried every 100 ms.",
+            self.accept_errors.get(),
         );
         out.labeled_counter(
             "tickwire_ingest_feeds_closed_total",
@@ -307,6 +325,21 @@ mod tests {
             },
             RejectReason::BookStale(String::new()),
             RejectReason::LateHello,
+            RejectReason::TooManySymbols {
+                symbol: String::new(),
+                max: 0,
+            },
+            RejectReason::BookTooDeep {
+                symbol: String::new(),
+                side: "bid",
+                depth: 0,
+                max: 0,
+            },
+            RejectReason::TooManyUpdates {
+                symbol: String::new(),
+                updates: 0,
+                max: 0,
+            },
         ];
         for r in rejects {
             assert!(REJECT_REASONS.contains(&r.label()), "{}", r.label());
@@ -319,6 +352,9 @@ mod tests {
             StreamError::LineTooLong,
             StreamError::MissingHello,
             StreamError::BadToken,
+            StreamError::HelloTimeout { after_ms: 0 },
+            StreamError::MessageTimeout { after_ms: 0 },
+            StreamError::FeedIdTooLong { bytes: 0 },
         ];
         for c in closes {
             assert!(FEED_CLOSE_REASONS.contains(&c.label()), "{}", c.label());

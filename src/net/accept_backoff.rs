@@ -1,21 +1,23 @@
 //! What to do when `accept` fails for lack of resources (`EMFILE`, `ENFILE`,
 //! `ENOBUFS`, `ENOMEM`): the pending connections stay in the listen backlog,
 //! and an edge-triggered listener will not report them again until a new one
-//! arrives, so the loop must retry on a timer; and the failure repeats on
-//! every retry, so it is logged once, then at most once per
-//! [`LOG_EVERY_NS`] with the count of failures in between.
+//! arrives, so the loop must retry on a timer ([`RETRY_NS`]); and the failure
+//! repeats on every retry, so it is logged through a [`LogThrottle`]: the
+//! first, then at most once per [`LOG_EVERY_NS`] with a count.
 //!
 //! Pure: time is an argument. Used by the worker and ingest accept loops.
 
 use std::io;
+
+use crate::metrics::LogThrottle;
 
 /// Retry accepting this long after a resource failure.
 pub const RETRY_NS: u64 = 100_000_000;
 /// At most one log line per this long while failures go on.
 pub const LOG_EVERY_NS: u64 = 10_000_000_000;
 
-/// Whether an accept error is a lack of resources (retry later) rather than
-/// a problem of that one connection (carry on at once).
+/// Whether an accept error is a lack of resources (retry on the timer)
+/// rather than a problem of that one connection (carry on at once).
 pub fn is_resource_error(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
@@ -23,7 +25,7 @@ pub fn is_resource_error(e: &io::Error) -> bool {
     )
 }
 
-/// errno values (Linux), without a libc dependency for four constants.
+/// errno values (Linux), without a libc call for four constants.
 mod errno {
     pub const ENOMEM: i32 = 12;
     pub const ENFILE: i32 = 23;
@@ -31,14 +33,20 @@ mod errno {
     pub const ENOBUFS: i32 = 105;
 }
 
-/// The state of one listener's resource failures.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// The state of one accept loop's resource failures.
+#[derive(Debug, Clone)]
 pub struct AcceptBackoff {
     retry_at_ns: Option<u64>,
-    /// When the last line was logged (None: never, or failures ended).
-    last_log_ns: Option<u64>,
-    /// Failures since the last line.
-    unlogged: u64,
+    log: LogThrottle,
+}
+
+impl Default for AcceptBackoff {
+    fn default() -> Self {
+        AcceptBackoff {
+            retry_at_ns: None,
+            log: LogThrottle::new(LOG_EVERY_NS),
+        }
+    }
 }
 
 /// What the loop does about one failure.
@@ -46,31 +54,26 @@ pub struct AcceptBackoff {
 pub struct OnFailure {
     /// Accept again at this time, even without a new readiness event.
     pub retry_at_ns: u64,
-    /// Log now, saying this many failures happened since the last line
-    /// (1 for the first one).
+    /// Log now, saying that this many failures were not logged since the
+    /// last line (0 the first time); `None`: stay quiet.
     pub log: Option<u64>,
 }
 
 impl AcceptBackoff {
     /// An accept failed for lack of resources at `now_ns`.
     pub fn on_failure(&mut self, now_ns: u64) -> OnFailure {
-        self.unlogged += 1;
-        let log = match self.last_log_ns {
-            Some(t) if now_ns.saturating_sub(t) < LOG_EVERY_NS => None,
-            _ => {
-                self.last_log_ns = Some(now_ns);
-                Some(std::mem::take(&mut self.unlogged))
-            }
-        };
         let retry_at_ns = now_ns.saturating_add(RETRY_NS);
         self.retry_at_ns = Some(retry_at_ns);
-        OnFailure { retry_at_ns, log }
+        OnFailure {
+            retry_at_ns,
+            log: self.log.handle_event(now_ns),
+        }
     }
 
-    /// An accept succeeded (or found the backlog empty): no retry is due.
-    /// The log interval goes on: a limit that is hit again and again (each
-    /// freed descriptor taken by the next queued connection) stays one line
-    /// per interval.
+    /// An accept succeeded, or found the backlog empty: no retry is due.
+    /// The log interval goes on (a limit hit again and again, each freed
+    /// descriptor taken by the next queued connection, stays one line per
+    /// interval).
     pub fn on_success(&mut self) {
         self.retry_at_ns = None;
     }
@@ -91,7 +94,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retries_on_a_timer_and_logs_once_per_interval_with_a_count() {
+    fn retries_on_a_timer_and_logs_once_per_interval() {
         let mut b = AcceptBackoff::default();
         assert!(!b.due(0));
         let f = b.on_failure(1_000);
@@ -99,7 +102,7 @@ mod tests {
             f,
             OnFailure {
                 retry_at_ns: 1_000 + RETRY_NS,
-                log: Some(1)
+                log: Some(0)
             }
         );
         assert!(!b.due(1_000 + RETRY_NS - 1));
@@ -111,17 +114,13 @@ mod tests {
             assert_eq!(b.on_failure(t).log, None);
         }
         t += LOG_EVERY_NS;
-        assert_eq!(
-            b.on_failure(t).log,
-            Some(51),
-            "the 50 silent ones and this one"
-        );
+        assert_eq!(b.on_failure(t).log, Some(50), "the 50 silent ones");
         // Accepting works again for a while: no retry due, and the log
         // interval still holds for the next failure.
         b.on_success();
         assert_eq!(b.retry_at_ns(), None);
         assert_eq!(b.on_failure(t + 1).log, None);
-        assert_eq!(b.on_failure(t + LOG_EVERY_NS).log, Some(2));
+        assert_eq!(b.on_failure(t + LOG_EVERY_NS).log, Some(1));
     }
 
     #[test]

@@ -10,12 +10,25 @@
 //! the rest. Peer input never panics it: bad streams close that feed, bad
 //! messages are rejected, both counted by reason and logged with the feed's id
 //! and address.
+//!
+//! What one peer can cost the others is bounded:
+//! - a feed's turn ends after [`READS_PER_TURN`] reads or about
+//!   [`FEED_TURN_BUDGET_NS`] of work, whichever comes first;
+//! - a connection must complete its first message within the hello timeout,
+//!   and any message within the message timeout ([`FeedDeadlines`]);
+//! - a `feed_id` is at most [`MAX_FEED_ID_BYTES`] and logged escaped;
+//! - what the market holds and one message costs ([`crate::config::MarketLimits`]);
+//! - when `accept` fails (out of file descriptors: `EMFILE`), the loop
+//!   retries on a timer ([`super::accept_backoff`]: the listeners are
+//!   edge-triggered, so connections already queued would otherwise wait for
+//!   the next arrival), and such repeating warnings are logged once, then at
+//!   most once per [`REPEAT_LOG_INTERVAL_NS`] with a count ([`LogThrottle`]).
 
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
@@ -23,12 +36,15 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use tracing::{debug, info, warn};
 
 use crate::book::decode::{Decoded, FeedDecoder, Framing};
+use crate::book::feed_deadlines::FeedDeadlines;
+use crate::book::feed_name::{MAX_FEED_ID_BYTES, display_feed_id};
 use crate::book::market::{Market, Published};
 use crate::book::{FeedId, RejectReason, StreamError};
 use crate::config::IngestConfig;
-use crate::metrics::IngestCounters;
+use crate::metrics::{IngestCounters, LogThrottle};
 use crate::wire::EncodedFrame;
 
+use super::accept_backoff::{self, AcceptBackoff};
 use super::health::Liveness;
 
 const PROTO_LISTENER: Token = Token(0);
@@ -37,7 +53,17 @@ const WAKER: Token = Token(2);
 const FIRST_FEED: usize = 16;
 
 /// Reads of one feed per readiness event before the loop serves others.
-const READS_PER_TURN: usize = 16;
+pub const READS_PER_TURN: usize = 16;
+/// Work (reading, decoding, applying, publishing) one feed's turn may take
+/// before the loop serves the others, checked after each read: one read of
+/// the costliest input a feed can send (64 KiB of one-update deltas that each
+/// shift a 5 000-level side, about 10 ms) still ends its turn.
+pub const FEED_TURN_BUDGET_NS: u64 = 1_000_000;
+/// A repeating warning is logged once, then at most once per this, with a count.
+pub const REPEAT_LOG_INTERVAL_NS: u64 = accept_backoff::LOG_EVERY_NS;
+/// Feed deadlines are checked at most this often (with the 100 ms idle poll,
+/// their resolution).
+const DEADLINE_SWEEP_NS: u64 = 50_000_000;
 const READ_BUF_BYTES: usize = 64 * 1024;
 /// Rejections logged at `warn` per feed before only every 10,000th is.
 const REJECTS_LOGGED_PER_FEED: u64 = 20;
@@ -157,10 +183,14 @@ impl IngestServer {
             poll: self.poll,
             proto: self.proto,
             json: self.json,
+            market: Market::with_limits(self.cfg.market),
             cfg: self.cfg,
             counters: self.counters,
             control: self.control_rx,
-            market: Market::new(),
+            epoch: Instant::now(),
+            accept_backoff: AcceptBackoff::default(),
+            refused_log: LogThrottle::new(REPEAT_LOG_INTERVAL_NS),
+            next_sweep_ns: 0,
             sink,
             feeds: Vec::new(),
             free: Vec::new(),
@@ -230,9 +260,10 @@ struct Feed {
     stream: TcpStream,
     addr: SocketAddr,
     id: FeedId,
-    /// `feed_id` from the Hello, for logs; empty until then.
+    /// `feed_id` from the Hello as logs show it ([`display_feed_id`]); empty until then.
     name: String,
     decoder: FeedDecoder,
+    deadlines: FeedDeadlines,
     rejected: u64,
 }
 
@@ -243,6 +274,14 @@ struct IngestLoop {
     cfg: IngestConfig,
     counters: Arc<IngestCounters>,
     control: Receiver<Control>,
+    /// The origin of the loop's monotonic clock (deadlines, retries, budgets).
+    epoch: Instant,
+    /// When to call `accept` again after it failed.
+    /// Accept failures for lack of resources: retry timer and log limit.
+    accept_backoff: AcceptBackoff,
+    /// Feeds refused at `max_feeds`.
+    refused_log: LogThrottle,
+    next_sweep_ns: u64,
     market: Market,
     sink: Box<dyn MarketSink>,
     feeds: Vec<Option<Feed>>,
@@ -270,6 +309,11 @@ fn now_ns() -> u64 {
 }
 
 impl IngestLoop {
+    /// The loop's monotonic clock, ns since it started.
+    fn mono_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
     fn run(&mut self) {
         info!(proto = ?self.proto.local_addr().ok(), json = ?self.json.local_addr().ok(), "ingest listening");
         let liveness = self.liveness.clone();
@@ -277,13 +321,16 @@ impl IngestLoop {
         let mut events = Events::with_capacity(1024);
         loop {
             liveness.beat();
-            let timeout = if !self.pending.is_empty() {
+            let mut timeout = if !self.pending.is_empty() {
                 Duration::ZERO
             } else if self.sink.has_pending() {
                 Duration::from_millis(1)
             } else {
                 Duration::from_millis(100)
             };
+            if let Some(at) = self.accept_backoff.retry_at_ns() {
+                timeout = timeout.min(Duration::from_nanos(at.saturating_sub(self.mono_ns())));
+            }
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -297,14 +344,23 @@ impl IngestLoop {
                     PROTO_LISTENER => self.accept(Framing::Protobuf),
                     JSON_LISTENER => self.accept(Framing::JsonLines),
                     WAKER => {}
-                    Token(t) => ready.push(t - FIRST_FEED),
+                    // Feed tokens start at FIRST_FEED; nothing else is registered.
+                    Token(t) => ready.extend(t.checked_sub(FIRST_FEED)),
                 }
+            }
+            // Edge-triggered listeners raise no new event for connections that
+            // were already queued when accept failed: try again on the timer.
+            if self.accept_backoff.due(self.mono_ns()) {
+                self.accept_backoff.on_success();
+                self.accept(Framing::Protobuf);
+                self.accept(Framing::JsonLines);
             }
             ready.sort_unstable();
             ready.dedup();
             for slot in ready {
                 self.serve_feed(slot);
             }
+            self.sweep_deadlines();
             if !self.serve_control() {
                 self.close_all();
                 return;
@@ -335,14 +391,43 @@ impl IngestLoop {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // That connection is gone; the next one may be fine.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    continue;
+                }
                 Err(e) => {
-                    warn!(error = %e, "ingest accept failed");
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM…: the queue stays as it is
+                    // until resources come back; rest, then retry on the timer.
+                    self.counters.accept_errors.inc();
+                    let f = self.accept_backoff.on_failure(self.mono_ns());
+                    if let Some(suppressed) = f.log {
+                        warn!(
+                            error = %e,
+                            retry_ms = accept_backoff::RETRY_NS / 1_000_000,
+                            failures_since_last_line = suppressed,
+                            "ingest accept failed; retrying (logged at most every {} s)",
+                            REPEAT_LOG_INTERVAL_NS / 1_000_000_000
+                        );
+                    }
                     return;
                 }
             };
             self.counters.feeds_accepted.inc();
             if self.counters.feeds_open.get() as usize >= self.cfg.max_feeds {
-                warn!(%addr, max = self.cfg.max_feeds, "feed refused: too many feeds");
+                if let Some(suppressed) = self.refused_log.handle_event(self.mono_ns()) {
+                    warn!(
+                        %addr,
+                        max = self.cfg.max_feeds,
+                        refused_since_last_line = suppressed,
+                        "feed refused: too many feeds (logged at most every {} s)",
+                        REPEAT_LOG_INTERVAL_NS / 1_000_000_000
+                    );
+                }
                 self.counters.feeds_closed.inc("too_many_feeds");
                 continue; // dropping the stream closes it
             }
@@ -374,6 +459,7 @@ impl IngestLoop {
                     self.cfg.token.clone(),
                     self.cfg.max_frame_bytes,
                 ),
+                deadlines: FeedDeadlines::new(self.mono_ns()),
                 rejected: 0,
             });
             // Bytes may already be waiting (edge-triggered): read them now.
@@ -390,6 +476,7 @@ impl IngestLoop {
     }
 
     fn read_feed(&mut self, slot: usize) -> ReadOutcome {
+        let turn_start_ns = self.mono_ns();
         for _ in 0..READS_PER_TURN {
             let Some(feed) = self.feeds.get_mut(slot).and_then(Option::as_mut) else {
                 return ReadOutcome::Drained;
@@ -405,30 +492,45 @@ impl IngestLoop {
             // CLOCK_REALTIME once per read: every message in these bytes was read now.
             let ingest_ts_ns = now_ns();
             feed.decoder.handle_bytes(&self.read_buf[..n]);
-            if let Err(e) = self.drain_decoder(slot, ingest_ts_ns) {
-                return ReadOutcome::Closed(e.label(), e.to_string());
+            let completed = match self.drain_decoder(slot, ingest_ts_ns) {
+                Ok(completed) => completed,
+                Err(e) => return ReadOutcome::Closed(e.label(), e.to_string()),
+            };
+            let now = self.mono_ns();
+            if let Some(feed) = self.feeds.get_mut(slot).and_then(Option::as_mut) {
+                let buffered = feed.decoder.buffered_bytes();
+                feed.deadlines.handle_read(now, completed, buffered);
+            }
+            if now.saturating_sub(turn_start_ns) >= FEED_TURN_BUDGET_NS {
+                return ReadOutcome::MoreLater;
             }
         }
         ReadOutcome::MoreLater
     }
 
-    /// Applies every complete message buffered for the feed in `slot`.
-    fn drain_decoder(&mut self, slot: usize, ingest_ts_ns: u64) -> Result<(), StreamError> {
+    /// Applies every complete message buffered for the feed in `slot`;
+    /// returns how many there were (accepted or rejected).
+    fn drain_decoder(&mut self, slot: usize, ingest_ts_ns: u64) -> Result<usize, StreamError> {
+        let mut completed = 0;
         loop {
             // The slot is occupied: the caller just used it and nothing in between closes it.
-            let Some(feed) = self.feeds[slot].as_mut() else {
-                return Ok(());
+            let Some(feed) = self.feeds.get_mut(slot).and_then(Option::as_mut) else {
+                return Ok(completed);
             };
             let market = &self.market;
             let decoded = match feed.decoder.poll_message(&|s| market.decimals(s))? {
-                None => return Ok(()),
+                None => return Ok(completed),
                 Some(d) => d,
             };
+            completed += 1;
             let feed_id = feed.id;
             let result = match decoded {
                 Ok(Decoded::Hello { feed_id: name }) => {
-                    info!(feed = feed_id.0, addr = %feed.addr, name = %name, "feed hello");
-                    feed.name = name;
+                    if name.len() > MAX_FEED_ID_BYTES {
+                        return Err(StreamError::FeedIdTooLong { bytes: name.len() });
+                    }
+                    feed.name = display_feed_id(&name);
+                    info!(feed = feed_id.0, addr = %feed.addr, name = %feed.name, "feed hello");
                     self.counters.accepted.inc("hello");
                     Ok(())
                 }
@@ -461,7 +563,7 @@ impl IngestLoop {
 
     fn count_rejection(&mut self, slot: usize, reason: &RejectReason) {
         self.counters.rejected.inc(reason.label());
-        let Some(feed) = self.feeds[slot].as_mut() else {
+        let Some(feed) = self.feeds.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
         feed.rejected += 1;
@@ -524,6 +626,28 @@ impl IngestLoop {
         }
         self.market.handle_feed_down(feed.id, &mut self.out);
         self.flush_published();
+    }
+
+    /// Closes every feed whose first-message or message deadline has passed
+    /// (at most once per [`DEADLINE_SWEEP_NS`]; O(feeds)).
+    fn sweep_deadlines(&mut self) {
+        let now = self.mono_ns();
+        if now < self.next_sweep_ns {
+            return;
+        }
+        self.next_sweep_ns = now.saturating_add(DEADLINE_SWEEP_NS);
+        for slot in 0..self.feeds.len() {
+            let expired = self.feeds[slot].as_ref().and_then(|f| {
+                f.deadlines.poll_expired(
+                    now,
+                    self.cfg.feed_hello_timeout_ms,
+                    self.cfg.feed_message_timeout_ms,
+                )
+            });
+            if let Some(e) = expired {
+                self.close_feed(slot, e.label(), &e.to_string());
+            }
+        }
     }
 
     fn close_all(&mut self) {

@@ -535,8 +535,8 @@ impl Worker {
                     // carry on serving, log once per interval.
                     self.me.counters.accept_failures.inc();
                     let f = self.accept_backoff.on_failure(now_ns);
-                    if let Some(failures) = f.log {
-                        warn!(worker = self.id.0, error = %e, failures, "accept failed: out of resources; retrying every 100 ms");
+                    if let Some(not_logged) = f.log {
+                        warn!(worker = self.id.0, error = %e, failures_since_last_line = not_logged, "accept failed: out of resources; retrying every 100 ms");
                     }
                     break;
                 }
