@@ -229,7 +229,8 @@ const UNSUBSCRIBE: &str =
     r#"{"op":"unsubscribe","symbols":["BTC-USD"],"channels":["book"],"id":8}"#;
 
 fn ws_seeds() {
-    // Options: bit 0 echo path, bits 1-2 message limit, bit 3 pings, bits 4-5 time step.
+    // Options: bit 0 echo path, bits 1-2 message limit, bit 3 pings, bits 4-5 time
+    // step, bit 7 the server closes.
     let hello = masked(Opcode::Text, true, b"Hello");
     write("ws_server", "masked-hello", &with(WHOLE, 0, &hello));
 

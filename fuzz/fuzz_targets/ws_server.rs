@@ -6,7 +6,8 @@
 //! Options byte: bit 0 the path (`/ws` or the echo path), bits 1–2 the
 //! message limit (64 KiB, 16, 125, 1000 bytes), bit 3 a ping after each read,
 //! bits 4–5 the time between reads (0, 100 ms, 1 s, 3 s), bit 6 offers the
-//! JSON subprotocol.
+//! JSON subprotocol, bit 7 has the server close (1001, as at shutdown) after
+//! the first read that follows the upgrade.
 //!
 //! Invariants:
 //! - every Text event is at most `max_message_bytes` (and a `String`, so
@@ -25,7 +26,7 @@ use libfuzzer_sys::fuzz_target;
 use tickwire::ws::close::parse_close_payload;
 use tickwire::ws::frame::decode_frame;
 use tickwire::ws::{
-    ClientHandshake, Config, Conn, Event, Opcode, Role, Route, Router, Sent, State,
+    ClientHandshake, CloseCode, Config, Conn, Event, Opcode, Role, Route, Router, Sent, State,
 };
 use tickwire_fuzz::cut;
 
@@ -59,6 +60,7 @@ fuzz_target!(|data: &[u8]| {
         2 => 1000,
         _ => 3000,
     });
+    let server_closes = options & 128 != 0;
     let protocols: &[&str] = if options & 64 != 0 {
         &["tickwire.v1.json"]
     } else {
@@ -84,6 +86,7 @@ fuzz_target!(|data: &[u8]| {
 
     for chunk in cut(&stream, lengths) {
         now += step;
+        let was_upgraded = upgraded;
         conn.handle_read(now, chunk);
         while let Some(event) = conn.poll_event(now) {
             match event {
@@ -125,6 +128,9 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             conn.poll_transmit(&mut out);
+        }
+        if server_closes && was_upgraded {
+            conn.close(now, CloseCode::GOING_AWAY, "shutting down");
         }
         if ping_each_read && conn.send_ping(PING) == Sent::Queued {
             sent.push((Opcode::Ping, PING.to_vec()));
