@@ -2,8 +2,13 @@
 //! fed through the same API as the target that found it, with the answer
 //! the engine must give. One test per finding, named after the target.
 
-use tickwire::ws::HttpError;
+use std::time::Instant;
+
+use tickwire::ws::frame::{decode_frame, write_client_frame};
 use tickwire::ws::http::{RequestParser, parse_request};
+use tickwire::ws::{
+    ClientHandshake, CloseCode, Config, Conn, Event, HttpError, Opcode, Role, Route, Router, State,
+};
 
 /// Pushes `reads` one after the other until the parser answers.
 fn push_reads(max_head_bytes: usize, reads: &[&[u8]]) -> Result<bool, HttpError> {
@@ -40,4 +45,50 @@ fn http_request_overlong_request_line_is_431_whatever_the_split() {
         push_reads(16, &[&line[..20], &line[20..]]),
         Err(HttpError::HeadTooLarge(16))
     );
+}
+
+/// ws_server: the server closing (1001, as at shutdown) while a client's
+/// text frame was half read went on reassembling the rest of that frame
+/// into a message it had already dropped, and tripped the debug assertion
+/// "finished a message that never started" at the frame's end. The rest of
+/// the frame is now skipped: no event, and nothing but the close frame sent.
+#[test]
+fn ws_server_close_in_the_middle_of_a_frame_skips_its_rest() {
+    let now = Instant::now();
+    let hs = ClientHandshake::new([7; 16], &[]);
+    let mut request = Vec::new();
+    hs.write_request(&mut request, "fuzz", "/echo");
+    let mut conn = Conn::server(now, Config::default());
+    conn.handle_read(now, &request);
+    let Some(Event::Request(req)) = conn.poll_event(now) else {
+        panic!("the upgrade request");
+    };
+    let Route::Upgrade(up) = Router::new().with_echo_path("/echo").route(&req) else {
+        panic!("an upgrade");
+    };
+    conn.accept(&up);
+    let mut out = Vec::new();
+    conn.poll_transmit(&mut out);
+    let (_, head_len) = hs.read_response(&out).unwrap().unwrap();
+
+    let mut frame = Vec::new();
+    write_client_frame(&mut frame, true, Opcode::Text, &[b'x'; 15], [0x8f; 4]);
+    conn.handle_read(now, &frame[..8]);
+    assert_eq!(conn.poll_event(now), None);
+    conn.close(now, CloseCode::GOING_AWAY, "shutting down");
+    conn.handle_read(now, &frame[8..]);
+    assert_eq!(
+        conn.poll_event(now),
+        None,
+        "no message from a frame cut by our close"
+    );
+    assert_eq!(conn.state(), State::Closing);
+
+    conn.poll_transmit(&mut out);
+    let (close, used) = decode_frame(Role::Client, &out[head_len..])
+        .unwrap()
+        .unwrap();
+    assert_eq!(close.opcode, Opcode::Close);
+    assert_eq!(&close.payload[..2], &1001u16.to_be_bytes());
+    assert_eq!(head_len + used, out.len(), "nothing after the close frame");
 }
