@@ -688,6 +688,11 @@ impl Conn {
         }
         self.deadline = Some(now + Duration::from_millis(wait_ms.into()));
         self.drop_message();
+        // Data that crosses our close frame is dropped: the rest of a data
+        // frame cut short by it is skipped, not reassembled into no message.
+        if let Rx::Payload { discard, .. } = &mut self.rx {
+            *discard = true;
+        }
     }
 
     /// Closed. `linger_from`: when the last output was queued; the caller has

@@ -288,31 +288,31 @@ impl RequestParser {
         buf: &[u8],
         scanned: usize,
     ) -> Result<Option<(Request, usize)>, HttpError> {
+        // Only the bytes within the limit are judged, and a byte that no
+        // request line may hold is reported alike in a complete or a partial
+        // line: the answer never depends on how the head was split into reads.
+        let within = &buf[..buf.len().min(self.max_head_bytes)];
+        let newline = within.iter().position(|&b| b == b'\n');
+        let line = &within[..newline.unwrap_or(within.len())];
         // Fail fast on a request line that can never be valid (a TLS hello, a
         // port scan) instead of waiting for a head that never ends. Re-checking
         // the first line on each push is cheap: it is at most one line.
-        match buf.iter().position(|&b| b == b'\n') {
-            Some(nl) => {
-                parse_request_line(buf[..nl].strip_suffix(b"\r").unwrap_or(&buf[..nl]))?;
-            }
-            None => {
-                if buf
-                    .iter()
-                    .any(|&b| !(b.is_ascii_graphic() || b == b' ' || b == b'\r'))
-                {
-                    return Err(HttpError::Malformed("request line"));
-                }
-            }
+        if line
+            .iter()
+            .any(|&b| !(b.is_ascii_graphic() || b == b' ' || b == b'\r'))
+        {
+            return Err(HttpError::Malformed("request line"));
         }
-        let Some(end) = find_head_end(buf, scanned) else {
+        if newline.is_some() {
+            parse_request_line(line.strip_suffix(b"\r").unwrap_or(line))?;
+        }
+        // A head that ends beyond the limit is not found within it: 431.
+        let Some(end) = find_head_end(within, scanned.min(within.len())) else {
             if buf.len() > self.max_head_bytes {
                 return Err(HttpError::HeadTooLarge(self.max_head_bytes));
             }
             return Ok(None);
         };
-        if end > self.max_head_bytes {
-            return Err(HttpError::HeadTooLarge(self.max_head_bytes));
-        }
         let mut lines = head_lines(&buf[..end]);
         let first = lines.next().ok_or(HttpError::Malformed("empty request"))?;
         let (method, path, query, version) = parse_request_line(first)?;

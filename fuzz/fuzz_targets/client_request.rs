@@ -1,0 +1,174 @@
+//! Client requests (PROTOCOL §6): `fanout::request::parse_request` on
+//! arbitrary UTF-8, then each line of the input as a request to a
+//! `WorkerCore` with three connections and three instruments.
+//!
+//! Invariants:
+//! - on `Ok`: every symbol valid, no symbol twice, at most
+//!   `MAX_SYMBOLS_PER_REQUEST`, channels non-empty;
+//! - on `Err`: a short message (under 200 bytes) whatever the input size;
+//! - the worker core's `check_invariants()` after every request, every
+//!   snapshot answer and every close, with its output drained as a socket would.
+//!
+//! A line `#close` makes the shell close that line's connection and open a new one.
+#![no_main]
+
+use std::collections::HashSet;
+use std::io::IoSlice;
+use std::sync::Arc;
+
+use libfuzzer_sys::fuzz_target;
+use tickwire::book::SymbolId;
+use tickwire::book::symbol::is_valid_symbol;
+use tickwire::fanout::request::{MAX_SYMBOLS_PER_REQUEST, parse_request};
+use tickwire::fanout::ring::{ToIngest, ToWorker};
+use tickwire::fanout::worker::{Encoding, WorkerConfig, WorkerCore};
+use tickwire::wire::EncodedFrame;
+use tickwire::wire::json::{Decimals, render};
+use tickwire::wire::pb::{self, server_message::Body};
+
+const NAMES: [&str; 3] = ["BTC-USD", "ETH-USD", "SOL-USD"];
+const MAX_ERROR_MESSAGE_BYTES: usize = 200;
+/// Requests sent to the worker per input (the rest of the lines are ignored).
+const MAX_LINES: usize = 64;
+const STEP_NS: u64 = 37_000_000;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    check_parse(text);
+
+    let mut core = WorkerCore::new(WorkerConfig {
+        max_subscriptions: 4,
+        ..WorkerConfig::default()
+    });
+    for (i, name) in NAMES.iter().enumerate() {
+        core.handle_ring(
+            ToWorker::Instrument {
+                symbol: SymbolId(i as u32),
+                name: Arc::from(*name),
+                price_decimals: 2,
+                size_decimals: 4,
+            },
+            0,
+        );
+    }
+    let mut conns = [
+        core.open_conn(Encoding::Proto),
+        core.open_conn(Encoding::Json),
+        core.open_conn(Encoding::Proto),
+    ];
+    let mut now_ns = 0;
+    for (i, line) in text.split('\n').take(MAX_LINES).enumerate() {
+        now_ns += STEP_NS;
+        let slot = i % conns.len();
+        if line == "#close" {
+            core.handle_closing(conns[slot]);
+            core.close_conn(conns[slot]);
+            conns[slot] = core.open_conn(if slot == 1 {
+                Encoding::Json
+            } else {
+                Encoding::Proto
+            });
+        } else {
+            check_parse(line);
+            core.handle_text(conns[slot], line, now_ns);
+        }
+        check(&core, "after a request");
+        answer_snapshots(&mut core, now_ns);
+        check(&core, "after snapshot answers");
+        drain(&mut core, now_ns);
+        while let Some((conn, _code, _reason)) = core.poll_close() {
+            core.close_conn(conn);
+            if let Some(c) = conns.iter_mut().find(|c| **c == conn) {
+                *c = core.open_conn(Encoding::Proto);
+            }
+        }
+        check(&core, "after closes");
+    }
+});
+
+fn check(core: &WorkerCore, when: &str) {
+    if let Err(e) = core.check_invariants() {
+        panic!("worker invariants broken {when}: {e}");
+    }
+}
+
+fn check_parse(text: &str) {
+    match parse_request(text) {
+        Ok(req) => {
+            assert!(!req.symbols.is_empty());
+            assert!(req.symbols.len() <= MAX_SYMBOLS_PER_REQUEST);
+            for s in &req.symbols {
+                assert!(is_valid_symbol(s), "invalid symbol {s:?} accepted");
+            }
+            let unique: HashSet<&String> = req.symbols.iter().collect();
+            assert_eq!(unique.len(), req.symbols.len(), "a symbol twice");
+            assert!(!req.channels.is_empty());
+        }
+        Err(e) => assert!(
+            e.message.len() < MAX_ERROR_MESSAGE_BYTES,
+            "error message of {} bytes: {:?}",
+            e.message.len(),
+            e.message
+        ),
+    }
+}
+
+/// Plays the ingest thread: every snapshot request gets the symbol's book.
+fn answer_snapshots(core: &mut WorkerCore, now_ns: u64) {
+    let mut requests = Vec::new();
+    while let Some(msg) = core.poll_to_ingest() {
+        if let ToIngest::SnapshotRequest { symbol } = msg {
+            requests.push(symbol);
+        }
+    }
+    for symbol in requests {
+        let msg = pb::ServerMessage {
+            body: Some(Body::Snapshot(pb::BookSnapshot {
+                symbol: NAMES[symbol.0 as usize].into(),
+                seq: 1,
+                bids: vec![pb::Level {
+                    price: 100,
+                    size: 5,
+                }],
+                asks: vec![pb::Level {
+                    price: 101,
+                    size: 7,
+                }],
+                price_decimals: 2,
+                size_decimals: 4,
+                ..Default::default()
+            })),
+        };
+        let mut json = String::new();
+        render(&msg, Decimals { price: 2, size: 4 }, &mut json);
+        core.handle_ring(
+            ToWorker::Snapshot {
+                symbol,
+                seq: 1,
+                bin: Some(EncodedFrame::binary(&msg)),
+                json: Some(EncodedFrame::text(&json)),
+                stale: None,
+            },
+            now_ns,
+        );
+    }
+}
+
+/// Plays the sockets: every dirty connection takes everything queued.
+fn drain(core: &mut WorkerCore, now_ns: u64) {
+    while let Some(conn) = core.poll_dirty() {
+        // Each write takes at least one whole slice: bounded by the frames queued.
+        for writes in 0.. {
+            let mut slices = [IoSlice::new(&[]); 64];
+            let n = core.io_slices(conn, &mut slices);
+            if n == 0 {
+                break;
+            }
+            assert!(writes < 100_000, "{conn:?} never drains");
+            let bytes = slices[..n].iter().map(|s| s.len()).sum();
+            core.handle_written(conn, bytes, now_ns);
+        }
+    }
+}
