@@ -12,18 +12,26 @@
 set -euo pipefail
 OLD=$1 NEW=$2 LOADGEN=$3 RUNS=${4:-3} OUT=${5:-target/bench-freshness}
 mkdir -p "$OUT"
-# name clients rate stalled_fraction
-CASES=(
+# name clients rate stalled_fraction [extra engine flags]; CASES_ONLY=name,...
+# picks some (e.g. CASES_ONLY=iso-0,iso-10).
+ALL_CASES=(
     "1M 10000 100 0"
     "4M 10000 400 0"
     "iso-0 2000 500 0"
     "iso-10 2000 500 0.1"
+    "iso-10-nolag 2000 500 0.1 --max-lag-ms=600000"
 )
-run_one() { # label bin clients rate stalled out
+CASES=()
+for c in "${ALL_CASES[@]}"; do
+    name=${c%% *}
+    if [ -z "${CASES_ONLY:-}" ] || [[ ",$CASES_ONLY," == *",$name,"* ]]; then CASES+=("$c"); fi
+done
+run_one() { # label bin clients rate stalled out [engine flags]
     local label=$1 bin=$2 clients=$3 rate=$4 stalled=$5 out=$6
+    shift 6
     local log=$out.engine
     taskset -c 0 "$bin" serve --workers 1 --no-pin --ping-interval-ms 600000 \
-        --listen 127.0.0.1:0 --ingest 127.0.0.1:0 --ingest-json 127.0.0.1:0 >"$log" 2>&1 &
+        --listen 127.0.0.1:0 --ingest 127.0.0.1:0 --ingest-json 127.0.0.1:0 "$@" >"$log" 2>&1 &
     local pid=$!
     local ws="" ingest=""
     for _ in $(seq 1 100); do
@@ -47,9 +55,11 @@ run_one() { # label bin clients rate stalled out
 for r in $(seq 1 "$RUNS"); do
     for c in "${CASES[@]}"; do
         set -- $c
+        name=$1 clients=$2 rate=$3 stalled=$4
+        shift 4
         for build in old new; do
             bin=$OLD; [ $build = new ] && bin=$NEW
-            run_one "run$r $1 $build" "$bin" "$2" "$3" "$4" "$OUT/$1-$build-$r"
+            run_one "run$r $name $build" "$bin" "$clients" "$rate" "$stalled" "$OUT/$name-$build-$r" "$@"
         done
     done
 done
