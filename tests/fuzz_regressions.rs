@@ -4,6 +4,8 @@
 
 use std::time::Instant;
 
+use tickwire::fanout::request::{ErrorCode, parse_request as parse_client_request};
+
 use tickwire::ws::frame::{decode_frame, write_client_frame};
 use tickwire::ws::http::{RequestParser, parse_request};
 use tickwire::ws::{
@@ -91,4 +93,26 @@ fn ws_server_close_in_the_middle_of_a_frame_skips_its_rest() {
     assert_eq!(close.opcode, Opcode::Close);
     assert_eq!(&close.payload[..2], &1001u16.to_be_bytes());
     assert_eq!(head_len + used, out.len(), "nothing after the close frame");
+}
+
+/// client_request: 40 DEL characters in an unknown channel name (the op and
+/// a symbol alike) were echoed as 40 `\u{7f}` escapes, a 253-byte error
+/// message; the echo is now cut at 40 characters once escaped.
+#[test]
+fn client_request_escaped_echo_is_short() {
+    let del = "\u{7f}".repeat(40);
+    for text in [
+        format!(r#"{{"op":"subscribe","symbols":["A"],"channels":["b{del}"]}}"#),
+        format!(r#"{{"op":"{del}","symbols":["A"]}}"#),
+        format!(r#"{{"op":"subscribe","symbols":["{del}"]}}"#),
+    ] {
+        let e = parse_client_request(&text).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(
+            e.message.len() < 100,
+            "{} bytes: {}",
+            e.message.len(),
+            e.message
+        );
+    }
 }

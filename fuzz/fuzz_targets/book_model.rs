@@ -4,6 +4,10 @@
 //! Invariants, after every operation:
 //! - `apply` reports the change the model expects (inserted, updated,
 //!   removed, removal of an absent level, negative size refused);
+//! - `apply_updates` (a delta's updates, sequentially or by its merge)
+//!   equals applying them one by one to the model, or refuses them as the
+//!   model does (first bad side or negative size, then a side over the
+//!   depth limit) and leaves the book unchanged;
 //! - a snapshot is accepted exactly when each side is strictly best first
 //!   with sizes > 0, and a refused one leaves the book unchanged;
 //! - levels (best first), depth, best, nth, top-n, size_at and emptiness
@@ -17,7 +21,9 @@ use std::collections::BTreeMap;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use tickwire::book::book::{Change, OrderBook, Side};
+use tickwire::book::book::{
+    Change, MAX_LEVELS_PER_SIDE, OrderBook, Side, UpdateError, UpdateScratch,
+};
 use tickwire::book::checksum::checksum_levels;
 use tickwire::wire::pb;
 
@@ -27,6 +33,11 @@ enum Op {
         bid: bool,
         price: u8,
         size: i8,
+    },
+    /// A delta's updates, with the side's depth limit (255: the structural one).
+    ApplyUpdates {
+        updates: Vec<(u8, u8, i8)>,
+        max: u8,
     },
     Snapshot {
         bids: Vec<(u8, u8)>,
@@ -54,7 +65,7 @@ fn size(s: i8) -> i64 {
     }
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Model {
     bids: BTreeMap<i64, i64>,
     asks: BTreeMap<i64, i64>,
@@ -83,6 +94,42 @@ impl Model {
                 None => Change::Inserted,
             }
         }
+    }
+
+    /// What `OrderBook::apply_updates` must answer, and the model after it.
+    fn apply_updates(&self, updates: &[pb::LevelUpdate], max: usize) -> Result<Model, UpdateError> {
+        for (index, u) in updates.iter().enumerate() {
+            if Side::from_pb(u.side).is_none() {
+                return Err(UpdateError::BadSide {
+                    index,
+                    side: u.side,
+                });
+            }
+            if u.size < 0 {
+                return Err(UpdateError::NegativeSize {
+                    index,
+                    size: u.size,
+                });
+            }
+        }
+        let mut after = self.clone();
+        for u in updates {
+            // Checked above: a known side.
+            if let Some(side) = Side::from_pb(u.side) {
+                after.apply(side, u.price, u.size);
+            }
+        }
+        let max = max.min(MAX_LEVELS_PER_SIDE);
+        for (side, depth) in [(Side::Bid, after.bids.len()), (Side::Ask, after.asks.len())] {
+            if depth > max {
+                return Err(UpdateError::TooDeep {
+                    side: side.label(),
+                    depth,
+                    max,
+                });
+            }
+        }
+        Ok(after)
     }
 
     /// Best first.
@@ -173,6 +220,7 @@ fn compare(book: &OrderBook, model: &Model, touched: Option<(Side, i64)>) {
 fuzz_target!(|ops: Vec<Op>| {
     let mut book = OrderBook::new();
     let mut model = Model::default();
+    let mut scratch = UpdateScratch::default();
     for op in ops {
         match op {
             Op::Apply {
@@ -184,6 +232,40 @@ fuzz_target!(|ops: Vec<Op>| {
                 let (p, s) = (price(p), size(s));
                 assert_eq!(book.apply(side, p, s), model.apply(side, p, s));
                 compare(&book, &model, Some((side, p)));
+            }
+            Op::ApplyUpdates { updates, max } => {
+                let updates: Vec<pb::LevelUpdate> = updates
+                    .iter()
+                    .map(|&(side, p, z)| pb::LevelUpdate {
+                        side: match side % 4 {
+                            0 => pb::Side::Bid as i32,
+                            1 => pb::Side::Ask as i32,
+                            2 => pb::Side::Unspecified as i32,
+                            _ => 7,
+                        },
+                        price: price(p),
+                        size: size(z),
+                    })
+                    .collect();
+                let max = if max == u8::MAX {
+                    usize::MAX
+                } else {
+                    usize::from(max)
+                };
+                let before = book.clone();
+                let expected = model.apply_updates(&updates, max);
+                let got = book.apply_updates(&updates, max, &mut scratch);
+                match expected {
+                    Ok(after) => {
+                        assert_eq!(got, Ok(()), "{updates:?}");
+                        model = after;
+                    }
+                    Err(e) => {
+                        assert_eq!(got, Err(e), "{updates:?}");
+                        assert_eq!(book, before, "a refused delta changed the book");
+                    }
+                }
+                compare(&book, &model, None);
             }
             Op::Snapshot { bids, asks } => {
                 let (bids, asks) = (to_levels(&bids), to_levels(&asks));

@@ -18,9 +18,10 @@ use crate::{Input, decimals};
 /// A protobuf length prefix is at most 10 bytes (a `u64` varint).
 const MAX_VARINT_BYTES: usize = 10;
 
-/// Longest error or rejection text accepted: each copies at most a short
-/// excerpt of peer input, whatever the message size.
-pub const MAX_ERROR_TEXT_BYTES: usize = 300;
+/// Longest error or rejection text accepted, whatever the message size:
+/// each copies at most a 40-character excerpt of peer input, and an escaped
+/// character takes at most 10 bytes (`\u{10ffff}`).
+pub const MAX_ERROR_TEXT_BYTES: usize = 1024;
 
 type Outcome = Result<Result<Decoded, Rejection>, StreamError>;
 

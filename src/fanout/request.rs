@@ -225,12 +225,17 @@ pub fn request_id(text: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// At most 40 chars of client input in an error message.
+/// At most 40 chars of client input in an error message, and at most 40
+/// once escaped for `{:?}`: a control character escapes to up to 10.
 fn truncate(s: &str) -> &str {
-    match s.char_indices().nth(40) {
-        Some((i, _)) => &s[..i],
-        None => s,
+    let mut escaped = 0;
+    for (n, (i, c)) in s.char_indices().enumerate() {
+        escaped += c.escape_debug().len();
+        if n == 40 || escaped > 40 {
+            return &s[..i];
+        }
     }
+    s
 }
 
 #[cfg(test)]
