@@ -34,6 +34,24 @@ pub struct IngestConfig {
     /// be silent for as long as it likes. Milliseconds; default 30 000 (a
     /// 1 MiB frame needs 0.3 Mbit/s). 0: no deadline.
     pub feed_message_timeout_ms: u64,
+    /// The NATS backplane (scale-out): off when `None`.
+    pub backplane: Option<BackplaneSettings>,
+}
+
+/// The NATS backplane of a node (DESIGN "Growing past one machine",
+/// README "Scale out").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackplaneSettings {
+    /// NATS server URLs (`nats://host:port`); the client reconnects among them.
+    pub servers: Vec<String>,
+    /// Publish this node's books as origin with this name (`--publish`,
+    /// `--origin-id`): 1 to 32 bytes of `[A-Za-z0-9_-]`.
+    pub origin: Option<String>,
+    /// Follow other origins' books for local clients (`--backplane`).
+    pub edge: bool,
+    /// An origin whose heartbeat is silent this long is down: its books
+    /// turn `Stale{feed_down}` on this edge. Milliseconds; default 3 000.
+    pub heartbeat_timeout_ms: u64,
 }
 
 impl Default for IngestConfig {
@@ -47,6 +65,7 @@ impl Default for IngestConfig {
             market: MarketLimits::default(),
             feed_hello_timeout_ms: 10_000,
             feed_message_timeout_ms: 30_000,
+            backplane: None,
         }
     }
 }

@@ -22,6 +22,8 @@
 //! - [`book`]: order books, checksums, sequencing and ownership ([`book::market`]),
 //!   ingest decoding, decimals, the synthetic market. Pure code.
 //! - [`ws`]: the sans-IO HTTP/WebSocket codec. No sockets, no clock.
+//! - [`cluster`]: the NATS backplane's pure parts (subjects, header,
+//!   heartbeat, what an origin publishes, what an edge follows).
 //! - [`net`]: the only module that touches sockets, `mio`, threads and wakers.
 //! - [`metrics`]: counters and Prometheus text.
 //! - [`config`]: typed configuration, every default with its unit.
@@ -54,6 +56,7 @@
 #![deny(unsafe_code)]
 
 pub mod book;
+pub mod cluster;
 pub mod config;
 pub mod fanout;
 pub mod metrics;

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use tickwire::book::synth::SynthConfig;
-use tickwire::config::{IngestConfig, MarketLimits};
+use tickwire::config::{BackplaneSettings, IngestConfig, MarketLimits};
 use tickwire::fanout::limits::{IpLimitConfig, Rate, RequestLimits};
 use tickwire::fanout::worker::WorkerConfig;
 use tickwire::net::demo::{self, DemoFeedConfig};
@@ -165,9 +165,41 @@ struct ServeArgs {
     /// Serve the conformance echo endpoint at this path (a test aid; off by default).
     #[arg(long)]
     echo_path: Option<String>,
+    /// Origin role (scale-out): publish every message of this node's books to
+    /// NATS at these servers (comma-separated `nats://host:port`).
+    #[arg(long, value_delimiter = ',')]
+    publish: Vec<String>,
+    /// Edge role (scale-out): follow the symbols local clients want from
+    /// their origins through NATS at these servers (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    backplane: Vec<String>,
+    /// This origin's name on the backplane: 1 to 32 of `A-Za-z0-9_-`.
+    /// Among origins listing one symbol, the smallest name owns it.
+    #[arg(long, default_value = "origin")]
+    origin_id: String,
+    /// An origin whose heartbeat is silent this long is down for an edge
+    /// (its books turn `Stale{feed_down}`), in ms.
+    #[arg(long, default_value_t = 3_000)]
+    backplane_timeout_ms: u64,
 }
 
 impl ServeArgs {
+    /// `--publish` and `--backplane` share one NATS connection: a node that
+    /// is both uses the `--publish` servers.
+    fn backplane_settings(&self) -> Option<BackplaneSettings> {
+        let servers = if self.publish.is_empty() {
+            &self.backplane
+        } else {
+            &self.publish
+        };
+        (!servers.is_empty()).then(|| BackplaneSettings {
+            servers: servers.clone(),
+            origin: (!self.publish.is_empty()).then(|| self.origin_id.clone()),
+            edge: !self.backplane.is_empty(),
+            heartbeat_timeout_ms: self.backplane_timeout_ms,
+        })
+    }
+
     fn engine_config(&self) -> EngineConfig {
         let defaults = EngineConfig::default();
         EngineConfig {
@@ -183,6 +215,7 @@ impl ServeArgs {
                     max_book_levels: self.max_book_levels,
                     max_delta_updates: self.max_delta_updates,
                 },
+                backplane: self.backplane_settings(),
                 ..IngestConfig::default()
             },
             listen: self.listen,

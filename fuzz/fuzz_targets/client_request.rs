@@ -49,6 +49,7 @@ fuzz_target!(|data: &[u8]| {
                 name: Arc::from(*name),
                 price_decimals: 2,
                 size_decimals: 4,
+                epoch: 0,
             },
             0,
         );

@@ -419,6 +419,7 @@ impl Verifier {
                     exchange_ts_ns: m.exchange_ts_ns.ok_or_else(|| need("exchange_ts_ns"))?,
                     ingest_ts_ns: 0,
                     checksum: m.checksum.ok_or_else(|| need("checksum"))?,
+                    epoch: 0,
                 };
                 self.on_other(Body::Snapshot(s), t);
             }
@@ -439,6 +440,7 @@ impl Verifier {
                                 symbol: i.symbol.to_owned(),
                                 price_decimals: i.price_decimals as i32,
                                 size_decimals: i.size_decimals as i32,
+                                epoch: 0,
                             })
                             .collect(),
                     })
@@ -781,6 +783,7 @@ mod tests {
                     symbol: SYM.into(),
                     price_decimals: 2,
                     size_decimals: 4,
+                    epoch: 0,
                 }],
             })
         }

@@ -59,6 +59,7 @@ impl Market {
                 symbol: SYM.into(),
                 price_decimals: 2,
                 size_decimals: 4,
+                epoch: 0,
             }],
         }))
     }

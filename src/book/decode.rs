@@ -711,6 +711,7 @@ fn json_snapshot(f: &JsonFields<'_>) -> Result<pb::BookSnapshot, RejectReason> {
         exchange_ts_ns,
         ingest_ts_ns: 0,
         checksum: 0,
+        epoch: 0,
     })
 }
 
@@ -1083,6 +1084,7 @@ mod tests {
             exchange_ts_ns: TS,
             ingest_ts_ns: 0,
             checksum: 0,
+            epoch: 0,
         }
     }
 
@@ -2225,6 +2227,7 @@ mod tests {
                         exchange_ts_ns,
                         ingest_ts_ns: 0,
                         checksum: 0,
+                        epoch: 0,
                     }
                 },
             )

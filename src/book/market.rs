@@ -36,6 +36,9 @@ use crate::wire::pb::server_message::Body;
 use super::book::{MAX_LEVELS_PER_SIDE, OrderBook, Side, UpdateError, UpdateScratch};
 use super::{FeedId, RejectReason, SymbolId};
 pub use crate::config::MarketLimits;
+pub use mirror::{MirrorReject, ORIGIN_FEED_BIT, origin_feed};
+
+mod mirror;
 
 /// Largest `price_decimals` / `size_decimals` (PROTOCOL §1).
 pub const MAX_DECIMALS: i32 = 18;
@@ -150,6 +153,11 @@ pub struct SymbolInfo<'a> {
     pub stale: Option<FeedStale>,
     pub bid_depth: usize,
     pub ask_depth: usize,
+    pub epoch: u64,
+    /// Mirrored from an origin through the backplane (see [`Market::mirror_snapshot`]).
+    pub mirrored: bool,
+    /// Whether there is a book to serve (false for a mirrored symbol not synced yet).
+    pub has_book: bool,
 }
 
 /// Per-symbol state, indexed by `SymbolId`.
@@ -172,6 +180,15 @@ struct SymbolState {
     /// Timestamps of the last message applied to the book.
     exchange_ts_ns: u64,
     ingest_ts_ns: u64,
+    /// The history `seq` belongs to (PROTOCOL §10): the market's own epoch for
+    /// a local feed's book, the origin's for a mirrored one.
+    epoch: u64,
+    /// False only for a mirrored symbol listed by its origin's heartbeat and
+    /// not synced yet (or no longer followed): no book to serve.
+    has_book: bool,
+    /// Owned through the backplane ([`Market::mirror_snapshot`]), not by a
+    /// local feed: never republished by this node.
+    mirrored: bool,
 }
 
 /// Every book and sequence of the process; see the module doc.
@@ -195,6 +212,8 @@ pub struct Market {
     limits: MarketLimits,
     /// Buffers of [`OrderBook::apply_updates`], kept warm across deltas.
     scratch: UpdateScratch,
+    /// The epoch of the local feeds' books (PROTOCOL §10): set once at start.
+    epoch: u64,
 }
 
 impl Market {
@@ -218,6 +237,18 @@ impl Market {
 
     pub fn limits(&self) -> &MarketLimits {
         &self.limits
+    }
+
+    /// Sets the epoch of the local feeds' books (PROTOCOL §10); the engine
+    /// takes its start time in milliseconds, so a restart changes it.
+    pub fn with_epoch(mut self, epoch: u64) -> Market {
+        self.epoch = epoch;
+        self
+    }
+
+    /// The epoch of the local feeds' books.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// A feed's snapshot replaces the symbol's whole book (creating the symbol
@@ -289,12 +320,24 @@ impl Market {
                     size_decimals,
                     exchange_ts_ns: 0,
                     ingest_ts_ns: 0,
+                    epoch: 0,
+                    has_book: true,
+                    mirrored: false,
                 });
                 id
             }
         };
         self.set_owner(id, feed);
+        let epoch = self.epoch;
         let st = self.state_mut(id);
+        if st.mirrored || st.epoch != epoch {
+            // A local feed takes over a mirrored book: its history restarts
+            // here (seq continues, never decreasing, in this node's epoch).
+            st.mirrored = false;
+            st.epoch = epoch;
+            st.trade_seq = 0;
+        }
+        st.has_book = true;
         // Unreachable in practice (one number per published message: 584 years
         // at 10^9 a second); saturating keeps "never decreases" regardless.
         st.seq = st.seq.saturating_add(1);
@@ -307,6 +350,7 @@ impl Market {
         snap.seq = st.seq;
         snap.ingest_ts_ns = ingest_ts_ns;
         snap.checksum = st.book.checksum();
+        snap.epoch = st.epoch;
         let seq = st.seq;
         self.debug_check(id);
         out.push(Published::Snapshot {
@@ -498,7 +542,19 @@ impl Market {
             exchange_ts_ns: st.exchange_ts_ns,
             ingest_ts_ns: st.ingest_ts_ns,
             checksum: st.book.checksum(),
+            epoch: st.epoch,
         }
+    }
+
+    /// Whether `id` has a book to serve: false for an unknown id and for a
+    /// mirrored symbol not synced yet.
+    pub fn has_book(&self, id: SymbolId) -> bool {
+        self.state(id).is_some_and(|st| st.has_book)
+    }
+
+    /// The epoch of `id`'s book (0 for an unknown id).
+    pub fn symbol_epoch(&self, id: SymbolId) -> u64 {
+        self.state(id).map_or(0, |st| st.epoch)
     }
 
     /// The seq that [`Self::snapshot`] would carry now: the last published book
@@ -587,6 +643,25 @@ impl Market {
         st.owner_pos = pos;
     }
 
+    /// `id` loses its owner (without publishing anything).
+    fn clear_owner(&mut self, id: SymbolId) {
+        let st = self.state_mut(id);
+        let (Some(old), pos) = (st.owner.take(), st.owner_pos) else {
+            return;
+        };
+        if let Some(list) = self.owned.get_mut(&old)
+            && pos < list.len()
+        {
+            list.swap_remove(pos);
+            if let Some(&moved) = list.get(pos) {
+                self.symbols[moved.0 as usize].owner_pos = pos;
+            }
+            if list.is_empty() {
+                self.owned.remove(&old);
+            }
+        }
+    }
+
     /// Checks the `# Invariants` that concern `id` (debug builds; O(1) apart
     /// from the hash lookups).
     fn debug_check(&self, id: SymbolId) {
@@ -596,7 +671,7 @@ impl Market {
                 return;
             };
             debug_assert_eq!(self.ids.get(&*st.name), Some(&id));
-            debug_assert!(st.seq >= 1);
+            debug_assert!(st.seq >= 1 || !st.has_book);
             debug_assert_eq!(st.owner.is_none(), st.stale == Some(FeedStale::FeedDown));
             if let Some(owner) = st.owner {
                 debug_assert_eq!(
@@ -621,6 +696,9 @@ fn info(id: SymbolId, st: &SymbolState) -> SymbolInfo<'_> {
         stale: st.stale,
         bid_depth: st.book.depth(Side::Bid),
         ask_depth: st.book.depth(Side::Ask),
+        epoch: st.epoch,
+        mirrored: st.mirrored,
+        has_book: st.has_book,
     }
 }
 
@@ -678,6 +756,7 @@ mod tests {
             exchange_ts_ns: 1_000,
             ingest_ts_ns: 0,
             checksum: 0,
+            epoch: 0,
         }
     }
 

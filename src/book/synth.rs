@@ -257,6 +257,7 @@ impl SynthMarket {
                 exchange_ts_ns,
                 ingest_ts_ns: 0,
                 checksum: 0,
+                epoch: 0,
             })),
         }
     }

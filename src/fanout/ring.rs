@@ -79,13 +79,15 @@ pub enum DataKind {
 /// Ingest → worker.
 #[derive(Debug, Clone)]
 pub enum ToWorker {
-    /// A symbol appeared or its decimals changed. Sent to every worker, never
+    /// A symbol appeared or its decimals or epoch changed. Sent to every worker, never
     /// dropped; workers keep their own directory from these.
     Instrument {
         symbol: SymbolId,
         name: Arc<str>,
         price_decimals: u32,
         size_decimals: u32,
+        /// PROTOCOL §10: the history the symbol's seq belongs to.
+        epoch: u64,
     },
     /// Published market data for a symbol this worker has interest in.
     /// `seq` is the book seq (deltas, replaced books) or the trade seq (trades).

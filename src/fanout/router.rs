@@ -60,6 +60,8 @@ struct Route {
     trades: u64,
     json: u64,
     decimals: Option<Decimals>,
+    /// The epoch last announced with the decimals.
+    epoch: u64,
     /// The encoded snapshot at `seq`, until the book changes.
     cache: Option<CachedSnapshot>,
 }
@@ -226,7 +228,7 @@ impl Router {
         }
     }
 
-    /// Broadcasts the instrument when it is new or its decimals changed.
+    /// Broadcasts the instrument when it is new or its decimals or epoch changed.
     fn announce(
         &mut self,
         market: &Market,
@@ -241,11 +243,36 @@ impl Router {
             price: s.price_decimals.clamp(0, 18) as u32,
             size: s.size_decimals.clamp(0, 18) as u32,
         };
+        self.announce_as(market, symbol, d, s.epoch, rings);
+    }
+
+    /// Announces a symbol that has no book yet (a mirrored symbol listed by
+    /// its origin's heartbeat), so that workers accept subscriptions to it.
+    pub fn announce_listed(&mut self, market: &Market, symbol: SymbolId, rings: &mut impl Rings) {
+        let Some(info) = market.info(symbol) else {
+            return;
+        };
+        let d = Decimals {
+            price: info.price_decimals,
+            size: info.size_decimals,
+        };
+        self.announce_as(market, symbol, d, info.epoch, rings);
+    }
+
+    fn announce_as(
+        &mut self,
+        market: &Market,
+        symbol: SymbolId,
+        d: Decimals,
+        epoch: u64,
+        rings: &mut impl Rings,
+    ) {
         let route = self.route(symbol);
-        if route.decimals == Some(d) {
+        if route.decimals == Some(d) && route.epoch == epoch {
             return;
         }
         route.decimals = Some(d);
+        route.epoch = epoch;
         let name: Arc<str> = Arc::from(market.name(symbol));
         for w in 0..self.lanes.len() {
             let msg = ToWorker::Instrument {
@@ -253,8 +280,25 @@ impl Router {
                 name: name.clone(),
                 price_decimals: d.price,
                 size_decimals: d.size,
+                epoch,
             };
             self.push_must(w, msg, rings);
+        }
+    }
+
+    /// `lost` trades of `symbol` will never arrive (the backplane lost them):
+    /// every worker with trades interest gets a drop marker for them before
+    /// any further data of the symbol, so its trades subscribers are told
+    /// (`Stale{slow_consumer_trades}`, PROTOCOL §4).
+    pub fn lose_trades(&mut self, symbol: SymbolId, lost: u64) {
+        let mut mask = self.route(symbol).trades;
+        while mask != 0 {
+            let w = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            if let Some(lane) = self.lanes.get_mut(w) {
+                lane.dropped.entry(symbol).or_default().trades += lost;
+                self.stats.dropped_trades += lost;
+            }
         }
     }
 
@@ -351,6 +395,17 @@ impl Router {
     }
 
     fn snapshot_answer(&mut self, w: usize, symbol: SymbolId, market: &Market) -> ToWorker {
+        if market.stale_reason(symbol).is_none() && !market.has_book(symbol) {
+            // A mirrored book being synced: the waiting subscribers take the
+            // origin's snapshot when it arrives (as BookReplaced).
+            return ToWorker::Snapshot {
+                symbol,
+                seq: 0,
+                bin: None,
+                json: None,
+                stale: None,
+            };
+        }
         if let Some(reason) = market.stale_reason(symbol) {
             let seq = market.snapshot_seq(symbol);
             return ToWorker::Snapshot {

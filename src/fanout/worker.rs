@@ -284,6 +284,7 @@ struct Instrument {
     name: Arc<str>,
     price_decimals: u32,
     size_decimals: u32,
+    epoch: u64,
 }
 
 /// A control message rendered at most once per encoding for one event.
@@ -662,7 +663,8 @@ impl WorkerCore {
                 name,
                 price_decimals,
                 size_decimals,
-            } => self.handle_instrument(symbol, name, price_decimals, size_decimals),
+                epoch,
+            } => self.handle_instrument(symbol, name, price_decimals, size_decimals, epoch),
             ToWorker::Data {
                 symbol,
                 kind,
@@ -1136,6 +1138,7 @@ impl WorkerCore {
                     symbol: ins.name.to_string(),
                     price_decimals: ins.price_decimals as i32,
                     size_decimals: ins.size_decimals as i32,
+                    epoch: ins.epoch,
                 }
             })
             .collect();
@@ -1283,6 +1286,7 @@ impl WorkerCore {
         name: Arc<str>,
         price_decimals: u32,
         size_decimals: u32,
+        epoch: u64,
     ) {
         let i = symbol.0 as usize;
         if self.instruments.len() <= i {
@@ -1298,6 +1302,7 @@ impl WorkerCore {
             name,
             price_decimals,
             size_decimals,
+            epoch,
         });
     }
 
@@ -1850,6 +1855,7 @@ mod tests {
                 name: Arc::from(NAMES[id.0 as usize]),
                 price_decimals: 0,
                 size_decimals: 0,
+                epoch: 0,
             }
         }
 

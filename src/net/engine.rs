@@ -119,6 +119,23 @@ impl EngineConfig {
         if self.shell.ping_interval_ms > 0 && self.shell.pong_timeout_ms == 0 {
             return Err("a ping interval needs a pong timeout".into());
         }
+        if let Some(b) = &self.ingest.backplane {
+            if let Some(o) = &b.origin
+                && !crate::cluster::subject::is_valid_origin(o)
+            {
+                return Err(format!(
+                    "origin id {o:?} must be 1 to 32 of A-Za-z0-9_- (one NATS subject token)"
+                ));
+            }
+            for s in &b.servers {
+                if s.parse::<async_nats::ServerAddr>().is_err() {
+                    return Err(format!("invalid NATS server URL {s:?}"));
+                }
+            }
+            if b.heartbeat_timeout_ms < 1_500 {
+                return Err("the backplane timeout must be at least 1500 ms (heartbeats come every second)".into());
+            }
+        }
         Ok(())
     }
 }

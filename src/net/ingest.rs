@@ -39,12 +39,13 @@ use crate::book::decode::{Decoded, FeedDecoder, Framing};
 use crate::book::feed_deadlines::FeedDeadlines;
 use crate::book::feed_name::{MAX_FEED_ID_BYTES, display_feed_id};
 use crate::book::market::{Market, Published};
-use crate::book::{FeedId, RejectReason, StreamError};
+use crate::book::{FeedId, RejectReason, StreamError, SymbolId};
 use crate::config::IngestConfig;
 use crate::metrics::{IngestCounters, LogThrottle};
 use crate::wire::EncodedFrame;
 
 use super::accept_backoff::{self, AcceptBackoff};
+use super::backplane::Backplane;
 use super::health::Liveness;
 
 const PROTO_LISTENER: Token = Token(0);
@@ -86,6 +87,20 @@ pub trait MarketSink: Send + 'static {
     fn has_pending(&self) -> bool {
         false
     }
+
+    /// A symbol whose local interest (any channel, any worker) started
+    /// (`true`) or ended (`false`) since the last call: an edge follows
+    /// exactly those on the backplane.
+    fn poll_interest_change(&mut self) -> Option<(SymbolId, bool)> {
+        None
+    }
+
+    /// A symbol with no book yet (listed by its origin's heartbeat) must be
+    /// known to the workers and `/symbols`.
+    fn announce(&mut self, _market: &Market, _symbol: SymbolId) {}
+
+    /// `lost` trades of `symbol` will never arrive (lost on the backplane).
+    fn lose_trades(&mut self, _symbol: SymbolId, _lost: u64) {}
 }
 
 /// A sink that drops everything (an engine with no subscribers).
@@ -179,11 +194,18 @@ impl IngestServer {
         let counters = self.counters.clone();
         let control = self.control_tx.clone();
         let waker = self.waker.clone();
+        let backplane = match &self.cfg.backplane {
+            Some(b) => Some(Backplane::start(b, self.waker.clone())?),
+            None => None,
+        };
+        // PROTOCOL §10: the local books' epoch is the start time in ms, so
+        // that a restarted engine (or origin) names a new history.
+        let epoch_ms = now_ns() / 1_000_000;
         let mut lp = IngestLoop {
             poll: self.poll,
             proto: self.proto,
             json: self.json,
-            market: Market::with_limits(self.cfg.market),
+            market: Market::with_limits(self.cfg.market).with_epoch(epoch_ms),
             cfg: self.cfg,
             counters: self.counters,
             control: self.control_rx,
@@ -199,6 +221,7 @@ impl IngestServer {
             out: Vec::new(),
             read_buf: vec![0; READ_BUF_BYTES].into_boxed_slice(),
             liveness: self.liveness,
+            backplane,
         };
         let thread = std::thread::Builder::new()
             .name("ingest".into())
@@ -292,6 +315,8 @@ struct IngestLoop {
     out: Vec<Published>,
     read_buf: Box<[u8]>,
     liveness: Arc<Liveness>,
+    /// The NATS backplane, when this node is an origin or an edge.
+    backplane: Option<Backplane>,
 }
 
 enum ReadOutcome {
@@ -321,7 +346,9 @@ impl IngestLoop {
         let mut events = Events::with_capacity(1024);
         loop {
             liveness.beat();
-            let mut timeout = if !self.pending.is_empty() {
+            let mut timeout = if !self.pending.is_empty()
+                || self.backplane.as_ref().is_some_and(Backplane::has_pending)
+            {
                 Duration::ZERO
             } else if self.sink.has_pending() {
                 Duration::from_millis(1)
@@ -367,7 +394,28 @@ impl IngestLoop {
             }
             let now = now_ns();
             self.sink.do_work(&self.market, now);
+            self.serve_backplane();
         }
+    }
+
+    /// The backplane's turn: local interest to the edge, what NATS
+    /// delivered, timers and heartbeats; then what it published.
+    fn serve_backplane(&mut self) {
+        let now = self.mono_ns();
+        let Some(bp) = self.backplane.as_mut() else {
+            return;
+        };
+        while let Some((symbol, on)) = self.sink.poll_interest_change() {
+            bp.handle_interest(&mut self.market, symbol, on, now);
+        }
+        bp.do_work(&mut self.market, &mut self.out, now);
+        while let Some(symbol) = bp.poll_announce() {
+            self.sink.announce(&self.market, symbol);
+        }
+        while let Some((symbol, lost)) = bp.poll_lost_trades() {
+            self.sink.lose_trades(symbol, lost);
+        }
+        self.flush_published();
     }
 
     /// Returns false when asked to shut down.
@@ -608,6 +656,9 @@ impl IngestLoop {
             };
             let frame = EncodedFrame::binary(msg);
             self.sink.publish(&self.market, &event, &frame);
+            if let Some(bp) = self.backplane.as_mut() {
+                bp.publish(&self.market, &event, &frame);
+            }
         }
     }
 

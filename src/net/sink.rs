@@ -3,10 +3,12 @@
 //! waking a worker only when its ring was empty, and serves the workers'
 //! requests. Runs on the ingest thread.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use mio::Waker;
 
+use crate::book::SymbolId;
 use crate::book::market::{Market, Published};
 use crate::fanout::ring::{ToIngest, ToWorker};
 use crate::fanout::router::{Rings, Router};
@@ -52,6 +54,8 @@ pub struct FanoutSink {
     shared: Arc<Shared>,
     last_refresh_ns: u64,
     symbols: DirectoryWriter,
+    /// Interest that started or ended on some symbol, for an edge.
+    interest_changes: VecDeque<(SymbolId, bool)>,
 }
 
 impl FanoutSink {
@@ -67,6 +71,7 @@ impl FanoutSink {
             symbols: SymbolDirectory::writer(&shared.symbols),
             shared,
             last_refresh_ns: 0,
+            interest_changes: VecDeque::new(),
         }
     }
 
@@ -83,12 +88,14 @@ impl MarketSink for FanoutSink {
         // client can have received.
         match event {
             Published::Snapshot { symbol, seq, msg } => {
-                let (pd, sd) = match &msg.body {
-                    Some(Body::Snapshot(s)) => (s.price_decimals as u32, s.size_decimals as u32),
-                    _ => (0, 0),
+                let (pd, sd, epoch) = match &msg.body {
+                    Some(Body::Snapshot(s)) => {
+                        (s.price_decimals as u32, s.size_decimals as u32, s.epoch)
+                    }
+                    _ => (0, 0, 0),
                 };
                 self.symbols
-                    .snapshot(*symbol, market.name(*symbol), *seq, pd, sd);
+                    .snapshot(*symbol, market.name(*symbol), *seq, pd, sd, epoch);
             }
             Published::Delta { symbol, seq, .. } => self.symbols.delta(*symbol, *seq),
             Published::Trade { .. } | Published::Stale { .. } => {}
@@ -100,6 +107,28 @@ impl MarketSink for FanoutSink {
         self.router.has_pending()
     }
 
+    fn poll_interest_change(&mut self) -> Option<(SymbolId, bool)> {
+        self.interest_changes.pop_front()
+    }
+
+    fn announce(&mut self, market: &Market, symbol: SymbolId) {
+        if let Some(info) = market.info(symbol) {
+            self.symbols.snapshot(
+                symbol,
+                info.name,
+                info.seq,
+                info.price_decimals,
+                info.size_decimals,
+                info.epoch,
+            );
+        }
+        self.router.announce_listed(market, symbol, &mut self.rings);
+    }
+
+    fn lose_trades(&mut self, symbol: SymbolId, lost: u64) {
+        self.router.lose_trades(symbol, lost);
+    }
+
     fn do_work(&mut self, market: &Market, now_ns: u64) -> usize {
         let mut done = 0;
         for w in 0..self.requests.len() {
@@ -107,7 +136,22 @@ impl MarketSink for FanoutSink {
                 let Ok(req) = self.requests[w].pop() else {
                     break;
                 };
+                let interest_in = match &req {
+                    ToIngest::Interest { symbol, .. } => Some(*symbol),
+                    _ => None,
+                };
+                let held = |r: &Router, s| {
+                    let (book, trades, _) = r.interest(s);
+                    book | trades != 0
+                };
+                let before = interest_in.map(|s| held(&self.router, s));
                 self.router.handle_request(w, req, market, &mut self.rings);
+                if let (Some(s), Some(before)) = (interest_in, before) {
+                    let after = held(&self.router, s);
+                    if after != before {
+                        self.interest_changes.push_back((s, after));
+                    }
+                }
                 done += 1;
             }
         }

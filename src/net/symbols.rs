@@ -24,6 +24,7 @@ pub struct SymbolEntry {
     seq: AtomicU64,
     price_decimals: AtomicU32,
     size_decimals: AtomicU32,
+    epoch: AtomicU64,
 }
 
 /// The directory, indexed by [`SymbolId`].
@@ -63,10 +64,11 @@ impl SymbolDirectory {
             // Writing to a String cannot fail.
             let _ = write!(
                 body,
-                ",\"seq\":{},\"price_decimals\":{},\"size_decimals\":{}}}",
+                ",\"seq\":{},\"price_decimals\":{},\"size_decimals\":{},\"epoch\":{}}}",
                 e.seq.load(Ordering::Acquire),
                 e.price_decimals.load(Ordering::Relaxed),
                 e.size_decimals.load(Ordering::Relaxed),
+                e.epoch.load(Ordering::Relaxed),
             );
         }
         body.push_str("]}");
@@ -83,8 +85,8 @@ impl SymbolDirectory {
 }
 
 impl DirectoryWriter {
-    /// A snapshot was published: the symbol exists (added if new) with these
-    /// decimals and `seq`.
+    /// A snapshot was published (or, on an edge, the symbol's origin listed
+    /// it): the symbol exists (added if new) with these decimals, `seq` and `epoch`.
     pub fn snapshot(
         &mut self,
         id: SymbolId,
@@ -92,6 +94,7 @@ impl DirectoryWriter {
         seq: u64,
         price_decimals: u32,
         size_decimals: u32,
+        epoch: u64,
     ) {
         let i = id.0 as usize;
         while self.local.len() <= i {
@@ -103,6 +106,7 @@ impl DirectoryWriter {
                 seq: AtomicU64::new(0),
                 price_decimals: AtomicU32::new(0),
                 size_decimals: AtomicU32::new(0),
+                epoch: AtomicU64::new(0),
             });
             self.dir
                 .entries
@@ -114,6 +118,7 @@ impl DirectoryWriter {
         let e = &self.local[i];
         e.price_decimals.store(price_decimals, Ordering::Relaxed);
         e.size_decimals.store(size_decimals, Ordering::Relaxed);
+        e.epoch.store(epoch, Ordering::Relaxed);
         e.seq.store(seq, Ordering::Release);
     }
 
@@ -134,15 +139,15 @@ mod tests {
         let dir = Arc::new(SymbolDirectory::default());
         assert_eq!(dir.render_json(), r#"{"symbols":[]}"#);
         let mut w = SymbolDirectory::writer(&dir);
-        w.snapshot(SymbolId(0), "BTC-USD", 1, 2, 4);
-        w.snapshot(SymbolId(1), "a\"b", 7, 0, 0);
+        w.snapshot(SymbolId(0), "BTC-USD", 1, 2, 4, 1_733_000_000_000);
+        w.snapshot(SymbolId(1), "a\"b", 7, 0, 0, 5);
         w.delta(SymbolId(0), 2);
         assert_eq!(
             dir.render_json(),
-            r#"{"symbols":[{"symbol":"BTC-USD","seq":2,"price_decimals":2,"size_decimals":4},{"symbol":"a\"b","seq":7,"price_decimals":0,"size_decimals":0}]}"#
+            r#"{"symbols":[{"symbol":"BTC-USD","seq":2,"price_decimals":2,"size_decimals":4,"epoch":1733000000000},{"symbol":"a\"b","seq":7,"price_decimals":0,"size_decimals":0,"epoch":5}]}"#
         );
         // A replaced book with new decimals.
-        w.snapshot(SymbolId(0), "BTC-USD", 3, 1, 1);
+        w.snapshot(SymbolId(0), "BTC-USD", 3, 1, 1, 1_733_000_000_000);
         assert!(
             dir.render_json()
                 .contains(r#""seq":3,"price_decimals":1,"size_decimals":1"#)

@@ -1378,6 +1378,7 @@ mod tests {
                 name: "BTC-USD".into(),
                 price_decimals: 2,
                 size_decimals: 4,
+                epoch: 0,
             },
             0,
         );

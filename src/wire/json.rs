@@ -112,8 +112,13 @@ pub fn render(msg: &pb::ServerMessage, decimals: Decimals, out: &mut String) {
             write_levels(out, &s.asks, d);
             let _ = write!(
                 out,
-                ",\"price_decimals\":{},\"size_decimals\":{},\"exchange_ts_ns\":{},\"ingest_ts_ns\":{},\"checksum\":{}}}",
-                s.price_decimals, s.size_decimals, s.exchange_ts_ns, s.ingest_ts_ns, s.checksum
+                ",\"price_decimals\":{},\"size_decimals\":{},\"exchange_ts_ns\":{},\"ingest_ts_ns\":{},\"checksum\":{},\"epoch\":{}}}",
+                s.price_decimals,
+                s.size_decimals,
+                s.exchange_ts_ns,
+                s.ingest_ts_ns,
+                s.checksum,
+                s.epoch
             );
         }
         Some(Body::Delta(dl)) => {
@@ -164,8 +169,8 @@ pub fn render(msg: &pb::ServerMessage, decimals: Decimals, out: &mut String) {
                 write_json_str(out, &ins.symbol);
                 let _ = write!(
                     out,
-                    ",\"price_decimals\":{},\"size_decimals\":{}}}",
-                    ins.price_decimals, ins.size_decimals
+                    ",\"price_decimals\":{},\"size_decimals\":{},\"epoch\":{}}}",
+                    ins.price_decimals, ins.size_decimals, ins.epoch
                 );
             }
             out.push_str("]}");
@@ -233,7 +238,7 @@ mod tests {
         );
         assert_eq!(
             s,
-            r#"{"type":"snapshot","symbol":"BTC-USD","seq":42,"bids":[["30000.50","1.2500"]],"asks":[["30001.00","0.5000"]],"price_decimals":2,"size_decimals":4,"exchange_ts_ns":1,"ingest_ts_ns":2,"checksum":7}"#
+            r#"{"type":"snapshot","symbol":"BTC-USD","seq":42,"bids":[["30000.50","1.2500"]],"asks":[["30001.00","0.5000"]],"price_decimals":2,"size_decimals":4,"exchange_ts_ns":1,"ingest_ts_ns":2,"checksum":7,"epoch":0}"#
         );
         sonic_rs::from_str::<sonic_rs::Value>(&s).expect("valid JSON");
     }
@@ -318,13 +323,14 @@ mod tests {
                     symbol: "BTC-USD".into(),
                     price_decimals: 2,
                     size_decimals: 4,
+                    epoch: 0,
                 }],
             }),
             Decimals::default(),
         );
         assert_eq!(
             sub,
-            r#"{"type":"subscribed","id":7,"symbols":["BTC-USD"],"channels":["book","trades"],"instruments":[{"symbol":"BTC-USD","price_decimals":2,"size_decimals":4}]}"#
+            r#"{"type":"subscribed","id":7,"symbols":["BTC-USD"],"channels":["book","trades"],"instruments":[{"symbol":"BTC-USD","price_decimals":2,"size_decimals":4,"epoch":0}]}"#
         );
         let st = render_str(
             Body::Stale(pb::Stale {

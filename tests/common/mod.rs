@@ -466,6 +466,7 @@ impl Client {
                             symbol: i.get("symbol")?.as_str()?.to_string(),
                             price_decimals: i.get("price_decimals")?.as_i64()? as i32,
                             size_decimals: i.get("size_decimals")?.as_i64()? as i32,
+                            epoch: 0,
                         })
                     })
                     .collect::<Option<_>>()?,
