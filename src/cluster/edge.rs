@@ -530,7 +530,12 @@ impl EdgeCore {
         origin.epoch = hb.epoch;
         let feed = origin.feed;
         for e in &hb.entries {
-            let id = match market.mirror_listing(feed, &e.symbol, e.price_decimals, e.size_decimals) {
+            let id = match market.mirror_listing(
+                feed,
+                &e.symbol,
+                (e.price_decimals, e.size_decimals),
+                hb.epoch,
+            ) {
                 Ok((id, changed)) => {
                     if changed {
                         self.announce.push_back(id);

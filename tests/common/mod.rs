@@ -41,6 +41,8 @@ pub struct ClientBook {
     pub snapshots: u64,
     pub trades: u64,
     pub last_trade_seq: u64,
+    /// The epoch of the last snapshot (PROTOCOL §10).
+    pub epoch: u64,
 }
 
 pub struct Client {
@@ -352,7 +354,7 @@ impl Client {
                         .violations
                         .push(format!("{}: bad snapshot levels {e}", s.symbol)),
                 }
-                if s.seq < b.seq {
+                if s.seq < b.seq && s.epoch == b.epoch {
                     self.violations.push(format!(
                         "{}: snapshot seq {} went back from {}",
                         s.symbol, s.seq, b.seq
@@ -365,6 +367,7 @@ impl Client {
                     ));
                 }
                 b.seq = s.seq;
+                b.epoch = s.epoch;
                 b.awaiting = false;
                 b.snapshots += 1;
             }
@@ -467,7 +470,7 @@ impl Client {
                             symbol: i.get("symbol")?.as_str()?.to_string(),
                             price_decimals: i.get("price_decimals")?.as_i64()? as i32,
                             size_decimals: i.get("size_decimals")?.as_i64()? as i32,
-                            epoch: 0,
+                            epoch: i.get("epoch").and_then(|e| e.as_u64()).unwrap_or(0),
                         })
                     })
                     .collect::<Option<_>>()?,
@@ -506,6 +509,7 @@ impl Client {
                     exchange_ts_ns: n("exchange_ts_ns")?,
                     ingest_ts_ns: n("ingest_ts_ns")?,
                     checksum: n("checksum")? as u32,
+                    epoch: n("epoch").unwrap_or(0),
                 })
             }
             "delta" => {

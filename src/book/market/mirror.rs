@@ -88,8 +88,8 @@ impl Market {
         &mut self,
         origin: FeedId,
         name: &str,
-        price_decimals: u32,
-        size_decimals: u32,
+        (price_decimals, size_decimals): (u32, u32),
+        epoch: u64,
     ) -> Result<(SymbolId, bool), MirrorReject> {
         if let Some(id) = self.symbol_id(name) {
             let st = self.state_mut(id);
@@ -99,15 +99,18 @@ impl Market {
             if st.has_book {
                 return Ok((id, false));
             }
-            let changed = (st.price_decimals, st.size_decimals) != (price_decimals, size_decimals);
+            let changed = (st.price_decimals, st.size_decimals, st.epoch)
+                != (price_decimals, size_decimals, epoch);
             st.price_decimals = price_decimals;
             st.size_decimals = size_decimals;
+            st.epoch = epoch;
             return Ok((id, changed));
         }
         let id = self.new_symbol(name, OrderBook::new())?;
         let st = self.state_mut(id);
         st.price_decimals = price_decimals;
         st.size_decimals = size_decimals;
+        st.epoch = epoch;
         self.set_owner(id, origin);
         self.state_mut(id).stale = None;
         Ok((id, true))

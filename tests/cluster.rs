@@ -1,0 +1,394 @@
+//! Scale-out against real `nats-server` processes (started and stopped by the
+//! tests, on free ports): an origin with a TCP feed publishes to NATS; edges
+//! follow the symbols their clients want. Every client, on every node, ends
+//! with books equal to the feed's, and seq, checksum and epoch agree across
+//! nodes; the failures of the scale-out issue each get a test.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::harness::{WAIT, config, delta, http_get, proto, snap, wait_until};
+use common::nats::{NatsServer, start_cluster, start_single};
+use common::{Client, Enc};
+use tickwire::book::synth::{Rng, SynthConfig, SynthMarket};
+use tickwire::config::BackplaneSettings;
+use tickwire::net::engine::Engine;
+use tickwire::wire::pb::server_message::Body;
+
+fn origin(servers: &str, name: &str) -> Engine {
+    let mut cfg = config(1);
+    cfg.ingest.backplane = Some(BackplaneSettings {
+        servers: servers.split(',').map(str::to_string).collect(),
+        origin: Some(name.into()),
+        edge: false,
+        heartbeat_timeout_ms: 3_000,
+    });
+    Engine::start(cfg).expect("origin starts")
+}
+
+fn edge(servers: &str) -> Engine {
+    edge_with_timeout(servers, 3_000)
+}
+
+fn edge_with_timeout(servers: &str, heartbeat_timeout_ms: u64) -> Engine {
+    let mut cfg = config(2);
+    cfg.ingest.backplane = Some(BackplaneSettings {
+        servers: servers.split(',').map(str::to_string).collect(),
+        origin: None,
+        edge: true,
+        heartbeat_timeout_ms,
+    });
+    Engine::start(cfg).expect("edge starts")
+}
+
+/// (seq, checksum, epoch) of every symbol as the node's market holds it.
+fn books(e: &Engine) -> HashMap<String, (u64, u32, u64)> {
+    e.ingest
+        .with_market(WAIT, |m| {
+            m.symbols()
+                .filter(|s| s.has_book)
+                .map(|s| {
+                    (
+                        s.name.to_string(),
+                        (s.seq, m.book(s.id).checksum(), s.epoch),
+                    )
+                })
+                .collect()
+        })
+        .unwrap()
+}
+
+/// Waits until the edge's `/symbols` lists `n` symbols (heartbeats arrived).
+fn wait_listed(e: &Engine, n: usize) {
+    wait_until("the edge lists the cluster's symbols", || {
+        let (status, body) = http_get(e.ws_addr, "/symbols", "GET");
+        status == 200 && body.matches("\"symbol\":").count() >= n
+    });
+}
+
+fn assert_clean(clients: &[(Client, Vec<String>)]) {
+    for (c, _) in clients {
+        assert!(c.violations.is_empty(), "violations: {:?}", c.violations);
+    }
+}
+
+/// Reads every client until each of its symbols reached the origin's seq
+/// and holds the origin's checksum.
+fn converge(clients: &mut [(Client, Vec<String>)], truth: &HashMap<String, (u64, u32, u64)>) {
+    for (c, subs) in clients.iter_mut() {
+        let targets: HashMap<String, u64> =
+            subs.iter().map(|s| (s.clone(), truth[s].0)).collect();
+        assert!(
+            c.read_until_seqs(WAIT, &targets),
+            "client did not reach the feed's seqs: {:?} vs {targets:?}; violations {:?}; last messages {:?}",
+            subs.iter()
+                .map(|s| c.books.get(s).map(|b| (b.seq, b.awaiting)))
+                .collect::<Vec<_>>(),
+            c.violations,
+            c.log.iter().rev().take(4).collect::<Vec<_>>()
+        );
+        for s in subs.iter() {
+            let b = &c.books[s];
+            assert_eq!(b.seq, truth[s].0, "{s}: seq");
+            assert_eq!(b.book.checksum(), truth[s].1, "{s}: checksum");
+        }
+    }
+}
+
+fn subscribe_random(
+    e: &Engine,
+    names: &[String],
+    i: usize,
+    rng: &mut Rng,
+) -> (Client, Vec<String>) {
+    let enc = [Enc::Proto, Enc::JsonProtocol, Enc::JsonQuery][i % 3];
+    let mut c = Client::connect(e.ws_addr, enc, i as u64 + 100);
+    let mut mine: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|_| rng.chance(0.5))
+        .collect();
+    if mine.is_empty() {
+        mine.push(&names[i % names.len()]);
+    }
+    let channels: &[&str] = if i.is_multiple_of(2) {
+        &["book", "trades"]
+    } else {
+        &["book"]
+    };
+    c.subscribe(&mine, channels, i as u64);
+    (c, mine.iter().map(|s| s.to_string()).collect())
+}
+
+fn pump(clients: &mut [(Client, Vec<String>)]) {
+    for (c, _) in clients.iter_mut() {
+        c.read_for(Duration::from_millis(5));
+    }
+}
+
+/// Origin + two edges on one NATS server: clients of both encodings on every
+/// node, random subsets, late joiners, a feed gap and a feed replacing a
+/// book; at the end every client's books equal the feed's, and every node
+/// holds the same seq, checksum and epoch per symbol.
+#[test]
+fn origin_and_two_edges_serve_the_same_gap_free_books() {
+    let nats = start_single();
+    let o = origin(&nats.url(), "venue-a");
+    let e1 = edge(&nats.url());
+    let e2 = edge(&nats.url());
+    let mut synth = SynthMarket::new(SynthConfig {
+        seed: 21,
+        symbols: 6,
+        ..SynthConfig::default()
+    });
+    let mut names: Vec<String> = synth.names().map(str::to_string).collect();
+    let mut feed = TcpStream::connect(o.ingest.proto_addr).unwrap();
+    feed.write_all(&proto(&synth.snapshots(1))).unwrap();
+    // A symbol of its own for the feed gap and the replaced book.
+    let gapped = "GAP-1".to_string();
+    feed.write_all(&proto(&[snap(&gapped, 1, 500, 510)])).unwrap();
+    names.push(gapped.clone());
+    wait_listed(&e1, names.len());
+    wait_listed(&e2, names.len());
+
+    let nodes = [&o, &e1, &e2];
+    let mut rng = Rng::new(3);
+    let mut clients = Vec::new();
+    for i in 0..18 {
+        clients.push(subscribe_random(nodes[i % 3], &names, i, &mut rng));
+    }
+    let mut ts = 1000;
+    let mut send = |n: u64, feed: &mut TcpStream, synth: &mut SynthMarket| {
+        let batch: Vec<_> = (0..n)
+            .map(|_| {
+                ts += 1;
+                synth.next_event(ts)
+            })
+            .collect();
+        feed.write_all(&proto(&batch)).unwrap();
+    };
+    for round in 0..12 {
+        send(80, &mut feed, &mut synth);
+        let d = delta(&gapped, round + 2, 490 - round as i64, 3);
+        feed.write_all(&proto(&[d])).unwrap();
+        pump(&mut clients);
+        if round == 4 {
+            // Late joiners on every node.
+            for i in 18..27 {
+                clients.push(subscribe_random(nodes[i % 3], &names, i, &mut rng));
+            }
+        }
+    }
+    // A feed gap on GAP-1 (its feed seq is at 13), then the feed replaces
+    // that book and goes on from there.
+    feed.write_all(&proto(&[delta(&gapped, 20, 100, 1)])).unwrap();
+    for _ in 0..10 {
+        pump(&mut clients);
+    }
+    feed.write_all(&proto(&[snap(&gapped, 30, 9_000, 9_100)]))
+        .unwrap();
+    for i in 31..40 {
+        feed.write_all(&proto(&[delta(&gapped, i, 8_990, i as i64)]))
+            .unwrap();
+    }
+    send(200, &mut feed, &mut synth);
+
+    let truth = books(&o);
+    wait_until("edges hold the origin's books", || {
+        let (b1, b2) = (books(&e1), books(&e2));
+        b1.iter().chain(b2.iter()).all(|(s, v)| truth.get(s) == Some(v))
+    });
+    converge(&mut clients, &truth);
+    assert_clean(&clients);
+    // Clients of the gapped book saw the gap and the replaced book.
+    let saw_gap = clients
+        .iter()
+        .filter(|(_, subs)| subs.contains(&gapped))
+        .all(|(c, _)| {
+            c.log
+                .iter()
+                .any(|b| matches!(b, Body::Stale(s) if s.symbol == gapped && s.reason == "feed_gap"))
+        });
+    assert!(saw_gap, "every subscriber of {gapped} got Stale{{feed_gap}}");
+    // The same numbers on every node, epoch included (from /symbols too).
+    let epoch = truth[&names[1]].2;
+    assert!(epoch > 0);
+    for e in [&e1, &e2] {
+        let (_, body) = http_get(e.ws_addr, "/symbols", "GET");
+        assert!(body.contains(&format!("\"epoch\":{epoch}")), "{body}");
+    }
+    drop(nats);
+}
+
+/// An edge lists every symbol its origins offer before any client holds one,
+/// and follows (subscribes to) only the symbols its clients want: the NATS
+/// server's own subscription list proves it.
+#[test]
+fn edges_subscribe_only_to_what_their_clients_want() {
+    let nats = start_single();
+    let o = origin(&nats.url(), "venue-a");
+    let e1 = edge(&nats.url());
+    let mut feed = TcpStream::connect(o.ingest.proto_addr).unwrap();
+    let names = ["AAA", "BBB", "C.C"];
+    let snaps: Vec<_> = names.iter().map(|s| snap(s, 1, 100, 110)).collect();
+    feed.write_all(&proto(&snaps)).unwrap();
+    wait_listed(&e1, 3);
+    let subs = || nats.monitor_json("/subsz?subs=1");
+    assert!(!subs().contains("tw.md."), "no data subscription yet");
+    let mut c = Client::connect(e1.ws_addr, Enc::Proto, 1);
+    c.subscribe(&["C.C"], &["book"], 1);
+    let got = c.read_until(WAIT, |b| matches!(b, Body::Snapshot(s) if s.symbol == "C.C"));
+    assert!(got.is_some(), "snapshot through the edge");
+    let s = subs();
+    assert!(s.contains("tw.md.C~C"), "{s}");
+    assert!(!s.contains("tw.md.AAA") && !s.contains("tw.md.BBB"), "{s}");
+    feed.write_all(&proto(&[delta("C.C", 2, 101, 5)])).unwrap();
+    assert!(c.read_until(WAIT, |b| matches!(b, Body::Delta(d) if d.seq == 2)).is_some());
+    // The last client leaves: the edge unsubscribes.
+    c.unsubscribe(&["C.C"], &["book"], 2);
+    wait_until("the edge unsubscribed", || !subs().contains("tw.md.C~C"));
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+}
+
+/// The origin restarts: a new epoch; edge clients get Stale then a snapshot
+/// of the new epoch, never a book mixing the two.
+#[test]
+fn origin_restart_changes_the_epoch_and_edges_resync() {
+    let nats = start_single();
+    let o = origin(&nats.url(), "venue-a");
+    let e1 = edge(&nats.url());
+    let mut feed = TcpStream::connect(o.ingest.proto_addr).unwrap();
+    feed.write_all(&proto(&[snap("X", 1, 100, 110)])).unwrap();
+    for i in 2..50 {
+        feed.write_all(&proto(&[delta("X", i, 90 + (i as i64 % 7), i as i64)]))
+            .unwrap();
+    }
+    wait_listed(&e1, 1);
+    let mut c = Client::connect(e1.ws_addr, Enc::JsonProtocol, 1);
+    c.subscribe(&["X"], &["book"], 1);
+    let first = books(&o)["X"];
+    assert!(c.read_until_seqs(WAIT, &HashMap::from([("X".to_string(), first.0)])));
+    drop(feed);
+    drop(o);
+    std::thread::sleep(Duration::from_millis(5));
+    let o2 = origin(&nats.url(), "venue-a");
+    let mut feed = TcpStream::connect(o2.ingest.proto_addr).unwrap();
+    feed.write_all(&proto(&[snap("X", 1, 200, 210)])).unwrap();
+    for i in 2..20 {
+        feed.write_all(&proto(&[delta("X", i, 190, i as i64)])).unwrap();
+    }
+    wait_until("a new epoch at the origin", || {
+        books(&o2).get("X").is_some_and(|b| b.0 == 19)
+    });
+    let second = books(&o2)["X"];
+    assert_ne!(first.2, second.2, "a restart is a new epoch");
+    wait_until("the edge follows the new epoch", || {
+        books(&e1).get("X") == Some(&second)
+    });
+    // The client's book is the new epoch's: a Stale came first.
+    assert!(
+        c.read_until(WAIT, |b| matches!(b, Body::Snapshot(s) if s.epoch == second.2))
+            .is_some()
+    );
+    c.read_until_seqs(WAIT, &HashMap::from([("X".to_string(), second.0)]));
+    let stale_at = c
+        .log
+        .iter()
+        .position(|b| matches!(b, Body::Stale(_)))
+        .expect("a Stale before the new epoch");
+    let snap_at = c
+        .log
+        .iter()
+        .position(|b| matches!(b, Body::Snapshot(s) if s.epoch == second.2))
+        .unwrap();
+    assert!(stale_at < snap_at);
+    assert_eq!(c.books["X"].book.checksum(), second.1);
+    assert!(c.violations.is_empty(), "{:?} {:?}", c.violations, c.log);
+}
+
+/// NATS gone longer than the heartbeat timeout: edge clients get
+/// Stale{feed_down}; when it comes back, snapshots resume them.
+#[test]
+fn backplane_outage_is_feed_down_then_resync() {
+    let mut nats = start_single();
+    let o = origin(&nats.url(), "venue-a");
+    let e1 = edge_with_timeout(&nats.url(), 1_500);
+    let mut feed = TcpStream::connect(o.ingest.proto_addr).unwrap();
+    feed.write_all(&proto(&[snap("Y", 1, 100, 110)])).unwrap();
+    wait_listed(&e1, 1);
+    let mut c = Client::connect(e1.ws_addr, Enc::Proto, 1);
+    c.subscribe(&["Y"], &["book", "trades"], 1);
+    assert!(c.read_until(WAIT, |b| matches!(b, Body::Snapshot(_))).is_some());
+    nats.kill();
+    let down = c.read_until(WAIT, |b| {
+        matches!(b, Body::Stale(s) if s.reason == "feed_down")
+    });
+    assert!(down.is_some(), "Stale{{feed_down}} while the backplane is gone");
+    // Meanwhile the book moves on at the origin.
+    for i in 2..30 {
+        feed.write_all(&proto(&[delta("Y", i, 95, i as i64)])).unwrap();
+    }
+    nats.restart();
+    let truth = loop {
+        let t = books(&o)["Y"];
+        if t.0 == 29 {
+            break t;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        c.read_until_seqs(WAIT, &HashMap::from([("Y".to_string(), truth.0)])),
+        "resumed after the outage: {:?}",
+        c.books.get("Y").map(|b| b.seq)
+    );
+    assert_eq!(c.books["Y"].book.checksum(), truth.1);
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+}
+
+/// One server of a 3-server cluster is killed mid-stream: edges reconnect
+/// to another; every client ends with the feed's books, with no silent gap.
+#[test]
+fn cluster_server_killed_mid_stream_edges_recover() {
+    let mut cluster = start_cluster(3, false);
+    let urls: Vec<String> = cluster.servers.iter().map(NatsServer::url).collect();
+    // The origin on server 0, each edge prefers a different server.
+    let o = origin(&urls[0], "venue-a");
+    let e1 = edge(&format!("{},{}", urls[1], urls[2]));
+    let e2 = edge(&format!("{},{}", urls[2], urls[0]));
+    let mut synth = SynthMarket::new(SynthConfig {
+        seed: 5,
+        symbols: 4,
+        ..SynthConfig::default()
+    });
+    let names: Vec<String> = synth.names().map(str::to_string).collect();
+    let mut feed = TcpStream::connect(o.ingest.proto_addr).unwrap();
+    feed.write_all(&proto(&synth.snapshots(1))).unwrap();
+    wait_listed(&e1, names.len());
+    wait_listed(&e2, names.len());
+    let mut rng = Rng::new(9);
+    let mut clients: Vec<_> = (0..8)
+        .map(|i| subscribe_random([&e1, &e2][i % 2], &names, i, &mut rng))
+        .collect();
+    let mut ts = 0;
+    for round in 0..20 {
+        let batch: Vec<_> = (0..50)
+            .map(|_| {
+                ts += 1;
+                synth.next_event(ts)
+            })
+            .collect();
+        feed.write_all(&proto(&batch)).unwrap();
+        pump(&mut clients);
+        if round == 6 {
+            cluster.servers[1].kill();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let truth = books(&o);
+    converge(&mut clients, &truth);
+    assert_clean(&clients);
+}
