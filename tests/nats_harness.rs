@@ -163,9 +163,13 @@ fn leaf_link_carries_only_subscribed_subjects() {
     let hub = c.leaf_hub();
     let origin = &c.servers[0];
 
+    // Two subscribers on the leaf, one subject.
     let mut sub = RawNats::connect(leaf.client_port);
     sub.sub(WANTED, 1);
     sub.flush();
+    let mut sub2 = RawNats::connect(leaf.client_port);
+    sub2.sub(WANTED, 9);
+    sub2.flush();
     wait_until(
         "the publisher's server to learn the leaf's interest",
         || origin.knows_remote_interest(WANTED),
@@ -198,9 +202,14 @@ fn leaf_link_carries_only_subscribed_subjects() {
     let got = read_exactly(&mut sub, N as usize);
     assert!(got.iter().all(|m| m.subject == WANTED));
     assert_eq!(got[0].payload, b"b0");
+    assert_eq!(
+        read_exactly(&mut sub2, N as usize)[N as usize - 1].payload,
+        format!("b{}", N - 1).into_bytes()
+    );
 
     // The server's own counters: all N+M came in at the origin, only the N
-    // wanted ones crossed the leaf link, in either side's view.
+    // wanted ones crossed the leaf link (once, for two subscribers there),
+    // in either side's view; the leaf delivered 2N.
     let origin_clients = origin.client_in_out_msgs();
     assert_eq!(origin_clients.0 - origin_clients0.0, N + M);
     let leaf_link = leaf.leaf_in_out_msgs();
@@ -217,11 +226,12 @@ fn leaf_link_carries_only_subscribed_subjects() {
         "msgs the hub sent over the link"
     );
     assert_eq!(leaf.varz_in_msgs() - leaf_varz0.0, N);
-    assert_eq!(leaf.varz_out_msgs() - leaf_varz0.1, N);
+    assert_eq!(leaf.varz_out_msgs() - leaf_varz0.1, 2 * N);
     assert!(!hub.leaf_subjects().contains(&OTHER.to_string()));
 
     // Control: once the leaf wants OTHER too (and no longer WANTED), OTHER
     // crosses and WANTED stops: the counters follow the interest.
+    drop(sub2);
     sub.sub(OTHER, 2);
     sub.unsub(1);
     sub.flush();
