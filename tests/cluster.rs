@@ -80,8 +80,7 @@ fn assert_clean(clients: &[(Client, Vec<String>)]) {
 /// and holds the origin's checksum.
 fn converge(clients: &mut [(Client, Vec<String>)], truth: &HashMap<String, (u64, u32, u64)>) {
     for (c, subs) in clients.iter_mut() {
-        let targets: HashMap<String, u64> =
-            subs.iter().map(|s| (s.clone(), truth[s].0)).collect();
+        let targets: HashMap<String, u64> = subs.iter().map(|s| (s.clone(), truth[s].0)).collect();
         assert!(
             c.read_until_seqs(WAIT, &targets),
             "client did not reach the feed's seqs: {:?} vs {targets:?}; violations {:?}; last messages {:?}",
@@ -150,7 +149,8 @@ fn origin_and_two_edges_serve_the_same_gap_free_books() {
     feed.write_all(&proto(&synth.snapshots(1))).unwrap();
     // A symbol of its own for the feed gap and the replaced book.
     let gapped = "GAP-1".to_string();
-    feed.write_all(&proto(&[snap(&gapped, 1, 500, 510)])).unwrap();
+    feed.write_all(&proto(&[snap(&gapped, 1, 500, 510)]))
+        .unwrap();
     names.push(gapped.clone());
     wait_listed(&e1, names.len());
     wait_listed(&e2, names.len());
@@ -185,7 +185,8 @@ fn origin_and_two_edges_serve_the_same_gap_free_books() {
     }
     // A feed gap on GAP-1 (its feed seq is at 13), then the feed replaces
     // that book and goes on from there.
-    feed.write_all(&proto(&[delta(&gapped, 20, 100, 1)])).unwrap();
+    feed.write_all(&proto(&[delta(&gapped, 20, 100, 1)]))
+        .unwrap();
     for _ in 0..10 {
         pump(&mut clients);
     }
@@ -200,7 +201,9 @@ fn origin_and_two_edges_serve_the_same_gap_free_books() {
     let truth = books(&o);
     wait_until("edges hold the origin's books", || {
         let (b1, b2) = (books(&e1), books(&e2));
-        b1.iter().chain(b2.iter()).all(|(s, v)| truth.get(s) == Some(v))
+        b1.iter()
+            .chain(b2.iter())
+            .all(|(s, v)| truth.get(s) == Some(v))
     });
     converge(&mut clients, &truth);
     assert_clean(&clients);
@@ -209,11 +212,14 @@ fn origin_and_two_edges_serve_the_same_gap_free_books() {
         .iter()
         .filter(|(_, subs)| subs.contains(&gapped))
         .all(|(c, _)| {
-            c.log
-                .iter()
-                .any(|b| matches!(b, Body::Stale(s) if s.symbol == gapped && s.reason == "feed_gap"))
+            c.log.iter().any(
+                |b| matches!(b, Body::Stale(s) if s.symbol == gapped && s.reason == "feed_gap"),
+            )
         });
-    assert!(saw_gap, "every subscriber of {gapped} got Stale{{feed_gap}}");
+    assert!(
+        saw_gap,
+        "every subscriber of {gapped} got Stale{{feed_gap}}"
+    );
     // The same numbers on every node, epoch included (from /symbols too).
     let epoch = truth[&names[1]].2;
     assert!(epoch > 0);
@@ -241,13 +247,19 @@ fn edges_subscribe_only_to_what_their_clients_want() {
     assert!(!subs().contains("tw.md."), "no data subscription yet");
     let mut c = Client::connect(e1.ws_addr, Enc::Proto, 1);
     c.subscribe(&["C.C"], &["book"], 1);
-    let got = c.read_until(WAIT, |b| matches!(b, Body::Snapshot(s) if s.symbol == "C.C"));
+    let got = c.read_until(
+        WAIT,
+        |b| matches!(b, Body::Snapshot(s) if s.symbol == "C.C"),
+    );
     assert!(got.is_some(), "snapshot through the edge");
     let s = subs();
     assert!(s.contains("tw.md.C~C"), "{s}");
     assert!(!s.contains("tw.md.AAA") && !s.contains("tw.md.BBB"), "{s}");
     feed.write_all(&proto(&[delta("C.C", 2, 101, 5)])).unwrap();
-    assert!(c.read_until(WAIT, |b| matches!(b, Body::Delta(d) if d.seq == 2)).is_some());
+    assert!(
+        c.read_until(WAIT, |b| matches!(b, Body::Delta(d) if d.seq == 2))
+            .is_some()
+    );
     // The last client leaves: the edge unsubscribes.
     c.unsubscribe(&["C.C"], &["book"], 2);
     wait_until("the edge unsubscribed", || !subs().contains("tw.md.C~C"));
@@ -279,7 +291,8 @@ fn origin_restart_changes_the_epoch_and_edges_resync() {
     let mut feed = TcpStream::connect(o2.ingest.proto_addr).unwrap();
     feed.write_all(&proto(&[snap("X", 1, 200, 210)])).unwrap();
     for i in 2..20 {
-        feed.write_all(&proto(&[delta("X", i, 190, i as i64)])).unwrap();
+        feed.write_all(&proto(&[delta("X", i, 190, i as i64)]))
+            .unwrap();
     }
     wait_until("a new epoch at the origin", || {
         books(&o2).get("X").is_some_and(|b| b.0 == 19)
@@ -291,8 +304,11 @@ fn origin_restart_changes_the_epoch_and_edges_resync() {
     });
     // The client's book is the new epoch's: a Stale came first.
     assert!(
-        c.read_until(WAIT, |b| matches!(b, Body::Snapshot(s) if s.epoch == second.2))
-            .is_some()
+        c.read_until(
+            WAIT,
+            |b| matches!(b, Body::Snapshot(s) if s.epoch == second.2)
+        )
+        .is_some()
     );
     c.read_until_seqs(WAIT, &HashMap::from([("X".to_string(), second.0)]));
     let stale_at = c
@@ -322,15 +338,23 @@ fn backplane_outage_is_feed_down_then_resync() {
     wait_listed(&e1, 1);
     let mut c = Client::connect(e1.ws_addr, Enc::Proto, 1);
     c.subscribe(&["Y"], &["book", "trades"], 1);
-    assert!(c.read_until(WAIT, |b| matches!(b, Body::Snapshot(_))).is_some());
+    assert!(
+        c.read_until(WAIT, |b| matches!(b, Body::Snapshot(_)))
+            .is_some()
+    );
     nats.kill();
-    let down = c.read_until(WAIT, |b| {
-        matches!(b, Body::Stale(s) if s.reason == "feed_down")
-    });
-    assert!(down.is_some(), "Stale{{feed_down}} while the backplane is gone");
+    let down = c.read_until(
+        WAIT,
+        |b| matches!(b, Body::Stale(s) if s.reason == "feed_down"),
+    );
+    assert!(
+        down.is_some(),
+        "Stale{{feed_down}} while the backplane is gone"
+    );
     // Meanwhile the book moves on at the origin.
     for i in 2..30 {
-        feed.write_all(&proto(&[delta("Y", i, 95, i as i64)])).unwrap();
+        feed.write_all(&proto(&[delta("Y", i, 95, i as i64)]))
+            .unwrap();
     }
     nats.restart();
     let truth = loop {

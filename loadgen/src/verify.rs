@@ -799,6 +799,7 @@ mod tests {
                 exchange_ts_ns: 1,
                 ingest_ts_ns: 2,
                 checksum: self.book.checksum(),
+                epoch: 0,
             })
         }
 

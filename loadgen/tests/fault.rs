@@ -75,6 +75,7 @@ impl Market {
             exchange_ts_ns: 1,
             ingest_ts_ns: 1,
             checksum: self.book.checksum(),
+            epoch: 0,
         }))
     }
 

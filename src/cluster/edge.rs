@@ -35,9 +35,9 @@ use std::collections::{HashMap, VecDeque};
 use bytes::Bytes;
 use prost::Message;
 
+use crate::book::market::FeedStale;
 use crate::book::market::{Market, MirrorReject, Published, origin_feed};
 use crate::book::{FeedId, SymbolId};
-use crate::book::market::FeedStale;
 use crate::wire::pb;
 use crate::wire::pb::server_message::Body;
 
@@ -77,23 +77,40 @@ impl Default for EdgeConfig {
 /// What the NATS shell must do, in this order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Subscribe { symbol: String },
-    Unsubscribe { symbol: String },
+    Subscribe {
+        symbol: String,
+    },
+    Unsubscribe {
+        symbol: String,
+    },
     /// Request/reply on `tw.snap.<origin>.<symbol>`.
-    RequestSnapshot { symbol: String, origin: String },
+    RequestSnapshot {
+        symbol: String,
+        origin: String,
+    },
 }
 
 /// What NATS delivered.
 #[derive(Debug, Clone)]
 pub enum Inbound {
     /// A message on `tw.md.<symbol>`.
-    Data { symbol: String, payload: Bytes },
+    Data {
+        symbol: String,
+        payload: Bytes,
+    },
     /// The answer to a snapshot request (an empty payload: the origin does
     /// not have the symbol).
-    SnapshotReply { symbol: String, payload: Bytes },
+    SnapshotReply {
+        symbol: String,
+        payload: Bytes,
+    },
     /// A snapshot request failed (no responders, timeout, disconnected).
-    SnapshotFailed { symbol: String },
-    Heartbeat { payload: Bytes },
+    SnapshotFailed {
+        symbol: String,
+    },
+    Heartbeat {
+        payload: Bytes,
+    },
 }
 
 /// Counters of the edge (its thread is their single writer).
@@ -243,8 +260,7 @@ impl EdgeCore {
         f.claims
             .iter()
             .filter(|&&(o, seen)| {
-                !self.origins[o].down
-                    && now.saturating_sub(seen) <= self.cfg.heartbeat_timeout_ns
+                !self.origins[o].down && now.saturating_sub(seen) <= self.cfg.heartbeat_timeout_ns
             })
             .map(|&(o, _)| o)
             .min_by(|&a, &b| self.origins[a].name.cmp(&self.origins[b].name))
@@ -271,7 +287,8 @@ impl EdgeCore {
             f.buffer = Vec::new();
             f.behind_beats = 0;
             self.inflight.remove(&id);
-            self.commands.push_back(Command::Unsubscribe { symbol: name });
+            self.commands
+                .push_back(Command::Unsubscribe { symbol: name });
             market.mirror_forget(id);
         }
     }
@@ -285,7 +302,9 @@ impl EdgeCore {
         out: &mut Vec<Published>,
     ) {
         match msg {
-            Inbound::Data { symbol, payload } => self.handle_data(market, &symbol, payload, now, out),
+            Inbound::Data { symbol, payload } => {
+                self.handle_data(market, &symbol, payload, now, out)
+            }
             Inbound::SnapshotReply { symbol, payload } => {
                 self.handle_reply(market, &symbol, payload, now, out)
             }
@@ -363,7 +382,9 @@ impl EdgeCore {
                 Some(Body::Delta(d)) if d.seq == header.seq => {
                     market.mirror_delta(feed, header.epoch, d, out).map(|_| ())
                 }
-                _ => Err(MirrorReject::Invalid(crate::book::RejectReason::EmptyMessage)),
+                _ => Err(MirrorReject::Invalid(
+                    crate::book::RejectReason::EmptyMessage,
+                )),
             },
             Kind::Snapshot => match decode(body) {
                 Some(Body::Snapshot(s)) if s.seq == header.seq => {
@@ -373,7 +394,9 @@ impl EdgeCore {
                     }
                     r.map(|_| ())
                 }
-                _ => Err(MirrorReject::Invalid(crate::book::RejectReason::EmptyMessage)),
+                _ => Err(MirrorReject::Invalid(
+                    crate::book::RejectReason::EmptyMessage,
+                )),
             },
             Kind::Trade => match decode(body) {
                 Some(Body::Trade(t)) if t.seq == header.seq => {
@@ -388,7 +411,9 @@ impl EdgeCore {
                         Err(e) => Err(e),
                     }
                 }
-                _ => Err(MirrorReject::Invalid(crate::book::RejectReason::EmptyMessage)),
+                _ => Err(MirrorReject::Invalid(
+                    crate::book::RejectReason::EmptyMessage,
+                )),
             },
             Kind::StaleGap | Kind::StaleDown => {
                 let reason = if header.kind == Kind::StaleGap {
@@ -520,7 +545,8 @@ impl EdgeCore {
                     last_beat_ns: now,
                     down: false,
                 });
-                self.by_name.insert(hb.origin.clone(), self.origins.len() - 1);
+                self.by_name
+                    .insert(hb.origin.clone(), self.origins.len() - 1);
                 self.origins.len() - 1
             }
         };

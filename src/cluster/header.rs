@@ -134,7 +134,8 @@ impl Header {
             return Err(HeaderError::UnknownVersion(head[2]));
         }
         let kind = Kind::from_code(head[3]).ok_or(HeaderError::UnknownKind(head[3]))?;
-        let u32_at = |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+        let u32_at =
+            |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
         let u64_at = |i: usize| u64::from(u32_at(i)) | (u64::from(u32_at(i + 4)) << 32);
         Ok((
             Header {

@@ -74,7 +74,10 @@ mod tests {
     fn dots_map_to_one_token_and_back() {
         assert_eq!(data("BTC.USD"), "tw.md.BTC~USD");
         assert_eq!(symbol_of_data("tw.md.BTC~USD").as_deref(), Some("BTC.USD"));
-        assert_eq!(symbol_of_data("tw.md.a:b/c-d_e").as_deref(), Some("a:b/c-d_e"));
+        assert_eq!(
+            symbol_of_data("tw.md.a:b/c-d_e").as_deref(),
+            Some("a:b/c-d_e")
+        );
         assert_eq!(symbol_of_data("tw.md."), None);
         assert_eq!(symbol_of_data("tw.md.a b"), None);
         assert_eq!(symbol_of_data("tw.hb.x"), None);

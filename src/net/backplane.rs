@@ -154,7 +154,9 @@ impl Backplane {
             return;
         };
         if !self.must.is_empty() || self.push(ToNats::Publish(out)).is_err() {
-            self.counters.publish_dropped.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .publish_dropped
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -231,7 +233,9 @@ impl Backplane {
 
     fn push(&mut self, msg: ToNats) -> Result<(), ToNats> {
         let was_empty = self.to_nats.slots() == self.to_nats.buffer().capacity();
-        self.to_nats.push(msg).map_err(|rtrb::PushError::Full(m)| m)?;
+        self.to_nats
+            .push(msg)
+            .map_err(|rtrb::PushError::Full(m)| m)?;
         if was_empty {
             self.notify.notify_one();
         }
@@ -273,7 +277,9 @@ impl Deliver {
         let mut p = self.tx.borrow_mut();
         let was_empty = p.slots() == p.buffer().capacity();
         if p.push(msg).is_err() {
-            self.counters.inbound_dropped.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .inbound_dropped
+                .fetch_add(1, Ordering::Relaxed);
         } else if was_empty {
             // A failed wake means the market thread is gone (shutting down).
             let _ = self.waker.wake();
@@ -383,7 +389,9 @@ impl Shell {
                         if client.publish(o.subject, o.payload).await.is_ok() {
                             self.counters.published.fetch_add(1, Ordering::Relaxed);
                         } else {
-                            self.counters.publish_dropped.fetch_add(1, Ordering::Relaxed);
+                            self.counters
+                                .publish_dropped
+                                .fetch_add(1, Ordering::Relaxed);
                         }
                     }
                     ToNats::Command(Command::Subscribe { symbol }) => {

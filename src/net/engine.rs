@@ -133,7 +133,10 @@ impl EngineConfig {
                 }
             }
             if b.heartbeat_timeout_ms < 1_500 {
-                return Err("the backplane timeout must be at least 1500 ms (heartbeats come every second)".into());
+                return Err(
+                    "the backplane timeout must be at least 1500 ms (heartbeats come every second)"
+                        .into(),
+                );
             }
         }
         Ok(())

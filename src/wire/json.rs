@@ -233,6 +233,7 @@ mod tests {
                 exchange_ts_ns: 1,
                 ingest_ts_ns: 2,
                 checksum: 7,
+                epoch: 0,
             }),
             Decimals::default(),
         );

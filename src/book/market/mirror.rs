@@ -397,7 +397,10 @@ fn follows_on(st: &SymbolState, epoch: u64, seq: u64) -> Result<(), MirrorReject
         });
     }
     if seq <= st.seq {
-        return Err(MirrorReject::Old { held: st.seq, got: seq });
+        return Err(MirrorReject::Old {
+            held: st.seq,
+            got: seq,
+        });
     }
     if seq != st.seq + 1 {
         return Err(MirrorReject::Gap {
