@@ -48,6 +48,11 @@
 //!   symbols, levels per side and updates per delta
 //!   ([`config::MarketLimits`]), the time to a first and to each message,
 //!   and the work of one turn ([`net::ingest`]).
+//! - The market thread (ingest) stays the single writer of every book, local
+//!   or mirrored from another node through NATS ([`cluster`],
+//!   `net::backplane`): a mirrored book keeps its origin's seq, checksum and
+//!   epoch, follows on or turns stale and resyncs; the backplane thread never
+//!   blocks it (bounded rings, drops counted).
 //! - Limits answer, never silently drop: 503/429 with `Retry-After`,
 //!   `Error{rate_limited}`, close 4001/4002/4003/1009; each counted by reason
 //!   ([`fanout::limits`], [`net::shared::Reject`]).

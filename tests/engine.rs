@@ -476,9 +476,14 @@ fn http_endpoints_answer_as_specified() {
     feed.write_all(&proto(&[snap("AA", 1, 100, 110)])).unwrap();
     wait_until("symbol", || seqs(&e).len() == 1);
     assert_eq!(http_get(e.ws_addr, "/healthz", "GET"), (200, "ok".into()));
+    // PROTOCOL §10: the epoch is the engine's start time in ms.
+    let epoch = e.ingest.with_market(WAIT, |m| m.epoch()).unwrap();
+    assert!(epoch > 1_700_000_000_000, "epoch {epoch}");
+    let want = format!(
+        r#"{{"symbols":[{{"symbol":"AA","seq":1,"price_decimals":2,"size_decimals":0,"epoch":{epoch}}}]}}"#
+    );
     wait_until("/symbols lists AA", || {
-        http_get(e.ws_addr, "/symbols", "GET").1
-            == r#"{"symbols":[{"symbol":"AA","seq":1,"price_decimals":2,"size_decimals":0}]}"#
+        http_get(e.ws_addr, "/symbols", "GET").1 == want
     });
     let (status, page) = http_get(e.ws_addr, "/", "GET");
     assert_eq!(status, 200);
