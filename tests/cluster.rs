@@ -17,6 +17,7 @@ use common::{Client, Enc};
 use tickwire::book::synth::{Rng, SynthConfig, SynthMarket};
 use tickwire::config::BackplaneSettings;
 use tickwire::net::engine::Engine;
+use tickwire::wire::pb;
 use tickwire::wire::pb::server_message::Body;
 
 fn origin(servers: &str, name: &str) -> Engine {
@@ -415,4 +416,258 @@ fn cluster_server_killed_mid_stream_edges_recover() {
     let truth = books(&o);
     converge(&mut clients, &truth);
     assert_clean(&clients);
+}
+
+fn metric_of(e: &Engine, name: &str, label: &str) -> u64 {
+    common::harness::metric_with(e, name, label)
+}
+
+/// Garbage on a data subject (not our header, unknown version, truncated,
+/// another epoch's message): counted, dropped, the symbol resynced; clients
+/// end with the feed's book and no violation; nothing panics.
+#[test]
+fn garbage_on_a_data_subject_is_counted_and_resynced() {
+    use tickwire::cluster::header::{self, Header, Kind, OriginTag};
+    let nats = start_single();
+    let o = origin(&nats.url(), "venue-a");
+    let e1 = edge(&nats.url());
+    let mut feed = TcpStream::connect(o.ingest.proto_addr).unwrap();
+    feed.write_all(&proto(&[snap("G", 1, 100, 110)])).unwrap();
+    wait_listed(&e1, 1);
+    let mut c = Client::connect(e1.ws_addr, Enc::Proto, 1);
+    c.subscribe(&["G"], &["book"], 1);
+    assert!(
+        c.read_until(WAIT, |b| matches!(b, Body::Snapshot(_)))
+            .is_some()
+    );
+    wait_until("the edge subscribed", || {
+        nats.monitor_json("/subsz?subs=1").contains("tw.md.G")
+    });
+    let mut raw = common::nats::RawNats::connect(nats.client_port);
+    // A well-formed delta that follows on, but from another (older) epoch.
+    let body = pb::ServerMessage {
+        body: Some(Body::Delta(pb::BookDelta {
+            symbol: "G".into(),
+            seq: 2,
+            ..Default::default()
+        })),
+    };
+    let old_epoch = header::encode(
+        &Header {
+            kind: Kind::Delta,
+            origin: OriginTag::of("venue-a"),
+            epoch: 1,
+            seq: 2,
+        },
+        &prost::Message::encode_to_vec(&body),
+    );
+    let mut bad_version = old_epoch.clone();
+    bad_version[2] = 9;
+    for payload in [
+        b"not our header at all, and longer than one".to_vec(),
+        bad_version,
+        old_epoch[..10].to_vec(),
+        old_epoch,
+    ] {
+        raw.publish("tw.md.G", &payload);
+    }
+    raw.flush();
+    for i in 2..20 {
+        feed.write_all(&proto(&[delta("G", i, 95, i as i64)]))
+            .unwrap();
+    }
+    let truth = loop {
+        let t = books(&o)["G"];
+        if t.0 == 19 {
+            break t;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(c.read_until_seqs(WAIT, &HashMap::from([("G".to_string(), truth.0)])));
+    assert_eq!(c.books["G"].book.checksum(), truth.1);
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+    wait_until("garbage counted by reason", || {
+        metric_of(&e1, "tickwire_backplane_edge_rejected_total", "bad_magic") >= 1
+            && metric_of(
+                &e1,
+                "tickwire_backplane_edge_rejected_total",
+                "unknown_version",
+            ) >= 1
+            && metric_of(&e1, "tickwire_backplane_edge_rejected_total", "truncated") >= 1
+            && metric_of(&e1, "tickwire_backplane_edge_rejected_total", "epoch") >= 1
+            && metric_of(&e1, "tickwire_backplane_edge_resyncs_total", "") >= 1
+    });
+    assert!(
+        c.log
+            .iter()
+            .any(|b| matches!(b, Body::Stale(s) if s.reason == "feed_gap")),
+        "the resync was explicit"
+    );
+}
+
+/// A stuck backplane never blocks the origin: with NATS gone, a flood into
+/// the origin still reaches its own clients at once; what cannot be queued
+/// for NATS is dropped and counted; once NATS is back, the edge finds the
+/// gap and resyncs to the exact book.
+#[test]
+fn a_stuck_backplane_never_blocks_the_origin() {
+    let mut nats = start_single();
+    let o = origin(&nats.url(), "venue-a");
+    let e1 = edge_with_timeout(&nats.url(), 60_000);
+    let mut feed = TcpStream::connect(o.ingest.proto_addr).unwrap();
+    feed.write_all(&proto(&[snap("S", 1, 100, 110)])).unwrap();
+    wait_listed(&e1, 1);
+    let mut at_edge = Client::connect(e1.ws_addr, Enc::Proto, 1);
+    at_edge.subscribe(&["S"], &["book"], 1);
+    assert!(
+        at_edge
+            .read_until(WAIT, |b| matches!(b, Body::Snapshot(_)))
+            .is_some()
+    );
+    let mut at_origin = Client::connect(o.ws_addr, Enc::Proto, 2);
+    at_origin.subscribe(&["S"], &["book"], 2);
+    assert!(
+        at_origin
+            .read_until(WAIT, |b| matches!(b, Body::Snapshot(_)))
+            .is_some()
+    );
+    nats.kill();
+    // More than the 65,536-message ring to the backplane thread can hold.
+    let n: u64 = 90_000;
+    let mut batch = Vec::new();
+    for i in 2..n + 2 {
+        batch.push(delta("S", i, 90 + (i % 5) as i64, (i % 97) as i64));
+        if batch.len() == 5_000 {
+            feed.write_all(&proto(&batch)).unwrap();
+            batch.clear();
+            at_origin.read_for(Duration::from_millis(1));
+        }
+    }
+    feed.write_all(&proto(&batch)).unwrap();
+    let truth_seq = n + 1;
+    assert!(
+        at_origin.read_until_seqs(WAIT, &HashMap::from([("S".to_string(), truth_seq)])),
+        "the origin's own clients got every delta while NATS was down"
+    );
+    wait_until("drops counted on the way to NATS", || {
+        metric_of(&o, "tickwire_backplane_dropped_total", "publish") > 0
+    });
+    nats.restart();
+    let truth = books(&o)["S"];
+    assert_eq!(truth.0, truth_seq);
+    assert!(
+        at_edge.read_until_seqs(WAIT, &HashMap::from([("S".to_string(), truth.0)])),
+        "the edge resynced after the outage: {:?}",
+        at_edge.books.get("S").map(|b| b.seq)
+    );
+    assert_eq!(at_edge.books["S"].book.checksum(), truth.1);
+    assert!(at_edge.violations.is_empty(), "{:?}", at_edge.violations);
+    assert!(
+        at_origin.violations.is_empty(),
+        "{:?}",
+        at_origin.violations
+    );
+}
+
+/// Two origins claim one symbol: the one with the smallest name owns it on
+/// every edge; the other's messages are counted and dropped. When the owner
+/// goes silent, the other takes over through a resync.
+#[test]
+fn two_origins_claiming_a_symbol_the_smallest_name_wins() {
+    let nats = start_single();
+    let a = origin(&nats.url(), "venue-a");
+    let b = origin(&nats.url(), "venue-b");
+    let e1 = edge_with_timeout(&nats.url(), 1_500);
+    let mut fa = TcpStream::connect(a.ingest.proto_addr).unwrap();
+    let mut fb = TcpStream::connect(b.ingest.proto_addr).unwrap();
+    fa.write_all(&proto(&[snap("DUP", 1, 100, 110)])).unwrap();
+    fb.write_all(&proto(&[snap("DUP", 1, 500, 510)])).unwrap();
+    wait_listed(&e1, 1);
+    // Both heartbeats seen before the client arrives.
+    wait_until("both origins' heartbeats", || {
+        metric_of(&e1, "tickwire_backplane_edge_heartbeats_total", "") >= 4
+    });
+    let mut c = Client::connect(e1.ws_addr, Enc::Proto, 1);
+    c.subscribe(&["DUP"], &["book"], 1);
+    assert!(
+        c.read_until(WAIT, |m| matches!(m, Body::Snapshot(_)))
+            .is_some()
+    );
+    for i in 2..12 {
+        fa.write_all(&proto(&[delta("DUP", i, 99, i as i64)]))
+            .unwrap();
+        fb.write_all(&proto(&[delta("DUP", i, 499, i as i64)]))
+            .unwrap();
+    }
+    wait_until("both origins applied their deltas", || {
+        books(&a)["DUP"].0 == 11 && books(&b)["DUP"].0 == 11
+    });
+    let ta = books(&a)["DUP"];
+    assert!(c.read_until_seqs(WAIT, &HashMap::from([("DUP".to_string(), ta.0)])));
+    assert_eq!(c.books["DUP"].book.checksum(), ta.1, "venue-a's book");
+    assert_eq!(c.books["DUP"].epoch, ta.2);
+    wait_until("the other origin's messages dropped", || {
+        metric_of(&e1, "tickwire_backplane_edge_other_origin_total", "") > 0
+    });
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+    // venue-a goes away: venue-b takes over through a resync.
+    drop(fa);
+    drop(a);
+    for i in 12..20 {
+        fb.write_all(&proto(&[delta("DUP", i, 498, i as i64)]))
+            .unwrap();
+    }
+    let tb = books(&b)["DUP"];
+    let got = c.read_until(WAIT, |m| matches!(m, Body::Snapshot(s) if s.epoch == tb.2));
+    assert!(got.is_some(), "venue-b's book after venue-a went silent");
+    assert!(c.read_until_seqs(WAIT, &HashMap::from([("DUP".to_string(), tb.0)])));
+    assert_eq!(c.books["DUP"].book.checksum(), tb.1);
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+}
+
+/// An edge attached to a leaf node of a 3-server cluster: only the data
+/// subjects of its clients' symbols cross the leaf link, by the hub's own
+/// monitoring (the leaf's interest list and message counts).
+#[test]
+fn an_edge_on_a_leaf_node_pulls_only_its_clients_symbols() {
+    let cluster = start_cluster(3, true);
+    let o = origin(&cluster.servers[0].url(), "venue-a");
+    let leaf = cluster.leaf.as_ref().expect("a leaf");
+    let e1 = edge(&leaf.url());
+    let mut feed = TcpStream::connect(o.ingest.proto_addr).unwrap();
+    let names = ["L1", "L2", "L3", "L4"];
+    let snaps: Vec<_> = names.iter().map(|s| snap(s, 1, 100, 110)).collect();
+    feed.write_all(&proto(&snaps)).unwrap();
+    wait_listed(&e1, names.len());
+    let mut c = Client::connect(e1.ws_addr, Enc::Proto, 1);
+    c.subscribe(&["L2"], &["book"], 1);
+    assert!(
+        c.read_until(WAIT, |b| matches!(b, Body::Snapshot(_)))
+            .is_some()
+    );
+    let hub = cluster.leaf_hub();
+    wait_until("the leaf's interest reached its hub", || {
+        hub.leaf_subjects().contains(&"tw.md.L2".to_string())
+    });
+    let (_, before) = hub.leaf_in_out_msgs();
+    let rounds: u64 = 50;
+    for i in 2..rounds + 2 {
+        let batch: Vec<_> = names.iter().map(|s| delta(s, i, 95, i as i64)).collect();
+        feed.write_all(&proto(&batch)).unwrap();
+    }
+    assert!(c.read_until_seqs(WAIT, &HashMap::from([("L2".to_string(), rounds + 1)])));
+    let subjects = hub.leaf_subjects();
+    let data: Vec<_> = subjects
+        .iter()
+        .filter(|s| s.starts_with("tw.md."))
+        .collect();
+    assert_eq!(data, ["tw.md.L2"], "only the wanted data subject crosses");
+    let (_, after) = hub.leaf_in_out_msgs();
+    let crossed = after - before;
+    // L2's deltas, plus heartbeats (one a second), never the other three symbols'.
+    assert!(
+        crossed >= rounds && crossed < rounds + 20,
+        "{crossed} messages crossed the leaf link for {rounds} deltas of the wanted symbol"
+    );
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
 }

@@ -36,6 +36,7 @@ use crate::cluster::edge::{Command, EdgeConfig, EdgeCore, EdgeStats, Inbound};
 use crate::cluster::origin::{OriginCore, Outgoing};
 use crate::cluster::subject;
 use crate::config::BackplaneSettings;
+use crate::metrics::PromText;
 use crate::wire::EncodedFrame;
 
 /// Messages queued from the market thread to the backplane thread.
@@ -47,7 +48,7 @@ const INBOUND_PER_TURN: usize = 4096;
 /// How often the edge's timers run.
 const TICK_NS: u64 = 50_000_000;
 
-/// Counters of the backplane, for `/metrics`.
+/// Counters of the backplane, for `/metrics` (`tickwire_backplane_*`).
 #[derive(Debug, Default)]
 pub struct BackplaneCounters {
     pub published: AtomicU64,
@@ -61,6 +62,111 @@ pub struct BackplaneCounters {
     pub reconnects: AtomicU64,
     /// The edge's counters, copied by the market thread every tick.
     pub edge: std::sync::Mutex<EdgeStats>,
+}
+
+impl BackplaneCounters {
+    /// Appends the `tickwire_backplane_*` metrics.
+    pub fn render(&self, out: &mut PromText) {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        out.counter(
+            "tickwire_backplane_published_total",
+            "Messages published to NATS (data, snapshot answers, heartbeats).",
+            get(&self.published),
+        );
+        out.labeled_counter(
+            "tickwire_backplane_dropped_total",
+            "Messages dropped between the market thread and NATS (full ring), by direction.",
+            "direction",
+            [
+                ("publish", get(&self.publish_dropped)),
+                ("inbound", get(&self.inbound_dropped)),
+            ]
+            .into_iter(),
+        );
+        out.counter(
+            "tickwire_backplane_garbage_total",
+            "Snapshot requests on a subject that names no symbol, or without a reply subject.",
+            get(&self.garbage),
+        );
+        out.gauge(
+            "tickwire_backplane_connected",
+            "1 while the NATS connection is up.",
+            get(&self.connected),
+        );
+        out.counter(
+            "tickwire_backplane_connects_total",
+            "NATS connections made (the first and every reconnect).",
+            get(&self.reconnects),
+        );
+        let e = self
+            .edge
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        for (name, help, v) in [
+            (
+                "applied",
+                "Origin messages applied to mirrored books.",
+                e.applied,
+            ),
+            (
+                "buffered",
+                "Messages buffered while a snapshot was awaited.",
+                e.buffered,
+            ),
+            (
+                "buffer_overflows",
+                "Sync buffers that overflowed (resynced).",
+                e.buffer_overflows,
+            ),
+            (
+                "resyncs",
+                "Mirrored books resynced (gap, epoch, checksum, garbage, heartbeat).",
+                e.resyncs,
+            ),
+            (
+                "snapshot_requests",
+                "Snapshot requests sent to origins.",
+                e.snapshot_requests,
+            ),
+            (
+                "snapshot_failures",
+                "Snapshot requests that failed or timed out.",
+                e.snapshot_failures,
+            ),
+            ("heartbeats", "Origin heartbeats received.", e.heartbeats),
+            (
+                "heartbeat_resyncs",
+                "Resyncs because a heartbeat was ahead of the book.",
+                e.heartbeat_resyncs,
+            ),
+            (
+                "origins_down",
+                "Origins declared down after heartbeat silence.",
+                e.origins_down,
+            ),
+            (
+                "other_origin",
+                "Messages from an origin that does not own the symbol (dropped).",
+                e.other_origin,
+            ),
+            (
+                "lost_trades",
+                "Trades that never arrived (trades subscribers told).",
+                e.lost_trades,
+            ),
+        ] {
+            out.counter(&format!("tickwire_backplane_edge_{name}_total"), help, v);
+        }
+        let mut rejected: Vec<(&str, u64)> = e.rejected.iter().map(|(k, v)| (*k, *v)).collect();
+        rejected.sort_unstable();
+        out.labeled_counter(
+            "tickwire_backplane_edge_rejected_total",
+            "Backplane messages an edge rejected, by reason (garbage and mirror checks).",
+            "reason",
+            rejected.into_iter(),
+        );
+    }
 }
 
 enum ToNats {
@@ -93,12 +199,15 @@ impl Backplane {
     /// Starts the `backplane` thread. `waker` wakes the market thread when
     /// something arrives. Connecting happens in the background and is
     /// retried forever: a node starts whether NATS is up or not.
-    pub fn start(settings: &BackplaneSettings, waker: Arc<Waker>) -> io::Result<Backplane> {
+    pub fn start(
+        settings: &BackplaneSettings,
+        waker: Arc<Waker>,
+        counters: Arc<BackplaneCounters>,
+    ) -> io::Result<Backplane> {
         let (to_nats, rx) = rtrb::RingBuffer::new(TO_NATS_CAPACITY);
         let (tx, from_nats) = rtrb::RingBuffer::new(FROM_NATS_CAPACITY);
         let notify = Arc::new(Notify::new());
         let stop = Arc::new(AtomicBool::new(false));
-        let counters = Arc::new(BackplaneCounters::default());
         let origin = settings.origin.as_deref().map(OriginCore::new);
         let edge = settings.edge.then(|| {
             EdgeCore::new(
@@ -134,10 +243,6 @@ impl Backplane {
             thread: Some(thread),
             more_inbound: false,
         })
-    }
-
-    pub fn counters(&self) -> Arc<BackplaneCounters> {
-        self.counters.clone()
     }
 
     /// Whether inbound messages were left for the next turn.

@@ -149,12 +149,11 @@ impl Engine {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let workers = cfg.workers.clamp(1, crate::fanout::router::MAX_WORKERS);
         let ingest = IngestServer::bind(cfg.ingest.clone())?;
-        let shared = Arc::new(Shared::new(
-            ingest.counters(),
-            ingest.liveness(),
-            workers,
-            cfg.ip_limits,
-        ));
+        let mut shared = Shared::new(ingest.counters(), ingest.liveness(), workers, cfg.ip_limits);
+        if cfg.ingest.backplane.is_some() {
+            shared = shared.with_backplane(ingest.backplane_counters());
+        }
+        let shared = Arc::new(shared);
         let stop = Arc::new(AtomicBool::new(false));
         // The first listener fixes the port (port 0 picks one); the others join it.
         let first = reuseport_listener(cfg.listen)?;

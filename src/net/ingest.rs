@@ -45,7 +45,7 @@ use crate::metrics::{IngestCounters, LogThrottle};
 use crate::wire::EncodedFrame;
 
 use super::accept_backoff::{self, AcceptBackoff};
-use super::backplane::Backplane;
+use super::backplane::{Backplane, BackplaneCounters};
 use super::health::Liveness;
 
 const PROTO_LISTENER: Token = Token(0);
@@ -128,6 +128,7 @@ pub struct IngestServer {
     control_tx: Sender<Control>,
     control_rx: Receiver<Control>,
     liveness: Arc<Liveness>,
+    backplane_counters: Arc<BackplaneCounters>,
 }
 
 /// A running ingest thread.
@@ -162,7 +163,13 @@ impl IngestServer {
             control_tx,
             control_rx,
             liveness: Liveness::new("ingest"),
+            backplane_counters: Arc::default(),
         })
+    }
+
+    /// The backplane's counters (all zero when there is no backplane).
+    pub fn backplane_counters(&self) -> Arc<BackplaneCounters> {
+        self.backplane_counters.clone()
     }
 
     pub fn proto_addr(&self) -> io::Result<SocketAddr> {
@@ -195,7 +202,11 @@ impl IngestServer {
         let control = self.control_tx.clone();
         let waker = self.waker.clone();
         let backplane = match &self.cfg.backplane {
-            Some(b) => Some(Backplane::start(b, self.waker.clone())?),
+            Some(b) => Some(Backplane::start(
+                b,
+                self.waker.clone(),
+                self.backplane_counters.clone(),
+            )?),
             None => None,
         };
         // PROTOCOL §10: the local books' epoch is the start time in ms, so

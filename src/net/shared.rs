@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
+use super::backplane::BackplaneCounters;
 use super::health::{Health, Liveness};
 use super::symbols::SymbolDirectory;
 use crate::fanout::limits::{IpLimitConfig, IpLimits};
@@ -198,6 +199,8 @@ pub struct Shared {
     pub workers: Vec<Arc<WorkerShared>>,
     /// Every engine thread's liveness (`/healthz`, the binary's exit).
     pub health: Health,
+    /// The NATS backplane's counters, when this node has one.
+    pub backplane: Option<Arc<BackplaneCounters>>,
 }
 
 impl Shared {
@@ -223,7 +226,14 @@ impl Shared {
             router: Mutex::new(RouterStats::default()),
             symbols: Arc::new(SymbolDirectory::default()),
             workers,
+            backplane: None,
         }
+    }
+
+    /// With the backplane's counters in `/metrics`.
+    pub fn with_backplane(mut self, counters: Arc<BackplaneCounters>) -> Shared {
+        self.backplane = Some(counters);
+        self
     }
 
     /// The per-IP table. A poisoned lock (a thread panicked holding it) is
@@ -237,6 +247,9 @@ impl Shared {
     pub fn render_metrics(&self) -> String {
         let mut out = PromText::new();
         self.ingest.render(&mut out);
+        if let Some(b) = &self.backplane {
+            b.render(&mut out);
+        }
         let router = self
             .router
             .lock()
