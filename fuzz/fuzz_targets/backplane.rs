@@ -85,7 +85,7 @@ fuzz_target!(|data: &[u8]| {
         let payload = Bytes::copy_from_slice(piece);
         let msg = match i % 4 {
             0 | 1 => Inbound::Data {
-                symbol: "BTC-USD".into(),
+                symbol: std::sync::Arc::from("BTC-USD"),
                 payload,
             },
             2 => Inbound::SnapshotReply {

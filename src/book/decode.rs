@@ -911,6 +911,16 @@ fn fast_delta(frame: &[u8]) -> Option<pb::IngestMessage> {
     })
 }
 
+/// A `ServerMessage` holding only a `BookDelta` (a backplane data message's
+/// body), by the same fast path: `ServerMessage.delta` is field 2 with the
+/// same `BookDelta` as `IngestMessage.delta`. `None`: decode with prost.
+pub fn fast_server_delta(payload: &[u8]) -> Option<pb::BookDelta> {
+    match fast_delta(payload)?.body {
+        Some(Body::Delta(d)) => Some(d),
+        _ => None,
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Encoders: the inverse of the decoder, for load generators, the demo feed and tests.
 

@@ -31,10 +31,12 @@
 //! that order takes over, through a resync (its seq and epoch are its own).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use prost::Message;
 
+use crate::book::decode::fast_server_delta;
 use crate::book::market::FeedStale;
 use crate::book::market::{Market, MirrorReject, Published, origin_feed};
 use crate::book::{FeedId, SymbolId};
@@ -93,9 +95,10 @@ pub enum Command {
 /// What NATS delivered.
 #[derive(Debug, Clone)]
 pub enum Inbound {
-    /// A message on `tw.md.<symbol>`.
+    /// A message on `tw.md.<symbol>` (the name is shared by all of a
+    /// subscription's messages: no allocation per message).
     Data {
-        symbol: String,
+        symbol: Arc<str>,
         payload: Bytes,
     },
     /// The answer to a snapshot request (an empty payload: the origin does
@@ -378,7 +381,10 @@ impl EdgeCore {
         let feed = origin_feed(header.origin.0);
         let body = payload.get(super::header::HEADER_LEN..).unwrap_or(&[]);
         let result = match header.kind {
-            Kind::Delta => match decode(body) {
+            Kind::Delta => match fast_server_delta(body)
+                .map(Body::Delta)
+                .or_else(|| decode(body))
+            {
                 Some(Body::Delta(d)) if d.seq == header.seq => {
                     market.mirror_delta(feed, header.epoch, d, out).map(|_| ())
                 }

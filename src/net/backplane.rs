@@ -503,7 +503,7 @@ impl Shell {
                         match client.subscribe(subject::data(&symbol)).await {
                             Ok(mut sub) => {
                                 let d = deliver.clone();
-                                let s = symbol.clone();
+                                let s: Arc<str> = Arc::from(symbol.as_str());
                                 let task = tokio::task::spawn_local(async move {
                                     while let Some(m) = sub.next().await {
                                         d.send(FromNats::Inbound(Inbound::Data {
