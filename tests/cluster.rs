@@ -256,6 +256,19 @@ fn edges_subscribe_only_to_what_their_clients_want() {
     let s = subs();
     assert!(s.contains("tw.md.C~C"), "{s}");
     assert!(!s.contains("tw.md.AAA") && !s.contains("tw.md.BBB"), "{s}");
+    // A symbol no client holds: /symbols still shows the origin's seq (from
+    // its heartbeats), current within a beat.
+    feed.write_all(&proto(&[delta("AAA", 2, 99, 1), delta("AAA", 3, 98, 1)]))
+        .unwrap();
+    wait_until("/symbols follows the heartbeat for AAA", || {
+        http_get(e1.ws_addr, "/symbols", "GET")
+            .1
+            .contains(r#"{"symbol":"AAA","seq":3,"#)
+    });
+    assert!(
+        !subs().contains("tw.md.AAA"),
+        "and nothing subscribed for it"
+    );
     feed.write_all(&proto(&[delta("C.C", 2, 101, 5)])).unwrap();
     assert!(
         c.read_until(WAIT, |b| matches!(b, Body::Delta(d) if d.seq == 2))

@@ -565,6 +565,7 @@ impl EdgeCore {
             let id = match market.mirror_listing(
                 feed,
                 &e.symbol,
+                e.seq,
                 (e.price_decimals, e.size_decimals),
                 hb.epoch,
             ) {

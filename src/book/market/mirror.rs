@@ -79,15 +79,17 @@ impl MirrorReject {
 }
 
 impl Market {
-    /// An origin's heartbeat lists `name`: the symbol exists here from now on
-    /// (workers may accept subscriptions to it), with no book until synced.
-    /// Returns its id and whether it is new or its decimals changed (the
-    /// caller announces it to the workers). A symbol owned by a local feed is
-    /// left alone (`Local`).
+    /// An origin's heartbeat lists `name` at `seq`: the symbol exists here
+    /// from now on (workers may accept subscriptions to it), with no book
+    /// until synced; until then its seq, decimals and epoch are the
+    /// heartbeat's (what `/symbols` shows). Returns its id and whether it is
+    /// new or any of those changed (the caller announces it). A symbol owned
+    /// by a local feed is left alone (`Local`).
     pub fn mirror_listing(
         &mut self,
         origin: FeedId,
         name: &str,
+        seq: u64,
         (price_decimals, size_decimals): (u32, u32),
         epoch: u64,
     ) -> Result<(SymbolId, bool), MirrorReject> {
@@ -99,8 +101,9 @@ impl Market {
             if st.has_book {
                 return Ok((id, false));
             }
-            let changed = (st.price_decimals, st.size_decimals, st.epoch)
-                != (price_decimals, size_decimals, epoch);
+            let changed = (st.seq, st.price_decimals, st.size_decimals, st.epoch)
+                != (seq, price_decimals, size_decimals, epoch);
+            st.seq = seq;
             st.price_decimals = price_decimals;
             st.size_decimals = size_decimals;
             st.epoch = epoch;
@@ -108,6 +111,7 @@ impl Market {
         }
         let id = self.new_symbol(name, OrderBook::new())?;
         let st = self.state_mut(id);
+        st.seq = seq;
         st.price_decimals = price_decimals;
         st.size_decimals = size_decimals;
         st.epoch = epoch;
