@@ -116,3 +116,28 @@ fn client_request_escaped_echo_is_short() {
         );
     }
 }
+
+/// backplane: an origin's `feed_gap` for a mirrored book that was stale for
+/// `feed_down` (its origin had gone silent, so it had no owner) left it
+/// stale for the gap with no owner, breaking the market's invariant "no
+/// owner exactly when stale for feed_down" (a debug assertion, so a panic).
+/// An origin reporting a gap speaks for the book: it owns it again.
+#[test]
+fn backplane_feed_gap_after_feed_down_restores_the_owner() {
+    use tickwire::book::market::{FeedStale, Market, origin_feed};
+    use tickwire::cluster::header::OriginTag;
+    let mut m = Market::new();
+    let origin = origin_feed(OriginTag::of("o").0);
+    let (id, _) = m
+        .mirror_listing(origin, "BTC-USD", 3, (2, 0), 7)
+        .expect("listed");
+    let mut out = Vec::new();
+    m.handle_feed_down(origin, &mut out);
+    assert_eq!(m.info(id).unwrap().stale, Some(FeedStale::FeedDown));
+    assert_eq!(m.info(id).unwrap().owner, None);
+    m.mirror_stale(origin, "BTC-USD", FeedStale::FeedGap, &mut out)
+        .expect("the origin's own book");
+    let info = m.info(id).unwrap();
+    assert_eq!(info.stale, Some(FeedStale::FeedGap));
+    assert_eq!(info.owner, Some(origin));
+}

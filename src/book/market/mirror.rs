@@ -292,8 +292,11 @@ impl Market {
         if self.state_mut(id).stale == Some(reason) {
             return Ok(id);
         }
-        if reason == FeedStale::FeedDown {
-            self.clear_owner(id);
+        // `# Invariants`: no owner exactly when stale for `FeedDown`. An
+        // origin reporting a gap speaks for the book (it is not down).
+        match reason {
+            FeedStale::FeedDown => self.clear_owner(id),
+            FeedStale::FeedGap => self.set_owner(id, origin),
         }
         let st = self.state_mut(id);
         mark_stale(id, st, reason, out);
