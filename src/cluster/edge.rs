@@ -71,7 +71,9 @@ impl Default for EdgeConfig {
             max_inflight: 32,
             resync_jitter_ns: 200_000_000,
             retry_ns: 500_000_000,
-            max_buffered: 65_536,
+            // A snapshot round trip is milliseconds: 8,192 covers a symbol
+            // at 100,000 messages/s for 80 ms.
+            max_buffered: 8_192,
         }
     }
 }
@@ -354,7 +356,9 @@ impl EdgeCore {
         let f = self.follow(id);
         match f.phase {
             Phase::Live => self.apply(market, id, header, payload, now, out),
-            Phase::Due(_) | Phase::Requested(_) | Phase::Waiting => {
+            // No live origin: its next heartbeat starts a resync.
+            Phase::Waiting => self.stats.unwanted += 1,
+            Phase::Due(_) | Phase::Requested(_) => {
                 if f.buffer.len() < max {
                     f.buffer.push((header, payload));
                     self.stats.buffered += 1;
@@ -721,4 +725,337 @@ impl EdgeCore {
 
 fn decode(body: &[u8]) -> Option<Body> {
     pb::ServerMessage::decode(body).ok()?.body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::book::FeedId;
+    use crate::cluster::origin::OriginCore;
+    use crate::wire::EncodedFrame;
+
+    const MS: u64 = 1_000_000;
+
+    /// An origin: its market, its core, one feed.
+    struct Origin {
+        market: Market,
+        core: OriginCore,
+        feed_seq: HashMap<String, u64>,
+    }
+
+    impl Origin {
+        fn new(name: &str, epoch: u64) -> Origin {
+            Origin {
+                market: Market::new().with_epoch(epoch),
+                core: OriginCore::new(name),
+                feed_seq: HashMap::new(),
+            }
+        }
+
+        /// Publishes; returns the backplane payloads.
+        fn publish(&mut self, out: Vec<Published>) -> Vec<Bytes> {
+            out.iter()
+                .filter_map(|p| {
+                    let f = EncodedFrame::binary(p.msg());
+                    self.core.publish(&self.market, p, &f).map(|o| o.payload)
+                })
+                .collect()
+        }
+
+        fn snapshot(&mut self, symbol: &str) -> Vec<Bytes> {
+            let mut out = Vec::new();
+            let snap = pb::BookSnapshot {
+                symbol: symbol.into(),
+                seq: 1,
+                bids: vec![pb::Level {
+                    price: 100,
+                    size: 1,
+                }],
+                asks: vec![pb::Level {
+                    price: 110,
+                    size: 1,
+                }],
+                price_decimals: 2,
+                ..Default::default()
+            };
+            self.feed_seq.insert(symbol.into(), 1);
+            self.market
+                .handle_snapshot(FeedId(1), snap, 5, &mut out)
+                .unwrap();
+            self.publish(out)
+        }
+
+        fn delta(&mut self, symbol: &str, size: i64) -> Bytes {
+            let seq = self.feed_seq.get_mut(symbol).unwrap();
+            *seq += 1;
+            let d = pb::BookDelta {
+                symbol: symbol.into(),
+                seq: *seq,
+                updates: vec![pb::LevelUpdate {
+                    side: pb::Side::Bid as i32,
+                    price: 100,
+                    size,
+                }],
+                ..Default::default()
+            };
+            let mut out = Vec::new();
+            self.market.handle_delta(FeedId(1), d, 6, &mut out).unwrap();
+            self.publish(out).remove(0)
+        }
+
+        fn beat(&mut self, now: u64) -> Bytes {
+            self.core
+                .poll_heartbeat(&self.market, now)
+                .remove(0)
+                .payload
+        }
+
+        fn answer(&mut self, symbol: &str) -> Bytes {
+            self.core.answer_snapshot(&self.market, symbol)
+        }
+    }
+
+    struct Edge {
+        market: Market,
+        core: EdgeCore,
+        out: Vec<Published>,
+    }
+
+    impl Edge {
+        fn new() -> Edge {
+            Edge {
+                market: Market::new(),
+                core: EdgeCore::new(EdgeConfig::default(), 7),
+                out: Vec::new(),
+            }
+        }
+
+        fn send(&mut self, msg: Inbound, now: u64) {
+            self.core
+                .handle_inbound(&mut self.market, msg, now, &mut self.out);
+        }
+
+        fn beat(&mut self, payload: Bytes, now: u64) {
+            self.send(Inbound::Heartbeat { payload }, now);
+        }
+
+        fn data(&mut self, symbol: &str, payload: Bytes, now: u64) {
+            self.send(
+                Inbound::Data {
+                    symbol: Arc::from(symbol),
+                    payload,
+                },
+                now,
+            );
+        }
+
+        fn want(&mut self, symbol: &str, now: u64) {
+            let id = self.market.symbol_id(symbol).unwrap();
+            self.core.handle_interest(&mut self.market, id, true, now);
+        }
+
+        fn commands(&mut self) -> Vec<Command> {
+            std::iter::from_fn(|| self.core.poll_command()).collect()
+        }
+
+        fn tick(&mut self, now: u64) {
+            self.core
+                .handle_timeout(&mut self.market, now, &mut self.out);
+        }
+
+        fn seq(&self, symbol: &str) -> u64 {
+            self.market
+                .snapshot_seq(self.market.symbol_id(symbol).unwrap())
+        }
+
+        fn stale(&self, symbol: &str) -> Option<FeedStale> {
+            self.market
+                .stale_reason(self.market.symbol_id(symbol).unwrap())
+        }
+    }
+
+    fn request(symbol: &str, origin: &str) -> Command {
+        Command::RequestSnapshot {
+            symbol: symbol.into(),
+            origin: origin.into(),
+        }
+    }
+
+    #[test]
+    fn first_interest_subscribes_then_requests_and_buffered_deltas_follow_the_snapshot() {
+        let mut o = Origin::new("a", 7);
+        let mut e = Edge::new();
+        o.snapshot("X");
+        e.beat(o.beat(0), 0);
+        e.want("X", MS);
+        assert_eq!(
+            e.commands(),
+            [Command::Subscribe { symbol: "X".into() }, request("X", "a")]
+        );
+        // Deltas 2 and 3 arrive before the answer, which is at 2.
+        let d2 = o.delta("X", 2);
+        let answer = o.answer("X");
+        let d3 = o.delta("X", 3);
+        e.data("X", d2, 2 * MS);
+        e.data("X", d3, 2 * MS);
+        assert!(!e.market.has_book(e.market.symbol_id("X").unwrap()));
+        e.send(
+            Inbound::SnapshotReply {
+                symbol: "X".into(),
+                payload: answer,
+            },
+            3 * MS,
+        );
+        assert_eq!(e.seq("X"), 3, "snapshot at 2, then the buffered delta 3");
+        let id = e.market.symbol_id("X").unwrap();
+        assert_eq!(e.market.book(id).checksum(), o.market.book(id).checksum());
+        let d4 = o.delta("X", 4);
+        e.data("X", d4, 4 * MS);
+        assert_eq!(e.seq("X"), 4);
+        assert_eq!(e.core.stats().resyncs, 0);
+    }
+
+    #[test]
+    fn a_gap_turns_the_book_stale_and_resyncs_after_jitter() {
+        let mut o = Origin::new("a", 7);
+        let mut e = Edge::new();
+        o.snapshot("X");
+        e.beat(o.beat(0), 0);
+        e.want("X", 0);
+        e.commands();
+        let answer = o.answer("X");
+        e.send(
+            Inbound::SnapshotReply {
+                symbol: "X".into(),
+                payload: answer,
+            },
+            MS,
+        );
+        let _lost = o.delta("X", 2);
+        let d3 = o.delta("X", 3);
+        e.out.clear();
+        e.data("X", d3, 2 * MS);
+        assert_eq!(e.stale("X"), Some(FeedStale::FeedGap));
+        assert!(matches!(e.out.last(), Some(Published::Stale { .. })));
+        assert!(e.commands().is_empty(), "not before the jitter");
+        e.tick(2 * MS + EdgeConfig::default().resync_jitter_ns);
+        assert_eq!(e.commands(), [request("X", "a")]);
+    }
+
+    #[test]
+    fn a_thousand_resyncs_never_exceed_the_inflight_bound() {
+        let mut o = Origin::new("a", 7);
+        let mut e = Edge::new();
+        let names: Vec<String> = (0..1000).map(|i| format!("S{i}")).collect();
+        for n in &names {
+            o.snapshot(n);
+        }
+        e.beat(o.beat(0), 0);
+        for n in &names {
+            e.want(n, 0);
+        }
+        let max = EdgeConfig::default().max_inflight;
+        let requests = |cmds: Vec<Command>| {
+            cmds.iter()
+                .filter(|c| matches!(c, Command::RequestSnapshot { .. }))
+                .count()
+        };
+        assert_eq!(requests(e.commands()), max);
+        e.tick(10 * MS);
+        assert_eq!(requests(e.commands()), 0, "none until answers come back");
+        for n in names.iter().take(5) {
+            let answer = o.answer(n);
+            e.send(
+                Inbound::SnapshotReply {
+                    symbol: n.clone(),
+                    payload: answer,
+                },
+                11 * MS,
+            );
+        }
+        e.tick(12 * MS);
+        assert_eq!(requests(e.commands()), 5, "as many as were answered");
+    }
+
+    #[test]
+    fn a_heartbeat_ahead_for_two_beats_is_a_lost_message() {
+        let mut o = Origin::new("a", 7);
+        let mut e = Edge::new();
+        o.snapshot("X");
+        e.beat(o.beat(0), 0);
+        e.want("X", 0);
+        e.commands();
+        let answer = o.answer("X");
+        e.send(
+            Inbound::SnapshotReply {
+                symbol: "X".into(),
+                payload: answer,
+            },
+            MS,
+        );
+        // The last delta never arrives.
+        let _lost = o.delta("X", 9);
+        e.beat(o.beat(1000 * MS), 1000 * MS);
+        assert_eq!(e.stale("X"), None, "one beat may race the data");
+        e.beat(o.beat(2000 * MS), 2000 * MS);
+        assert_eq!(e.stale("X"), Some(FeedStale::FeedGap));
+        assert_eq!(e.core.stats().heartbeat_resyncs, 1);
+    }
+
+    #[test]
+    fn a_silent_origin_is_feed_down_and_its_next_beat_resyncs() {
+        let mut o = Origin::new("a", 7);
+        let mut e = Edge::new();
+        o.snapshot("X");
+        e.beat(o.beat(0), 0);
+        e.want("X", 0);
+        e.commands();
+        let answer = o.answer("X");
+        e.send(
+            Inbound::SnapshotReply {
+                symbol: "X".into(),
+                payload: answer,
+            },
+            MS,
+        );
+        let timeout = EdgeConfig::default().heartbeat_timeout_ns;
+        e.tick(timeout);
+        assert_eq!(e.stale("X"), None);
+        e.tick(timeout + MS);
+        assert_eq!(e.stale("X"), Some(FeedStale::FeedDown));
+        e.tick(timeout + 10_000 * MS);
+        assert!(e.commands().is_empty(), "no request to a silent origin");
+        let now = timeout + 20_000 * MS;
+        e.beat(o.beat(now), now);
+        e.tick(now + EdgeConfig::default().resync_jitter_ns);
+        assert_eq!(e.commands(), [request("X", "a")]);
+    }
+
+    #[test]
+    fn of_two_origins_the_smallest_name_owns_the_symbol() {
+        let mut a = Origin::new("venue-a", 7);
+        let mut b = Origin::new("venue-b", 9);
+        let mut e = Edge::new();
+        a.snapshot("X");
+        b.snapshot("X");
+        e.beat(b.beat(0), 0);
+        e.beat(a.beat(0), 0);
+        e.want("X", 0);
+        assert_eq!(e.commands()[1], request("X", "venue-a"));
+        let answer = a.answer("X");
+        e.send(
+            Inbound::SnapshotReply {
+                symbol: "X".into(),
+                payload: answer,
+            },
+            MS,
+        );
+        let db = b.delta("X", 5);
+        e.data("X", db, 2 * MS);
+        assert_eq!(e.core.stats().other_origin, 1);
+        assert_eq!(e.seq("X"), 1);
+        let da = a.delta("X", 6);
+        e.data("X", da, 3 * MS);
+        assert_eq!(e.seq("X"), 2);
+    }
 }
