@@ -684,3 +684,118 @@ fn an_edge_on_a_leaf_node_pulls_only_its_clients_symbols() {
     );
     assert!(c.violations.is_empty(), "{:?}", c.violations);
 }
+
+/// A stuck edge (its process stopped with SIGSTOP while data flows) never
+/// slows the origin: the origin's own clients get every delta at once.
+/// When the edge runs again, its clients end with the exact book: from what
+/// NATS kept for it (up to the server's max_pending), or, for what NATS
+/// dropped, through an explicit Stale + snapshot; never a silent gap.
+#[test]
+fn a_stuck_edge_process_never_slows_the_origin_and_resyncs() {
+    use std::io::{BufRead, BufReader};
+    use std::net::SocketAddr;
+    use std::process::{Command, Stdio};
+    let nats = start_single();
+    let o = origin(&nats.url(), "venue-a");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tickwire"))
+        .args([
+            "serve",
+            "--backplane",
+            &nats.url(),
+            "--listen",
+            "127.0.0.1:0",
+            "--ingest",
+            "127.0.0.1:0",
+            "--ingest-json",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--no-pin",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn an edge");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-CONT", &self.0.id().to_string()])
+                .status();
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let edge_addr: SocketAddr = loop {
+        let line = lines.next().expect("a line").expect("stdout");
+        if let Some(a) = line.strip_prefix("listening on ") {
+            break a.trim().parse().unwrap();
+        }
+    };
+    let child = Kill(child);
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &child.0.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    let mut feed = TcpStream::connect(o.ingest.proto_addr).unwrap();
+    feed.write_all(&proto(&[snap("K", 1, 100, 110)])).unwrap();
+    wait_until("the edge lists K", || {
+        http_get(edge_addr, "/symbols", "GET").1.contains("\"K\"")
+    });
+    let mut at_edge = Client::connect(edge_addr, Enc::Proto, 1);
+    at_edge.subscribe(&["K"], &["book"], 1);
+    assert!(
+        at_edge
+            .read_until(WAIT, |b| matches!(b, Body::Snapshot(_)))
+            .is_some()
+    );
+    let mut at_origin = Client::connect(o.ws_addr, Enc::Proto, 2);
+    at_origin.subscribe(&["K"], &["book"], 2);
+    assert!(
+        at_origin
+            .read_until(WAIT, |b| matches!(b, Body::Snapshot(_)))
+            .is_some()
+    );
+    signal("-STOP");
+    let n: u64 = 20_000;
+    let started = std::time::Instant::now();
+    let mut batch = Vec::new();
+    for i in 2..n + 2 {
+        batch.push(delta("K", i, 90 + (i % 5) as i64, (i % 89) as i64 + 1));
+        if batch.len() == 2_000 {
+            feed.write_all(&proto(&batch)).unwrap();
+            batch.clear();
+            at_origin.read_for(Duration::from_millis(1));
+        }
+    }
+    feed.write_all(&proto(&batch)).unwrap();
+    assert!(
+        at_origin.read_until_seqs(WAIT, &HashMap::from([("K".to_string(), n + 1)])),
+        "the origin's clients got every delta while an edge was stuck"
+    );
+    let origin_took = started.elapsed();
+    signal("-CONT");
+    let truth = books(&o)["K"];
+    assert!(
+        at_edge.read_until_seqs(WAIT, &HashMap::from([("K".to_string(), truth.0)])),
+        "the edge caught up: {:?}",
+        at_edge.books.get("K").map(|b| (b.seq, b.awaiting))
+    );
+    assert_eq!(at_edge.books["K"].book.checksum(), truth.1);
+    assert!(at_edge.violations.is_empty(), "{:?}", at_edge.violations);
+    assert!(
+        at_origin.violations.is_empty(),
+        "{:?}",
+        at_origin.violations
+    );
+    assert!(
+        origin_took < Duration::from_secs(10),
+        "the origin served {n} deltas in {origin_took:?} with an edge stuck"
+    );
+}
