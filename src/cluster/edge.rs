@@ -803,6 +803,18 @@ mod tests {
             self.publish(out).remove(0)
         }
 
+        fn trade(&mut self, symbol: &str) -> Bytes {
+            let t = pb::Trade {
+                symbol: symbol.into(),
+                price: 105,
+                size: 1,
+                ..Default::default()
+            };
+            let mut out = Vec::new();
+            self.market.handle_trade(FeedId(1), t, 6, &mut out).unwrap();
+            self.publish(out).remove(0)
+        }
+
         fn beat(&mut self, now: u64) -> Bytes {
             self.core
                 .poll_heartbeat(&self.market, now)
@@ -1029,6 +1041,39 @@ mod tests {
         e.beat(o.beat(now), now);
         e.tick(now + EdgeConfig::default().resync_jitter_ns);
         assert_eq!(e.commands(), [request("X", "a")]);
+    }
+
+    #[test]
+    fn lost_trades_are_reported_by_the_next_trade_or_two_heartbeats() {
+        let mut o = Origin::new("a", 7);
+        let mut e = Edge::new();
+        o.snapshot("X");
+        e.beat(o.beat(0), 0);
+        e.want("X", 0);
+        e.commands();
+        let answer = o.answer("X");
+        e.send(
+            Inbound::SnapshotReply {
+                symbol: "X".into(),
+                payload: answer,
+            },
+            MS,
+        );
+        let t1 = o.trade("X");
+        let _t2 = o.trade("X");
+        let t3 = o.trade("X");
+        e.data("X", t1, 2 * MS);
+        e.data("X", t3, 2 * MS);
+        let id = e.market.symbol_id("X").unwrap();
+        assert_eq!(e.core.poll_lost_trades(), Some((id, 1)));
+        // The last trade lost: the heartbeats say so, twice.
+        let _t4 = o.trade("X");
+        e.beat(o.beat(1000 * MS), 1000 * MS);
+        assert_eq!(e.core.poll_lost_trades(), None);
+        e.beat(o.beat(2000 * MS), 2000 * MS);
+        assert_eq!(e.core.poll_lost_trades(), Some((id, 1)));
+        assert_eq!(e.market.trade_seq(id), 4);
+        assert_eq!(e.stale("X"), None, "lost trades leave the book alone");
     }
 
     #[test]
