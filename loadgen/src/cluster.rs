@@ -35,7 +35,7 @@ use tickwire::book::synth::SynthConfig;
 use tickwire_loadgen::env::Env;
 use tickwire_loadgen::feed::{Feed, FeedConfig};
 use tickwire_loadgen::fleet::{Fleet, FleetConfig};
-use tickwire_loadgen::report::{ClusterReport, NodeReport, Point, Report, Window};
+use tickwire_loadgen::report::{ClusterReport, NodeReport, Point, Report, Summary, Window};
 use tickwire_loadgen::runner::{Progress, SpawnedEngine, wait_for_symbols};
 use tickwire_loadgen::stats::{
     Tally, open_file_limit, process_cpu_seconds, process_rss_kib, self_threads_cpu_seconds,
@@ -908,7 +908,36 @@ impl Cluster {
                 .collect();
             format!("zero violations on every node; {}", hops.join("; "))
         };
+        let saturated: Vec<String> = report
+            .nodes
+            .iter()
+            .filter_map(|n| saturation(&n.summary).map(|why| format!("{} {why}", n.name)))
+            .collect();
+        if !saturated.is_empty() {
+            report.verdict += &format!(
+                "; SATURATED ({}): the latencies are queueing, so the hop figures are not the hop's cost; lower --rate or --clients-per-node",
+                saturated.join(", ")
+            );
+        }
         report
+    }
+}
+
+/// Delivered below this share of the offered load: the node (or the
+/// machine) did not keep up.
+const KEPT_UP_RATIO: f64 = 0.95;
+
+/// Why a node's measured window shows it could not keep up, if it does:
+/// delivered well below offered, or clients dropped as slow consumers.
+fn saturation(s: &Summary) -> Option<String> {
+    let slow: u64 = ["slow_consumer", "slow_consumer_trades"]
+        .iter()
+        .filter_map(|r| s.stale.get(*r))
+        .sum();
+    match s.delivered_ratio {
+        Some(r) if r < KEPT_UP_RATIO => Some(format!("delivered {:.0}% of offered", r * 100.0)),
+        _ if slow > 0 => Some(format!("{slow} slow-consumer Stale")),
+        _ => None,
     }
 }
 
