@@ -560,8 +560,41 @@ pub fn html_report(r: &Report) -> String {
         );
         summary_rows(&mut h, &name, &s.summary);
     }
+    for n in &r.nodes {
+        let name = format!("{} ({}, pid {}, {})", n.name, n.role, n.pid, n.ws);
+        summary_rows(&mut h, &name, &n.summary);
+    }
     summary_rows(&mut h, "total (measured)", &r.summary);
     h.push_str("</table>");
+    let hops: Vec<String> = r
+        .nodes
+        .iter()
+        .filter(|n| n.hop_added_p50_ms.is_some())
+        .map(|n| format!("{}: {}", n.name, n.hop_text()))
+        .collect();
+    if !hops.is_empty() {
+        let _ = write!(
+            h,
+            "<p>Added by the NATS hop (edge percentile − origin percentile): {}.</p>",
+            esc(&hops.join("; "))
+        );
+    }
+    if let Some(c) = &r.cluster {
+        let _ = write!(
+            h,
+            "<p>Cluster: {} into the origin at {} events/s over {} symbols, {} clients per node, {} worker(s) per engine; \
+             engines {:.2} cores, nats-server {} cores ({}, {}).</p>",
+            esc(&c.tickwire),
+            short(c.rate),
+            c.symbols,
+            c.clients_per_node,
+            c.workers,
+            c.engines_cpu_cores,
+            c.nats_cpu_cores.map_or("-".into(), |v| format!("{v:.2}")),
+            esc(&c.nats_url),
+            esc(&c.nats_version)
+        );
+    }
     let s = &r.summary;
     let _ = write!(
         h,
@@ -588,21 +621,28 @@ pub fn html_report(r: &Report) -> String {
         );
     }
     h.push_str("</p><div class=\"charts\">");
-    let mut curves = Vec::new();
-    if r.steps.is_empty() {
-        for p in r.phases.iter().filter(|p| p.measured) {
-            curves.push((p.name.clone(), Report::latency_curve(&p.summary)));
+    // A cluster's figures are its nodes' curves (their mix is not one).
+    let mut curves: Vec<(String, Vec<(f64, f64)>)> = r
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), Report::latency_curve(&n.summary)))
+        .collect();
+    if r.nodes.is_empty() {
+        if r.steps.is_empty() {
+            for p in r.phases.iter().filter(|p| p.measured) {
+                curves.push((p.name.clone(), Report::latency_curve(&p.summary)));
+            }
+        } else {
+            for st in &r.steps {
+                curves.push((
+                    format!("{} clients, {} ev/s", st.clients, short(st.rate)),
+                    Report::latency_curve(&st.summary),
+                ));
+            }
         }
-    } else {
-        for st in &r.steps {
-            curves.push((
-                format!("{} clients, {} ev/s", st.clients, short(st.rate)),
-                Report::latency_curve(&st.summary),
-            ));
+        if curves.len() != 1 {
+            curves.push(("total".into(), Report::latency_curve(&r.summary)));
         }
-    }
-    if curves.len() != 1 {
-        curves.push(("total".into(), Report::latency_curve(&r.summary)));
     }
     h.push_str(&latency_svg(
         "Latency percentile distribution (exchange_ts → receipt, CO-corrected)",

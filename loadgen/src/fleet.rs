@@ -63,6 +63,9 @@ pub struct FleetConfig {
     /// An upgrade not answered within this is abandoned (ms).
     pub handshake_timeout_ms: u64,
     pub seed: u64,
+    /// Client threads are named `<thread_name>-<i>` (at most 15 bytes in
+    /// all, Linux's limit), so their CPU can be told apart in `/proc`.
+    pub thread_name: String,
 }
 
 impl Default for FleetConfig {
@@ -82,6 +85,7 @@ impl Default for FleetConfig {
             connect_rate_per_sec: 5_000,
             handshake_timeout_ms: 10_000,
             seed: 1,
+            thread_name: "lg-client".into(),
         }
     }
 }
@@ -120,6 +124,13 @@ impl Subscribers {
             book: (0..n).map(|_| AtomicU32::new(0)).collect(),
             trades: (0..n).map(|_| AtomicU32::new(0)).collect(),
         }
+    }
+
+    /// Messages that `deltas` deltas and `trades` trades of symbol `i` owe
+    /// its current subscribers (the offered load).
+    pub fn offered(&self, i: usize, deltas: u64, trades: u64) -> f64 {
+        let n = |v: &Vec<AtomicU32>| f64::from(v.get(i).map_or(0, |a| a.load(Ordering::Relaxed)));
+        deltas as f64 * n(&self.book) + trades as f64 * n(&self.trades)
     }
 }
 
@@ -174,7 +185,7 @@ impl Fleet {
             fleet.shared.push(shared);
             fleet.threads.push(
                 std::thread::Builder::new()
-                    .name(format!("lg-client-{i}"))
+                    .name(format!("{}-{i}", cfg.thread_name))
                     .spawn(move || lp.run())?,
             );
         }

@@ -6,10 +6,13 @@
 //! - `capacity`: steps load up until the objective breaks; reports the knee.
 //! - `merge`: adds up the JSON reports of processes run side by side.
 //! - `fanout`: the purpose-built one-symbol fan-out benchmark.
+//! - `cluster`: nats-server, one origin and two edges on this machine, the
+//!   same verifying fleet on each node at once; what the NATS hop adds.
 //! - `ceiling`: the kernel's floor cost of one loopback `send()` over many
 //!   sockets (no engine): the best any fan-out server can do here.
 
 mod ceiling;
+mod cluster;
 mod fanout;
 
 use std::path::PathBuf;
@@ -49,6 +52,11 @@ enum Command {
     /// Measure the kernel's floor cost of one TCP send() on loopback when one
     /// core writes round-robin to many sockets; report sends/s and pass times.
     Ceiling(ceiling::Args),
+    /// Start nats-server, one origin and two edges (tickwire serve --publish /
+    /// --backplane) on loopback, load every node with the same verifying
+    /// fleet at once; report delivered msgs/s, latency, violations and CPU per
+    /// node, and what the NATS hop adds to latency.
+    Cluster(cluster::Args),
     /// The receiving end of `ceiling`, which starts it itself.
     #[command(hide = true)]
     CeilingReceiver(ceiling::ReceiverArgs),
@@ -297,6 +305,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Fanout(args) => fanout::run(args),
         Command::Ceiling(args) => ceiling::run(args),
+        Command::Cluster(args) => cluster::run(args),
         Command::CeilingReceiver(args) => ceiling::run_receiver(args),
         Command::Feed(a) => {
             let mut sc = Scenario::default();

@@ -237,6 +237,72 @@ pub struct Knee {
     pub sentence: String,
 }
 
+/// One node of a `cluster` run: its engine and the fleet that loaded it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// `origin`, `edge-1`, `edge-2`.
+    pub name: String,
+    /// `origin` (takes the feed, publishes to NATS) or `edge` (follows
+    /// through NATS).
+    pub role: String,
+    /// The engine's PID and WebSocket address during the run.
+    pub pid: u32,
+    pub ws: String,
+    /// The measured window of this node's fleet: delivered rate, latency
+    /// (from the feed's scheduled send time), `server_cpu_cores` = this
+    /// engine's CPU, `loadgen_cpu_cores` = this fleet's client threads.
+    /// `violations` (and their samples) and the connection counters
+    /// (`connects`, `opened`, errors, `server_closes`) count the whole run:
+    /// opening, warm-up and shutdown too.
+    pub summary: Summary,
+    /// This node's latency percentile minus the origin's (edges only): what
+    /// the hop through NATS adds, ms.
+    pub hop_added_p50_ms: Option<f64>,
+    pub hop_added_p90_ms: Option<f64>,
+    pub hop_added_p99_ms: Option<f64>,
+}
+
+impl NodeReport {
+    /// Sets the hop figures of an edge against the origin's summary.
+    pub fn set_hop(&mut self, origin: &Summary) {
+        let (a, o) = (&self.summary.latency, &origin.latency);
+        let known = self.role == "edge" && a.count > 0 && o.count > 0;
+        self.hop_added_p50_ms = known.then_some(a.p50_ms - o.p50_ms);
+        self.hop_added_p90_ms = known.then_some(a.p90_ms - o.p90_ms);
+        self.hop_added_p99_ms = known.then_some(a.p99_ms - o.p99_ms);
+    }
+
+    /// "hop added p50 +0.21 ms p99 +0.80 ms" (edges), else "".
+    pub fn hop_text(&self) -> String {
+        match (self.hop_added_p50_ms, self.hop_added_p99_ms) {
+            (Some(p50), Some(p99)) => {
+                format!("hop added p50 {p50:+.3} ms p99 {p99:+.3} ms")
+            }
+            _ => String::new(),
+        }
+    }
+}
+
+/// What a `cluster` run set up, beside its nodes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterReport {
+    /// The NATS server loadgen started (`nats://127.0.0.1:PORT`).
+    pub nats_url: String,
+    /// `nats-server --version`.
+    pub nats_version: String,
+    /// Its CPU over the measured window, cores.
+    pub nats_cpu_cores: Option<f64>,
+    /// The engine command and the workers of each engine.
+    pub tickwire: String,
+    pub workers: usize,
+    /// Feed events (deltas + trades) per second into the origin.
+    pub rate: f64,
+    pub symbols: usize,
+    pub clients_per_node: usize,
+    /// Sum of the three engines' CPU over the measured window, cores.
+    pub engines_cpu_cores: f64,
+}
+
 /// One timeline sample.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Point {
@@ -257,7 +323,7 @@ pub struct Point {
 pub struct Report {
     pub tool: String,
     pub version: String,
-    /// `run`, `clients`, `feed`, `capacity` or `merged`.
+    /// `run`, `clients`, `feed`, `capacity`, `cluster` or `merged`.
     pub kind: String,
     /// One header per process (several after `merge`).
     pub env: Vec<Env>,
@@ -268,6 +334,11 @@ pub struct Report {
     pub phases: Vec<PhaseReport>,
     pub steps: Vec<StepReport>,
     pub knee: Option<Knee>,
+    /// `cluster`: one entry per node, origin first.
+    #[serde(default)]
+    pub nodes: Vec<NodeReport>,
+    #[serde(default)]
+    pub cluster: Option<ClusterReport>,
     pub timeline: Vec<Point>,
     /// Objective and what it concluded, in words.
     pub verdict: String,
@@ -371,7 +442,35 @@ impl Report {
             );
             row(&mut out, &name, &st.summary);
         }
+        for n in &self.nodes {
+            row(&mut out, &n.name, &n.summary);
+        }
         row(&mut out, "TOTAL", &self.summary);
+        for n in self.nodes.iter().filter(|n| n.hop_added_p50_ms.is_some()) {
+            let _ = writeln!(out, "{}: {}", n.name, n.hop_text());
+        }
+        if let Some(c) = &self.cluster {
+            let _ = writeln!(
+                out,
+                "cluster: engines {:.2} cores ({}), nats-server {} cores, loadgen {:.2} cores; {} ({})",
+                c.engines_cpu_cores,
+                self.nodes
+                    .iter()
+                    .map(|n| format!(
+                        "{} {}",
+                        n.name,
+                        n.summary
+                            .server_cpu_cores
+                            .map_or("-".into(), |c| format!("{c:.2}"))
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                c.nats_cpu_cores.map_or("-".into(), |c| format!("{c:.2}")),
+                self.summary.loadgen_cpu_cores,
+                c.nats_url,
+                c.nats_version
+            );
+        }
         let s = &self.summary;
         let _ = writeln!(
             out,
@@ -543,6 +642,19 @@ pub fn merge(reports: &[Report]) -> Report {
     if let Some(k) = out.steps.iter().rev().find(|s| s.pass) {
         out.knee = Some(knee(k));
     }
+    let nodes = reports.iter().map(|r| r.nodes.len()).max().unwrap_or(0);
+    for i in 0..nodes {
+        let parts: Vec<&NodeReport> = reports.iter().filter_map(|r| r.nodes.get(i)).collect();
+        out.nodes.push(NodeReport {
+            summary: merge_summaries(&parts.iter().map(|p| &p.summary).collect::<Vec<_>>()),
+            ..parts[0].clone()
+        });
+    }
+    if let Some(origin) = out.nodes.first().map(|n| n.summary.clone()) {
+        for n in &mut out.nodes {
+            n.set_hop(&origin);
+        }
+    }
     let mut by_second: BTreeMap<i64, Point> = BTreeMap::new();
     for r in reports {
         for p in &r.timeline {
@@ -660,5 +772,51 @@ mod tests {
         let back: Report = sonic_rs::from_str(&text).unwrap();
         assert_eq!(back, m);
         assert!(m.table().contains("TOTAL"));
+    }
+
+    #[test]
+    fn cluster_nodes_carry_hop_figures_through_json_table_and_merge() {
+        let node = |name: &str, role: &str, lat_ns: u64| NodeReport {
+            name: name.into(),
+            role: role.into(),
+            pid: 7,
+            ws: "127.0.0.1:1".into(),
+            summary: window(1000, lat_ns, 0.1).summary(),
+            ..NodeReport::default()
+        };
+        let mut r = Report::new("cluster", Env::default());
+        r.nodes = vec![
+            node("origin", "origin", 1_000_000),
+            node("edge-1", "edge", 1_500_000),
+        ];
+        let origin = r.nodes[0].summary.clone();
+        for n in &mut r.nodes {
+            n.set_hop(&origin);
+        }
+        assert_eq!(r.nodes[0].hop_added_p50_ms, None, "the origin has no hop");
+        let hop = r.nodes[1].hop_added_p50_ms.unwrap();
+        assert!((hop - 0.5).abs() < 0.01, "{hop}");
+        r.cluster = Some(ClusterReport {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            ..ClusterReport::default()
+        });
+        let table = r.table();
+        assert!(table.contains("edge-1: hop added p50 +0.500 ms"), "{table}");
+        assert!(table.contains("nats://127.0.0.1:4222"), "{table}");
+        let text = sonic_rs::to_string(&r).unwrap();
+        let back: Report = sonic_rs::from_str(&text).unwrap();
+        assert_eq!(back, r);
+        let m = merge(&[r.clone(), r]);
+        assert_eq!(m.nodes.len(), 2);
+        assert_eq!(m.nodes[1].summary.deltas, 2000);
+        assert!((m.nodes[1].hop_added_p50_ms.unwrap() - 0.5).abs() < 0.01);
+        // Reports written before nodes existed still parse.
+        let old: Report = sonic_rs::from_str(
+            &text
+                .replace(r#""nodes":"#, r#""unused_nodes":"#)
+                .replace(r#""cluster":"#, r#""unused_cluster":"#),
+        )
+        .unwrap();
+        assert!(old.nodes.is_empty() && old.cluster.is_none());
     }
 }

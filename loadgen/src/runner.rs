@@ -37,7 +37,7 @@ pub struct RunOptions {
 enum EngineHandle {
     External,
     InProcess(Box<Engine>),
-    Spawned(Child),
+    Spawned(SpawnedEngine),
 }
 
 /// Where the engine is.
@@ -81,61 +81,10 @@ fn start_engine(sc: &Scenario) -> anyhow::Result<(EngineHandle, Target)> {
         };
         return Ok((EngineHandle::InProcess(Box::new(engine)), target));
     }
-    if let Some((prog, args)) = e.spawn.split_first() {
-        let mut child = Command::new(prog)
-            .args(args)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--ingest",
-                "127.0.0.1:0",
-                "--ingest-json",
-                "127.0.0.1:0",
-            ])
-            .args(&e.spawn_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("spawn {:?}", e.spawn))?;
-        let pid = child.id();
-        let stdout = child.stdout.take().context("engine stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Reads the two address lines, then drains stdout until the engine exits.
-        std::thread::Builder::new()
-            .name("lg-engine-out".into())
-            .spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    let _ = tx.send(line);
-                }
-            })?;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let (mut ws, mut ingest, mut json) = (None, None, None);
-        while ws.is_none() || ingest.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = rx.recv_timeout(left) else {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("the spawned engine did not print its addresses within 15 s");
-            };
-            if let Some(a) = line.strip_prefix("listening on ") {
-                ws = a.trim().parse().ok();
-            } else if let Some(rest) = line.strip_prefix("ingest protobuf ") {
-                let mut it = rest.split_whitespace();
-                ingest = it.next().and_then(|a| a.parse().ok());
-                json = it.nth(1).and_then(|a| a.parse().ok());
-            }
-        }
-        let target = Target {
-            ws: ws.context("engine address")?,
-            ingest,
-            ingest_json: json,
-            server_pid: Some(pid),
-            in_process: false,
-        };
-        return Ok((EngineHandle::Spawned(child), target));
+    if !e.spawn.is_empty() {
+        let engine = SpawnedEngine::start(&e.spawn, &e.spawn_args, Stdio::null())?;
+        let target = engine.target.clone();
+        return Ok((EngineHandle::Spawned(engine), target));
     }
     let ws = parse_addr("engine.ws", &e.ws)?.context(
         "the scenario names no engine: set engine.ws (+ ingest), engine.spawn or engine.in_process",
@@ -156,22 +105,179 @@ fn stop_engine(h: EngineHandle) {
     match h {
         EngineHandle::External => {}
         EngineHandle::InProcess(e) => e.shutdown(),
-        EngineHandle::Spawned(mut child) => {
-            // SIGTERM first (the engine closes its clients with 1001), by pid.
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
+        EngineHandle::Spawned(e) => e.stop(),
+    }
+}
+
+/// An engine this process started as a child (`CMD serve` on port-0
+/// listeners), stopped by its PID when stopped or dropped (also on error and
+/// panic paths): SIGTERM, up to 5 s to exit, then SIGKILL.
+pub struct SpawnedEngine {
+    child: Option<Child>,
+    /// Its addresses, as it printed them, and its PID.
+    pub target: Target,
+}
+
+impl SpawnedEngine {
+    /// Runs `cmd[0] cmd[1..] serve --listen 127.0.0.1:0 --ingest 127.0.0.1:0
+    /// --ingest-json 127.0.0.1:0 extra…` and reads the addresses it prints
+    /// ("listening on ADDR", "ingest protobuf ADDR json ADDR"), waiting at
+    /// most 15 s. Its stderr goes to `stderr`.
+    pub fn start(cmd: &[String], extra: &[String], stderr: Stdio) -> anyhow::Result<SpawnedEngine> {
+        let (prog, args) = cmd.split_first().context("no engine command")?;
+        let child = Command::new(prog)
+            .args(args)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--ingest",
+                "127.0.0.1:0",
+                "--ingest-json",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            // Plain text logs, when its stderr goes to a file.
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("spawn {cmd:?}"))?;
+        let pid = child.id();
+        // From here on, every early return stops the child (Drop).
+        let mut engine = SpawnedEngine {
+            child: Some(child),
+            target: Target {
+                ws: SocketAddr::from(([127, 0, 0, 1], 0)),
+                ingest: None,
+                ingest_json: None,
+                server_pid: Some(pid),
+                in_process: false,
+            },
+        };
+        let stdout = engine
+            .child
+            .as_mut()
+            .and_then(|c| c.stdout.take())
+            .context("engine stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads the two address lines, then drains stdout until the engine exits.
+        std::thread::Builder::new()
+            .name("lg-engine-out".into())
+            .spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    let _ = tx.send(line);
                 }
-                std::thread::sleep(Duration::from_millis(20));
+            })?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let (mut ws, mut ingest, mut json) = (None, None, None);
+        while ws.is_none() || ingest.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                bail!(
+                    "the spawned engine {cmd:?} (pid {pid}) did not print its addresses within 15 s"
+                );
+            };
+            if let Some(a) = line.strip_prefix("listening on ") {
+                ws = a.trim().parse().ok();
+            } else if let Some(rest) = line.strip_prefix("ingest protobuf ") {
+                let mut it = rest.split_whitespace();
+                ingest = it.next().and_then(|a| a.parse().ok());
+                json = it.nth(1).and_then(|a| a.parse().ok());
             }
-            let _ = child.kill();
-            let _ = child.wait();
+        }
+        engine.target.ws = ws.context("engine address")?;
+        engine.target.ingest = ingest;
+        engine.target.ingest_json = json;
+        Ok(engine)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.target.server_pid.unwrap_or(0)
+    }
+
+    /// `true` while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Sends SIGTERM to its PID without waiting (`stop` waits).
+    pub fn terminate(&self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
         }
     }
+
+    /// Stops the engine (see the type's doc).
+    pub fn stop(mut self) {
+        self.stop_child();
+    }
+
+    fn stop_child(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        // SIGTERM first (the engine closes its clients with 1001), by pid.
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for SpawnedEngine {
+    fn drop(&mut self) {
+        self.stop_child();
+    }
+}
+
+/// `GET /symbols` of the engine once, hottest (highest seq) first.
+fn get_symbols(ws: SocketAddr) -> anyhow::Result<Vec<String>> {
+    let mut s = TcpStream::connect_timeout(&ws, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET /symbols HTTP/1.1\r\nHost: {ws}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    #[derive(serde::Deserialize)]
+    struct Sym {
+        symbol: String,
+        #[serde(default)]
+        seq: u64,
+    }
+    #[derive(serde::Deserialize)]
+    struct Syms {
+        symbols: Vec<Sym>,
+    }
+    let mut syms: Syms = sonic_rs::from_str(body).context("parse /symbols")?;
+    syms.symbols
+        .sort_by(|a, b| b.seq.cmp(&a.seq).then(a.symbol.cmp(&b.symbol)));
+    Ok(syms.symbols.into_iter().map(|s| s.symbol).collect())
 }
 
 /// `GET /symbols` of the engine, hottest (highest seq) first; waits up to
@@ -179,31 +285,7 @@ fn stop_engine(h: EngineHandle) {
 pub fn fetch_symbols(ws: SocketAddr) -> anyhow::Result<Vec<String>> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let got = (|| -> anyhow::Result<Vec<String>> {
-            let mut s = TcpStream::connect_timeout(&ws, Duration::from_secs(2))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            write!(
-                s,
-                "GET /symbols HTTP/1.1\r\nHost: {ws}\r\nConnection: close\r\n\r\n"
-            )?;
-            let mut text = String::new();
-            s.read_to_string(&mut text)?;
-            let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-            #[derive(serde::Deserialize)]
-            struct Sym {
-                symbol: String,
-                #[serde(default)]
-                seq: u64,
-            }
-            #[derive(serde::Deserialize)]
-            struct Syms {
-                symbols: Vec<Sym>,
-            }
-            let mut syms: Syms = sonic_rs::from_str(body).context("parse /symbols")?;
-            syms.symbols
-                .sort_by(|a, b| b.seq.cmp(&a.seq).then(a.symbol.cmp(&b.symbol)));
-            Ok(syms.symbols.into_iter().map(|s| s.symbol).collect())
-        })();
+        let got = get_symbols(ws);
         match got {
             Ok(v) if !v.is_empty() => return Ok(v),
             _ if Instant::now() >= deadline => {
@@ -244,8 +326,9 @@ pub fn evaluate(obj: &Objective, s: &Summary, target: u64, expect_data: bool) ->
     failed
 }
 
-/// The progress line.
-struct Progress {
+/// The progress line on stderr: redrawn in place on a terminal, one line
+/// every 5 s otherwise, nothing when quiet.
+pub struct Progress {
     tty: bool,
     quiet: bool,
     last: Option<Instant>,
@@ -253,7 +336,16 @@ struct Progress {
 }
 
 impl Progress {
-    fn show(&mut self, line: &str) {
+    pub fn new(quiet: bool) -> Progress {
+        Progress {
+            tty: std::io::stderr().is_terminal(),
+            quiet,
+            last: None,
+            drawn: false,
+        }
+    }
+
+    pub fn show(&mut self, line: &str) {
         if self.quiet {
             return;
         }
@@ -270,7 +362,8 @@ impl Progress {
         }
     }
 
-    fn done(&mut self) {
+    /// Ends a line drawn in place (before other output).
+    pub fn done(&mut self) {
         if self.drawn {
             let _ = writeln!(std::io::stderr());
             self.drawn = false;
@@ -308,12 +401,7 @@ impl Harness {
             last_counts: (Vec::new(), Vec::new()),
             last_cpu: (0.0, None),
             timeline: Vec::new(),
-            progress: Progress {
-                tty: std::io::stderr().is_terminal(),
-                quiet: opts.quiet,
-                last: None,
-                drawn: false,
-            },
+            progress: Progress::new(opts.quiet),
             label: String::new(),
         };
         let f = &sc.feed;
@@ -346,7 +434,7 @@ impl Harness {
             let names = feed.names.clone();
             h.feed = Some(feed);
             if want_fleet {
-                wait_for_symbols(h.target.ws, &names)?;
+                wait_for_symbols(h.target.ws, &names, Duration::from_secs(10))?;
             }
             names
         } else if want_fleet {
@@ -372,6 +460,7 @@ impl Harness {
                     connect_rate_per_sec: c.connect_rate,
                     handshake_timeout_ms: c.handshake_timeout_ms,
                     seed: c.seed,
+                    thread_name: "lg-client".into(),
                 },
                 0,
             )?);
@@ -431,9 +520,7 @@ impl Harness {
                 let t = counts.1[i] - self.last_counts.1.get(i).copied().unwrap_or(0);
                 events += d + t;
                 if let Some(fl) = &self.fleet {
-                    let subs = &fl.subscribers;
-                    offered += d as f64 * f64::from(subs.book[i].load(Ordering::Relaxed))
-                        + t as f64 * f64::from(subs.trades[i].load(Ordering::Relaxed));
+                    offered += fl.subscribers.offered(i, d, t);
                 }
             }
             self.last_counts = counts;
@@ -554,20 +641,22 @@ impl Drop for Harness {
     }
 }
 
-/// Waits (up to 10 s) until the engine lists every symbol the feed sent, so
-/// that no client subscribes to a symbol the engine does not know yet.
-fn wait_for_symbols(ws: SocketAddr, names: &[String]) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+/// Waits (at most `within`, polling every 50 ms) until the engine at `ws`
+/// lists every one of `names` in `GET /symbols`, so that no client
+/// subscribes to a symbol the engine does not know yet.
+pub fn wait_for_symbols(ws: SocketAddr, names: &[String], within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
     loop {
-        let known = fetch_symbols(ws).unwrap_or_default();
+        let known = get_symbols(ws).unwrap_or_default();
         if names.iter().all(|n| known.contains(n)) {
             return Ok(());
         }
         if Instant::now() >= deadline {
             bail!(
-                "the engine knows {} of the feed's {} symbols after 10 s",
-                known.len(),
-                names.len()
+                "the engine at {ws} lists {} of the feed's {} symbols after {:.0} s",
+                known.iter().filter(|k| names.contains(k)).count(),
+                names.len(),
+                within.as_secs_f64()
             );
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -387,13 +387,10 @@ pub fn process_rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// CPU seconds of this process's threads, split by role: threads named
-/// like the engine's (`worker-N`, `ingest`) count as the engine (an
-/// in-process engine), every other thread as loadgen.
-pub fn self_cpu_split() -> (f64, f64) {
-    let (mut ours, mut engine) = (0.0, 0.0);
+/// Calls `each(name, cpu_seconds)` for every thread of this process.
+fn for_each_thread(mut each: impl FnMut(&str, f64)) {
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return (0.0, 0.0);
+        return;
     };
     for entry in dir.flatten() {
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
@@ -403,14 +400,35 @@ pub fn self_cpu_split() -> (f64, f64) {
             .split_once('(')
             .and_then(|(_, r)| r.rsplit_once(')'))
             .map_or("", |(n, _)| n);
-        let cpu = stat_cpu_seconds(&stat).unwrap_or(0.0);
+        each(name, stat_cpu_seconds(&stat).unwrap_or(0.0));
+    }
+}
+
+/// CPU seconds of this process's threads, split by role: threads named
+/// like the engine's (`worker-N`, `ingest`) count as the engine (an
+/// in-process engine), every other thread as loadgen.
+pub fn self_cpu_split() -> (f64, f64) {
+    let (mut ours, mut engine) = (0.0, 0.0);
+    for_each_thread(|name, cpu| {
         if name.starts_with("worker-") || name == "ingest" {
             engine += cpu;
         } else {
             ours += cpu;
         }
-    }
+    });
     (ours, engine)
+}
+
+/// CPU seconds of this process's threads whose name starts with `prefix`
+/// (those that are still running: an exited thread's time is gone).
+pub fn self_threads_cpu_seconds(prefix: &str) -> f64 {
+    let mut sum = 0.0;
+    for_each_thread(|name, cpu| {
+        if name.starts_with(prefix) {
+            sum += cpu;
+        }
+    });
+    sum
 }
 
 /// The soft limit on open files of this process, from `/proc/self/limits`.
@@ -488,6 +506,7 @@ mod tests {
         assert!(open_file_limit().unwrap() > 0);
         let (ours, _) = self_cpu_split();
         assert!(ours >= 0.0);
+        assert_eq!(self_threads_cpu_seconds("no-thread-is-named-so"), 0.0);
         assert_eq!(stale_index(b"feed_down"), 3);
         assert_eq!(stale_index(b"what"), 4);
     }
