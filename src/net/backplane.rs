@@ -39,6 +39,8 @@ use crate::config::BackplaneSettings;
 use crate::metrics::PromText;
 use crate::wire::EncodedFrame;
 
+use super::ring_wake::must_wake;
+
 /// Messages queued from the market thread to the backplane thread.
 const TO_NATS_CAPACITY: usize = 65_536;
 /// Messages queued from the backplane thread to the market thread.
@@ -337,11 +339,10 @@ impl Backplane {
     }
 
     fn push(&mut self, msg: ToNats) -> Result<(), ToNats> {
-        let was_empty = self.to_nats.slots() == self.to_nats.buffer().capacity();
         self.to_nats
             .push(msg)
             .map_err(|rtrb::PushError::Full(m)| m)?;
-        if was_empty {
+        if must_wake(&self.to_nats) {
             self.notify.notify_one();
         }
         Ok(())
@@ -380,12 +381,11 @@ struct Deliver {
 impl Deliver {
     fn send(&self, msg: FromNats) {
         let mut p = self.tx.borrow_mut();
-        let was_empty = p.slots() == p.buffer().capacity();
         if p.push(msg).is_err() {
             self.counters
                 .inbound_dropped
                 .fetch_add(1, Ordering::Relaxed);
-        } else if was_empty {
+        } else if must_wake(&p) {
             // A failed wake means the market thread is gone (shutting down).
             let _ = self.waker.wake();
         }

@@ -8,6 +8,7 @@ pub mod echo;
 pub mod engine;
 pub mod health;
 pub mod ingest;
+pub mod ring_wake;
 pub mod shared;
 pub mod sink;
 pub mod symbols;

@@ -16,6 +16,7 @@ use crate::wire::EncodedFrame;
 use crate::wire::pb::server_message::Body;
 
 use super::ingest::MarketSink;
+use super::ring_wake::must_wake;
 use super::shared::Shared;
 use super::symbols::{DirectoryWriter, SymbolDirectory};
 
@@ -37,9 +38,8 @@ impl Rings for RtrbRings {
 
     fn try_push(&mut self, worker: usize, msg: ToWorker) -> Result<(), ToWorker> {
         let p = &mut self.producers[worker];
-        let was_empty = p.slots() == p.buffer().capacity();
         p.push(msg).map_err(|rtrb::PushError::Full(m)| m)?;
-        if was_empty {
+        if must_wake(p) {
             // A failed wake means the worker's poll is gone (shutting down).
             let _ = self.wakers[worker].wake();
         }

@@ -67,6 +67,7 @@ use crate::wire::EncodedFrame;
 use crate::ws::{self, CloseCode, Endpoint, Event, Route};
 
 use super::accept_backoff::{AcceptBackoff, is_resource_error};
+use super::ring_wake::must_wake;
 use super::shared::{Reject, WorkerShared, new_latency_histogram};
 use super::unsent::unsent_bytes;
 
@@ -912,11 +913,10 @@ impl Worker {
     fn push_requests(&mut self) -> usize {
         let mut n = 0;
         while let Some(req) = self.core.poll_to_ingest() {
-            let was_empty = self.to_ingest.slots() == self.to_ingest.buffer().capacity();
             match self.to_ingest.push(req) {
                 Ok(()) => {
                     n += 1;
-                    if was_empty {
+                    if must_wake(&self.to_ingest) {
                         let _ = self.ingest_waker.wake();
                     }
                 }
