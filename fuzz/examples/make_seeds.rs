@@ -308,10 +308,71 @@ fn arbitrary_seeds() {
     }
 }
 
+/// The backplane target splits its input at 0xff: data messages, snapshot
+/// replies and heartbeats in turn, for an edge holding `BTC-USD` at seq 3
+/// (bid 100×5, ask 110×7) from origin `o` in epoch 7.
+fn backplane_seeds() {
+    use tickwire::book::book::OrderBook;
+    use tickwire::cluster::header::{self, Header, Kind, OriginTag};
+    use tickwire::cluster::heartbeat::{BookState, Entry, Heartbeat};
+    let h = |kind, seq| Header {
+        kind,
+        origin: OriginTag::of("o"),
+        epoch: 7,
+        seq,
+    };
+    let mut book = OrderBook::from_levels(
+        &[pb::Level { price: 100, size: 5 }],
+        &[pb::Level { price: 110, size: 7 }],
+    )
+    .expect("a valid book");
+    book.apply(tickwire::book::book::Side::Bid, 100, 6);
+    let delta = pb::ServerMessage {
+        body: Some(pb::server_message::Body::Delta(pb::BookDelta {
+            symbol: "BTC-USD".into(),
+            seq: 4,
+            updates: vec![pb::LevelUpdate {
+                side: pb::Side::Bid as i32,
+                price: 100,
+                size: 6,
+            }],
+            checksum: book.checksum(),
+            ..Default::default()
+        })),
+    };
+    let delta = header::encode(&h(Kind::Delta, 4), &prost::Message::encode_to_vec(&delta));
+    write("backplane", "delta-follows-on", &delta);
+    let mut then_stale = delta.clone();
+    then_stale.push(0xff);
+    then_stale.extend(header::encode(&h(Kind::StaleGap, 4), &[]));
+    write("backplane", "delta-then-stale", &then_stale);
+    let beat = Heartbeat::encode(
+        "o",
+        7,
+        &[Entry {
+            symbol: "BTC-USD".into(),
+            seq: 9,
+            trade_seq: 0,
+            price_decimals: 2,
+            size_decimals: 0,
+            state: BookState::Live,
+        }],
+    );
+    let mut mixed = b"twx".to_vec();
+    mixed.push(0xff);
+    mixed.extend(header::encode(&h(Kind::Delta, 9), &[]));
+    mixed.push(0xff);
+    mixed.extend([0u8; 5]);
+    mixed.push(0xff);
+    mixed.extend(beat);
+    write("backplane", "garbage-reply-heartbeat", &mixed);
+}
+
 fn main() {
     ingest_seeds();
     http_seeds();
     ws_seeds();
     client_request_seeds();
     arbitrary_seeds();
+    backplane_seeds();
 }
