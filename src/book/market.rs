@@ -301,30 +301,7 @@ impl Market {
             }
             None => {
                 let book = OrderBook::from_levels(&snap.bids, &snap.asks).map_err(bad_level)?;
-                let Ok(raw) = u32::try_from(self.symbols.len()) else {
-                    return Err(RejectReason::BadMessage("symbol table full".into()));
-                };
-                let id = SymbolId(raw);
-                let name: Box<str> = snap.symbol.as_str().into();
-                self.ids.insert(name.clone(), id);
-                self.symbols.push(SymbolState {
-                    name,
-                    book,
-                    seq: 0,
-                    trade_seq: 0,
-                    feed_seq: 0,
-                    owner: None,
-                    owner_pos: 0,
-                    stale: None,
-                    price_decimals,
-                    size_decimals,
-                    exchange_ts_ns: 0,
-                    ingest_ts_ns: 0,
-                    epoch: 0,
-                    has_book: true,
-                    mirrored: false,
-                });
-                id
+                self.push_symbol(&snap.symbol, book, false)?
             }
         };
         self.set_owner(id, feed);
@@ -641,6 +618,41 @@ impl Market {
         let st = self.state_mut(id);
         st.owner = Some(feed);
         st.owner_pos = pos;
+    }
+
+    /// A new symbol with `book` (no owner, seq 0): a local feed's (`mirrored`
+    /// false, has a book) or a mirrored one (no book to serve until synced).
+    /// The caller checked `max_symbols`.
+    fn push_symbol(
+        &mut self,
+        name: &str,
+        book: OrderBook,
+        mirrored: bool,
+    ) -> Result<SymbolId, RejectReason> {
+        let Ok(raw) = u32::try_from(self.symbols.len()) else {
+            return Err(RejectReason::BadMessage("symbol table full".into()));
+        };
+        let id = SymbolId(raw);
+        let name: Box<str> = name.into();
+        self.ids.insert(name.clone(), id);
+        self.symbols.push(SymbolState {
+            name,
+            book,
+            seq: 0,
+            trade_seq: 0,
+            feed_seq: 0,
+            owner: None,
+            owner_pos: 0,
+            stale: None,
+            price_decimals: 0,
+            size_decimals: 0,
+            exchange_ts_ns: 0,
+            ingest_ts_ns: 0,
+            epoch: 0,
+            has_book: !mirrored,
+            mirrored,
+        });
+        Ok(id)
     }
 
     /// `id` loses its owner (without publishing anything).

@@ -866,6 +866,22 @@ mod tests {
             self.core.handle_interest(&mut self.market, id, true, now);
         }
 
+        /// `o`'s beat, first interest, then `o`'s answer: live on `symbol`.
+        fn follow(&mut self, o: &mut Origin, symbol: &str) {
+            self.beat(o.beat(0), 0);
+            self.want(symbol, 0);
+            self.commands();
+            self.reply(symbol, o.answer(symbol), MS);
+        }
+
+        fn reply(&mut self, symbol: &str, payload: Bytes, now: u64) {
+            let reply = Inbound::SnapshotReply {
+                symbol: symbol.into(),
+                payload,
+            };
+            self.send(reply, now);
+        }
+
         fn commands(&mut self) -> Vec<Command> {
             std::iter::from_fn(|| self.core.poll_command()).collect()
         }
@@ -932,17 +948,7 @@ mod tests {
         let mut o = Origin::new("a", 7);
         let mut e = Edge::new();
         o.snapshot("X");
-        e.beat(o.beat(0), 0);
-        e.want("X", 0);
-        e.commands();
-        let answer = o.answer("X");
-        e.send(
-            Inbound::SnapshotReply {
-                symbol: "X".into(),
-                payload: answer,
-            },
-            MS,
-        );
+        e.follow(&mut o, "X");
         let _lost = o.delta("X", 2);
         let d3 = o.delta("X", 3);
         e.out.clear();
@@ -977,13 +983,7 @@ mod tests {
         assert_eq!(requests(e.commands()), 0, "none until answers come back");
         for n in names.iter().take(5) {
             let answer = o.answer(n);
-            e.send(
-                Inbound::SnapshotReply {
-                    symbol: n.clone(),
-                    payload: answer,
-                },
-                11 * MS,
-            );
+            e.reply(n, answer, 11 * MS);
         }
         e.tick(12 * MS);
         assert_eq!(requests(e.commands()), 5, "as many as were answered");
@@ -994,17 +994,7 @@ mod tests {
         let mut o = Origin::new("a", 7);
         let mut e = Edge::new();
         o.snapshot("X");
-        e.beat(o.beat(0), 0);
-        e.want("X", 0);
-        e.commands();
-        let answer = o.answer("X");
-        e.send(
-            Inbound::SnapshotReply {
-                symbol: "X".into(),
-                payload: answer,
-            },
-            MS,
-        );
+        e.follow(&mut o, "X");
         // The last delta never arrives.
         let _lost = o.delta("X", 9);
         e.beat(o.beat(1000 * MS), 1000 * MS);
@@ -1019,17 +1009,7 @@ mod tests {
         let mut o = Origin::new("a", 7);
         let mut e = Edge::new();
         o.snapshot("X");
-        e.beat(o.beat(0), 0);
-        e.want("X", 0);
-        e.commands();
-        let answer = o.answer("X");
-        e.send(
-            Inbound::SnapshotReply {
-                symbol: "X".into(),
-                payload: answer,
-            },
-            MS,
-        );
+        e.follow(&mut o, "X");
         let timeout = EdgeConfig::default().heartbeat_timeout_ns;
         e.tick(timeout);
         assert_eq!(e.stale("X"), None);
@@ -1048,17 +1028,7 @@ mod tests {
         let mut o = Origin::new("a", 7);
         let mut e = Edge::new();
         o.snapshot("X");
-        e.beat(o.beat(0), 0);
-        e.want("X", 0);
-        e.commands();
-        let answer = o.answer("X");
-        e.send(
-            Inbound::SnapshotReply {
-                symbol: "X".into(),
-                payload: answer,
-            },
-            MS,
-        );
+        e.follow(&mut o, "X");
         let t1 = o.trade("X");
         let _t2 = o.trade("X");
         let t3 = o.trade("X");
@@ -1088,13 +1058,7 @@ mod tests {
         e.want("X", 0);
         assert_eq!(e.commands()[1], request("X", "venue-a"));
         let answer = a.answer("X");
-        e.send(
-            Inbound::SnapshotReply {
-                symbol: "X".into(),
-                payload: answer,
-            },
-            MS,
-        );
+        e.reply("X", answer, MS);
         let db = b.delta("X", 5);
         e.data("X", db, 2 * MS);
         assert_eq!(e.core.stats().other_origin, 1);

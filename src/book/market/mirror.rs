@@ -360,31 +360,12 @@ impl Market {
                 max: self.limits.max_symbols,
             }));
         }
-        let Ok(raw) = u32::try_from(self.symbols.len()) else {
-            return Err(MirrorReject::Invalid(RejectReason::BadMessage(
-                "symbol table full".into(),
-            )));
-        };
-        let id = SymbolId(raw);
-        let name: Box<str> = name.into();
-        self.ids.insert(name.clone(), id);
-        self.symbols.push(SymbolState {
-            name,
-            book,
-            seq: 0,
-            trade_seq: 0,
-            feed_seq: 0,
-            owner: None,
-            owner_pos: 0,
-            stale: Some(FeedStale::FeedDown),
-            price_decimals: 0,
-            size_decimals: 0,
-            exchange_ts_ns: 0,
-            ingest_ts_ns: 0,
-            epoch: 0,
-            has_book: false,
-            mirrored: true,
-        });
+        let id = self
+            .push_symbol(name, book, true)
+            .map_err(MirrorReject::Invalid)?;
+        // No owner yet: `# Invariants` wants it stale for feed_down until
+        // the caller gives it its origin.
+        self.state_mut(id).stale = Some(FeedStale::FeedDown);
         Ok(id)
     }
 }
