@@ -692,31 +692,12 @@ fn an_edge_on_a_leaf_node_pulls_only_its_clients_symbols() {
 /// dropped, through an explicit Stale + snapshot; never a silent gap.
 #[test]
 fn a_stuck_edge_process_never_slows_the_origin_and_resyncs() {
-    use std::io::{BufRead, BufReader};
-    use std::net::SocketAddr;
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     let nats = start_single();
     let o = origin(&nats.url(), "venue-a");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tickwire"))
-        .args([
-            "serve",
-            "--backplane",
-            &nats.url(),
-            "--listen",
-            "127.0.0.1:0",
-            "--ingest",
-            "127.0.0.1:0",
-            "--ingest-json",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-            "--no-pin",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn an edge");
+    let url = nats.url();
+    let (child, edge_addr) =
+        common::harness::spawn_serve(&["--backplane", &url, "--workers", "1", "--no-pin"]);
     struct Kill(std::process::Child);
     impl Drop for Kill {
         fn drop(&mut self) {
@@ -727,13 +708,6 @@ fn a_stuck_edge_process_never_slows_the_origin_and_resyncs() {
             let _ = self.0.wait();
         }
     }
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let edge_addr: SocketAddr = loop {
-        let line = lines.next().expect("a line").expect("stdout");
-        if let Some(a) = line.strip_prefix("listening on ") {
-            break a.trim().parse().unwrap();
-        }
-    };
     let child = Kill(child);
     let signal = |sig: &str| {
         let ok = Command::new("kill")

@@ -8,9 +8,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::io::Write;
+use std::net::{IpAddr, TcpStream};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -524,32 +524,8 @@ fn churn_of_thousands_leaves_every_count_at_zero() {
 /// exits 0 within the shutdown deadline, and nothing is accepted meanwhile.
 #[test]
 fn sigterm_closes_every_client_with_1001_and_exits_0() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tickwire"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--ingest",
-            "127.0.0.1:0",
-            "--ingest-json",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-            "--shutdown-timeout-ms",
-            "3000",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn tickwire");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr: SocketAddr = loop {
-        let line = lines.next().expect("a line").expect("stdout");
-        if let Some(a) = line.strip_prefix("listening on ") {
-            break a.trim().parse().unwrap();
-        }
-    };
+    let (mut child, addr) =
+        common::harness::spawn_serve(&["--workers", "2", "--shutdown-timeout-ms", "3000"]);
     let mut clients: Vec<Client> = (0..20)
         .map(|i| {
             Client::connect(

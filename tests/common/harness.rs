@@ -108,6 +108,38 @@ pub fn delta(symbol: &str, seq: u64, price: i64, size: i64) -> pb::IngestMessage
     }
 }
 
+/// The real binary as `tickwire serve` on loopback port 0 (ingest too),
+/// with `extra` arguments; returns the child (its stdout drained no further)
+/// and the WebSocket address it printed.
+pub fn spawn_serve(extra: &[&str]) -> (std::process::Child, SocketAddr) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tickwire"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ingest",
+            "127.0.0.1:0",
+            "--ingest-json",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn tickwire");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let addr = loop {
+        let line = lines.next().expect("a line").expect("stdout");
+        if let Some(a) = line.strip_prefix("listening on ") {
+            break a.trim().parse().expect("an address");
+        }
+    };
+    (child, addr)
+}
+
 /// One plain HTTP request; returns the status and the body.
 pub fn http_get(addr: SocketAddr, path: &str, method: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
