@@ -53,11 +53,15 @@ pub enum MirrorReject {
 }
 
 impl MirrorReject {
-    /// Whether the book must be resynced (a snapshot requested).
+    /// Whether the book must be resynced (a snapshot requested). Another
+    /// origin's message says nothing about the book held: it is dropped.
     pub fn needs_resync(&self) -> bool {
         !matches!(
             self,
-            MirrorReject::Unknown | MirrorReject::Local | MirrorReject::Old { .. }
+            MirrorReject::Unknown
+                | MirrorReject::Local
+                | MirrorReject::Old { .. }
+                | MirrorReject::OtherOrigin
         )
     }
 
