@@ -109,8 +109,9 @@ pub fn delta(symbol: &str, seq: u64, price: i64, size: i64) -> pb::IngestMessage
 }
 
 /// The real binary as `tickwire serve` on loopback port 0 (ingest too),
-/// with `extra` arguments; returns the child (its stdout drained no further)
-/// and the WebSocket address it printed.
+/// with `extra` arguments; returns the child and the WebSocket address it
+/// printed. Its stdout keeps being drained by a thread until it exits (a
+/// closed pipe would make its next line fail).
 pub fn spawn_serve(extra: &[&str]) -> (std::process::Child, SocketAddr) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
@@ -137,6 +138,7 @@ pub fn spawn_serve(extra: &[&str]) -> (std::process::Child, SocketAddr) {
             break a.trim().parse().expect("an address");
         }
     };
+    std::thread::spawn(move || lines.for_each(drop));
     (child, addr)
 }
 
