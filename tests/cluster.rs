@@ -63,6 +63,22 @@ fn books(e: &Engine) -> HashMap<String, (u64, u32, u64)> {
         .unwrap()
 }
 
+/// The origin's books once the feed's last bytes are applied: the same
+/// for 200 ms in a row.
+fn settled(e: &Engine) -> HashMap<String, (u64, u32, u64)> {
+    let mut last = books(e);
+    let mut same_since = std::time::Instant::now();
+    wait_until("the origin settles", || {
+        let now = books(e);
+        if now != last {
+            last = now;
+            same_since = std::time::Instant::now();
+        }
+        same_since.elapsed() >= Duration::from_millis(200)
+    });
+    last
+}
+
 /// Waits until the edge's `/symbols` lists `n` symbols (heartbeats arrived).
 fn wait_listed(e: &Engine, n: usize) {
     wait_until("the edge lists the cluster's symbols", || {
@@ -199,7 +215,7 @@ fn origin_and_two_edges_serve_the_same_gap_free_books() {
     }
     send(200, &mut feed, &mut synth);
 
-    let truth = books(&o);
+    let truth = settled(&o);
     wait_until("edges hold the origin's books", || {
         let (b1, b2) = (books(&e1), books(&e2));
         b1.iter()
@@ -426,7 +442,7 @@ fn cluster_server_killed_mid_stream_edges_recover() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let truth = books(&o);
+    let truth = settled(&o);
     converge(&mut clients, &truth);
     assert_clean(&clients);
 }
@@ -630,6 +646,7 @@ fn two_origins_claiming_a_symbol_the_smallest_name_wins() {
         fb.write_all(&proto(&[delta("DUP", i, 498, i as i64)]))
             .unwrap();
     }
+    wait_until("venue-b applied its deltas", || books(&b)["DUP"].0 == 19);
     let tb = books(&b)["DUP"];
     let got = c.read_until(WAIT, |m| matches!(m, Body::Snapshot(s) if s.epoch == tb.2));
     assert!(got.is_some(), "venue-b's book after venue-a went silent");
