@@ -790,3 +790,25 @@ fn a_stuck_edge_process_never_slows_the_origin_and_resyncs() {
         "the origin served {n} deltas in {origin_took:?} with an edge stuck"
     );
 }
+
+/// The backplane thread is under the engine's one thread-death policy: if it
+/// dies, supervision reports it (the binary exits 70) and `/healthz` says so.
+#[test]
+fn a_dead_backplane_thread_fails_health_and_supervision() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let nats = start_single();
+    let e1 = edge(&nats.url());
+    assert_eq!(http_get(e1.ws_addr, "/healthz", "GET"), (200, "ok".into()));
+    e1.shared
+        .backplane
+        .as_ref()
+        .expect("an edge has a backplane")
+        .inject_panic
+        .store(true, Ordering::Relaxed);
+    let stop = AtomicBool::new(false);
+    let why = e1.supervise(&stop).expect_err("supervision sees the death");
+    assert_eq!(why, "backplane died");
+    let (status, body) = http_get(e1.ws_addr, "/healthz", "GET");
+    assert_eq!(status, 503);
+    assert!(body.contains("backplane died"), "{body}");
+}

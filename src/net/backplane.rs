@@ -37,6 +37,8 @@ use crate::cluster::origin::{OriginCore, Outgoing};
 use crate::cluster::subject;
 use crate::config::BackplaneSettings;
 use crate::metrics::PromText;
+
+use super::health::Liveness;
 use crate::wire::EncodedFrame;
 
 use super::ring_wake::must_wake;
@@ -51,7 +53,7 @@ const INBOUND_PER_TURN: usize = 4096;
 const TICK_NS: u64 = 50_000_000;
 
 /// Counters of the backplane, for `/metrics` (`tickwire_backplane_*`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BackplaneCounters {
     pub published: AtomicU64,
     /// Data the market thread could not queue for NATS (ring full).
@@ -64,6 +66,30 @@ pub struct BackplaneCounters {
     pub reconnects: AtomicU64,
     /// The edge's counters, copied by the market thread every tick.
     pub edge: std::sync::Mutex<EdgeStats>,
+    /// The backplane thread's liveness ([`super::health`]): beaten by a
+    /// ticker task, so it says the runtime runs (a publish waiting for a
+    /// gone NATS is not a stall), and marked dead if the thread panics.
+    pub liveness: Arc<Liveness>,
+    /// Test hook: the backplane thread panics (to test the thread-death
+    /// policy; nothing on the network can set it).
+    #[doc(hidden)]
+    pub inject_panic: AtomicBool,
+}
+
+impl Default for BackplaneCounters {
+    fn default() -> Self {
+        BackplaneCounters {
+            published: AtomicU64::new(0),
+            publish_dropped: AtomicU64::new(0),
+            inbound_dropped: AtomicU64::new(0),
+            garbage: AtomicU64::new(0),
+            connected: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            edge: std::sync::Mutex::default(),
+            liveness: Liveness::new("backplane"),
+            inject_panic: AtomicBool::new(false),
+        }
+    }
 }
 
 impl BackplaneCounters {
@@ -394,6 +420,8 @@ impl Deliver {
 
 impl Shell {
     fn run(self, rx: rtrb::Consumer<ToNats>, tx: rtrb::Producer<FromNats>) {
+        let liveness = self.counters.liveness.clone();
+        let _alive = liveness.guard();
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -449,6 +477,13 @@ impl Shell {
             }
         };
         info!(servers = ?self.servers, origin = ?self.origin, edge = self.edge, "backplane started");
+        let liveness = self.counters.liveness.clone();
+        tokio::task::spawn_local(async move {
+            loop {
+                liveness.beat();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
         if self.edge {
             match client.subscribe(subject::HEARTBEAT_WILDCARD).await {
                 Ok(mut sub) => {
@@ -547,6 +582,9 @@ impl Shell {
             }
             if self.stop.load(Ordering::Acquire) {
                 break;
+            }
+            if self.counters.inject_panic.load(Ordering::Relaxed) {
+                panic!("backplane: injected panic (test hook)");
             }
             let _ = tokio::time::timeout(Duration::from_millis(100), self.notify.notified()).await;
         }

@@ -1,6 +1,6 @@
 //! Thread liveness: the engine's one policy for a thread that dies or stalls.
 //!
-//! Every engine thread (`ingest`, `worker-N`) holds a [`Liveness`]: it beats
+//! Every engine thread (`ingest`, `worker-N`, `backplane`) holds a [`Liveness`]: it beats
 //! once per loop turn, and a [`ThreadGuard`] created at the top of the thread
 //! marks it `Died` if the thread unwinds (a panic) or `Exited` if it returns.
 //!
@@ -106,6 +106,12 @@ pub struct Health {
 impl Health {
     pub fn new(threads: Vec<Arc<Liveness>>) -> Health {
         Health { threads }
+    }
+
+    /// One more thread under the same policy (the backplane's).
+    pub fn with(mut self, thread: Arc<Liveness>) -> Health {
+        self.threads.push(thread);
+        self
     }
 
     /// The first dead thread, if any: the process should exit non-zero.

@@ -230,8 +230,10 @@ impl Shared {
         }
     }
 
-    /// With the backplane's counters in `/metrics`.
+    /// With the backplane's counters in `/metrics` and its thread under the
+    /// health policy.
     pub fn with_backplane(mut self, counters: Arc<BackplaneCounters>) -> Shared {
+        self.health = self.health.with(counters.liveness.clone());
         self.backplane = Some(counters);
         self
     }
