@@ -12,6 +12,11 @@
 //!  (protobuf or           owns every book,        ◀──snapshot requests──
 //!   JSON lines)           assigns sequences,
 //!                         encodes each message ONCE into a WebSocket frame
+//!                              ▲ │ rtrb rings (scale-out only)
+//!                              │ ▼
+//!  NATS ◀────────────▶ backplane thread (async-nats, current-thread Tokio):
+//!                      an origin publishes its books' messages; an edge
+//!                      follows other origins' symbols (`cluster`, `net::backplane`)
 //! ```
 //!
 //! ## Modules (dependency arrows point one way)
