@@ -413,12 +413,17 @@ impl IngestLoop {
     /// delivered, timers and heartbeats; then what it published.
     fn serve_backplane(&mut self) {
         let now = self.mono_ns();
+        // Drained on every node: without a backplane nobody else would, and
+        // the sink's queue of interest changes would grow with every
+        // subscription churn.
+        while let Some((symbol, on)) = self.sink.poll_interest_change() {
+            if let Some(bp) = self.backplane.as_mut() {
+                bp.handle_interest(&mut self.market, symbol, on, now);
+            }
+        }
         let Some(bp) = self.backplane.as_mut() else {
             return;
         };
-        while let Some((symbol, on)) = self.sink.poll_interest_change() {
-            bp.handle_interest(&mut self.market, symbol, on, now);
-        }
         bp.do_work(&mut self.market, &mut self.out, now);
         while let Some(symbol) = bp.poll_announce() {
             self.sink.announce(&self.market, symbol);
