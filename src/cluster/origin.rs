@@ -9,6 +9,7 @@
 //! seq. Mirrored books (owned by another origin) are never republished.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -24,10 +25,12 @@ use super::subject;
 /// Heartbeats are sent this often.
 pub const HEARTBEAT_INTERVAL_NS: u64 = 1_000_000_000;
 
-/// One message for the NATS shell to publish.
+/// One message for the NATS shell to publish. The subject is shared: a
+/// symbol's data subject is built once, and publishing takes no allocation
+/// for it on the market thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
-    pub subject: String,
+    pub subject: Arc<str>,
     pub payload: Bytes,
 }
 
@@ -36,7 +39,7 @@ pub struct OriginCore {
     name: String,
     tag: OriginTag,
     /// Data subject per symbol, built once.
-    subjects: Vec<Option<String>>,
+    subjects: Vec<Option<Arc<str>>>,
     /// The encoded snapshot answer per symbol: (seq, stale, bytes).
     answers: HashMap<SymbolId, (u64, Option<FeedStale>, Bytes)>,
     next_beat_ns: u64,
@@ -98,7 +101,7 @@ impl OriginCore {
             self.subjects.resize(i + 1, None);
         }
         let subject = self.subjects[i]
-            .get_or_insert_with(|| subject::data(info.name))
+            .get_or_insert_with(|| subject::data(info.name).into())
             .clone();
         Some(Outgoing {
             subject,
@@ -169,7 +172,7 @@ impl OriginCore {
                 },
             })
             .collect();
-        let subject = subject::heartbeat(&self.name);
+        let subject: Arc<str> = subject::heartbeat(&self.name).into();
         let mut out: Vec<Outgoing> = entries
             .chunks(MAX_ENTRIES)
             .map(|c| Outgoing {

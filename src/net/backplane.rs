@@ -327,7 +327,7 @@ impl Backplane {
                     if let Some(origin) = self.origin.as_mut() {
                         let payload = origin.answer_snapshot(market, &symbol);
                         self.must.push_back(ToNats::Publish(Outgoing {
-                            subject: reply,
+                            subject: reply.into(),
                             payload,
                         }));
                     }
@@ -526,7 +526,8 @@ impl Shell {
                 n += 1;
                 match msg {
                     ToNats::Publish(o) => {
-                        if client.publish(o.subject, o.payload).await.is_ok() {
+                        let subject = async_nats::Subject::from(&*o.subject);
+                        if client.publish(subject, o.payload).await.is_ok() {
                             self.counters.published.fetch_add(1, Ordering::Relaxed);
                         } else {
                             self.counters
