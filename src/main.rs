@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use tickwire::book::synth::SynthConfig;
 use tickwire::config::{BackplaneSettings, IngestConfig, MarketLimits};
 use tickwire::fanout::limits::{IpLimitConfig, Rate, RequestLimits};
+use tickwire::fanout::pacing::PacingConfig;
 use tickwire::fanout::worker::WorkerConfig;
 use tickwire::net::demo::{self, DemoFeedConfig};
 use tickwire::net::engine::{Engine, EngineConfig};
@@ -159,6 +160,17 @@ struct ServeArgs {
     /// socket holds unsent; counted in its backlog. 0: not set.
     #[arg(long, default_value_t = ShellConfig::default().kernel_unsent_bytes)]
     kernel_unsent_bytes: usize,
+    /// Pacing: a pass over the waiting connections starts no sooner than this
+    /// after the previous one started (µs; batches writes when passes are
+    /// short, costs at most this much latency; 0: never wait).
+    #[arg(long, default_value_t = PacingConfig::default().min_pass_ns / 1_000)]
+    min_pass_us: u64,
+    /// Pacing: under load the ring is drained every pass / this, within
+    /// --drain-min-us and 25 ms.
+    #[arg(long, default_value_t = PacingConfig::default().drain_pass_divisor)]
+    drain_pass_divisor: u32,
+    #[arg(long, default_value_t = PacingConfig::default().drain_min_ns / 1_000)]
+    drain_min_us: u64,
     /// Slots of each ingest → worker ring (messages).
     #[arg(long, default_value_t = 65_536)]
     ring_capacity: usize,
@@ -257,6 +269,12 @@ impl ServeArgs {
             ip_limits: IpLimitConfig {
                 max_connections_per_ip: self.max_connections_per_ip,
                 handshakes_per_ip_per_sec: self.handshakes_per_ip_per_sec,
+            },
+            pacing: PacingConfig {
+                min_pass_ns: self.min_pass_us.saturating_mul(1_000),
+                drain_pass_divisor: self.drain_pass_divisor.max(1),
+                drain_min_ns: self.drain_min_us.saturating_mul(1_000),
+                ..PacingConfig::default()
             },
         }
     }

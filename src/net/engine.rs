@@ -22,6 +22,8 @@ use crate::ws;
 use super::ingest::{IngestHandle, IngestServer};
 use super::shared::Shared;
 use super::sink::{FanoutSink, RtrbRings};
+use crate::fanout::pacing::PacingConfig;
+
 use super::worker::{ShellConfig, Worker, WorkerParams};
 
 /// Everything `tickwire serve` configures.
@@ -48,6 +50,8 @@ pub struct EngineConfig {
     /// Per-client-IP connection cap and handshake rate (default: off; behind a
     /// load balancer every client has its address).
     pub ip_limits: IpLimitConfig,
+    /// When workers drain their ring, write and sleep (`fanout::pacing`).
+    pub pacing: PacingConfig,
 }
 
 impl Default for EngineConfig {
@@ -64,6 +68,7 @@ impl Default for EngineConfig {
             echo_path: None,
             shell: ShellConfig::default(),
             ip_limits: IpLimitConfig::default(),
+            pacing: PacingConfig::default(),
         }
     }
 }
@@ -199,6 +204,7 @@ impl Engine {
                 shared: shared.clone(),
                 stop: stop.clone(),
                 shell: cfg.shell,
+                pacing: cfg.pacing,
             });
         }
         let sink = FanoutSink::new(

@@ -119,6 +119,9 @@ pub struct WorkerCounters {
     pub closed_slow: crate::metrics::Counter,
     pub loop_turns: crate::metrics::Counter,
     pub max_turn_ns: crate::metrics::Gauge,
+    /// Length of the last pass over the dirty connections: the latency floor
+    /// of this worker's load (`fanout::pacing`).
+    pub last_pass_ns: crate::metrics::Gauge,
     /// Sockets the worker holds (handshaking, open or closing).
     pub sockets: crate::metrics::Gauge,
     /// Entries in the worker's timing wheel.
@@ -293,7 +296,7 @@ impl Shared {
             router.json_rendered,
         );
         type Get = fn(&WorkerCounters) -> u64;
-        let per_worker: [(&str, &str, &str, Get); 22] = [
+        let per_worker: [(&str, &str, &str, Get); 23] = [
             (
                 "tickwire_worker_connections",
                 "gauge",
@@ -389,6 +392,12 @@ impl Shared {
                 "gauge",
                 "Longest worker loop turn, ns.",
                 |c| c.max_turn_ns.get(),
+            ),
+            (
+                "tickwire_worker_pass_ns",
+                "gauge",
+                "Length of the last pass writing every waiting connection once, ns (a floor of delivery latency).",
+                |c| c.last_pass_ns.get(),
             ),
             (
                 "tickwire_worker_sockets",

@@ -11,31 +11,38 @@
 //!
 //! # The duty cycle ([`Worker::do_work`])
 //!
-//! 1. Poll sockets, sleeping at most until the next thing due (a pending
-//!    read or accept, the ring's next drain, the end of a flush pause).
+//! When to drain, write and sleep is decided by the sans-IO
+//! [`Pacer`](crate::fanout::pacing::Pacer) (its module doc states the policy;
+//! its tests drive it with a manual clock). One turn:
+//!
+//! 1. Poll sockets, sleeping at most until the pacer's deadline
+//!    ([`Pacer::poll_timeout`]: now if reads, accepts or a full ring batch
+//!    wait; the ring's next drain; the end of a pause between short passes).
 //! 2. Accept (bounded per turn), read clients (bounded per client per turn),
 //!    handle their HTTP requests (limits: 503, 429) and WebSocket messages.
-//! 3. Drain the ingest ring in one bounded batch: the core queues each ready
-//!    frame for each local subscriber and marks connections dirty. While
-//!    connections wait to be written, only every quarter of a pass over them
-//!    (25-100 ms; sooner when the ring is a quarter full), so each batch
-//!    visits the subscribers' queues once for several messages.
+//! 3. Drain the ingest ring in one bounded batch when the pacer says so
+//!    ([`Pacer::drain_due`]: at once when idle, every fraction of a pass under
+//!    load): the core queues each frame for each local subscriber and marks
+//!    connections dirty.
 //! 4. Push the core's requests (interest, snapshot requests) into the ingest
-//!    ring, waking the ingest thread only if the ring was empty.
+//!    ring, waking the ingest thread only if it may be asleep.
 //! 5. Closes the core decided (4001, 4002): queue the close frame.
-//! 6. Flush: write dirty connections (not those whose last write blocked:
-//!    their writable event flushes them), oldest first, one `write`/`writev` of
-//!    everything queued each, for about `FLUSH_SLICE`; the rest wait for the
-//!    next turn. The dirty queue is FIFO: a frame waits at most one pass over
-//!    the connections dirty before it. After each pass, writing pauses for as
-//!    long as the pass kept the loop writing (at most `MAX_FLUSH_PAUSE`), so
-//!    moderate load still batches. The only step that writes market data.
+//! 6. Flush for one slice ([`Pacer::slice_end`], 500 µs): write dirty
+//!    connections (not those whose last write blocked: their writable event
+//!    flushes them), oldest first, one `write`/`writev` of everything queued
+//!    each; the rest wait for the next turn. The dirty queue is FIFO: a frame
+//!    waits at most one pass over the connections dirty before it. The only
+//!    step that writes market data.
 //! 7. Timers: one [`TimerWheel`] holds every connection's deadlines
 //!    (handshake, close handshake, heartbeat: ping / 4003); every ~100 ms the
 //!    kernel's unsent bytes of sockets that held some are measured again and
 //!    the core's duties run (backlog older than the max lag → 4001, release
 //!    of idle buffers); and up to 1,000 sockets written since their last
 //!    measure are measured (DESIGN "Freshness").
+//!
+//! [`Pacer::poll_timeout`]: crate::fanout::pacing::Pacer::poll_timeout
+//! [`Pacer::drain_due`]: crate::fanout::pacing::Pacer::drain_due
+//! [`Pacer::slice_end`]: crate::fanout::pacing::Pacer::slice_end
 //!
 //! Time: deadlines and rates use monotonic nanoseconds since
 //! [`Shared::epoch`](super::shared::Shared::epoch); only the delivery latency
@@ -60,6 +67,7 @@ use tracing::{debug, info, warn};
 
 use crate::fanout::limits::IpReject;
 use crate::fanout::outbox::Consumed;
+use crate::fanout::pacing::{Load, Pacer, PacingConfig};
 use crate::fanout::ring::{ToIngest, ToWorker, WorkerId};
 use crate::fanout::timer::{TimerHandle, TimerWheel};
 use crate::fanout::worker::{CLOSE_RATE_LIMITED, ConnId, Encoding as CoreEncoding, WorkerCore};
@@ -86,17 +94,8 @@ const IOVECS: usize = 64;
 /// lag and idle duties run.
 const HOUSEKEEPING_NS: u64 = 100_000_000;
 const PUBLISH_NS: u64 = 1_000_000_000;
-/// A loop turn writes dirty connections for about this long, then reads,
-/// accepts and drains the ring again (see `Worker::flush`).
-const FLUSH_SLICE: Duration = Duration::from_micros(500);
 /// The clock is read once per this many connections written.
 const FLUSH_CLOCK_EVERY: usize = 8;
-/// Under load, the ingest ring is drained every quarter of a pass over the
-/// dirty connections, within these bounds (see `Worker::do_work`).
-const RING_DRAIN_MIN: Duration = Duration::from_millis(25);
-const RING_DRAIN_MAX: Duration = Duration::from_millis(100);
-/// Longest pause of writing after a pass (see `Worker::flush`).
-const MAX_FLUSH_PAUSE: Duration = Duration::from_millis(20);
 /// Sockets written since their last kernel measure that one housekeeping
 /// turn (every 100 ms) measures at most (DESIGN "Freshness").
 const MEASURES_PER_TURN: usize = 1_000;
@@ -161,6 +160,7 @@ pub struct WorkerParams {
     pub shared: Arc<super::shared::Shared>,
     pub stop: Arc<AtomicBool>,
     pub shell: ShellConfig,
+    pub pacing: PacingConfig,
 }
 
 /// What a wheel entry is for.
@@ -243,22 +243,13 @@ pub struct Worker {
     batch_ts: VecDeque<(u64, u64)>,
     last_housekeeping_ns: u64,
     last_publish_ns: u64,
-    ring_was_busy: bool,
+    /// When to drain the ring, write and sleep (the policy, sans-IO).
+    pacer: Pacer,
     /// The accept budget ran out: the backlog may hold more, and an
     /// edge-triggered listener will not say so again.
     accept_pending: bool,
     /// Accept failures for lack of resources: retry timer and log limit.
     accept_backoff: AcceptBackoff,
-    /// When the ring was last drained.
-    last_drain: Instant,
-    /// The dirty-queue mark being timed and when timing started; the last
-    /// pass it timed (how long the queue took to get past its end).
-    pass_probe: Option<(u64, Instant)>,
-    last_pass: Duration,
-    /// Time spent writing in the current pass, and when writing resumes
-    /// after the last one (see `Worker::flush`).
-    pass_busy: Duration,
-    flush_resume_at: Instant,
     /// Scratch for `drain_ring`: the messages and their ingest timestamps.
     drained: Vec<ToWorker>,
     drained_ts: Vec<u64>,
@@ -379,14 +370,9 @@ impl Worker {
             batch_ts: VecDeque::new(),
             last_housekeeping_ns: 0,
             last_publish_ns: 0,
-            ring_was_busy: false,
+            pacer: Pacer::new(p.pacing),
             accept_pending: false,
             accept_backoff: AcceptBackoff::default(),
-            last_drain: Instant::now(),
-            pass_probe: None,
-            last_pass: Duration::ZERO,
-            pass_busy: Duration::ZERO,
-            flush_resume_at: Instant::now(),
             drained: Vec::new(),
             drained_ts: Vec::new(),
         })
@@ -411,39 +397,31 @@ impl Worker {
         self.shutdown(&mut events);
     }
 
-    /// Under load, the ring is drained every quarter pass (see `do_work`).
-    fn drain_interval(&self) -> Duration {
-        (self.last_pass / 4).clamp(RING_DRAIN_MIN, RING_DRAIN_MAX)
-    }
-
     /// Monotonic nanoseconds of `t` (since the engine's epoch).
     fn mono_ns(&self, t: Instant) -> u64 {
         t.saturating_duration_since(self.shared.epoch).as_nanos() as u64
     }
 
+    /// What the pacer needs to know about the queues.
+    fn load(&self) -> Load {
+        Load {
+            dirty: self.core.has_dirty(),
+            ring_len: self.ring.slots(),
+            ring_capacity: self.ring.buffer().capacity(),
+            io_ready: self.accept_pending || !self.pending_reads.is_empty(),
+        }
+    }
+
     /// One loop turn; returns the number of things done.
     pub fn do_work(&mut self, events: &mut Events) -> io::Result<usize> {
-        // Sleep until the next thing due: now if reads, accepts or a full
-        // ring batch wait; the ring's next drain; the end of a flush pause.
-        let start = Instant::now();
-        let mut wake = start + Duration::from_millis(50);
-        if self.ring_was_busy || self.accept_pending || !self.pending_reads.is_empty() {
-            wake = start;
-        }
-        if !self.ring.is_empty() {
-            wake = wake.min(if self.core.has_dirty() {
-                self.last_drain + self.drain_interval()
-            } else {
-                start
-            });
-        }
-        if self.core.has_dirty() {
-            wake = wake.min(self.flush_resume_at);
-        }
+        // Sleep until the next thing due ([`Pacer::poll_timeout`]) or the
+        // accept backoff's retry.
+        let start_ns = self.mono_ns(Instant::now());
+        let mut wake_ns = self.pacer.poll_timeout(start_ns, self.load());
         if let Some(t) = self.accept_backoff.retry_at_ns() {
-            wake = wake.min(self.shared.epoch + Duration::from_nanos(t));
+            wake_ns = wake_ns.min(t.max(start_ns));
         }
-        let timeout = wake.saturating_duration_since(start);
+        let timeout = Duration::from_nanos(wake_ns - start_ns);
         match self.poll.poll(events, Some(timeout)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(0),
@@ -480,27 +458,14 @@ impl Worker {
         for slot in readable {
             done += self.read_client(slot, now, now_ns);
         }
-        // While connections wait to be written, the ring is drained every
-        // quarter pass (25-100 ms) rather than every turn (sooner once it is
-        // a quarter full or the last batch was full): a message waits a
-        // fraction of the pass it waits anyway, and is queued for all its
-        // subscribers in one pass over their queues, and several messages per
-        // pass find those queues still in cache (queued one at a time between
-        // write slices, every queueing missed the cache and the worker fell
-        // behind at 3 M msgs/s in the fan-out benchmark). Idle, a message goes
-        // out at once.
-        let ring_due = !self.core.has_dirty()
-            || self.ring_was_busy
-            || now.saturating_duration_since(self.last_drain) >= self.drain_interval()
-            || self.ring.slots() >= self.ring.buffer().capacity() / 4;
-        if ring_due {
-            self.last_drain = now;
+        if self.pacer.drain_due(now_ns, self.load()) {
             done += self.drain_ring(now_ns);
         }
         done += self.push_requests();
         done += self.serve_closes(now, now_ns);
-        if Instant::now() >= self.flush_resume_at {
-            done += self.flush(now_ns);
+        let flush_ns = self.mono_ns(Instant::now());
+        if self.pacer.flush_due(flush_ns) {
+            done += self.flush(flush_ns);
         }
         done += self.write_pending(now_ns);
         done += self.timers(now, now_ns);
@@ -905,7 +870,7 @@ impl Worker {
         }
         self.drained = batch;
         self.drained_ts = stamps;
-        self.ring_was_busy = n == limit;
+        self.pacer.handle_drained(now_ns, n == limit);
         self.me.counters.ring_messages.add(n as u64);
         n
     }
@@ -952,52 +917,37 @@ impl Worker {
         n
     }
 
-    /// Writes dirty connections, oldest first, for about [`FLUSH_SLICE`]; the
-    /// rest wait for the next turn, after reads, accepts and the ring. A
-    /// connection that gets more output while others wait goes behind them,
-    /// so a frame waits at most one pass over the connections dirty before
-    /// it (plus a pause after each pass, below), and under load
-    /// each write carries every frame that arrived during that pass (the
-    /// batch grows with the load).
-    fn flush(&mut self, now_ns: u64) -> usize {
-        let start = Instant::now();
+    /// Writes dirty connections, oldest first, for one slice of the pacer
+    /// ([`Pacer::slice_end`]); the rest wait for the next turn, after reads,
+    /// accepts and the ring. A connection that gets more output while others
+    /// wait goes behind them, so a frame waits at most one pass over the
+    /// connections dirty before it, and under load each write carries every
+    /// frame that arrived during that pass (the batch grows with the load).
+    fn flush(&mut self, start_ns: u64) -> usize {
+        let end_ns = self.pacer.slice_end(start_ns);
         let mut n = 0;
         let (mut writes, mut bytes) = (0u64, 0u64);
+        let mut now_ns = start_ns;
         while let Some(id) = self.core.poll_dirty() {
             n += 1;
-            self.flush_one(id, now_ns, &mut writes, &mut bytes);
-            if n % FLUSH_CLOCK_EVERY == 0 && start.elapsed() >= FLUSH_SLICE {
-                break;
+            self.flush_one(id, start_ns, &mut writes, &mut bytes);
+            if n % FLUSH_CLOCK_EVERY == 0 {
+                now_ns = self.mono_ns(Instant::now());
+                if now_ns >= end_ns {
+                    break;
+                }
             }
         }
-        self.pass_busy += start.elapsed();
+        if n % FLUSH_CLOCK_EVERY != 0 {
+            now_ns = self.mono_ns(Instant::now());
+        }
         self.me.counters.writes.add(writes);
         self.me.counters.bytes_out.add(bytes);
         let done = self.core.dirty_done();
-        match self.pass_probe {
-            Some((mark, since)) if done >= mark => {
-                // A pass is over: pause writing for as long as it kept the
-                // loop busy writing, at most MAX_FLUSH_PAUSE (the ring is
-                // still drained meanwhile). Each write then carries about
-                // twice the frames instead of the core going to one write per
-                // frame at moderate load: `loadgen run mixed.toml`, 2 workers
-                // sharing 2 cores with the clients, hold phase: 1.25 engine
-                // cores and p99 266 ms without the pause, 0.63-0.66 and
-                // 76-81 ms with it; burst phase delivered 56 % -> 95-98 %.
-                // It costs at most the cap in latency: 10,000 clients at
-                // 1 M msgs/s, p99 +~20 ms.
-                let busy = std::mem::take(&mut self.pass_busy);
-                let pause = busy.min(MAX_FLUSH_PAUSE);
-                self.last_pass = since.elapsed();
-                self.pass_probe = None;
-                self.flush_resume_at = Instant::now() + pause;
-            }
-            None if self.core.has_dirty() => {
-                self.pass_probe = Some((self.core.dirty_mark(), Instant::now()));
-                self.pass_busy = Duration::ZERO;
-            }
-            _ => {}
-        }
+        let mark = self.core.dirty_mark();
+        self.pacer
+            .handle_flushed(now_ns, start_ns, done, mark, self.core.has_dirty());
+        self.me.counters.last_pass_ns.set(self.pacer.last_pass_ns());
         if self.batch_ts.front().is_some_and(|&(_, mark)| mark <= done) {
             let done_ns = realtime_ns();
             while let Some(&(ts, mark)) = self.batch_ts.front() {
