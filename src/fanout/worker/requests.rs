@@ -1,0 +1,271 @@
+//! Client requests (PROTOCOL §6): the rate limit, subscribe and unsubscribe,
+//! the answers, and what they ask of the ingest thread (interest, snapshots).
+
+use std::collections::{HashMap, HashSet};
+
+use super::delivery::encode_control;
+use super::{CLOSE_RATE_LIMITED, ConnId, ConnState, Encoding, WorkerCore};
+use crate::book::SymbolId;
+use crate::fanout::limits::RateVerdict;
+use crate::fanout::outbox::FrameClass;
+use crate::fanout::request::{ErrorCode, Op, Request, RequestError, parse_request, request_id};
+use crate::fanout::ring::{Channel, ToIngest};
+use crate::fanout::subs::{SubState, Transitions};
+use crate::wire::pb::{self, server_message::Body};
+
+impl WorkerCore {
+    /// One client request (PROTOCOL §6). Answers are queued on the connection.
+    ///
+    /// The request rate is checked first: over it, the answer is
+    /// `Error{rate_limited}` whatever the request says (its `id` echoed when
+    /// readable), and a connection that keeps going over it is closed with
+    /// 4002 (reported by [`WorkerCore::poll_close`]).
+    pub fn handle_text(&mut self, conn: ConnId, text: &str, now_ns: u64) {
+        if self.conns.get(conn.0 as usize).map(|c| c.state) != Some(ConnState::Open) {
+            return;
+        }
+        let result = match self.limiters[conn.0 as usize].check(&self.cfg.requests, now_ns) {
+            RateVerdict::Allow => parse_request(text).and_then(|req| match req.op {
+                Op::Subscribe => self.subscribe(conn.0, req, now_ns),
+                Op::Unsubscribe => self.unsubscribe(conn.0, req, now_ns),
+            }),
+            RateVerdict::Limited => Err(RequestError {
+                id: request_id(text),
+                code: ErrorCode::RateLimited,
+                message: "over the request rate limit".to_string(),
+            }),
+            RateVerdict::Close => {
+                self.stats.rate_limit_closes += 1;
+                self.close_rate_limited(conn.0);
+                return;
+            }
+        };
+        if let Err(e) = result {
+            self.stats.requests_rejected += 1;
+            match e.code {
+                ErrorCode::BadRequest => self.stats.rejected_bad_request += 1,
+                ErrorCode::TooManySubscriptions => self.stats.rejected_too_many_subscriptions += 1,
+                ErrorCode::UnknownSymbol => self.stats.rejected_unknown_symbol += 1,
+                ErrorCode::RateLimited => self.stats.rejected_rate_limited += 1,
+            }
+            let msg = pb::ServerMessage {
+                body: Some(Body::Error(pb::Error {
+                    id: e.id,
+                    code: e.code.as_str().to_string(),
+                    message: e.message,
+                })),
+            };
+            self.send_control(conn.0, &msg, now_ns);
+        } else {
+            self.stats.requests_ok += 1;
+        }
+        self.finish_closes();
+    }
+
+    pub(super) fn lookup(&self, name: &str) -> Option<SymbolId> {
+        self.by_name.get(name).copied()
+    }
+
+    fn subscribe(&mut self, conn: u32, req: Request, now_ns: u64) -> Result<(), RequestError> {
+        // too_many_subscriptions before unknown_symbol (PROTOCOL §6): an unknown
+        // symbol counts as new.
+        // What the connection holds, by (symbol, channel): one pass over its
+        // subscriptions per request, so a request of many symbols costs
+        // O(symbols + held), never symbols × held.
+        let held_at: HashMap<(SymbolId, Channel), usize> = self
+            .subs
+            .conn_subs(conn)
+            .iter()
+            .map(|c| ((c.symbol, c.channel), c.pos()))
+            .collect();
+        let held = held_at.len();
+        let mut added = 0usize;
+        for name in &req.symbols {
+            let id = self.lookup(name);
+            for c in req.channels.iter() {
+                if id.is_none_or(|id| !held_at.contains_key(&(id, c))) {
+                    added += 1;
+                }
+            }
+        }
+        if held + added > self.cfg.max_subscriptions {
+            return Err(RequestError {
+                id: req.id,
+                code: ErrorCode::TooManySubscriptions,
+                message: format!(
+                    "{} symbol-channels held, {added} more requested, limit {}",
+                    held, self.cfg.max_subscriptions
+                ),
+            });
+        }
+        let ids = self.resolve(&req)?;
+        let instruments = ids
+            .iter()
+            .map(|id| {
+                // `resolve` only returns ids present in the directory.
+                let ins = self.instruments[id.0 as usize]
+                    .as_ref()
+                    .expect("resolved id is known");
+                pb::Instrument {
+                    symbol: ins.name.to_string(),
+                    price_decimals: ins.price_decimals as i32,
+                    size_decimals: ins.size_decimals as i32,
+                    epoch: ins.epoch,
+                }
+            })
+            .collect();
+        let channels = req.channels.names();
+        let msg = pb::ServerMessage {
+            body: Some(Body::Subscribed(pb::Subscribed {
+                id: req.id,
+                symbols: req.symbols,
+                channels,
+                instruments,
+            })),
+        };
+        self.send_control(conn, &msg, now_ns);
+        let json = self.conns[conn as usize].encoding == Encoding::Json;
+        for id in ids {
+            for c in req.channels.iter() {
+                match held_at.get(&(id, c)).copied() {
+                    None => {
+                        let state = if c == Channel::Book {
+                            SubState::Awaiting
+                        } else {
+                            SubState::Live
+                        };
+                        let (_, t) = self.subs.insert(conn, id, c, json, state);
+                        self.emit_transitions(id, c, t, true);
+                    }
+                    Some(pos) => {
+                        if c == Channel::Book {
+                            // A client-requested resync: a fresh snapshot.
+                            let sub = self.subs.sub_mut(id, c, pos);
+                            sub.state = SubState::Awaiting;
+                            sub.dropped = 0;
+                        }
+                    }
+                }
+                if c == Channel::Book {
+                    self.request_snapshot(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, conn: u32, req: Request, now_ns: u64) -> Result<(), RequestError> {
+        let ids = self.resolve(&req)?;
+        // Only what is held is looked for (a request may name 10,000 symbols).
+        let held: HashSet<(SymbolId, Channel)> = self
+            .subs
+            .conn_subs(conn)
+            .iter()
+            .map(|c| (c.symbol, c.channel))
+            .collect();
+        for id in ids {
+            for c in req.channels.iter() {
+                if !held.contains(&(id, c)) {
+                    continue;
+                }
+                if let Some(t) = self.subs.remove(conn, id, c) {
+                    self.emit_transitions(id, c, t, false);
+                }
+            }
+        }
+        let msg = pb::ServerMessage {
+            body: Some(Body::Unsubscribed(pb::Unsubscribed {
+                id: req.id,
+                symbols: req.symbols,
+                channels: req.channels.names(),
+            })),
+        };
+        self.send_control(conn, &msg, now_ns);
+        Ok(())
+    }
+
+    fn resolve(&self, req: &Request) -> Result<Vec<SymbolId>, RequestError> {
+        req.symbols
+            .iter()
+            .map(|name| {
+                self.lookup(name).ok_or_else(|| RequestError {
+                    id: req.id,
+                    code: ErrorCode::UnknownSymbol,
+                    message: format!("unknown symbol {name:?}"),
+                })
+            })
+            .collect()
+    }
+
+    pub(super) fn emit_transitions(
+        &mut self,
+        symbol: SymbolId,
+        channel: Channel,
+        t: Transitions,
+        on: bool,
+    ) {
+        if t.interest {
+            self.to_ingest.push_back(ToIngest::Interest {
+                symbol,
+                channel,
+                on,
+            });
+            if !on && channel == Channel::Book {
+                // Answers to requests made before this point predate a gap in
+                // the data the worker receives: ignore them, ask afresh later.
+                if let Some(ss) = self.subs.symbol_mut(symbol)
+                    && ss.snapshot_outstanding
+                {
+                    ss.snapshot_outstanding = false;
+                    ss.ignore_answers = ss.ignore_answers.saturating_add(1);
+                }
+            }
+        }
+        if t.json {
+            self.to_ingest.push_back(ToIngest::Json { symbol, on });
+        }
+    }
+
+    pub(super) fn send_control(&mut self, conn: u32, msg: &pb::ServerMessage, now_ns: u64) {
+        let json = self.conns[conn as usize].encoding == Encoding::Json;
+        let frame = encode_control(json, msg, &mut self.json_buf);
+        self.sink().admit(conn, &frame, FrameClass::Control, now_ns);
+    }
+
+    /// One `SnapshotRequest` per symbol while one is outstanding.
+    pub(super) fn request_snapshot(&mut self, symbol: SymbolId) {
+        let Some(ss) = self.subs.symbol_mut(symbol) else {
+            return;
+        };
+        if ss.snapshot_outstanding {
+            self.stats.snapshot_requests_coalesced += 1;
+        } else {
+            ss.snapshot_outstanding = true;
+            self.stats.snapshot_requests_sent += 1;
+            self.to_ingest
+                .push_back(ToIngest::SnapshotRequest { symbol });
+        }
+    }
+
+    /// Like [`Self::request_snapshot`], but asks again even if a request is
+    /// outstanding (its answer may be lost, e.g. after the ring dropped data).
+    pub(super) fn force_snapshot_request(&mut self, symbol: SymbolId) {
+        if let Some(ss) = self.subs.symbol_mut(symbol) {
+            ss.snapshot_outstanding = false;
+        }
+        self.request_snapshot(symbol);
+    }
+
+    /// Closes `conn` with 4002: out of every index now; what is queued
+    /// (answers, the `rate_limited` errors) still leaves before the close frame.
+    pub(super) fn close_rate_limited(&mut self, conn: u32) {
+        let c = &mut self.conns[conn as usize];
+        if c.state != ConnState::Open {
+            return;
+        }
+        c.state = ConnState::Closing;
+        self.remove_all_subs(conn);
+        self.closes
+            .push_back((ConnId(conn), CLOSE_RATE_LIMITED, "rate limited"));
+    }
+}
