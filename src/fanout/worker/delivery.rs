@@ -62,6 +62,73 @@ pub(super) struct RunDelta {
     json: Option<FrameId>,
 }
 
+/// A run of deltas joined into one frame per encoding, built the first time a
+/// subscriber takes it whole (`deliver_deltas_to_subscribers`).
+///
+/// NB: queueing one frame per subscriber for a run of k deltas instead of k
+/// frames divides the per-subscriber cost of delivery (queue, iovecs, counts)
+/// by k; the bytes on the wire are the same k WebSocket frames. Measured with
+/// the side-by-side benchmark, `tuning/CAPACITY.md` §9.
+#[derive(Default)]
+struct JoinedRun {
+    /// The frame, and the bytes of all its deltas but the last.
+    bin: Option<(FrameId, usize)>,
+    /// `Some(None)`: some delta of the run has no JSON rendering.
+    json: Option<Option<(FrameId, usize)>>,
+}
+
+impl JoinedRun {
+    fn frame(
+        &mut self,
+        json: bool,
+        run: &[RunDelta],
+        frames: &mut Frames,
+        now_ns: u64,
+    ) -> Option<(FrameId, usize)> {
+        // One allocation per run, shared by every subscriber that takes it.
+        let join = |frames: &mut Frames, pick: fn(&RunDelta) -> Option<FrameId>| {
+            let len = run
+                .iter()
+                .filter_map(pick)
+                .map(|id| frames.get(id).len())
+                .sum();
+            let mut bytes = Vec::with_capacity(len);
+            let mut prefix = 0;
+            for id in run.iter().filter_map(pick) {
+                prefix = bytes.len();
+                bytes.extend_from_slice(frames.get(id).as_bytes());
+            }
+            (
+                frames.insert(EncodedFrame::from_frame_bytes(bytes), now_ns),
+                prefix,
+            )
+        };
+        if json {
+            *self.json.get_or_insert_with(|| {
+                run.iter()
+                    .all(|d| d.json.is_some())
+                    .then(|| join(frames, |d| d.json))
+            })
+        } else {
+            Some(
+                *self
+                    .bin
+                    .get_or_insert_with(|| join(frames, |d| Some(d.bin))),
+            )
+        }
+    }
+
+    /// Gives back the table's count of each joined frame built.
+    fn release(self, frames: &mut Frames) {
+        if let Some((id, _)) = self.bin {
+            frames.release(id);
+        }
+        if let Some(Some((id, _))) = self.json {
+            frames.release(id);
+        }
+    }
+}
+
 /// The frame a subscriber takes: the JSON rendering for JSON subscribers,
 /// `None` when it is missing (encoded before this worker's JSON interest
 /// reached the ingest thread).
@@ -129,8 +196,30 @@ impl Sink<'_> {
         self.admit_id(conn, id, class, now_ns)
     }
 
+    /// Whether the slow-consumer policy gives every delta of a run the same
+    /// answer, so the run may be queued (or refused) as one frame: the
+    /// connection is over high-water already, or stays under it until the
+    /// run's last delta (`prefix_bytes`: the bytes before it).
+    fn takes_alike(&self, conn: u32, prefix_bytes: usize) -> bool {
+        let backlog = self.conns[conn as usize].outbox.backlog_bytes();
+        backlog > self.limits.high_water_bytes
+            || backlog + prefix_bytes <= self.limits.high_water_bytes
+    }
+
     /// [`Sink::admit`] of a frame already in the table.
     fn admit_id(&mut self, conn: u32, id: FrameId, class: FrameClass, now_ns: u64) -> Admit {
+        self.admit_msgs(conn, id, class, 1, now_ns)
+    }
+
+    /// [`Sink::admit_id`] of a frame holding `msgs` messages (a run).
+    fn admit_msgs(
+        &mut self,
+        conn: u32,
+        id: FrameId,
+        class: FrameClass,
+        msgs: u64,
+        now_ns: u64,
+    ) -> Admit {
         let c = &mut self.conns[conn as usize];
         let admit = c.outbox.admit(self.frames, id, class, self.limits, now_ns);
         match admit {
@@ -142,7 +231,7 @@ impl Sink<'_> {
                 if class == FrameClass::Control {
                     self.stats.control_frames += 1;
                 } else {
-                    self.delivered_msgs += 1;
+                    self.delivered_msgs += msgs;
                     self.delivered_bytes += self.frames.get(id).len() as u64;
                 }
             }
@@ -378,7 +467,32 @@ impl WorkerCore {
         };
         let mut sink = sink!(self);
         let mut resync = false;
+        let mut joined = JoinedRun::default();
+        let (first, last) = match run {
+            [first, .., last] => (first.seq, last.seq),
+            _ => (0, 0),
+        };
         for sub in ss.list_mut(Channel::Book) {
+            // A live subscriber that holds the seq before the run takes it
+            // whole, as one frame, when the policy would take or refuse
+            // every delta of it alike (`Sink::takes_alike`).
+            if first != 0 && sub.state == SubState::Live && sub.seq + 1 == first {
+                if let Some((frame, prefix)) = joined.frame(sub.json, run, sink.frames, now_ns)
+                    && sink.takes_alike(sub.conn, prefix)
+                {
+                    let k = run.len() as u64;
+                    match sink.admit_msgs(sub.conn, frame, FrameClass::Stream, k, now_ns) {
+                        Admit::Queue => sub.seq = last,
+                        Admit::DropStale => {
+                            sub.state = SubState::Dropping;
+                            sub.dropped = u32::try_from(k).unwrap_or(u32::MAX);
+                            sink.stats.dropped_deltas += k;
+                        }
+                        Admit::Close => {}
+                    }
+                    continue;
+                }
+            }
             for &RunDelta { seq, bin, json } in run {
                 match sub.state {
                     SubState::Live => {}
@@ -424,6 +538,7 @@ impl WorkerCore {
                 }
             }
         }
+        joined.release(sink.frames);
         resync
     }
 

@@ -383,7 +383,12 @@ proptest! {
         for &(a, b) in &conns {
             prop_assert_eq!(take_bytes(&mut one.core, a, usize::MAX), take_bytes(&mut batched.core, b, usize::MAX));
         }
-        prop_assert_eq!(one.core.stats(), batched.core.stats());
+        // Runs are queued as one frame per subscriber: the batched queues
+        // hold fewer entries, so their buffers may be smaller; nothing else differs.
+        let (a, mut b) = (one.core.stats(), batched.core.stats());
+        prop_assert!(b.queue_capacity_bytes <= a.queue_capacity_bytes);
+        b.queue_capacity_bytes = a.queue_capacity_bytes;
+        prop_assert_eq!(a, b);
     }
 }
 
