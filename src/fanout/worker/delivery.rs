@@ -476,22 +476,23 @@ impl WorkerCore {
             // A live subscriber that holds the seq before the run takes it
             // whole, as one frame, when the policy would take or refuse
             // every delta of it alike (`Sink::takes_alike`).
-            if first != 0 && sub.state == SubState::Live && sub.seq + 1 == first {
-                if let Some((frame, prefix)) = joined.frame(sub.json, run, sink.frames, now_ns)
-                    && sink.takes_alike(sub.conn, prefix)
-                {
-                    let k = run.len() as u64;
-                    match sink.admit_msgs(sub.conn, frame, FrameClass::Stream, k, now_ns) {
-                        Admit::Queue => sub.seq = last,
-                        Admit::DropStale => {
-                            sub.state = SubState::Dropping;
-                            sub.dropped = u32::try_from(k).unwrap_or(u32::MAX);
-                            sink.stats.dropped_deltas += k;
-                        }
-                        Admit::Close => {}
+            if first != 0
+                && sub.state == SubState::Live
+                && sub.seq + 1 == first
+                && let Some((frame, prefix)) = joined.frame(sub.json, run, sink.frames, now_ns)
+                && sink.takes_alike(sub.conn, prefix)
+            {
+                let k = run.len() as u64;
+                match sink.admit_msgs(sub.conn, frame, FrameClass::Stream, k, now_ns) {
+                    Admit::Queue => sub.seq = last,
+                    Admit::DropStale => {
+                        sub.state = SubState::Dropping;
+                        sub.dropped = u32::try_from(k).unwrap_or(u32::MAX);
+                        sink.stats.dropped_deltas += k;
                     }
-                    continue;
+                    Admit::Close => {}
                 }
+                continue;
             }
             for &RunDelta { seq, bin, json } in run {
                 match sub.state {
