@@ -10,27 +10,22 @@
 //! the ingest thread; only small control answers are encoded here), hashes on
 //! the delivery path, or allocates per delivery once warm.
 //!
-//! # The shell's loop turn
+//! # What the shell calls, by step of its duty cycle
 //!
-//! 1. Drain the ingest ring in a bounded batch: [`WorkerCore::handle_ring`]
-//!    for each message. This only queues shared frames and marks connections
-//!    dirty.
-//! 2. Feed complete client text messages to [`WorkerCore::handle_text`] and
-//!    ws control frames (pong, close) to [`WorkerCore::queue_control`].
-//! 3. Push [`WorkerCore::poll_to_ingest`] into the worker → ingest ring; when
-//!    the ring is full, hand the message back with
-//!    [`WorkerCore::unpoll_to_ingest`] and retry next turn.
-//! 4. For [`WorkerCore::poll_dirty`] connections, oldest first, as many as
-//!    the turn's budget allows: `writev` of [`Outbox::io_slices`], then
-//!    [`WorkerCore::handle_written`] with the byte count the kernel took (this
-//!    is where slow consumers are resynced). The dirty queue is FIFO, so a
-//!    frame waits at most one pass over the connections that were dirty before
-//!    it, whatever arrives meanwhile; [`WorkerCore::dirty_mark`] and
-//!    [`WorkerCore::dirty_done`] tell when such a pass is over.
-//! 5. For each [`WorkerCore::poll_close`]: queue the close frame
-//!    (`queue_control`), flush, then [`WorkerCore::close_conn`].
-//! 6. Every ~100 ms (timer wheel): [`WorkerCore::handle_timeout`] (max lag,
-//!    release of idle buffers).
+//! The duty cycle is described once, in `net::worker` (the numbered list);
+//! these are the core's entry points for its steps:
+//! 2. client input: [`WorkerCore::handle_text`], [`WorkerCore::queue_control`];
+//! 3. the ring: [`WorkerCore::handle_ring_batch`] (queues shared frames,
+//!    marks connections dirty; a run of deltas goes as one joined frame);
+//! 4. requests to ingest: [`WorkerCore::poll_to_ingest`], handed back with
+//!    [`WorkerCore::unpoll_to_ingest`] when the ring is full;
+//! 5. closes: [`WorkerCore::poll_close`], then [`WorkerCore::close_conn`];
+//! 6. writes: [`WorkerCore::poll_dirty`] (FIFO), [`WorkerCore::io_slices`],
+//!    [`WorkerCore::handle_written`] (where slow consumers are resynced);
+//!    [`WorkerCore::dirty_mark`] / [`WorkerCore::dirty_done`] tell the pacer
+//!    when a pass is over;
+//! 7. timers: [`WorkerCore::handle_timeout`] (max lag, idle buffers),
+//!    [`WorkerCore::handle_kernel_unsent`].
 //!
 //! # Per-subscriber protocol (PROTOCOL §4, §7; DESIGN "Snapshots without gaps")
 //!
