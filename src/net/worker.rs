@@ -62,7 +62,7 @@ use crate::fanout::limits::IpReject;
 use crate::fanout::outbox::Consumed;
 use crate::fanout::ring::{ToIngest, ToWorker, WorkerId};
 use crate::fanout::timer::{TimerHandle, TimerWheel};
-use crate::fanout::worker::{CLOSE_RATE_LIMITED, ConnId, Encoding as CoreEncoding, WorkerCore};
+use crate::fanout::worker::{CLOSE_RATE_LIMITED, ConnId, WorkerCore};
 use crate::wire::EncodedFrame;
 use crate::ws::{self, CloseCode, Endpoint, Event, Route};
 
@@ -268,13 +268,6 @@ fn realtime_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
-}
-
-fn core_encoding(e: ws::Encoding) -> CoreEncoding {
-    match e {
-        ws::Encoding::Proto => CoreEncoding::Proto,
-        ws::Encoding::Json => CoreEncoding::Json,
-    }
 }
 
 /// Largest write gathered into one contiguous buffer (see `flush_conn`).
@@ -802,7 +795,7 @@ impl Worker {
                 c.last_ping_ns = now_ns;
                 self.me.counters.connections_open.inc();
                 if up.endpoint == Endpoint::Ws {
-                    let id = self.core.open_conn(core_encoding(up.encoding));
+                    let id = self.core.open_conn(up.encoding);
                     c.core = Some(id);
                     let i = id.0 as usize;
                     if self.by_core.len() <= i {
@@ -1382,7 +1375,7 @@ mod tests {
             },
             0,
         );
-        let conn = core.open_conn(CoreEncoding::Proto);
+        let conn = core.open_conn(ws::Encoding::Proto);
         core.handle_text(
             conn,
             r#"{"op":"subscribe","symbols":["BTC-USD"],"id":1}"#,

@@ -1,11 +1,13 @@
 //! The wire contract in code: the generated protobuf types ([`pb`]), the
 //! server-frame header of RFC 6455, [`EncodedFrame`] (a complete WebSocket frame
-//! built once and shared by every connection), and JSON rendering.
+//! built once and shared by every connection), JSON rendering, and the
+//! [`Encoding`] a connection chose.
 //!
 //! Run by the ingest thread (encoding) and read by workers (sharing). Never
 //! touches sockets.
 
 pub mod decimal;
+pub mod encoding;
 pub mod frame;
 pub mod json;
 pub mod nesting;
@@ -16,4 +18,5 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/tickwire.v1.rs"));
 }
 
+pub use encoding::Encoding;
 pub use frame::{EncodedFrame, Opcode};

@@ -79,19 +79,13 @@ mod requests;
 #[cfg(test)]
 mod tests;
 
+pub use crate::wire::Encoding;
 pub use config::{LagHistogram, RESYNC_LAG_BOUNDS_NS, WorkerConfig, WorkerStats};
 
 /// A connection of this worker: a dense slot index chosen by the core, reused
 /// after [`WorkerCore::close_conn`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u32);
-
-/// The encoding a connection chose at the upgrade (PROTOCOL §6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    Proto,
-    Json,
-}
 
 /// WebSocket close code for a slow consumer (PROTOCOL §7).
 pub const CLOSE_SLOW_CONSUMER: u16 = 4001;
