@@ -62,7 +62,7 @@ use crate::fanout::limits::IpReject;
 use crate::fanout::outbox::Consumed;
 use crate::fanout::ring::{ToIngest, ToWorker, WorkerId};
 use crate::fanout::timer::{TimerHandle, TimerWheel};
-use crate::fanout::worker::{CLOSE_RATE_LIMITED, ConnId, WorkerCore};
+use crate::fanout::worker::{ConnId, WorkerCore};
 use crate::wire::EncodedFrame;
 use crate::ws::{self, CloseCode, Endpoint, Event, Route};
 
@@ -932,13 +932,13 @@ impl Worker {
             };
             let slot = slot as usize;
             if let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) {
-                if code == CloseCode::SLOW_CONSUMER.0 {
+                if code == CloseCode::SLOW_CONSUMER {
                     self.me.counters.closed_slow.inc();
                     self.me.counters.reject(Reject::SlowConsumer);
-                } else if code == CLOSE_RATE_LIMITED {
+                } else if code == CloseCode::RATE_LIMITED {
                     self.me.counters.reject(Reject::RateLimitClose);
                 }
-                c.ws.close(now, CloseCode(code), reason);
+                c.ws.close(now, code, reason);
                 self.move_codec_output(slot);
             }
         }

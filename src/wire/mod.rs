@@ -6,6 +6,7 @@
 //! Run by the ingest thread (encoding) and read by workers (sharing). Never
 //! touches sockets.
 
+pub mod close;
 pub mod decimal;
 pub mod encoding;
 pub mod frame;
@@ -18,5 +19,6 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/tickwire.v1.rs"));
 }
 
+pub use close::CloseCode;
 pub use encoding::Encoding;
 pub use frame::{EncodedFrame, Opcode};
