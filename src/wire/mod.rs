@@ -12,6 +12,7 @@ pub mod encoding;
 pub mod frame;
 pub mod json;
 pub mod nesting;
+pub mod stale;
 
 pub mod pb {
     //! Generated from `proto/tickwire.proto` by prost (see `build.rs`).
@@ -22,3 +23,4 @@ pub mod pb {
 pub use close::CloseCode;
 pub use encoding::Encoding;
 pub use frame::{EncodedFrame, Opcode};
+pub use stale::StaleReason;

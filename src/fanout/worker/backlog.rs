@@ -7,7 +7,7 @@ use super::{ConnId, ConnState, Encoding, WorkerCore};
 use crate::fanout::outbox::{Admit, Consumed, FrameClass};
 use crate::fanout::ring::Channel;
 use crate::fanout::subs::SubState;
-use crate::wire::CloseCode;
+use crate::wire::{CloseCode, StaleReason};
 
 /// What the core knows of the bytes a connection's kernel socket holds
 /// unsent (cold: beside `conns`). Ages are from [`Frames::born_ns`].
@@ -250,8 +250,8 @@ impl WorkerCore {
                 continue;
             }
             let reason = match cs.channel {
-                Channel::Book => "slow_consumer",
-                Channel::Trades => "slow_consumer_trades",
+                Channel::Book => StaleReason::SlowConsumer,
+                Channel::Trades => StaleReason::SlowConsumerTrades,
             };
             let msg = stale_msg(&self.name_of(cs.symbol), u64::from(sub.dropped), reason);
             let frame = encode_control(json, &msg, &mut self.json_buf);
