@@ -21,6 +21,7 @@ use prost::Message;
 use serde::Deserialize;
 use tickwire::book::book::{OrderBook, Side};
 use tickwire::book::checksum::CHECKSUM_DEPTH;
+use tickwire::wire::StaleReason;
 use tickwire::wire::decimal::{parse_price, parse_size};
 use tickwire::wire::pb::{self, server_message::Body};
 
@@ -684,7 +685,7 @@ impl Verifier {
                 let s = &mut self.syms[i];
                 if s.book_sub == Sub::No
                     && s.trades_sub == Sub::No
-                    && st.reason != "slow_consumer_trades"
+                    && st.reason != StaleReason::SlowConsumerTrades.as_str()
                 {
                     t.violation(ViolationKind::NotSubscribed, || {
                         format!("Stale for {}", st.symbol)
@@ -692,7 +693,10 @@ impl Verifier {
                 }
                 // Trades may jump after any Stale; books wait for a snapshot.
                 s.last_trade_seq = 0;
-                if st.reason != "slow_consumer_trades" && s.book_sub == Sub::Active && !s.desynced {
+                if st.reason != StaleReason::SlowConsumerTrades.as_str()
+                    && s.book_sub == Sub::Active
+                    && !s.desynced
+                {
                     s.stale = true;
                 }
             }

@@ -30,6 +30,7 @@
 
 use std::collections::HashMap;
 
+use crate::wire::StaleReason;
 use crate::wire::pb;
 use crate::wire::pb::server_message::Body;
 
@@ -53,12 +54,12 @@ pub enum FeedStale {
     FeedDown,
 }
 
-impl FeedStale {
-    /// The `Stale.reason` of PROTOCOL §4.
-    pub fn label(self) -> &'static str {
-        match self {
-            FeedStale::FeedGap => "feed_gap",
-            FeedStale::FeedDown => "feed_down",
+/// What clients are told: `Stale{feed_gap}` or `Stale{feed_down}`.
+impl From<FeedStale> for StaleReason {
+    fn from(r: FeedStale) -> StaleReason {
+        match r {
+            FeedStale::FeedGap => StaleReason::FeedGap,
+            FeedStale::FeedDown => StaleReason::FeedDown,
         }
     }
 }
@@ -731,7 +732,7 @@ fn mark_stale(id: SymbolId, st: &mut SymbolState, reason: FeedStale, out: &mut V
     let msg = wrap(Body::Stale(pb::Stale {
         symbol: st.name.to_string(),
         dropped: 0,
-        reason: reason.label().to_string(),
+        reason: StaleReason::from(reason).as_str().to_string(),
     }));
     out.push(Published::Stale {
         symbol: id,

@@ -29,7 +29,7 @@ use crate::wire::EncodedFrame;
 use crate::wire::json::{self, Decimals};
 use crate::wire::pb;
 
-use super::ring::{Channel, DataKind, FeedStaleReason, ToIngest, ToWorker};
+use super::ring::{Channel, DataKind, ToIngest, ToWorker};
 
 /// Most workers one router serves (interest sets are `u64` bitmasks).
 pub const MAX_WORKERS: usize = 64;
@@ -101,13 +101,6 @@ struct Lost {
     feed_down: bool,
 }
 
-fn stale_reason(r: FeedStale) -> FeedStaleReason {
-    match r {
-        FeedStale::FeedGap => FeedStaleReason::FeedGap,
-        FeedStale::FeedDown => FeedStaleReason::FeedDown,
-    }
-}
-
 impl Router {
     pub fn new(workers: usize) -> Router {
         assert!(workers <= MAX_WORKERS, "at most {MAX_WORKERS} workers");
@@ -165,12 +158,7 @@ impl Router {
                 msg,
             } => {
                 let seq = market.snapshot_seq(*symbol);
-                (
-                    *symbol,
-                    DataKind::FeedStale(stale_reason(*reason)),
-                    seq,
-                    msg,
-                )
+                (*symbol, DataKind::FeedStale(*reason), seq, msg)
             }
         };
         if kind == DataKind::BookReplaced {
@@ -178,11 +166,11 @@ impl Router {
         }
         let route = self.route(symbol);
         let targets = match kind {
-            DataKind::Delta
-            | DataKind::BookReplaced
-            | DataKind::FeedStale(FeedStaleReason::FeedGap) => route.book,
+            DataKind::Delta | DataKind::BookReplaced | DataKind::FeedStale(FeedStale::FeedGap) => {
+                route.book
+            }
             DataKind::Trade => route.trades,
-            DataKind::FeedStale(FeedStaleReason::FeedDown) => route.book | route.trades,
+            DataKind::FeedStale(FeedStale::FeedDown) => route.book | route.trades,
         };
         let decimals = route.decimals.unwrap_or_default();
         let json = if targets & route.json != 0 {
@@ -328,7 +316,7 @@ impl Router {
             // for trades subscribers, who get no snapshot.
             _ => {
                 entry.deltas += 1;
-                entry.feed_down |= kind == DataKind::FeedStale(FeedStaleReason::FeedDown);
+                entry.feed_down |= kind == DataKind::FeedStale(FeedStale::FeedDown);
                 self.stats.dropped_deltas += 1;
             }
         }
@@ -413,7 +401,7 @@ impl Router {
                 seq,
                 bin: None,
                 json: None,
-                stale: Some(stale_reason(reason)),
+                stale: Some(reason),
             };
         }
         let seq = market.snapshot_seq(symbol);
@@ -525,6 +513,7 @@ fn ingest_ts(msg: &pb::ServerMessage) -> u64 {
 mod tests {
     use super::*;
     use crate::book::FeedId;
+    use crate::wire::StaleReason;
     use crate::wire::pb::server_message::Body;
 
     /// Rings of a fixed capacity that record what was pushed.
@@ -624,7 +613,7 @@ mod tests {
                     format!(
                         "snapshot {seq}{}{}",
                         if json.is_some() { " +json" } else { "" },
-                        stale.map_or("", |s| s.as_str())
+                        stale.map_or("", |s| StaleReason::from(s).as_str())
                     )
                 }
                 ToWorker::Dropped {

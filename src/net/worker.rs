@@ -70,7 +70,7 @@ use crate::fanout::outbox::Consumed;
 use crate::fanout::pacing::{Load, Pacer, PacingConfig};
 use crate::fanout::ring::{ToIngest, ToWorker, WorkerId};
 use crate::fanout::timer::{TimerHandle, TimerWheel};
-use crate::fanout::worker::{CLOSE_RATE_LIMITED, ConnId, Encoding as CoreEncoding, WorkerCore};
+use crate::fanout::worker::{ConnId, WorkerCore};
 use crate::wire::EncodedFrame;
 use crate::ws::{self, CloseCode, Endpoint, Event, Route};
 
@@ -259,13 +259,6 @@ fn realtime_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
-}
-
-fn core_encoding(e: ws::Encoding) -> CoreEncoding {
-    match e {
-        ws::Encoding::Proto => CoreEncoding::Proto,
-        ws::Encoding::Json => CoreEncoding::Json,
-    }
 }
 
 /// Largest write gathered into one contiguous buffer (see `flush_conn`).
@@ -767,7 +760,7 @@ impl Worker {
                 c.last_ping_ns = now_ns;
                 self.me.counters.connections_open.inc();
                 if up.endpoint == Endpoint::Ws {
-                    let id = self.core.open_conn(core_encoding(up.encoding));
+                    let id = self.core.open_conn(up.encoding);
                     c.core = Some(id);
                     let i = id.0 as usize;
                     if self.by_core.len() <= i {
@@ -904,13 +897,13 @@ impl Worker {
             };
             let slot = slot as usize;
             if let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) {
-                if code == CloseCode::SLOW_CONSUMER.0 {
+                if code == CloseCode::SLOW_CONSUMER {
                     self.me.counters.closed_slow.inc();
                     self.me.counters.reject(Reject::SlowConsumer);
-                } else if code == CLOSE_RATE_LIMITED {
+                } else if code == CloseCode::RATE_LIMITED {
                     self.me.counters.reject(Reject::RateLimitClose);
                 }
-                c.ws.close(now, CloseCode(code), reason);
+                c.ws.close(now, code, reason);
                 self.move_codec_output(slot);
             }
         }
@@ -1332,7 +1325,7 @@ mod tests {
             },
             0,
         );
-        let conn = core.open_conn(CoreEncoding::Proto);
+        let conn = core.open_conn(ws::Encoding::Proto);
         core.handle_text(
             conn,
             r#"{"op":"subscribe","symbols":["BTC-USD"],"id":1}"#,

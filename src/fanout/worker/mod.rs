@@ -61,7 +61,7 @@ use crate::fanout::limits::RequestLimiter;
 use crate::fanout::outbox::{FrameClass, Outbox, OutboxLimits};
 use crate::fanout::ring::{Channel, ToIngest};
 use crate::fanout::subs::{ConnSub, SubIndex, SubState, Transitions};
-use crate::wire::EncodedFrame;
+use crate::wire::{CloseCode, EncodedFrame};
 
 use backlog::KernelBacklog;
 use delivery::RunDelta;
@@ -74,24 +74,13 @@ mod requests;
 #[cfg(test)]
 mod tests;
 
+pub use crate::wire::Encoding;
 pub use config::{LagHistogram, RESYNC_LAG_BOUNDS_NS, WorkerConfig, WorkerStats};
 
 /// A connection of this worker: a dense slot index chosen by the core, reused
 /// after [`WorkerCore::close_conn`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u32);
-
-/// The encoding a connection chose at the upgrade (PROTOCOL §6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    Proto,
-    Json,
-}
-
-/// WebSocket close code for a slow consumer (PROTOCOL §7).
-pub const CLOSE_SLOW_CONSUMER: u16 = 4001;
-/// WebSocket close code for sustained request-rate abuse (PROTOCOL §7).
-pub const CLOSE_RATE_LIMITED: u16 = 4002;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ConnState {
@@ -191,7 +180,7 @@ pub struct WorkerCore {
     backlogged: Vec<u32>,
     /// Connections written since their kernel backlog was last measured.
     unmeasured: Vec<u32>,
-    closes: VecDeque<(ConnId, u16, &'static str)>,
+    closes: VecDeque<(ConnId, CloseCode, &'static str)>,
     to_ingest: VecDeque<ToIngest>,
     stats: WorkerStats,
     json_buf: String,
@@ -345,7 +334,7 @@ impl WorkerCore {
     /// A connection the core decided to close, with the close code and reason.
     /// It is already out of every index; the shell sends the close frame and
     /// then calls [`WorkerCore::close_conn`].
-    pub fn poll_close(&mut self) -> Option<(ConnId, u16, &'static str)> {
+    pub fn poll_close(&mut self) -> Option<(ConnId, CloseCode, &'static str)> {
         self.closes.pop_front()
     }
 

@@ -4,13 +4,14 @@
 use std::collections::{HashMap, HashSet};
 
 use super::delivery::encode_control;
-use super::{CLOSE_RATE_LIMITED, ConnId, ConnState, Encoding, WorkerCore};
+use super::{ConnId, ConnState, Encoding, WorkerCore};
 use crate::book::SymbolId;
 use crate::fanout::limits::RateVerdict;
 use crate::fanout::outbox::FrameClass;
 use crate::fanout::request::{ErrorCode, Op, Request, RequestError, parse_request, request_id};
 use crate::fanout::ring::{Channel, ToIngest};
 use crate::fanout::subs::{SubState, Transitions};
+use crate::wire::CloseCode;
 use crate::wire::pb::{self, server_message::Body};
 
 impl WorkerCore {
@@ -266,6 +267,6 @@ impl WorkerCore {
         c.state = ConnState::Closing;
         self.remove_all_subs(conn);
         self.closes
-            .push_back((ConnId(conn), CLOSE_RATE_LIMITED, "rate limited"));
+            .push_back((ConnId(conn), CloseCode::RATE_LIMITED, "rate limited"));
     }
 }
