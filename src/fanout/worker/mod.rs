@@ -222,6 +222,19 @@ impl WorkerCore {
         &self.cfg
     }
 
+    /// Reserves room for `n` connections in every per-connection table, so
+    /// they never grow by copying: a doubled, copied table leaves the freed
+    /// smaller ones resident in the allocator's heap, ~50 bytes per idle
+    /// connection (`tuning/CAPACITY.md` §9). Only the pages used are resident.
+    pub fn reserve_conns(&mut self, n: usize) {
+        self.conns.reserve_exact(n.saturating_sub(self.conns.len()));
+        self.limiters
+            .reserve_exact(n.saturating_sub(self.limiters.len()));
+        self.kernel
+            .reserve_exact(n.saturating_sub(self.kernel.len()));
+        self.subs.reserve_conns(n);
+    }
+
     /// A new connection, after its WebSocket upgrade.
     pub fn open_conn(&mut self, encoding: Encoding) -> ConnId {
         if let Some(slot) = self.free.pop() {
