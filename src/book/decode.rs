@@ -75,9 +75,6 @@ use crate::wire::json::write_json_str;
 use crate::wire::nesting::nesting_exceeds;
 use crate::wire::pb::{self, ingest_message::Body};
 
-/// The default (and PROTOCOL §3) limit on one protobuf frame or one JSON line.
-pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 20;
-
 /// Deepest nesting of arrays and objects accepted in a JSON line: a snapshot
 /// is 3 deep (object → `bids` → `[price, size]`). Deeper closes the connection.
 pub const MAX_JSON_DEPTH: usize = 8;
@@ -158,7 +155,8 @@ enum Parsed {
 
 impl FeedDecoder {
     /// A decoder for a new connection. `token`: the configured ingest token, if
-    /// any; `max_frame_bytes`: the frame/line limit ([`DEFAULT_MAX_FRAME_BYTES`]).
+    /// any; `max_frame_bytes`: the frame/line limit
+    /// ([`crate::config::MAX_INGEST_FRAME_BYTES`] by default).
     pub fn new(framing: Framing, token: Option<Arc<str>>, max_frame_bytes: usize) -> Self {
         FeedDecoder {
             framing,
@@ -1054,6 +1052,7 @@ fn push_pairs(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::MAX_INGEST_FRAME_BYTES;
     use proptest::prelude::*;
 
     type Outcome = Result<Result<Decoded, Rejection>, StreamError>;
@@ -1192,7 +1191,7 @@ mod tests {
         decimals: Decimals<'_>,
     ) -> Vec<Outcome> {
         run(
-            &mut decoder(framing, token, DEFAULT_MAX_FRAME_BYTES),
+            &mut decoder(framing, token, MAX_INGEST_FRAME_BYTES),
             [input],
             decimals,
         )
@@ -1206,7 +1205,7 @@ mod tests {
         decimals: Decimals<'_>,
     ) -> Vec<Outcome> {
         let whole = run_whole(framing, token, input, decimals);
-        let mut d = decoder(framing, token, DEFAULT_MAX_FRAME_BYTES);
+        let mut d = decoder(framing, token, MAX_INGEST_FRAME_BYTES);
         assert_eq!(
             run(&mut d, input.chunks(1), decimals),
             whole,
@@ -1214,7 +1213,7 @@ mod tests {
         );
         for at in 0..=input.len() {
             let (a, b) = input.split_at(at);
-            let mut d = decoder(framing, token, DEFAULT_MAX_FRAME_BYTES);
+            let mut d = decoder(framing, token, MAX_INGEST_FRAME_BYTES);
             assert_eq!(run(&mut d, [a, b], decimals), whole, "split at {at}");
         }
         whole
@@ -1370,7 +1369,7 @@ mod tests {
             msg(Body::Delta(delta())),
         ]);
         // Then a length prefix over 1 MiB, then bytes never looked at.
-        prost::encoding::encode_varint(DEFAULT_MAX_FRAME_BYTES as u64 + 1, &mut input);
+        prost::encoding::encode_varint(MAX_INGEST_FRAME_BYTES as u64 + 1, &mut input);
         input.extend_from_slice(&proto_bytes(&[msg(Body::Delta(delta()))]));
         let out = run_every_split(Framing::Protobuf, None, &input, &btc);
         assert_eq!(
@@ -1388,7 +1387,7 @@ mod tests {
                 rejected(RejectReason::LateHello),
                 ok(Decoded::Delta(delta())),
                 Err(StreamError::FrameTooLarge(
-                    DEFAULT_MAX_FRAME_BYTES as u64 + 1
+                    MAX_INGEST_FRAME_BYTES as u64 + 1
                 )),
             ]
         );
@@ -1441,7 +1440,7 @@ mod tests {
                 json_bytes(&[m])
             };
             for n in 0..input.len() {
-                let mut d = decoder(framing, None, DEFAULT_MAX_FRAME_BYTES);
+                let mut d = decoder(framing, None, MAX_INGEST_FRAME_BYTES);
                 d.handle_bytes(&input[..n]);
                 assert_eq!(d.poll_message(&btc), Ok(None), "{framing:?} prefix {n}");
                 assert_eq!(d.buffered_bytes(), n);
@@ -1469,7 +1468,7 @@ mod tests {
                     }
                 })
                 .collect();
-            let mut d = decoder(framing, None, DEFAULT_MAX_FRAME_BYTES);
+            let mut d = decoder(framing, None, MAX_INGEST_FRAME_BYTES);
             let capacity = d.buf.capacity();
             let mut n = 0;
             for chunk in input.chunks(4096 + 7) {
@@ -1488,18 +1487,18 @@ mod tests {
 
     #[test]
     fn frame_too_large_as_soon_as_the_length_is_read() {
-        let mut d = decoder(Framing::Protobuf, None, DEFAULT_MAX_FRAME_BYTES);
+        let mut d = decoder(Framing::Protobuf, None, MAX_INGEST_FRAME_BYTES);
         let mut prefix = Vec::new();
-        prost::encoding::encode_varint(DEFAULT_MAX_FRAME_BYTES as u64 + 1, &mut prefix);
+        prost::encoding::encode_varint(MAX_INGEST_FRAME_BYTES as u64 + 1, &mut prefix);
         d.handle_bytes(&prefix);
         assert_eq!(
             d.poll_message(&btc),
             Err(StreamError::FrameTooLarge(1_048_577))
         );
         // Exactly 1 MiB is allowed: the decoder waits for the bytes.
-        let mut d = decoder(Framing::Protobuf, None, DEFAULT_MAX_FRAME_BYTES);
+        let mut d = decoder(Framing::Protobuf, None, MAX_INGEST_FRAME_BYTES);
         prefix.clear();
-        prost::encoding::encode_varint(DEFAULT_MAX_FRAME_BYTES as u64, &mut prefix);
+        prost::encoding::encode_varint(MAX_INGEST_FRAME_BYTES as u64, &mut prefix);
         d.handle_bytes(&prefix);
         assert_eq!(d.poll_message(&btc), Ok(None));
         // A configured smaller limit.
@@ -1510,7 +1509,7 @@ mod tests {
 
     #[test]
     fn over_long_or_overflowing_varints_are_bad_lengths() {
-        let mut d = decoder(Framing::Protobuf, None, DEFAULT_MAX_FRAME_BYTES);
+        let mut d = decoder(Framing::Protobuf, None, MAX_INGEST_FRAME_BYTES);
         for _ in 0..9 {
             d.handle_bytes(&[0xff]);
             assert_eq!(d.poll_message(&btc), Ok(None));
@@ -1647,7 +1646,7 @@ mod tests {
         );
         // The 1 MiB default, in 64 KiB reads: the error comes with the read that
         // crosses the limit, and the buffer never holds more than limit + one read.
-        let mut d = decoder(Framing::JsonLines, None, DEFAULT_MAX_FRAME_BYTES);
+        let mut d = decoder(Framing::JsonLines, None, MAX_INGEST_FRAME_BYTES);
         let chunk = vec![b'x'; 64 * 1024];
         for i in 1..=16 {
             d.handle_bytes(&chunk);
@@ -2344,7 +2343,7 @@ mod tests {
             }).collect();
             let input = proto_bytes(&msgs);
             let chunks = chunks_at(&input, &cuts);
-            let out = run(&mut decoder(Framing::Protobuf, None, DEFAULT_MAX_FRAME_BYTES), chunks.iter().map(|c| &c[..]), &btc);
+            let out = run(&mut decoder(Framing::Protobuf, None, MAX_INGEST_FRAME_BYTES), chunks.iter().map(|c| &c[..]), &btc);
             prop_assert_eq!(out, expected(&msgs));
         }
 
@@ -2361,7 +2360,7 @@ mod tests {
             }
             let chunks = chunks_at(input.as_bytes(), &cuts);
             let decimals = move |_: &str| Some((pd, sd));
-            let out = run(&mut decoder(Framing::JsonLines, None, DEFAULT_MAX_FRAME_BYTES), chunks.iter().map(|c| &c[..]), &decimals);
+            let out = run(&mut decoder(Framing::JsonLines, None, MAX_INGEST_FRAME_BYTES), chunks.iter().map(|c| &c[..]), &decimals);
             prop_assert_eq!(out, expected(&msgs));
         }
 
@@ -2393,7 +2392,7 @@ mod tests {
             }
             let framing = if json { Framing::JsonLines } else { Framing::Protobuf };
             let whole = run_whole(framing, None, &input, &btc);
-            let mut d = decoder(framing, None, DEFAULT_MAX_FRAME_BYTES);
+            let mut d = decoder(framing, None, MAX_INGEST_FRAME_BYTES);
             prop_assert_eq!(run(&mut d, input.chunks(3), &btc), whole);
         }
     }

@@ -749,6 +749,7 @@ mod tests {
 
     use super::*;
     use crate::book::synth::{Rng, SynthConfig, SynthMarket};
+    use crate::config::MAX_INGEST_FRAME_BYTES;
     use crate::wire::pb::ingest_message::Body as In;
 
     const A: FeedId = FeedId(1);
@@ -1775,7 +1776,7 @@ mod tests {
 
         // 3. The largest messages the frame limit allows, rejected.
         let decode_and_apply = |framing: Framing, input: &[u8], m: &mut Market| {
-            let mut dec = FeedDecoder::new(framing, None, 1 << 20);
+            let mut dec = FeedDecoder::new(framing, None, MAX_INGEST_FRAME_BYTES);
             dec.handle_bytes(input);
             let mut out = Vec::new();
             let mut reasons = Vec::new();
