@@ -959,8 +959,10 @@ pub fn encode_json_line(
             out.push('}');
         }
         Some(Body::Snapshot(s)) => {
-            let clamp = |d: i32| d.clamp(0, MAX_DECIMALS as i32) as u32;
-            let (pd, sd) = (clamp(s.price_decimals), clamp(s.size_decimals));
+            let (pd, sd) = (
+                decimal::clamp_decimals(s.price_decimals),
+                decimal::clamp_decimals(s.size_decimals),
+            );
             out.push_str("{\"type\":\"snapshot\",\"symbol\":");
             write_json_str(out, &s.symbol);
             let _ = write!(
