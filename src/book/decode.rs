@@ -74,13 +74,11 @@ use super::{RejectReason, Rejection, StreamError};
 use crate::wire::json::write_json_str;
 use crate::wire::nesting::nesting_exceeds;
 use crate::wire::pb::{self, ingest_message::Body};
+use crate::wire::varint::{MAX_VARINT_BYTES, VarintError, read_varint};
 
 /// Deepest nesting of arrays and objects accepted in a JSON line: a snapshot
 /// is 3 deep (object → `bids` → `[price, size]`). Deeper closes the connection.
 pub const MAX_JSON_DEPTH: usize = 8;
-
-/// A protobuf varint is at most 10 bytes for a `u64`.
-const MAX_VARINT_BYTES: usize = 10;
 
 /// Initial receive-buffer capacity: enough for many typical messages, so a warm
 /// connection never reallocates.
@@ -268,7 +266,7 @@ impl FeedDecoder {
 
     fn next_proto(&mut self) -> Result<Option<Parsed>, StreamError> {
         let pending = &self.buf[self.start..];
-        let Some((len, prefix_len)) = read_varint(pending)? else {
+        let Some((len, prefix_len)) = read_length_prefix(pending)? else {
             return Ok(None);
         };
         // §3: a length over the limit closes the connection, before its bytes arrive.
@@ -332,21 +330,15 @@ fn token_matches(expected: &[u8], given: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// Reads a protobuf varint: `Ok(None)` if incomplete, `BadLength` if longer than
+/// Reads a length prefix: `Ok(None)` if incomplete, `BadLength` if longer than
 /// 10 bytes or over `u64` (prost's `decode_varint` rules).
-fn read_varint(bytes: &[u8]) -> Result<Option<(u64, usize)>, StreamError> {
-    let mut value = 0u64;
-    for (i, &b) in bytes.iter().take(MAX_VARINT_BYTES).enumerate() {
-        if i == MAX_VARINT_BYTES - 1 && b > 1 {
-            // The 10th byte holds bit 63 only; more is overflow or an 11th byte.
-            return Err(StreamError::BadLength);
-        }
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Ok(Some((value, i + 1)));
-        }
+fn read_length_prefix(bytes: &[u8]) -> Result<Option<(u64, usize)>, StreamError> {
+    let mut pos = 0;
+    match read_varint(bytes, &mut pos) {
+        Ok(len) => Ok(Some((len, pos))),
+        Err(VarintError::Truncated) => Ok(None),
+        Err(VarintError::TooLong) => Err(StreamError::BadLength),
     }
-    Ok(None)
 }
 
 fn classify_proto(msg: pb::IngestMessage) -> Parsed {
@@ -812,26 +804,8 @@ fn json_trade(
     })
 }
 
-/// Reads one protobuf varint from `buf[*pos..]`, as prost does (at most ten
-/// bytes, the tenth at most 1); `None` on anything else.
-fn fast_varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
-    let mut value = 0u64;
-    for i in 0..10 {
-        let b = *buf.get(*pos)?;
-        *pos += 1;
-        if i == 9 && b > 1 {
-            return None;
-        }
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b < 0x80 {
-            return Some(value);
-        }
-    }
-    None
-}
-
 fn fast_len<'a>(buf: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
-    let len = usize::try_from(fast_varint(buf, pos)?).ok()?;
+    let len = usize::try_from(read_varint(buf, pos).ok()?).ok()?;
     let bytes = buf.get(*pos..pos.checked_add(len)?)?;
     *pos += len;
     Some(bytes)
@@ -868,7 +842,7 @@ fn fast_delta(frame: &[u8]) -> Option<pb::IngestMessage> {
             }
             0x10 => {
                 pos += 1;
-                d.seq = fast_varint(body, &mut pos)?;
+                d.seq = read_varint(body, &mut pos).ok()?;
             }
             0x1A => {
                 pos += 1;
@@ -878,7 +852,7 @@ fn fast_delta(frame: &[u8]) -> Option<pb::IngestMessage> {
                 while p < u.len() {
                     let key = u[p];
                     p += 1;
-                    let v = fast_varint(u, &mut p)?;
+                    let v = read_varint(u, &mut p).ok()?;
                     // Truncation and sign reinterpretation exactly as prost decodes int32/int64.
                     match key {
                         0x08 => update.side = v as i32,
@@ -891,15 +865,15 @@ fn fast_delta(frame: &[u8]) -> Option<pb::IngestMessage> {
             }
             0x20 => {
                 pos += 1;
-                d.exchange_ts_ns = fast_varint(body, &mut pos)?;
+                d.exchange_ts_ns = read_varint(body, &mut pos).ok()?;
             }
             0x28 => {
                 pos += 1;
-                d.ingest_ts_ns = fast_varint(body, &mut pos)?;
+                d.ingest_ts_ns = read_varint(body, &mut pos).ok()?;
             }
             0x30 => {
                 pos += 1;
-                d.checksum = fast_varint(body, &mut pos)? as u32;
+                d.checksum = read_varint(body, &mut pos).ok()? as u32;
             }
             _ => return None,
         }
