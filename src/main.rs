@@ -324,6 +324,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             let stop = stop_flag()?;
             let cfg = args.engine_config();
+            cfg.validate().context("invalid configuration")?;
             warn_if_open_to_any_origin(&cfg);
             let engine = Engine::start(cfg).context("starting the engine")?;
             println!("listening on {}", engine.ws_addr);
@@ -346,6 +347,7 @@ fn main() -> anyhow::Result<()> {
             // The synthetic books hover around `depth`: leave them room.
             let levels = &mut cfg.ingest.market.max_book_levels;
             *levels = (*levels).max(depth.saturating_mul(2));
+            cfg.validate().context("invalid configuration")?;
             warn_if_open_to_any_origin(&cfg);
             let engine = Engine::start(cfg.clone()).context("starting the engine")?;
             let feed = demo::spawn(
