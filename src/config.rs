@@ -32,6 +32,15 @@ pub enum ConfigError {
         kernel_unsent_bytes: usize,
         low_water_bytes: usize,
     },
+    /// The pacer drains the ring within `drain_min_ns..=drain_max_ns`: a
+    /// minimum above the maximum is no interval at all.
+    #[error(
+        "the ring's drain interval minimum ({drain_min_ns} ns) must be at most its maximum ({drain_max_ns} ns)"
+    )]
+    DrainMinAboveMax {
+        drain_min_ns: u64,
+        drain_max_ns: u64,
+    },
     /// Pings with no pong timeout would never detect a dead peer.
     #[error("a ping interval needs a pong timeout")]
     PingWithoutPongTimeout,

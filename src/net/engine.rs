@@ -121,6 +121,12 @@ impl EngineConfig {
                 low_water_bytes: w.low_water_bytes,
             });
         }
+        if self.pacing.drain_min_ns > self.pacing.drain_max_ns {
+            return Err(ConfigError::DrainMinAboveMax {
+                drain_min_ns: self.pacing.drain_min_ns,
+                drain_max_ns: self.pacing.drain_max_ns,
+            });
+        }
         if self.shell.ping_interval_ms > 0 && self.shell.pong_timeout_ms == 0 {
             return Err(ConfigError::PingWithoutPongTimeout);
         }
@@ -348,6 +354,21 @@ mod tests {
             Err(ConfigError::KernelUnsentAboveLowWater {
                 kernel_unsent_bytes: (64 << 10) + 1,
                 low_water_bytes: 64 << 10,
+            })
+        );
+    }
+
+    #[test]
+    fn the_drain_interval_minimum_must_be_at_most_its_maximum() {
+        let mut cfg = valid();
+        cfg.pacing.drain_min_ns = cfg.pacing.drain_max_ns;
+        assert_eq!(cfg.validate(), Ok(()));
+        cfg.pacing.drain_min_ns += 1;
+        assert_eq!(
+            cfg.validate(),
+            Err(ConfigError::DrainMinAboveMax {
+                drain_min_ns: 25_000_001,
+                drain_max_ns: 25_000_000,
             })
         );
     }
