@@ -22,7 +22,7 @@ use serde::Deserialize;
 use tickwire::book::book::{OrderBook, Side};
 use tickwire::book::checksum::CHECKSUM_DEPTH;
 use tickwire::wire::StaleReason;
-use tickwire::wire::decimal::{parse_price, parse_size};
+use tickwire::wire::decimal::{clamp_decimals, parse_price, parse_size};
 use tickwire::wire::pb::{self, server_message::Body};
 
 use crate::pbscan::{self, RawUpdate, ScanError, Scanned};
@@ -643,8 +643,8 @@ impl Verifier {
                 for ins in &s.instruments {
                     if let Some(i) = self.find(ins.symbol.as_bytes()) {
                         self.syms[i].decimals = Some((
-                            ins.price_decimals.clamp(0, 18) as u32,
-                            ins.size_decimals.clamp(0, 18) as u32,
+                            clamp_decimals(ins.price_decimals),
+                            clamp_decimals(ins.size_decimals),
                         ));
                     }
                 }

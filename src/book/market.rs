@@ -31,6 +31,7 @@
 use std::collections::HashMap;
 
 use crate::wire::StaleReason;
+use crate::wire::decimal::MAX_DECIMALS;
 use crate::wire::pb;
 use crate::wire::pb::server_message::Body;
 
@@ -40,9 +41,6 @@ pub use crate::config::MarketLimits;
 pub use mirror::{MirrorReject, ORIGIN_FEED_BIT, origin_feed};
 
 mod mirror;
-
-/// Largest `price_decimals` / `size_decimals` (PROTOCOL §1).
-pub const MAX_DECIMALS: i32 = 18;
 
 /// Why a book is not being published (PROTOCOL §3, §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -721,7 +719,7 @@ fn wrap(body: Body) -> pb::ServerMessage {
 
 fn decimals(d: i32) -> Result<u32, RejectReason> {
     match u32::try_from(d) {
-        Ok(u) if d <= MAX_DECIMALS => Ok(u),
+        Ok(u) if u <= MAX_DECIMALS => Ok(u),
         _ => Err(RejectReason::BadDecimals(d)),
     }
 }
@@ -749,6 +747,7 @@ mod tests {
 
     use super::*;
     use crate::book::synth::{Rng, SynthConfig, SynthMarket};
+    use crate::config::MAX_INGEST_FRAME_BYTES;
     use crate::wire::pb::ingest_message::Body as In;
 
     const A: FeedId = FeedId(1);
@@ -1775,7 +1774,7 @@ mod tests {
 
         // 3. The largest messages the frame limit allows, rejected.
         let decode_and_apply = |framing: Framing, input: &[u8], m: &mut Market| {
-            let mut dec = FeedDecoder::new(framing, None, 1 << 20);
+            let mut dec = FeedDecoder::new(framing, None, MAX_INGEST_FRAME_BYTES);
             dec.handle_bytes(input);
             let mut out = Vec::new();
             let mut reasons = Vec::new();

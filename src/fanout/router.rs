@@ -26,6 +26,7 @@ use std::sync::Arc;
 use crate::book::SymbolId;
 use crate::book::market::{FeedStale, Market, Published};
 use crate::wire::EncodedFrame;
+use crate::wire::decimal::clamp_decimals;
 use crate::wire::json::{self, Decimals};
 use crate::wire::pb;
 
@@ -228,8 +229,8 @@ impl Router {
             return;
         };
         let d = Decimals {
-            price: s.price_decimals.clamp(0, 18) as u32,
-            size: s.size_decimals.clamp(0, 18) as u32,
+            price: clamp_decimals(s.price_decimals),
+            size: clamp_decimals(s.size_decimals),
         };
         self.announce_as(market, symbol, d, s.epoch, rings);
     }

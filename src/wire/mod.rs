@@ -13,6 +13,7 @@ pub mod frame;
 pub mod json;
 pub mod nesting;
 pub mod stale;
+pub mod varint;
 
 pub mod pb {
     //! Generated from `proto/tickwire.proto` by prost (see `build.rs`).
