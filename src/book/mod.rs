@@ -5,6 +5,7 @@
 pub mod book;
 pub mod checksum;
 pub mod decode;
+pub mod derived;
 pub mod feed_deadlines;
 pub mod feed_name;
 pub mod market;
