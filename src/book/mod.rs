@@ -9,6 +9,7 @@ pub mod derived;
 pub mod feed_deadlines;
 pub mod feed_name;
 pub mod market;
+pub mod resume;
 pub mod symbol;
 pub mod synth;
 
