@@ -2,10 +2,11 @@
 //! with the level's size before and after, captured from the book *before*
 //! the delta is applied.
 //!
-//! Derived views need the size a level had before a delta (a conflated
-//! stream leaves out a level that was absent when its interval started and is
-//! absent at its end), and the full book only holds the size after. So the
-//! market thread captures the changes once per delta, before
+//! The full-depth conflated view needs the size a level had before a delta
+//! (it leaves out a level that was absent when its interval started and is
+//! absent at its end), and the full book only holds the size after. So,
+//! when a symbol has such a view, the market thread captures the changes
+//! once per delta, before
 //! [`Market::handle_delta`](crate::book::market::Market::handle_delta)
 //! applies it, and hands the same [`LevelChanges`] to every view of the
 //! symbol once the market has accepted the delta (a rejected delta's changes
@@ -40,6 +41,39 @@ pub struct LevelChange {
 #[derive(Debug, Clone, Default)]
 pub struct LevelChanges {
     changes: Vec<LevelChange>,
+    /// What it was captured from: see [`LevelChanges::is_capture_of`].
+    source: Fingerprint,
+}
+
+/// The number of updates and a hash of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    len: usize,
+    hash: u64,
+}
+
+impl Default for Fingerprint {
+    /// That of no update.
+    fn default() -> Fingerprint {
+        Fingerprint::of(&[])
+    }
+}
+
+impl Fingerprint {
+    /// FNV-1a over each update's fields: enough to catch changes handed to a
+    /// view with another delta (a wiring bug), not an adversary.
+    fn of(updates: &[pb::LevelUpdate]) -> Fingerprint {
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        for u in updates {
+            for word in [u.side as u64, u.price as u64, u.size as u64] {
+                hash = (hash ^ word).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        Fingerprint {
+            len: updates.len(),
+            hash,
+        }
+    }
 }
 
 impl LevelChanges {
@@ -56,6 +90,7 @@ impl LevelChanges {
     /// Cost: O(U log U) to sort U updates, O(U log L) to look up their sizes
     /// on sides of L levels.
     pub fn capture(&mut self, book_before: &OrderBook, updates: &[pb::LevelUpdate]) {
+        self.source = Fingerprint::of(updates);
         let changes = &mut self.changes;
         changes.clear();
         changes.extend(updates.iter().filter_map(|u| {
@@ -85,9 +120,17 @@ impl LevelChanges {
         debug_assert!(self.invariants_hold());
     }
 
-    /// Empties the set (a delta that changed nothing).
+    /// Empties the set, as captured from a delta of no update.
     pub fn clear(&mut self) {
         self.changes.clear();
+        self.source = Fingerprint::default();
+    }
+
+    /// Whether these are the changes last captured from `updates` (the same
+    /// updates, in the same order): what a conflated view checks in debug
+    /// builds before trusting them.
+    pub fn is_capture_of(&self, updates: &[pb::LevelUpdate]) -> bool {
+        self.source == Fingerprint::of(updates)
     }
 
     /// The changes, bids first, then asks, each by increasing price.
@@ -208,5 +251,21 @@ mod tests {
         assert_eq!(c.side(Side::Ask), &[]);
         c.clear();
         assert_eq!(c.len(), 0);
+    }
+
+    #[test]
+    fn knows_what_it_was_captured_from() {
+        let book = OrderBook::from_levels(&[lv(100, 5)], &[]).unwrap();
+        let mut c = LevelChanges::new();
+        assert!(c.is_capture_of(&[]));
+        let delta = [up(Side::Bid, 100, 0), up(Side::Bid, 99, 1)];
+        c.capture(&book, &delta);
+        assert!(c.is_capture_of(&delta));
+        assert!(!c.is_capture_of(&delta[..1]));
+        assert!(!c.is_capture_of(&[delta[1], delta[0]]));
+        assert!(!c.is_capture_of(&[up(Side::Bid, 100, 0), up(Side::Bid, 99, 2)]));
+        assert!(!c.is_capture_of(&[]));
+        c.clear();
+        assert!(c.is_capture_of(&[]));
     }
 }

@@ -10,12 +10,12 @@
 //!
 //! # How the market thread drives them
 //!
-//! 1. For a delta of a symbol with at least one view: capture
-//!    [`LevelChanges`] from the book *before* handing the delta to the
-//!    market (a rejected delta's changes are dropped).
+//! 1. For a delta of a symbol with a view that [`BookView::needs_changes`]
+//!    (`book@Tms`): capture [`LevelChanges`] from the book *before* handing
+//!    the delta to the market (a rejected delta's changes are dropped).
 //! 2. Once the market accepted it with seq `S`: [`BookView::handle_delta`]`(S,
-//!    &changes, book)` on each view; a `book.N` view answers with its delta
-//!    at once, conflated ones merge it.
+//!    &updates, &changes, book)` on each view; a `book.N` view answers with
+//!    its delta at once, conflated ones merge it.
 //! 3. Each loop turn (or at the earliest [`BookView::poll_timeout`]):
 //!    [`BookView::poll_emit`]`(now, book)` on each conflated view.
 //! 4. A feed snapshot replaced the book at seq `S`: [`BookView::reset`]; every
@@ -113,18 +113,29 @@ impl BookView {
         }
     }
 
-    /// The full book accepted the delta `seq` (`changes` captured before it
-    /// was applied; `book_after` the book now). A `book.N` view returns its
-    /// delta, if the top N changed; conflated views merge it and return `None`.
+    /// Whether [`BookView::handle_delta`] needs the delta's [`LevelChanges`]
+    /// captured before it was applied: only `book@Tms` does (the others
+    /// ignore them, so a symbol without one need not capture).
+    pub fn needs_changes(&self) -> bool {
+        matches!(self, BookView::Conflated(_))
+    }
+
+    /// The full book accepted the delta `seq` of these level `updates`
+    /// (`book_after` is the book now; `changes` were captured from `updates`
+    /// before it was applied if [`BookView::needs_changes`], else ignored). A
+    /// `book.N` view returns its delta, if the top N changed; conflated views
+    /// merge it and return `None`.
     pub fn handle_delta(
         &mut self,
         seq: u64,
+        updates: &[pb::LevelUpdate],
         changes: &LevelChanges,
         book_after: &OrderBook,
     ) -> Option<ViewDelta<'_>> {
         match self {
-            BookView::TopN(v) => v.handle_delta(seq, changes, book_after),
+            BookView::TopN(v) => v.handle_delta(seq, updates, book_after),
             BookView::Conflated(v) => {
+                debug_assert!(changes.is_capture_of(updates), "changes of another delta");
                 v.handle_delta(seq, changes);
                 None
             }

@@ -40,6 +40,14 @@ fn apply(book: &mut OrderBook, changes: &mut LevelChanges, updates: &[pb::LevelU
         .unwrap();
 }
 
+/// The market's side of a delta for views that need no capture: apply it,
+/// hand the updates on.
+fn applied(book: &mut OrderBook, updates: &[pb::LevelUpdate]) -> Vec<pb::LevelUpdate> {
+    book.apply_updates(updates, MAX_LEVELS_PER_SIDE, &mut UpdateScratch::default())
+        .unwrap();
+    updates.to_vec()
+}
+
 /// A subscriber of a derived channel: its book and the seq it holds.
 #[derive(Debug, Clone)]
 struct Client {
@@ -105,20 +113,19 @@ fn holds(client: &Client, channel: Channel, full: &OrderBook) -> bool {
 #[test]
 fn top_n_removes_what_falls_out_and_inserts_what_enters_with_its_size() {
     let mut full = ladder(5);
-    let mut changes = LevelChanges::new();
     let mut view = TopN::new(depth(3), 1, &full);
     assert_eq!(
         view.levels(Side::Bid),
         &[lv(100, 10), lv(99, 10), lv(98, 10)]
     );
     // A new best bid pushes 98 out.
-    apply(&mut full, &mut changes, &[up(Side::Bid, 101, 4)]);
-    let d = view.handle_delta(2, &changes, &full).unwrap();
+    let u = applied(&mut full, &[up(Side::Bid, 101, 4)]);
+    let d = view.handle_delta(2, &u, &full).unwrap();
     assert_eq!((d.seq, d.prev_seq), (2, 1));
     assert_eq!(d.updates, &[up(Side::Bid, 101, 4), up(Side::Bid, 98, 0)]);
     // Removing the best bid brings 98 back, with its full size.
-    apply(&mut full, &mut changes, &[up(Side::Bid, 101, 0)]);
-    let d = view.handle_delta(3, &changes, &full).unwrap();
+    let u = applied(&mut full, &[up(Side::Bid, 101, 0)]);
+    let d = view.handle_delta(3, &u, &full).unwrap();
     assert_eq!((d.seq, d.prev_seq), (3, 2));
     assert_eq!(d.updates, &[up(Side::Bid, 101, 0), up(Side::Bid, 98, 10)]);
     assert_eq!(
@@ -126,19 +133,18 @@ fn top_n_removes_what_falls_out_and_inserts_what_enters_with_its_size() {
         checksum_levels(full.top(Side::Bid, 3), full.top(Side::Ask, 3))
     );
     // Deep changes, and a change to a size the level has: nothing.
-    apply(
+    let u = applied(
         &mut full,
-        &mut changes,
         &[
             up(Side::Bid, 96, 7),
             up(Side::Ask, 120, 1),
             up(Side::Ask, 101, 10),
         ],
     );
-    assert!(view.handle_delta(4, &changes, &full).is_none());
+    assert!(view.handle_delta(4, &u, &full).is_none());
     // The next delta's prev_seq is the last one sent, not 4.
-    apply(&mut full, &mut changes, &[up(Side::Ask, 102, 1)]);
-    let d = view.handle_delta(5, &changes, &full).unwrap();
+    let u = applied(&mut full, &[up(Side::Ask, 102, 1)]);
+    let d = view.handle_delta(5, &u, &full).unwrap();
     assert_eq!((d.seq, d.prev_seq), (5, 3));
     assert_eq!(d.updates, &[up(Side::Ask, 102, 1)]);
     assert_eq!(view.snapshot().seq, 5);
@@ -147,10 +153,9 @@ fn top_n_removes_what_falls_out_and_inserts_what_enters_with_its_size() {
 #[test]
 fn top_n_of_a_shallow_book_follows_every_change() {
     let mut full = ladder(2);
-    let mut changes = LevelChanges::new();
     let mut view = TopN::new(depth(10), 1, &full);
-    apply(&mut full, &mut changes, &[up(Side::Bid, 50, 1)]);
-    let d = view.handle_delta(2, &changes, &full).unwrap();
+    let u = applied(&mut full, &[up(Side::Bid, 50, 1)]);
+    let d = view.handle_delta(2, &u, &full).unwrap();
     assert_eq!(d.updates, &[up(Side::Bid, 50, 1)]);
     assert_eq!(d.checksum, full.checksum());
 }
@@ -410,9 +415,16 @@ fn run(channel: Channel, start: OrderBook, ops: Vec<Op>, t0: u64) -> Result<(), 
         match op {
             Op::Delta(updates, dt) => {
                 now += dt * tick;
-                apply(&mut full, &mut changes, &updates);
+                // Captured only when a view needs it, as the market thread will.
+                if view.needs_changes() {
+                    changes.capture(&full, &updates);
+                } else {
+                    changes.clear();
+                }
+                full.apply_updates(&updates, MAX_LEVELS_PER_SIDE, &mut UpdateScratch::default())
+                    .unwrap();
                 seq += 1;
-                let d = view.handle_delta(seq, &changes, &full);
+                let d = view.handle_delta(seq, &updates, &changes, &full);
                 if interval_ns.is_some() {
                     prop_assert!(d.is_none());
                 } else {

@@ -13,16 +13,18 @@
 //!
 //! # Cost per delta
 //!
-//! O(U) to see whether any of the delta's U changed levels is within the
-//! client's top N (a change strictly worse than the N-th level cannot move
+//! O(U) to see whether any of the delta's U level updates is within the
+//! client's top N (an update strictly worse than the N-th level cannot move
 //! the top N), and only for a side where one is: one O(N) walk of the book's
-//! top N against the held one. The book itself is never copied.
+//! top N against the held one, and the §5 checksum of the N-level book when
+//! it changed. The book itself is never copied, and the view needs nothing
+//! captured before the delta (no [`LevelChanges`](super::LevelChanges)).
+//! `benches/derived.rs` measures it on a 1,000-level book.
 
 use crate::wire::pb;
 
 use super::super::book::{OrderBook, Side};
 use super::super::checksum::checksum_levels;
-use super::changes::{LevelChange, LevelChanges};
 use super::{Depth, ViewDelta, ViewSnapshot};
 
 /// The `book.N` view; see the module doc.
@@ -76,21 +78,23 @@ impl TopN {
         debug_assert!(self.invariants_hold());
     }
 
-    /// The full book accepted the delta `seq`, whose `changes` were captured
-    /// before it was applied; `book_after` is the book after it. Returns the
-    /// `book.N` delta, or `None` when the top N did not change.
+    /// The full book accepted the delta `seq` with these level `updates`;
+    /// `book_after` is the book after it. Returns the `book.N` delta, or
+    /// `None` when the top N did not change.
     pub fn handle_delta(
         &mut self,
         seq: u64,
-        changes: &LevelChanges,
+        updates: &[pb::LevelUpdate],
         book_after: &OrderBook,
     ) -> Option<ViewDelta<'_>> {
         debug_assert!(seq > self.seq, "deltas after the view's seq");
         self.updates.clear();
-        for side in [Side::Bid, Side::Ask] {
-            if self.touched(side, changes.side(side)) {
-                self.diff_side(side, book_after);
-            }
+        let [bids, asks] = self.touched(updates);
+        if bids {
+            self.diff_side(Side::Bid, book_after);
+        }
+        if asks {
+            self.diff_side(Side::Ask, book_after);
         }
         self.finish(seq)
     }
@@ -121,20 +125,36 @@ impl TopN {
         })
     }
 
-    /// Whether `changes` (one side's) can move that side's top N.
-    fn touched(&self, side: Side, changes: &[LevelChange]) -> bool {
-        if changes.is_empty() {
-            return false;
+    /// Which sides, `[bids, asks]`, `updates` may have changed within the
+    /// top N.
+    fn touched(&self, updates: &[pb::LevelUpdate]) -> [bool; 2] {
+        let mut touched = [false; 2];
+        for u in updates {
+            let Some(side) = Side::from_pb(u.side) else {
+                // Never in a delta the book accepted; diffing both sides is
+                // right whatever happened.
+                return [true, true];
+            };
+            let i = match side {
+                Side::Bid => 0,
+                Side::Ask => 1,
+            };
+            touched[i] = touched[i] || self.may_move(side, u.price);
         }
+        touched
+    }
+
+    /// Whether a change at `price` can move `side`'s top N.
+    fn may_move(&self, side: Side, price: i64) -> bool {
         let held = self.levels(side);
-        // Fewer than N held: the view is that whole side, any change shows.
+        // Fewer than N held: the view is that whole side.
         if held.len() < self.depth.get() {
             return true;
         }
         // N held: the N levels at or better than the worst held one stay the
         // top N unless one of them changes.
-        let worst = held[held.len() - 1].price;
-        changes.iter().any(|c| !side.is_better(worst, c.price))
+        held.last()
+            .is_none_or(|worst| !side.is_better(worst.price, price))
     }
 
     /// Diffs the held side against `book`'s top N, appending the updates
