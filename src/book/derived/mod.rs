@@ -23,6 +23,10 @@
 //! 5. A new subscriber (or a resync) gets [`BookView::snapshot`]: its `seq`
 //!    is the channel's last message, so the next message's `prev_seq`
 //!    matches it.
+//! 6. While the book is stale (PROTOCOL §3 `feed_gap`, `feed_down`), its
+//!    conflated views are not polled: their subscribers got the `Stale`,
+//!    and the feed's next snapshot resets the views (step 4), so what was
+//!    pending is never sent after the `Stale`.
 //!
 //! Every message a view yields carries `seq`, `prev_seq` (the channel's
 //! previous message) and the §5 checksum of the client's book after it.
