@@ -5,9 +5,11 @@
 pub mod book;
 pub mod checksum;
 pub mod decode;
+pub mod derived;
 pub mod feed_deadlines;
 pub mod feed_name;
 pub mod market;
+pub mod resume;
 pub mod symbol;
 pub mod synth;
 
