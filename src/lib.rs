@@ -65,6 +65,7 @@
 // with no safe wrapper available), which allows it for itself.
 #![deny(unsafe_code)]
 
+pub mod auth;
 pub mod book;
 pub mod cluster;
 pub mod config;
