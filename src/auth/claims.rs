@@ -181,13 +181,13 @@ pub struct Claims {
 }
 
 /// A NumericDate (RFC 7519 §2): non-negative seconds, fractions allowed
-/// (floored). `None` for anything else.
+/// (rounded, as `jsonwebtoken` reads them). `None` for anything else.
 fn numeric_date(v: &Value) -> Option<u64> {
     if let Some(n) = v.as_u64() {
         return Some(n);
     }
     let f = v.as_f64()?;
-    (0.0..1.8e19).contains(&f).then_some(f as u64)
+    (0.0..u64::MAX as f64).contains(&f).then(|| f.round() as u64)
 }
 
 impl Claims {
