@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod harness;
+pub mod keys;
 pub mod nats;
 
 use std::collections::HashMap;
