@@ -187,7 +187,9 @@ fn numeric_date(v: &Value) -> Option<u64> {
         return Some(n);
     }
     let f = v.as_f64()?;
-    (0.0..u64::MAX as f64).contains(&f).then(|| f.round() as u64)
+    (0.0..u64::MAX as f64)
+        .contains(&f)
+        .then(|| f.round() as u64)
 }
 
 impl Claims {

@@ -51,7 +51,10 @@ pub fn ed25519_pems() -> (String, String) {
     private_der.extend_from_slice(&seed);
     let mut public_der = hex("302a300506032b6570032100");
     public_der.extend_from_slice(&public);
-    (pem("PRIVATE KEY", &private_der), pem("PUBLIC KEY", &public_der))
+    (
+        pem("PRIVATE KEY", &private_der),
+        pem("PUBLIC KEY", &public_der),
+    )
 }
 
 fn hex(s: &str) -> Vec<u8> {

@@ -491,6 +491,11 @@ impl Client {
                 dropped: n("dropped")?,
                 reason: s("reason")?,
             }),
+            "authenticated" => Body::Authenticated(pb::Authenticated {
+                id: n("id")?,
+                sub: s("sub")?,
+                expires_at_ns: n("expires_at_ns")?,
+            }),
             "snapshot" => {
                 let (pd, sd) = (n("price_decimals")? as u32, n("size_decimals")? as u32);
                 let lv = |k| {

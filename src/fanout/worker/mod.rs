@@ -71,6 +71,7 @@ use crate::wire::EncodedFrame;
 use backlog::KernelBacklog;
 use delivery::RunDelta;
 
+mod auth;
 mod backlog;
 mod config;
 mod delivery;
@@ -79,6 +80,10 @@ mod requests;
 #[cfg(test)]
 mod tests;
 
+pub use auth::{
+    AuthSetup, CLOSE_TOKEN_EXPIRED, CLOSE_UNAUTHORIZED, CLOSE_USER_CONNECTIONS, Tier,
+    UpgradeRefusal,
+};
 pub use config::{LagHistogram, RESYNC_LAG_BOUNDS_NS, WorkerConfig, WorkerStats};
 
 /// A connection of this worker: a dense slot index chosen by the core, reused
@@ -202,6 +207,9 @@ pub struct WorkerCore {
     json_buf: String,
     /// Scratch for `handle_ring_batch`: the run of deltas being gathered.
     run: Vec<RunDelta>,
+    /// Each connection's tier and entitlements, and the auth deadlines
+    /// for the shell's wheel (`auth.rs`).
+    auth: auth::CoreAuth,
 }
 
 static EMPTY_OUTBOX: Outbox = Outbox::new();
@@ -231,6 +239,7 @@ impl WorkerCore {
             stats: WorkerStats::default(),
             json_buf: String::new(),
             run: Vec::new(),
+            auth: auth::CoreAuth::default(),
         }
     }
 
@@ -238,17 +247,25 @@ impl WorkerCore {
         &self.cfg
     }
 
-    /// A new connection, after its WebSocket upgrade.
+    /// A new connection, after its WebSocket upgrade, that presented no
+    /// token there ([`WorkerCore::open_conn_with`]).
     pub fn open_conn(&mut self, encoding: Encoding) -> ConnId {
+        self.open_conn_with(encoding, None, 0)
+    }
+
+    /// A connection slot with fresh state (reused when one is free).
+    fn alloc_conn(&mut self, encoding: Encoding) -> ConnId {
         if let Some(slot) = self.free.pop() {
             self.conns[slot as usize] = Conn::new(encoding);
             self.limiters[slot as usize] = RequestLimiter::default();
             self.kernel[slot as usize] = KernelBacklog::default();
+            self.auth.conns[slot as usize] = auth::ConnAuth::default();
             return ConnId(slot);
         }
         self.conns.push(Conn::new(encoding));
         self.limiters.push(RequestLimiter::default());
         self.kernel.push(KernelBacklog::default());
+        self.auth.conns.push(auth::ConnAuth::default());
         ConnId((self.conns.len() - 1) as u32)
     }
 
@@ -271,6 +288,7 @@ impl WorkerCore {
         c.in_unmeasured_list = false;
         self.remove_all_subs(conn.0);
         self.closes.retain(|(id, _, _)| *id != conn);
+        self.auth.conns[conn.0 as usize] = auth::ConnAuth::default();
         self.free.push(conn.0);
     }
 
@@ -389,6 +407,7 @@ impl WorkerCore {
         s.buffered_bytes = self.conns.iter().map(|c| c.outbox.buffered_bytes()).sum();
         s.queue_capacity_bytes = self.conns.iter().map(|c| c.outbox.capacity_bytes()).sum();
         s.live_frames = self.frames.live();
+        s.tiers = self.tier_counts();
         s.awaiting_subs = (0..self.instruments.len() as u32)
             .filter_map(|i| self.subs.symbol(SymbolId(i)))
             .map(|ss| {
