@@ -79,6 +79,8 @@ use super::ring_wake::must_wake;
 use super::shared::{Reject, WorkerShared, new_latency_histogram};
 use super::unsent::unsent_bytes;
 
+mod auth;
+
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 const FIRST_CLIENT: usize = 2;
@@ -170,6 +172,9 @@ enum TimerKind {
     Codec,
     /// Ping due, or silence past ping interval + pong timeout (4003).
     Heartbeat,
+    /// The connection's auth deadline: 5 s to authenticate (4005), or its
+    /// token's `exp` (4004) (PROTOCOL §8; `worker/auth.rs`).
+    Auth,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,6 +211,9 @@ struct Client {
     codec_deadline: Option<Instant>,
     codec_timer: Option<TimerHandle>,
     heartbeat_timer: Option<TimerHandle>,
+    auth_timer: Option<TimerHandle>,
+    /// The user this connection counts for in the shared table (PROTOCOL §8).
+    user: Option<Arc<str>>,
 }
 
 pub struct Worker {
@@ -253,6 +261,8 @@ pub struct Worker {
     /// Scratch for `drain_ring`: the messages and their ingest timestamps.
     drained: Vec<ToWorker>,
     drained_ts: Vec<u64>,
+    /// The generation of the key set the core holds (`worker/auth.rs`).
+    verifier_gen: u64,
 }
 
 fn realtime_ns() -> u64 {
@@ -375,6 +385,7 @@ impl Worker {
             accept_backoff: AcceptBackoff::default(),
             drained: Vec::new(),
             drained_ts: Vec::new(),
+            verifier_gen: 0,
         })
     }
 
@@ -560,6 +571,8 @@ impl Worker {
                 codec_deadline: None,
                 codec_timer: None,
                 heartbeat_timer: None,
+                auth_timer: None,
+                user: None,
             });
             self.sync_codec_timer(slot);
             // Edge-triggered: bytes may already wait.
@@ -690,7 +703,7 @@ impl Worker {
                     });
                 }
                 Event::Text(text) => match c.core {
-                    Some(id) => self.core.handle_text(id, &text, now_ns),
+                    Some(id) => self.client_text(slot, id, &text, now_ns),
                     None => {
                         let _ = c.ws.send_text(&text);
                     }
@@ -758,6 +771,21 @@ impl Worker {
                     }
                     return;
                 }
+                // PROTOCOL §8: a token at the upgrade, after the cheap limits.
+                let mut claims = None;
+                if up.endpoint == Endpoint::Ws && self.auth_on() {
+                    match self.upgrade_auth(req, now_ns) {
+                        Ok(c) => claims = c,
+                        Err(resp) => {
+                            // The slot `check_limits` reserved is not taken.
+                            self.shared.ws_open.fetch_sub(1, Ordering::Relaxed);
+                            if let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) {
+                                c.ws.respond(now, &resp);
+                            }
+                            return;
+                        }
+                    }
+                }
                 let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
                     return;
                 };
@@ -767,7 +795,10 @@ impl Worker {
                 c.last_ping_ns = now_ns;
                 self.me.counters.connections_open.inc();
                 if up.endpoint == Endpoint::Ws {
-                    let id = self.core.open_conn(core_encoding(up.encoding));
+                    c.user = claims.as_ref().map(|cl| cl.sub.clone());
+                    let id = self
+                        .core
+                        .open_conn_with(core_encoding(up.encoding), claims, now_ns);
                     c.core = Some(id);
                     let i = id.0 as usize;
                     if self.by_core.len() <= i {
@@ -776,7 +807,7 @@ impl Worker {
                     self.by_core[i] = slot as u32;
                 }
                 self.schedule_heartbeat(slot);
-                let _ = now;
+                self.sync_auth_deadlines();
             }
             Route::Get(endpoint) => {
                 self.me.counters.http_requests.inc();
@@ -1113,6 +1144,7 @@ impl Worker {
                     c.heartbeat_timer = None;
                     self.heartbeat(slot, now, now_ns);
                 }
+                TimerKind::Auth => self.auth_deadline(slot, now, now_ns),
             }
         }
         self.expired = expired;
@@ -1200,8 +1232,18 @@ impl Worker {
                 s.rejected_too_many_subscriptions,
             ),
             (Reject::UnknownSymbol, s.rejected_unknown_symbol),
+            (Reject::Forbidden, s.rejected_forbidden),
+            (Reject::Unauthorized, s.rejected_unauthorized),
+            (Reject::TokenExpired, s.token_expired_closes),
+            (Reject::UserConnections, s.rejected_user_connections),
         ] {
             c.rejections[r as usize].set(v);
+        }
+        for (counter, &v) in c.auth_results.iter().zip(&s.auth_results) {
+            counter.set(v);
+        }
+        for (gauge, &v) in c.tiers.iter().zip(&s.tiers) {
+            gauge.set(v as u64);
         }
         c.timers.set(self.timers.len() as u64);
         c.oldest_backlog_age_ns.set(s.oldest_backlog_age_ns);
@@ -1227,6 +1269,7 @@ impl Worker {
         for h in [c.codec_timer, c.heartbeat_timer].into_iter().flatten() {
             self.timers.cancel(h);
         }
+        self.release_user(&mut c);
         if c.upgraded {
             self.shared.ws_open.fetch_sub(1, Ordering::Relaxed);
             self.me.counters.connections_open.dec();
