@@ -15,6 +15,7 @@ use tickwire::book::FeedId;
 use tickwire::book::decode::{Decoded, FeedDecoder, Framing, encode_json_line, encode_proto};
 use tickwire::book::market::{Market, Published};
 use tickwire::book::synth::{SynthConfig, SynthMarket};
+use tickwire::config::MAX_INGEST_FRAME_BYTES;
 use tickwire::wire::EncodedFrame;
 use tickwire::wire::pb::ingest_message::Body;
 
@@ -82,7 +83,7 @@ fn cached(framing: Framing) -> &'static (Vec<u8>, Vec<u8>) {
 fn run(framing: Framing, iters: u64) -> Duration {
     let (snaps, deltas) = cached(framing);
     let mut market = Market::new();
-    let mut dec = FeedDecoder::new(framing, None, 1 << 20);
+    let mut dec = FeedDecoder::new(framing, None, MAX_INGEST_FRAME_BYTES);
     let mut out: Vec<Published> = Vec::with_capacity(4);
     let feed = FeedId(1);
     let apply =

@@ -10,6 +10,62 @@ use crate::auth::{AuthMode, Entitlements, VerifierConfig};
 /// Largest ingest frame or JSON line, in bytes (PROTOCOL §3: 1 MiB).
 pub const MAX_INGEST_FRAME_BYTES: usize = 1 << 20;
 
+/// A configuration whose values cannot work together, refused at start
+/// (`net::engine::EngineConfig::validate`) rather than discovered under load.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The slow-consumer policy needs low-water < high-water.
+    #[error("low-water ({low_water_bytes}) must be below high-water ({high_water_bytes})")]
+    LowWaterNotBelowHighWater {
+        low_water_bytes: usize,
+        high_water_bytes: usize,
+    },
+    /// The slow-consumer policy needs high-water < hard limit.
+    #[error("high-water ({high_water_bytes}) must be below the hard limit ({hard_limit_bytes})")]
+    HighWaterNotBelowHardLimit {
+        high_water_bytes: usize,
+        hard_limit_bytes: usize,
+    },
+    /// `TCP_NOTSENT_LOWAT` above low-water: a drained queue could never end
+    /// a dropping episode.
+    #[error(
+        "kernel unsent bytes ({kernel_unsent_bytes}) must be at most low-water ({low_water_bytes}): a drained queue must end a dropping episode"
+    )]
+    KernelUnsentAboveLowWater {
+        kernel_unsent_bytes: usize,
+        low_water_bytes: usize,
+    },
+    /// The pacer drains the ring within `drain_min_ns..=drain_max_ns`: a
+    /// minimum above the maximum is no interval at all.
+    #[error(
+        "the ring's drain interval minimum ({drain_min_ns} ns) must be at most its maximum ({drain_max_ns} ns)"
+    )]
+    DrainMinAboveMax {
+        drain_min_ns: u64,
+        drain_max_ns: u64,
+    },
+    /// Pings with no pong timeout would never detect a dead peer.
+    #[error("a ping interval needs a pong timeout")]
+    PingWithoutPongTimeout,
+    /// `--origin-id` is not one NATS subject token.
+    #[error("origin id {0:?} must be 1 to 32 of A-Za-z0-9_- (one NATS subject token)")]
+    InvalidOriginId(String),
+    /// A `--publish`/`--backplane` server is not a NATS URL.
+    #[error("invalid NATS server URL {0:?}")]
+    InvalidNatsServer(String),
+    /// Heartbeats come every second: a shorter timeout flaps.
+    #[error("the backplane timeout must be at least 1500 ms (heartbeats come every second)")]
+    BackplaneTimeoutTooShort { heartbeat_timeout_ms: u64 },
+    /// One shared ingest token or a token file, not both.
+    #[error("--token and --ingest-token-file: use one or the other")]
+    TokenAndTokenFile,
+    /// `--auth optional|required` verifies tokens with some key.
+    #[error(
+        "--auth optional|required needs a key: --jwt-secret-file, --jwt-public-key-file or --jwt-jwks-file"
+    )]
+    AuthWithoutKey,
+}
+
 /// The ingest side: feed handler listeners and their policy.
 #[derive(Debug, Clone)]
 pub struct IngestConfig {

@@ -19,6 +19,24 @@
 //!                      follows other origins' symbols (`cluster`, `net::backplane`)
 //! ```
 //!
+//! ## Where to look: the hot path of one message
+//!
+//! 1. **Ingest read**: `net::ingest` reads feed sockets (bounded per turn) and
+//!    decodes with [`book::decode`] (protobuf) or [`wire::json`] (JSON lines).
+//! 2. **Book**: [`book::market::Market`] applies the delta to its
+//!    [`book::Book`], assigns the seq and checksum, or marks the book stale.
+//! 3. **Encode once**: [`wire::EncodedFrame`] builds the whole WebSocket frame
+//!    (and the JSON rendering only while some worker has JSON subscribers).
+//! 4. **Ring**: [`fanout::router`] pushes it to the `rtrb` ring of each worker
+//!    with interest in the symbol ([`fanout::ring::ToWorker`]); the worker is
+//!    woken only if it may sleep (`net::ring_wake`).
+//! 5. **Worker core**: [`fanout::worker::WorkerCore::handle_ring_batch`]
+//!    queues the frame (a run of deltas joined into one) in each
+//!    subscriber's [`fanout::outbox::Outbox`] under the slow-consumer policy.
+//! 6. **Pacing and socket**: [`fanout::pacing::Pacer`] says when to drain
+//!    and write; `net::worker` (duty cycle, numbered in its doc) writes each
+//!    dirty connection once per pass, one `send` of everything queued.
+//!
 //! ## Modules (dependency arrows point one way)
 //!
 //! `net → {fanout, ws, book, metrics} → {wire, config, auth}`

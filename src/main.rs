@@ -20,6 +20,7 @@ use tickwire::fanout::worker::WorkerConfig;
 use tickwire::net::demo::{self, DemoFeedConfig};
 use tickwire::net::engine::{Engine, EngineConfig};
 use tickwire::net::worker::ShellConfig;
+use tickwire::ws;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -48,10 +49,10 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         rate: u64,
         /// Levels per side of each synthetic book.
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = SynthConfig::default().depth)]
         depth: usize,
         /// Seed of the synthetic market (same seed, same market).
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = SynthConfig::default().seed)]
         seed: u64,
     },
     /// WebSocket echo server for the Autobahn conformance suite (a test aid,
@@ -69,13 +70,13 @@ enum Command {
 #[derive(Args, Debug, Clone)]
 struct ServeArgs {
     /// Client port: WebSocket (/ws) and HTTP (/, /healthz, /metrics, /symbols).
-    #[arg(long, default_value = "0.0.0.0:8080")]
+    #[arg(long, default_value_t = EngineConfig::default().listen)]
     listen: SocketAddr,
     /// Protobuf ingest listener (length-delimited IngestMessage).
-    #[arg(long, default_value = "127.0.0.1:7001")]
+    #[arg(long, default_value_t = IngestConfig::default().proto_addr)]
     ingest: SocketAddr,
     /// JSON-lines ingest listener.
-    #[arg(long, default_value = "127.0.0.1:7002")]
+    #[arg(long, default_value_t = IngestConfig::default().json_addr)]
     ingest_json: SocketAddr,
     /// Worker threads [default: available cores].
     #[arg(long)]
@@ -112,53 +113,53 @@ struct ServeArgs {
     #[arg(long, default_value_t = MarketLimits::default().max_delta_updates)]
     max_delta_updates: usize,
     /// WebSocket connections at most (503 past it).
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = ShellConfig::default().max_connections)]
     max_connections: usize,
     /// Symbol-channel subscriptions per connection at most.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = WorkerConfig::default().max_subscriptions)]
     max_subscriptions: usize,
     /// Per-connection buffered bytes above which deltas and trades are dropped (bytes).
-    #[arg(long, default_value_t = 256 * 1024)]
+    #[arg(long, default_value_t = WorkerConfig::default().high_water_bytes)]
     high_water_bytes: usize,
     /// Buffered bytes below which dropped books are resynced (bytes).
-    #[arg(long, default_value_t = 64 * 1024)]
+    #[arg(long, default_value_t = WorkerConfig::default().low_water_bytes)]
     low_water_bytes: usize,
     /// Buffered bytes above which a connection is closed with 4001 (bytes).
-    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    #[arg(long, default_value_t = WorkerConfig::default().hard_limit_bytes)]
     hard_limit_bytes: usize,
     /// A connection dropping data for longer than this is closed with 4001 (ms).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = WorkerConfig::default().max_lag_ns / 1_000_000)]
     max_lag_ms: u64,
     /// Largest client message after reassembly (bytes); 1009 above.
-    #[arg(long, default_value_t = 64 * 1024)]
+    #[arg(long, default_value_t = ws::Config::default().max_message_bytes)]
     max_message_bytes: u32,
     /// Connections (any state) one client IP may hold; 429 past it. 0: unlimited.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = IpLimitConfig::default().max_connections_per_ip)]
     max_connections_per_ip: u32,
     /// WebSocket handshakes per client IP per second (burst the same); 429
     /// with Retry-After past it. 0: unlimited.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = IpLimitConfig::default().handshakes_per_ip_per_sec)]
     handshakes_per_ip_per_sec: u32,
     /// Client requests per connection per second; `rate_limited` past it. 0: unlimited.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = RequestLimits::default().requests.per_sec)]
     requests_per_sec: u32,
     /// Requests a connection may send back to back.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = RequestLimits::default().requests.burst)]
     request_burst: u32,
     /// Rate-limited requests in a row (leaking 1/s) before closing with 4002.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = RequestLimits::default().strikes.burst)]
     rate_limited_before_close: u32,
     /// Server ping period (ms); 0: no heartbeat.
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, default_value_t = ShellConfig::default().ping_interval_ms)]
     ping_interval_ms: u64,
     /// A connection silent for ping interval + this (ms) is closed with 4003.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = ShellConfig::default().pong_timeout_ms)]
     pong_timeout_ms: u64,
     /// On SIGTERM/SIGINT: time to flush and finish close handshakes (ms).
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = ShellConfig::default().shutdown_timeout_ms)]
     shutdown_timeout_ms: u64,
     /// SO_SNDBUF of client sockets (bytes); 0: the kernel's default (autotuned).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = ShellConfig::default().socket_send_buffer_bytes)]
     socket_send_buffer_bytes: usize,
     /// TCP_NOTSENT_LOWAT of client sockets (bytes): the most a client's kernel
     /// socket holds unsent; counted in its backlog. 0: not set.
@@ -176,7 +177,7 @@ struct ServeArgs {
     #[arg(long, default_value_t = PacingConfig::default().drain_min_ns / 1_000)]
     drain_min_us: u64,
     /// Slots of each ingest → worker ring (messages).
-    #[arg(long, default_value_t = 65_536)]
+    #[arg(long, default_value_t = EngineConfig::default().ring_capacity)]
     ring_capacity: usize,
     /// Serve the conformance echo endpoint at this path (a test aid; off by default).
     #[arg(long)]
@@ -333,15 +334,15 @@ impl ServeArgs {
                         burst: self.request_burst.max(1),
                     },
                     strikes: Rate {
-                        per_sec: 1,
                         burst: self.rate_limited_before_close.max(1),
+                        ..RequestLimits::default().strikes
                     },
                 },
                 ..WorkerConfig::default()
             },
-            ws: tickwire::ws::Config {
+            ws: ws::Config {
                 max_message_bytes: self.max_message_bytes,
-                ..tickwire::ws::Config::default()
+                ..ws::Config::default()
             },
             allowed_origins: self.allowed_origins.clone(),
             echo_path: self.echo_path.clone(),
@@ -425,6 +426,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             let stop = stop_flag()?;
             let cfg = args.engine_config();
+            cfg.validate().context("invalid configuration")?;
             warn_if_open_to_any_origin(&cfg);
             let engine = Engine::start(cfg).context("starting the engine")?;
             println!("listening on {}", engine.ws_addr);
@@ -447,6 +449,7 @@ fn main() -> anyhow::Result<()> {
             // The synthetic books hover around `depth`: leave them room.
             let levels = &mut cfg.ingest.market.max_book_levels;
             *levels = (*levels).max(depth.saturating_mul(2));
+            cfg.validate().context("invalid configuration")?;
             warn_if_open_to_any_origin(&cfg);
             let engine = Engine::start(cfg.clone()).context("starting the engine")?;
             let feed = demo::spawn(

@@ -400,6 +400,60 @@ fn help_hides_the_token_and_an_open_origin_policy_is_warned() {
     }
 }
 
+/// Thresholds that cannot work together stop `tickwire serve` at start with
+/// a non-zero status and a message naming them (`EngineConfig::validate`).
+#[test]
+fn inconsistent_water_marks_exit_non_zero_with_a_clear_message() {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tickwire"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ingest",
+            "127.0.0.1:0",
+            "--ingest-json",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--no-pin",
+            "--low-water-bytes",
+            "100000",
+            "--high-water-bytes",
+            "100000",
+        ])
+        .env("RUST_BACKTRACE", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let _ = child.wait();
+            panic!("tickwire serve started with low-water = high-water");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!status.success(), "{status}: {err}");
+    assert!(err.contains("invalid configuration"), "{err}");
+    assert!(
+        err.contains("low-water (100000) must be below high-water (100000)"),
+        "{err}"
+    );
+}
+
 /// Out of file descriptors (EMFILE), the engine keeps the queued connections
 /// in the listen backlog and retries accepting on a timer: once descriptors
 /// are free again they are served without waiting for a new arrival, and the

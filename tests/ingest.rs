@@ -13,7 +13,7 @@ use tickwire::book::book::OrderBook;
 use tickwire::book::decode::{encode_json_line, encode_proto};
 use tickwire::book::market::{Market, Published};
 use tickwire::book::synth::{SynthConfig, SynthMarket};
-use tickwire::config::{IngestConfig, MarketLimits};
+use tickwire::config::{IngestConfig, MAX_INGEST_FRAME_BYTES, MarketLimits};
 use tickwire::net::ingest::{IngestHandle, IngestServer, MarketSink};
 use tickwire::wire::pb::{self, ingest_message::Body};
 use tickwire::wire::{EncodedFrame, pb::server_message};
@@ -235,7 +235,7 @@ fn bad_feeds_never_disturb_a_good_feed() {
     }
     // A JSON line over 1 MiB without a newline.
     let mut bad = connect(h.json_addr);
-    let _ = bad.write_all(&vec![b' '; (1 << 20) + 10]);
+    let _ = bad.write_all(&vec![b' '; MAX_INGEST_FRAME_BYTES + 10]);
     assert_closed_by_server(&mut bad);
     wait_until("line_too_long", || {
         h.counters.feeds_closed.get("line_too_long") == 1

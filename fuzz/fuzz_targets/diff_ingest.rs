@@ -19,8 +19,9 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use tickwire::book::FeedId;
+use tickwire::config::MAX_INGEST_FRAME_BYTES;
 use tickwire::book::decode::{
-    DEFAULT_MAX_FRAME_BYTES, Decoded, FeedDecoder, Framing, encode_json_line, encode_proto,
+    Decoded, FeedDecoder, Framing, encode_json_line, encode_proto,
 };
 use tickwire::book::market::{Market, Published};
 use tickwire::wire::EncodedFrame;
@@ -76,8 +77,8 @@ impl Feed {
     fn new(id: u64) -> Feed {
         Feed {
             id: FeedId(id),
-            proto: FeedDecoder::new(Framing::Protobuf, None, DEFAULT_MAX_FRAME_BYTES),
-            json: FeedDecoder::new(Framing::JsonLines, None, DEFAULT_MAX_FRAME_BYTES),
+            proto: FeedDecoder::new(Framing::Protobuf, None, MAX_INGEST_FRAME_BYTES),
+            json: FeedDecoder::new(Framing::JsonLines, None, MAX_INGEST_FRAME_BYTES),
         }
     }
 }

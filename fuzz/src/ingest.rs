@@ -6,8 +6,9 @@
 
 use std::sync::Arc;
 
+use tickwire::config::MAX_INGEST_FRAME_BYTES;
 use tickwire::book::decode::{
-    DEFAULT_MAX_FRAME_BYTES, Decoded, FeedDecoder, Framing, encode_json_line, encode_proto,
+    Decoded, FeedDecoder, Framing, encode_json_line, encode_proto,
 };
 use tickwire::book::symbol::is_valid_symbol;
 use tickwire::book::{Rejection, StreamError};
@@ -40,7 +41,7 @@ pub fn check(framing: Framing, data: &[u8]) {
         return;
     };
     let max_frame_bytes = match input.options & 3 {
-        0 => DEFAULT_MAX_FRAME_BYTES,
+        0 => MAX_INGEST_FRAME_BYTES,
         1 => 64,
         2 => 300,
         _ => 4096,
@@ -174,7 +175,7 @@ fn round_trip(framing: Framing, decoded: &Decoded) {
             json_visible(decoded)
         }
     };
-    let mut d = FeedDecoder::new(framing, None, DEFAULT_MAX_FRAME_BYTES);
+    let mut d = FeedDecoder::new(framing, None, MAX_INGEST_FRAME_BYTES);
     d.handle_bytes(&bytes);
     assert_eq!(
         d.poll_message(&decimals),

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use tickwire::book::synth::SynthConfig;
+use tickwire::wire::StaleReason;
 use tickwire_loadgen::env::Env;
 use tickwire_loadgen::feed::{Feed, FeedConfig};
 use tickwire_loadgen::fleet::{Fleet, FleetConfig};
@@ -930,9 +931,9 @@ const KEPT_UP_RATIO: f64 = 0.95;
 /// Why a node's measured window shows it could not keep up, if it does:
 /// delivered well below offered, or clients dropped as slow consumers.
 fn saturation(s: &Summary) -> Option<String> {
-    let slow: u64 = ["slow_consumer", "slow_consumer_trades"]
+    let slow: u64 = [StaleReason::SlowConsumer, StaleReason::SlowConsumerTrades]
         .iter()
-        .filter_map(|r| s.stale.get(*r))
+        .filter_map(|r| s.stale.get(r.as_str()))
         .sum();
     match s.delivered_ratio {
         Some(r) if r < KEPT_UP_RATIO => Some(format!("delivered {:.0}% of offered", r * 100.0)),

@@ -25,6 +25,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 use tickwire::book::synth::Rng;
+use tickwire::ws::CloseCode;
 
 use crate::session::{Encoding, Phase, Session, SessionConfig};
 use crate::stats::{MAX_SAMPLES, Tally};
@@ -834,7 +835,11 @@ impl ClientLoop {
         match c.session.phase() {
             Phase::Open if c.closing_since.is_none() => {
                 // Closed without a close frame.
-                *self.tally.server_closes.entry(1006).or_default() += 1;
+                *self
+                    .tally
+                    .server_closes
+                    .entry(CloseCode::ABNORMAL_CLOSURE.0)
+                    .or_default() += 1;
             }
             Phase::Handshake if c.got_bytes => self.tally.handshake_errors += 1,
             _ => {}

@@ -14,6 +14,7 @@
 //! repeated oneof the last one wins, a missing scalar is its default).
 
 use thiserror::Error;
+use tickwire::wire::varint::{VarintError, read_varint};
 
 /// Why a payload could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -59,82 +60,27 @@ pub enum Scanned<'a> {
     Other(u32),
 }
 
-/// Reads one varint at `*pos`.
-// NB: `inline(always)`, the one-byte fast path and the word-at-a-time decode
-// of longer varints: `examples/verify_cost.rs` and a profile of a live run
-// spent a third of the client thread in out-of-line, byte-at-a-time varints
-// (a timestamp is 9 bytes, a checksum 5).
+impl From<VarintError> for ScanError {
+    fn from(e: VarintError) -> ScanError {
+        match e {
+            VarintError::Truncated => ScanError::Truncated,
+            VarintError::TooLong => ScanError::VarintTooLong,
+        }
+    }
+}
+
+/// Reads one varint at `*pos`: the engine's [`read_varint`] (word at a time,
+/// see its NB), with this module's error.
 #[inline(always)]
 fn varint(buf: &[u8], pos: &mut usize) -> Result<u64, ScanError> {
-    match buf.get(*pos) {
-        Some(&b) if b < 0x80 => {
-            *pos += 1;
-            Ok(u64::from(b))
-        }
-        Some(_) => varint_long(buf, pos),
-        None => Err(ScanError::Truncated),
-    }
-}
-
-/// The 7-bit groups of 8 varint bytes (continuation bits ignored), packed
-/// into 56 bits.
-#[inline(always)]
-fn pack7(w: u64) -> u64 {
-    let x = w & 0x7f7f_7f7f_7f7f_7f7f;
-    let x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
-    let x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) >> 2);
-    (x & 0x0000_0000_0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) >> 4)
-}
-
-#[inline(always)]
-fn varint_long(buf: &[u8], pos: &mut usize) -> Result<u64, ScanError> {
-    let rest = &buf[*pos..];
-    let (w, have) = match rest.first_chunk::<8>() {
-        Some(w) => (u64::from_le_bytes(*w), 8),
-        None => {
-            // Near the end of the buffer, zero padding stands in for the
-            // missing bytes (a padded zero must not end the varint: checked
-            // below).
-            let mut word = [0u8; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            (u64::from_le_bytes(word), rest.len())
-        }
-    };
-    let ends = !w & 0x8080_8080_8080_8080;
-    if ends != 0 {
-        // The first byte without a continuation bit ends the varint.
-        let len = (ends.trailing_zeros() as usize + 1) / 8;
-        if len > have {
-            return Err(ScanError::Truncated);
-        }
-        *pos += len;
-        let keep = if len == 8 {
-            u64::MAX
-        } else {
-            (1u64 << (8 * len)) - 1
-        };
-        return Ok(pack7(w & keep));
-    }
-    // 9 or 10 bytes.
-    match (rest.get(8), rest.get(9)) {
-        (Some(&b8), _) if b8 < 0x80 => {
-            *pos += 9;
-            Ok(pack7(w) | (u64::from(b8) << 56))
-        }
-        (Some(&b8), Some(&b9)) if b9 < 0x80 => {
-            *pos += 10;
-            Ok(pack7(w) | (u64::from(b8 & 0x7f) << 56) | (u64::from(b9) << 63))
-        }
-        (Some(_), Some(_)) => Err(ScanError::VarintTooLong),
-        _ => Err(ScanError::Truncated),
-    }
+    Ok(read_varint(buf, pos)?)
 }
 
 /// Skips one varint without decoding it.
 #[inline(always)]
 fn skip_varint(buf: &[u8], pos: &mut usize) -> Result<(), ScanError> {
     // NB: one 8-byte load finds the end of most varints (a timestamp is 9
-    // bytes: one more step); see `varint`.
+    // bytes: one more step); see `read_varint`.
     let rest = &buf[*pos..];
     if let Some(w) = rest.first_chunk::<8>() {
         let ends = !u64::from_le_bytes(*w) & 0x8080_8080_8080_8080;

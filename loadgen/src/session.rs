@@ -209,7 +209,7 @@ impl Session {
         match self.phase {
             Phase::Open => {
                 let key = self.mask_key();
-                write_close_frame(Role::Client, &mut self.out, CloseCode(1000), "bye", key);
+                write_close_frame(Role::Client, &mut self.out, CloseCode::NORMAL, "bye", key);
                 self.phase = Phase::Closing;
             }
             Phase::Handshake => self.phase = Phase::Closed,
@@ -388,7 +388,7 @@ impl Session {
             Opcode::Close => {
                 let code = match parse_close_payload(payload) {
                     Ok(Some((code, _))) => code.0,
-                    Ok(None) => 1005,
+                    Ok(None) => CloseCode::NO_STATUS_RECEIVED.0,
                     Err(e) => return self.fail(cx.t, format!("close frame: {e}")),
                 };
                 if self.phase == Phase::Open {
@@ -396,8 +396,12 @@ impl Session {
                     self.server_close = Some(code);
                     *cx.t.server_closes.entry(code).or_default() += 1;
                     let key = self.mask_key();
-                    let echo = if code == 1005 { 1000 } else { code };
-                    write_close_frame(Role::Client, &mut self.out, CloseCode(echo), "", key);
+                    let echo = if code == CloseCode::NO_STATUS_RECEIVED.0 {
+                        CloseCode::NORMAL
+                    } else {
+                        CloseCode(code)
+                    };
+                    write_close_frame(Role::Client, &mut self.out, echo, "", key);
                 }
                 self.phase = Phase::Closed;
             }

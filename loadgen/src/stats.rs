@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+use tickwire::wire::StaleReason;
 
 /// Lowest latency recorded, ns (values below are recorded as this).
 pub const LATENCY_LOW_NS: u64 = 1_000;
@@ -96,21 +97,21 @@ impl ViolationKind {
     }
 }
 
-/// `Stale` reasons (PROTOCOL §4), as counted.
+/// `Stale` reasons (PROTOCOL §4), as counted: the engine's
+/// [`StaleReason::ALL`], then any other string.
 pub const STALE_REASONS: [&str; 5] = [
-    "slow_consumer",
-    "slow_consumer_trades",
-    "feed_gap",
-    "feed_down",
+    StaleReason::ALL[0].as_str(),
+    StaleReason::ALL[1].as_str(),
+    StaleReason::ALL[2].as_str(),
+    StaleReason::ALL[3].as_str(),
     "other",
 ];
 
 /// Index of `reason` in [`STALE_REASONS`].
 pub fn stale_index(reason: &[u8]) -> usize {
-    STALE_REASONS[..4]
-        .iter()
-        .position(|r| r.as_bytes() == reason)
-        .unwrap_or(4)
+    StaleReason::from_bytes(reason)
+        .and_then(|r| StaleReason::ALL.iter().position(|&a| a == r))
+        .unwrap_or(StaleReason::ALL.len())
 }
 
 /// Violation descriptions kept per tally (the counts are always exact).

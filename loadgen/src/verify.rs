@@ -21,7 +21,8 @@ use prost::Message;
 use serde::Deserialize;
 use tickwire::book::book::{OrderBook, Side};
 use tickwire::book::checksum::CHECKSUM_DEPTH;
-use tickwire::wire::decimal::{parse_price, parse_size};
+use tickwire::wire::StaleReason;
+use tickwire::wire::decimal::{clamp_decimals, parse_price, parse_size};
 use tickwire::wire::pb::{self, server_message::Body};
 
 use crate::pbscan::{self, RawUpdate, ScanError, Scanned};
@@ -642,8 +643,8 @@ impl Verifier {
                 for ins in &s.instruments {
                     if let Some(i) = self.find(ins.symbol.as_bytes()) {
                         self.syms[i].decimals = Some((
-                            ins.price_decimals.clamp(0, 18) as u32,
-                            ins.size_decimals.clamp(0, 18) as u32,
+                            clamp_decimals(ins.price_decimals),
+                            clamp_decimals(ins.size_decimals),
                         ));
                     }
                 }
@@ -684,7 +685,7 @@ impl Verifier {
                 let s = &mut self.syms[i];
                 if s.book_sub == Sub::No
                     && s.trades_sub == Sub::No
-                    && st.reason != "slow_consumer_trades"
+                    && st.reason != StaleReason::SlowConsumerTrades.as_str()
                 {
                     t.violation(ViolationKind::NotSubscribed, || {
                         format!("Stale for {}", st.symbol)
@@ -692,7 +693,10 @@ impl Verifier {
                 }
                 // Trades may jump after any Stale; books wait for a snapshot.
                 s.last_trade_seq = 0;
-                if st.reason != "slow_consumer_trades" && s.book_sub == Sub::Active && !s.desynced {
+                if st.reason != StaleReason::SlowConsumerTrades.as_str()
+                    && s.book_sub == Sub::Active
+                    && !s.desynced
+                {
                     s.stale = true;
                 }
             }

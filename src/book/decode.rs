@@ -81,16 +81,11 @@ use crate::auth::feeds::{FeedIdentity, FeedTokens};
 use crate::wire::json::write_json_str;
 use crate::wire::nesting::nesting_exceeds;
 use crate::wire::pb::{self, ingest_message::Body};
-
-/// The default (and PROTOCOL §3) limit on one protobuf frame or one JSON line.
-pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 20;
+use crate::wire::varint::{MAX_VARINT_BYTES, VarintError, read_varint};
 
 /// Deepest nesting of arrays and objects accepted in a JSON line: a snapshot
 /// is 3 deep (object → `bids` → `[price, size]`). Deeper closes the connection.
 pub const MAX_JSON_DEPTH: usize = 8;
-
-/// A protobuf varint is at most 10 bytes for a `u64`.
-const MAX_VARINT_BYTES: usize = 10;
 
 /// Initial receive-buffer capacity: enough for many typical messages, so a warm
 /// connection never reallocates.
@@ -168,7 +163,8 @@ enum Parsed {
 
 impl FeedDecoder {
     /// A decoder for a new connection. `token`: the configured ingest token, if
-    /// any; `max_frame_bytes`: the frame/line limit ([`DEFAULT_MAX_FRAME_BYTES`]).
+    /// any; `max_frame_bytes`: the frame/line limit
+    /// ([`crate::config::MAX_INGEST_FRAME_BYTES`] by default).
     pub fn new(framing: Framing, token: Option<Arc<str>>, max_frame_bytes: usize) -> Self {
         let tokens = token.map(|t| Arc::new(FeedTokens::Shared(t)));
         FeedDecoder::with_tokens(framing, tokens, max_frame_bytes)
@@ -319,7 +315,7 @@ impl FeedDecoder {
 
     fn next_proto(&mut self) -> Result<Option<Parsed>, StreamError> {
         let pending = &self.buf[self.start..];
-        let Some((len, prefix_len)) = read_varint(pending)? else {
+        let Some((len, prefix_len)) = read_length_prefix(pending)? else {
             return Ok(None);
         };
         // §3: a length over the limit closes the connection, before its bytes arrive.
@@ -373,21 +369,15 @@ impl FeedDecoder {
     }
 }
 
-/// Reads a protobuf varint: `Ok(None)` if incomplete, `BadLength` if longer than
+/// Reads a length prefix: `Ok(None)` if incomplete, `BadLength` if longer than
 /// 10 bytes or over `u64` (prost's `decode_varint` rules).
-fn read_varint(bytes: &[u8]) -> Result<Option<(u64, usize)>, StreamError> {
-    let mut value = 0u64;
-    for (i, &b) in bytes.iter().take(MAX_VARINT_BYTES).enumerate() {
-        if i == MAX_VARINT_BYTES - 1 && b > 1 {
-            // The 10th byte holds bit 63 only; more is overflow or an 11th byte.
-            return Err(StreamError::BadLength);
-        }
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Ok(Some((value, i + 1)));
-        }
+fn read_length_prefix(bytes: &[u8]) -> Result<Option<(u64, usize)>, StreamError> {
+    let mut pos = 0;
+    match read_varint(bytes, &mut pos) {
+        Ok(len) => Ok(Some((len, pos))),
+        Err(VarintError::Truncated) => Ok(None),
+        Err(VarintError::TooLong) => Err(StreamError::BadLength),
     }
-    Ok(None)
 }
 
 fn classify_proto(msg: pb::IngestMessage) -> Parsed {
@@ -853,26 +843,8 @@ fn json_trade(
     })
 }
 
-/// Reads one protobuf varint from `buf[*pos..]`, as prost does (at most ten
-/// bytes, the tenth at most 1); `None` on anything else.
-fn fast_varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
-    let mut value = 0u64;
-    for i in 0..10 {
-        let b = *buf.get(*pos)?;
-        *pos += 1;
-        if i == 9 && b > 1 {
-            return None;
-        }
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b < 0x80 {
-            return Some(value);
-        }
-    }
-    None
-}
-
 fn fast_len<'a>(buf: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
-    let len = usize::try_from(fast_varint(buf, pos)?).ok()?;
+    let len = usize::try_from(read_varint(buf, pos).ok()?).ok()?;
     let bytes = buf.get(*pos..pos.checked_add(len)?)?;
     *pos += len;
     Some(bytes)
@@ -909,7 +881,7 @@ fn fast_delta(frame: &[u8]) -> Option<pb::IngestMessage> {
             }
             0x10 => {
                 pos += 1;
-                d.seq = fast_varint(body, &mut pos)?;
+                d.seq = read_varint(body, &mut pos).ok()?;
             }
             0x1A => {
                 pos += 1;
@@ -919,7 +891,7 @@ fn fast_delta(frame: &[u8]) -> Option<pb::IngestMessage> {
                 while p < u.len() {
                     let key = u[p];
                     p += 1;
-                    let v = fast_varint(u, &mut p)?;
+                    let v = read_varint(u, &mut p).ok()?;
                     // Truncation and sign reinterpretation exactly as prost decodes int32/int64.
                     match key {
                         0x08 => update.side = v as i32,
@@ -932,15 +904,15 @@ fn fast_delta(frame: &[u8]) -> Option<pb::IngestMessage> {
             }
             0x20 => {
                 pos += 1;
-                d.exchange_ts_ns = fast_varint(body, &mut pos)?;
+                d.exchange_ts_ns = read_varint(body, &mut pos).ok()?;
             }
             0x28 => {
                 pos += 1;
-                d.ingest_ts_ns = fast_varint(body, &mut pos)?;
+                d.ingest_ts_ns = read_varint(body, &mut pos).ok()?;
             }
             0x30 => {
                 pos += 1;
-                d.checksum = fast_varint(body, &mut pos)? as u32;
+                d.checksum = read_varint(body, &mut pos).ok()? as u32;
             }
             _ => return None,
         }
@@ -1000,8 +972,10 @@ pub fn encode_json_line(
             out.push('}');
         }
         Some(Body::Snapshot(s)) => {
-            let clamp = |d: i32| d.clamp(0, MAX_DECIMALS as i32) as u32;
-            let (pd, sd) = (clamp(s.price_decimals), clamp(s.size_decimals));
+            let (pd, sd) = (
+                decimal::clamp_decimals(s.price_decimals),
+                decimal::clamp_decimals(s.size_decimals),
+            );
             out.push_str("{\"type\":\"snapshot\",\"symbol\":");
             write_json_str(out, &s.symbol);
             let _ = write!(
@@ -1093,6 +1067,7 @@ fn push_pairs(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::MAX_INGEST_FRAME_BYTES;
     use proptest::prelude::*;
 
     type Outcome = Result<Result<Decoded, Rejection>, StreamError>;
@@ -1231,7 +1206,7 @@ mod tests {
         decimals: Decimals<'_>,
     ) -> Vec<Outcome> {
         run(
-            &mut decoder(framing, token, DEFAULT_MAX_FRAME_BYTES),
+            &mut decoder(framing, token, MAX_INGEST_FRAME_BYTES),
             [input],
             decimals,
         )
@@ -1245,7 +1220,7 @@ mod tests {
         decimals: Decimals<'_>,
     ) -> Vec<Outcome> {
         let whole = run_whole(framing, token, input, decimals);
-        let mut d = decoder(framing, token, DEFAULT_MAX_FRAME_BYTES);
+        let mut d = decoder(framing, token, MAX_INGEST_FRAME_BYTES);
         assert_eq!(
             run(&mut d, input.chunks(1), decimals),
             whole,
@@ -1253,7 +1228,7 @@ mod tests {
         );
         for at in 0..=input.len() {
             let (a, b) = input.split_at(at);
-            let mut d = decoder(framing, token, DEFAULT_MAX_FRAME_BYTES);
+            let mut d = decoder(framing, token, MAX_INGEST_FRAME_BYTES);
             assert_eq!(run(&mut d, [a, b], decimals), whole, "split at {at}");
         }
         whole
@@ -1409,7 +1384,7 @@ mod tests {
             msg(Body::Delta(delta())),
         ]);
         // Then a length prefix over 1 MiB, then bytes never looked at.
-        prost::encoding::encode_varint(DEFAULT_MAX_FRAME_BYTES as u64 + 1, &mut input);
+        prost::encoding::encode_varint(MAX_INGEST_FRAME_BYTES as u64 + 1, &mut input);
         input.extend_from_slice(&proto_bytes(&[msg(Body::Delta(delta()))]));
         let out = run_every_split(Framing::Protobuf, None, &input, &btc);
         assert_eq!(
@@ -1427,7 +1402,7 @@ mod tests {
                 rejected(RejectReason::LateHello),
                 ok(Decoded::Delta(delta())),
                 Err(StreamError::FrameTooLarge(
-                    DEFAULT_MAX_FRAME_BYTES as u64 + 1
+                    MAX_INGEST_FRAME_BYTES as u64 + 1
                 )),
             ]
         );
@@ -1480,7 +1455,7 @@ mod tests {
                 json_bytes(&[m])
             };
             for n in 0..input.len() {
-                let mut d = decoder(framing, None, DEFAULT_MAX_FRAME_BYTES);
+                let mut d = decoder(framing, None, MAX_INGEST_FRAME_BYTES);
                 d.handle_bytes(&input[..n]);
                 assert_eq!(d.poll_message(&btc), Ok(None), "{framing:?} prefix {n}");
                 assert_eq!(d.buffered_bytes(), n);
@@ -1508,7 +1483,7 @@ mod tests {
                     }
                 })
                 .collect();
-            let mut d = decoder(framing, None, DEFAULT_MAX_FRAME_BYTES);
+            let mut d = decoder(framing, None, MAX_INGEST_FRAME_BYTES);
             let capacity = d.buf.capacity();
             let mut n = 0;
             for chunk in input.chunks(4096 + 7) {
@@ -1527,18 +1502,18 @@ mod tests {
 
     #[test]
     fn frame_too_large_as_soon_as_the_length_is_read() {
-        let mut d = decoder(Framing::Protobuf, None, DEFAULT_MAX_FRAME_BYTES);
+        let mut d = decoder(Framing::Protobuf, None, MAX_INGEST_FRAME_BYTES);
         let mut prefix = Vec::new();
-        prost::encoding::encode_varint(DEFAULT_MAX_FRAME_BYTES as u64 + 1, &mut prefix);
+        prost::encoding::encode_varint(MAX_INGEST_FRAME_BYTES as u64 + 1, &mut prefix);
         d.handle_bytes(&prefix);
         assert_eq!(
             d.poll_message(&btc),
             Err(StreamError::FrameTooLarge(1_048_577))
         );
         // Exactly 1 MiB is allowed: the decoder waits for the bytes.
-        let mut d = decoder(Framing::Protobuf, None, DEFAULT_MAX_FRAME_BYTES);
+        let mut d = decoder(Framing::Protobuf, None, MAX_INGEST_FRAME_BYTES);
         prefix.clear();
-        prost::encoding::encode_varint(DEFAULT_MAX_FRAME_BYTES as u64, &mut prefix);
+        prost::encoding::encode_varint(MAX_INGEST_FRAME_BYTES as u64, &mut prefix);
         d.handle_bytes(&prefix);
         assert_eq!(d.poll_message(&btc), Ok(None));
         // A configured smaller limit.
@@ -1549,7 +1524,7 @@ mod tests {
 
     #[test]
     fn over_long_or_overflowing_varints_are_bad_lengths() {
-        let mut d = decoder(Framing::Protobuf, None, DEFAULT_MAX_FRAME_BYTES);
+        let mut d = decoder(Framing::Protobuf, None, MAX_INGEST_FRAME_BYTES);
         for _ in 0..9 {
             d.handle_bytes(&[0xff]);
             assert_eq!(d.poll_message(&btc), Ok(None));
@@ -1686,7 +1661,7 @@ mod tests {
         );
         // The 1 MiB default, in 64 KiB reads: the error comes with the read that
         // crosses the limit, and the buffer never holds more than limit + one read.
-        let mut d = decoder(Framing::JsonLines, None, DEFAULT_MAX_FRAME_BYTES);
+        let mut d = decoder(Framing::JsonLines, None, MAX_INGEST_FRAME_BYTES);
         let chunk = vec![b'x'; 64 * 1024];
         for i in 1..=16 {
             d.handle_bytes(&chunk);
@@ -1822,7 +1797,7 @@ mod tests {
             let mut d = FeedDecoder::with_tokens(
                 Framing::Protobuf,
                 Some(tokens.clone()),
-                DEFAULT_MAX_FRAME_BYTES,
+                MAX_INGEST_FRAME_BYTES,
             );
             d.handle_bytes(&proto_bytes(&[hello(feed_id, token)]));
             (d.poll_message(&btc), d)
@@ -2419,7 +2394,7 @@ mod tests {
             }).collect();
             let input = proto_bytes(&msgs);
             let chunks = chunks_at(&input, &cuts);
-            let out = run(&mut decoder(Framing::Protobuf, None, DEFAULT_MAX_FRAME_BYTES), chunks.iter().map(|c| &c[..]), &btc);
+            let out = run(&mut decoder(Framing::Protobuf, None, MAX_INGEST_FRAME_BYTES), chunks.iter().map(|c| &c[..]), &btc);
             prop_assert_eq!(out, expected(&msgs));
         }
 
@@ -2436,7 +2411,7 @@ mod tests {
             }
             let chunks = chunks_at(input.as_bytes(), &cuts);
             let decimals = move |_: &str| Some((pd, sd));
-            let out = run(&mut decoder(Framing::JsonLines, None, DEFAULT_MAX_FRAME_BYTES), chunks.iter().map(|c| &c[..]), &decimals);
+            let out = run(&mut decoder(Framing::JsonLines, None, MAX_INGEST_FRAME_BYTES), chunks.iter().map(|c| &c[..]), &decimals);
             prop_assert_eq!(out, expected(&msgs));
         }
 
@@ -2468,7 +2443,7 @@ mod tests {
             }
             let framing = if json { Framing::JsonLines } else { Framing::Protobuf };
             let whole = run_whole(framing, None, &input, &btc);
-            let mut d = decoder(framing, None, DEFAULT_MAX_FRAME_BYTES);
+            let mut d = decoder(framing, None, MAX_INGEST_FRAME_BYTES);
             prop_assert_eq!(run(&mut d, input.chunks(3), &btc), whole);
         }
     }

@@ -30,6 +30,8 @@
 
 use std::collections::HashMap;
 
+use crate::wire::StaleReason;
+use crate::wire::decimal::MAX_DECIMALS;
 use crate::wire::pb;
 use crate::wire::pb::server_message::Body;
 
@@ -39,9 +41,6 @@ pub use crate::config::MarketLimits;
 pub use mirror::{MirrorReject, ORIGIN_FEED_BIT, origin_feed};
 
 mod mirror;
-
-/// Largest `price_decimals` / `size_decimals` (PROTOCOL §1).
-pub const MAX_DECIMALS: i32 = 18;
 
 /// Why a book is not being published (PROTOCOL §3, §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,12 +52,12 @@ pub enum FeedStale {
     FeedDown,
 }
 
-impl FeedStale {
-    /// The `Stale.reason` of PROTOCOL §4.
-    pub fn label(self) -> &'static str {
-        match self {
-            FeedStale::FeedGap => "feed_gap",
-            FeedStale::FeedDown => "feed_down",
+/// What clients are told: `Stale{feed_gap}` or `Stale{feed_down}`.
+impl From<FeedStale> for StaleReason {
+    fn from(r: FeedStale) -> StaleReason {
+        match r {
+            FeedStale::FeedGap => StaleReason::FeedGap,
+            FeedStale::FeedDown => StaleReason::FeedDown,
         }
     }
 }
@@ -720,7 +719,7 @@ fn wrap(body: Body) -> pb::ServerMessage {
 
 fn decimals(d: i32) -> Result<u32, RejectReason> {
     match u32::try_from(d) {
-        Ok(u) if d <= MAX_DECIMALS => Ok(u),
+        Ok(u) if u <= MAX_DECIMALS => Ok(u),
         _ => Err(RejectReason::BadDecimals(d)),
     }
 }
@@ -731,7 +730,7 @@ fn mark_stale(id: SymbolId, st: &mut SymbolState, reason: FeedStale, out: &mut V
     let msg = wrap(Body::Stale(pb::Stale {
         symbol: st.name.to_string(),
         dropped: 0,
-        reason: reason.label().to_string(),
+        reason: StaleReason::from(reason).as_str().to_string(),
     }));
     out.push(Published::Stale {
         symbol: id,
@@ -748,6 +747,7 @@ mod tests {
 
     use super::*;
     use crate::book::synth::{Rng, SynthConfig, SynthMarket};
+    use crate::config::MAX_INGEST_FRAME_BYTES;
     use crate::wire::pb::ingest_message::Body as In;
 
     const A: FeedId = FeedId(1);
@@ -1774,7 +1774,7 @@ mod tests {
 
         // 3. The largest messages the frame limit allows, rejected.
         let decode_and_apply = |framing: Framing, input: &[u8], m: &mut Market| {
-            let mut dec = FeedDecoder::new(framing, None, 1 << 20);
+            let mut dec = FeedDecoder::new(framing, None, MAX_INGEST_FRAME_BYTES);
             dec.handle_bytes(input);
             let mut out = Vec::new();
             let mut reasons = Vec::new();

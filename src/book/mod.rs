@@ -33,7 +33,7 @@ pub enum RejectReason {
     BadDecimal(String),
     #[error("message has no body (empty oneof)")]
     EmptyMessage,
-    #[error("decimals out of range 0..=18: {0}")]
+    #[error("decimals out of range 0..={max}: {0}", max = decimal::MAX_DECIMALS)]
     BadDecimals(i32),
     #[error("bad level: {0}")]
     BadLevel(String),

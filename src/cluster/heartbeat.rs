@@ -15,8 +15,8 @@
 
 use thiserror::Error;
 
-use crate::book::market::MAX_DECIMALS;
 use crate::book::symbol::is_valid_symbol;
+use crate::wire::decimal::MAX_DECIMALS;
 
 use super::subject::is_valid_origin;
 
@@ -137,8 +137,7 @@ impl Heartbeat {
                 2 => BookState::FeedDown,
                 _ => return Err(HeartbeatError::BadEntry(i)),
             };
-            let max = MAX_DECIMALS as u32;
-            if price_decimals > max || size_decimals > max {
+            if price_decimals > MAX_DECIMALS || size_decimals > MAX_DECIMALS {
                 return Err(HeartbeatError::BadEntry(i));
             }
             entries.push(Entry {

@@ -15,6 +15,7 @@
 use std::sync::Arc;
 
 use crate::book::SymbolId;
+use crate::book::market::FeedStale;
 use crate::wire::EncodedFrame;
 
 /// Index of a worker thread (`worker-N`).
@@ -45,22 +46,6 @@ impl Channel {
     }
 }
 
-/// Why a book is not being published (PROTOCOL §3–§4), as sent to clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FeedStaleReason {
-    FeedGap,
-    FeedDown,
-}
-
-impl FeedStaleReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FeedStaleReason::FeedGap => "feed_gap",
-            FeedStaleReason::FeedDown => "feed_down",
-        }
-    }
-}
-
 /// One published message and how a worker routes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataKind {
@@ -73,7 +58,7 @@ pub enum DataKind {
     BookReplaced,
     /// `Stale{feed_gap|feed_down}`: to book subscribers (and, for `FeedDown`,
     /// trades subscribers too, PROTOCOL §4).
-    FeedStale(FeedStaleReason),
+    FeedStale(FeedStale),
 }
 
 /// Ingest → worker.
@@ -108,7 +93,7 @@ pub enum ToWorker {
         seq: u64,
         bin: Option<EncodedFrame>,
         json: Option<EncodedFrame>,
-        stale: Option<FeedStaleReason>,
+        stale: Option<FeedStale>,
     },
     /// The ring was full: this many deltas and trades of `symbol` never reached
     /// this worker. Book subscribers must resync (Stale + snapshot).

@@ -26,10 +26,11 @@ use std::sync::Arc;
 use crate::book::SymbolId;
 use crate::book::market::{FeedStale, Market, Published};
 use crate::wire::EncodedFrame;
+use crate::wire::decimal::clamp_decimals;
 use crate::wire::json::{self, Decimals};
 use crate::wire::pb;
 
-use super::ring::{Channel, DataKind, FeedStaleReason, ToIngest, ToWorker};
+use super::ring::{Channel, DataKind, ToIngest, ToWorker};
 
 /// Most workers one router serves (interest sets are `u64` bitmasks).
 pub const MAX_WORKERS: usize = 64;
@@ -101,13 +102,6 @@ struct Lost {
     feed_down: bool,
 }
 
-fn stale_reason(r: FeedStale) -> FeedStaleReason {
-    match r {
-        FeedStale::FeedGap => FeedStaleReason::FeedGap,
-        FeedStale::FeedDown => FeedStaleReason::FeedDown,
-    }
-}
-
 impl Router {
     pub fn new(workers: usize) -> Router {
         assert!(workers <= MAX_WORKERS, "at most {MAX_WORKERS} workers");
@@ -165,12 +159,7 @@ impl Router {
                 msg,
             } => {
                 let seq = market.snapshot_seq(*symbol);
-                (
-                    *symbol,
-                    DataKind::FeedStale(stale_reason(*reason)),
-                    seq,
-                    msg,
-                )
+                (*symbol, DataKind::FeedStale(*reason), seq, msg)
             }
         };
         if kind == DataKind::BookReplaced {
@@ -178,11 +167,11 @@ impl Router {
         }
         let route = self.route(symbol);
         let targets = match kind {
-            DataKind::Delta
-            | DataKind::BookReplaced
-            | DataKind::FeedStale(FeedStaleReason::FeedGap) => route.book,
+            DataKind::Delta | DataKind::BookReplaced | DataKind::FeedStale(FeedStale::FeedGap) => {
+                route.book
+            }
             DataKind::Trade => route.trades,
-            DataKind::FeedStale(FeedStaleReason::FeedDown) => route.book | route.trades,
+            DataKind::FeedStale(FeedStale::FeedDown) => route.book | route.trades,
         };
         let decimals = route.decimals.unwrap_or_default();
         let json = if targets & route.json != 0 {
@@ -240,8 +229,8 @@ impl Router {
             return;
         };
         let d = Decimals {
-            price: s.price_decimals.clamp(0, 18) as u32,
-            size: s.size_decimals.clamp(0, 18) as u32,
+            price: clamp_decimals(s.price_decimals),
+            size: clamp_decimals(s.size_decimals),
         };
         self.announce_as(market, symbol, d, s.epoch, rings);
     }
@@ -328,7 +317,7 @@ impl Router {
             // for trades subscribers, who get no snapshot.
             _ => {
                 entry.deltas += 1;
-                entry.feed_down |= kind == DataKind::FeedStale(FeedStaleReason::FeedDown);
+                entry.feed_down |= kind == DataKind::FeedStale(FeedStale::FeedDown);
                 self.stats.dropped_deltas += 1;
             }
         }
@@ -413,7 +402,7 @@ impl Router {
                 seq,
                 bin: None,
                 json: None,
-                stale: Some(stale_reason(reason)),
+                stale: Some(reason),
             };
         }
         let seq = market.snapshot_seq(symbol);
@@ -525,6 +514,7 @@ fn ingest_ts(msg: &pb::ServerMessage) -> u64 {
 mod tests {
     use super::*;
     use crate::book::FeedId;
+    use crate::wire::StaleReason;
     use crate::wire::pb::server_message::Body;
 
     /// Rings of a fixed capacity that record what was pushed.
@@ -624,7 +614,7 @@ mod tests {
                     format!(
                         "snapshot {seq}{}{}",
                         if json.is_some() { " +json" } else { "" },
-                        stale.map_or("", |s| s.as_str())
+                        stale.map_or("", |s| StaleReason::from(s).as_str())
                     )
                 }
                 ToWorker::Dropped {

@@ -134,6 +134,11 @@ impl SubIndex {
         SubIndex::default()
     }
 
+    /// Reserves room for `n` connections (see `WorkerCore::reserve_conns`).
+    pub fn reserve_conns(&mut self, n: usize) {
+        self.conns.reserve_exact(n.saturating_sub(self.conns.len()));
+    }
+
     /// The subscribers of `symbol`, if it ever had any.
     pub fn symbol(&self, symbol: SymbolId) -> Option<&SymbolSubs> {
         self.symbols.get(symbol.0 as usize)
@@ -200,6 +205,11 @@ impl SubIndex {
             state,
             json,
         });
+        if clist.capacity() == 0 {
+            // Most connections hold one symbol-channel: room for exactly one
+            // (a 32-byte allocation instead of 64 for the default four).
+            clist.reserve_exact(1);
+        }
         clist.push(ConnSub {
             symbol,
             channel,

@@ -14,7 +14,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{info, warn};
 
 use crate::auth::AuthMode;
-use crate::config::{AuthConfig, IngestConfig};
+use crate::config::{AuthConfig, ConfigError, IngestConfig};
 use crate::fanout::limits::IpLimitConfig;
 use crate::fanout::ring::WorkerId;
 use crate::fanout::worker::{AuthSetup, WorkerConfig, WorkerCore};
@@ -108,57 +108,57 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<mio::net::TcpListener> {
 impl EngineConfig {
     /// Thresholds that cannot work together are a configuration error at
     /// start, not a surprise under load.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.ingest.token.is_some() && self.ingest.token_file.is_some() {
-            return Err("--token and --ingest-token-file: use one or the other".into());
+            return Err(ConfigError::TokenAndTokenFile);
         }
         if self.auth.mode != AuthMode::Off && !self.auth.has_keys() {
-            return Err(
-                "--auth optional|required needs a key: --jwt-secret-file, --jwt-public-key-file or --jwt-jwks-file"
-                    .into(),
-            );
+            return Err(ConfigError::AuthWithoutKey);
         }
         let w = &self.worker;
         let k = self.shell.kernel_unsent_bytes;
         if w.low_water_bytes >= w.high_water_bytes {
-            return Err(format!(
-                "low-water ({}) must be below high-water ({})",
-                w.low_water_bytes, w.high_water_bytes
-            ));
+            return Err(ConfigError::LowWaterNotBelowHighWater {
+                low_water_bytes: w.low_water_bytes,
+                high_water_bytes: w.high_water_bytes,
+            });
         }
         if w.high_water_bytes >= w.hard_limit_bytes {
-            return Err(format!(
-                "high-water ({}) must be below the hard limit ({})",
-                w.high_water_bytes, w.hard_limit_bytes
-            ));
+            return Err(ConfigError::HighWaterNotBelowHardLimit {
+                high_water_bytes: w.high_water_bytes,
+                hard_limit_bytes: w.hard_limit_bytes,
+            });
         }
         if k > w.low_water_bytes {
-            return Err(format!(
-                "kernel unsent bytes ({k}) must be at most low-water ({}): a drained queue must end a dropping episode",
-                w.low_water_bytes
-            ));
+            return Err(ConfigError::KernelUnsentAboveLowWater {
+                kernel_unsent_bytes: k,
+                low_water_bytes: w.low_water_bytes,
+            });
+        }
+        if self.pacing.drain_min_ns > self.pacing.drain_max_ns {
+            return Err(ConfigError::DrainMinAboveMax {
+                drain_min_ns: self.pacing.drain_min_ns,
+                drain_max_ns: self.pacing.drain_max_ns,
+            });
         }
         if self.shell.ping_interval_ms > 0 && self.shell.pong_timeout_ms == 0 {
-            return Err("a ping interval needs a pong timeout".into());
+            return Err(ConfigError::PingWithoutPongTimeout);
         }
         if let Some(b) = &self.ingest.backplane {
             if let Some(o) = &b.origin
                 && !crate::cluster::subject::is_valid_origin(o)
             {
-                return Err(format!(
-                    "origin id {o:?} must be 1 to 32 of A-Za-z0-9_- (one NATS subject token)"
-                ));
+                return Err(ConfigError::InvalidOriginId(o.clone()));
             }
             for s in &b.servers {
                 if s.parse::<async_nats::ServerAddr>().is_err() {
-                    return Err(format!("invalid NATS server URL {s:?}"));
+                    return Err(ConfigError::InvalidNatsServer(s.clone()));
                 }
             }
             if b.heartbeat_timeout_ms < 1_500 {
-                return Err(
-                    "the backplane timeout must be at least 1500 ms (heartbeats come every second)"
-                        .into(),
-                );
+                return Err(ConfigError::BackplaneTimeoutTooShort {
+                    heartbeat_timeout_ms: b.heartbeat_timeout_ms,
+                });
             }
         }
         Ok(())
@@ -366,5 +366,134 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.stop_threads();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BackplaneSettings;
+
+    /// The defaults, and a valid backplane to break one field of.
+    fn valid() -> EngineConfig {
+        let cfg = EngineConfig {
+            ingest: IngestConfig {
+                backplane: Some(BackplaneSettings {
+                    servers: vec!["nats://127.0.0.1:4222".into()],
+                    origin: Some("origin-1".into()),
+                    edge: true,
+                    heartbeat_timeout_ms: 3_000,
+                }),
+                ..IngestConfig::default()
+            },
+            ..EngineConfig::default()
+        };
+        assert_eq!(cfg.validate(), Ok(()));
+        cfg
+    }
+
+    #[test]
+    fn low_water_must_be_below_high_water() {
+        let mut cfg = valid();
+        cfg.worker.low_water_bytes = cfg.worker.high_water_bytes;
+        let err = cfg.validate().unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::LowWaterNotBelowHighWater {
+                low_water_bytes: 256 << 10,
+                high_water_bytes: 256 << 10,
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "low-water (262144) must be below high-water (262144)"
+        );
+    }
+
+    #[test]
+    fn high_water_must_be_below_the_hard_limit() {
+        let mut cfg = valid();
+        cfg.worker.high_water_bytes = cfg.worker.hard_limit_bytes + 1;
+        assert_eq!(
+            cfg.validate(),
+            Err(ConfigError::HighWaterNotBelowHardLimit {
+                high_water_bytes: (4 << 20) + 1,
+                hard_limit_bytes: 4 << 20,
+            })
+        );
+    }
+
+    #[test]
+    fn kernel_unsent_bytes_must_be_at_most_low_water() {
+        let mut cfg = valid();
+        cfg.shell.kernel_unsent_bytes = cfg.worker.low_water_bytes;
+        assert_eq!(cfg.validate(), Ok(()));
+        cfg.shell.kernel_unsent_bytes += 1;
+        assert_eq!(
+            cfg.validate(),
+            Err(ConfigError::KernelUnsentAboveLowWater {
+                kernel_unsent_bytes: (64 << 10) + 1,
+                low_water_bytes: 64 << 10,
+            })
+        );
+    }
+
+    #[test]
+    fn the_drain_interval_minimum_must_be_at_most_its_maximum() {
+        let mut cfg = valid();
+        cfg.pacing.drain_min_ns = cfg.pacing.drain_max_ns;
+        assert_eq!(cfg.validate(), Ok(()));
+        cfg.pacing.drain_min_ns += 1;
+        assert_eq!(
+            cfg.validate(),
+            Err(ConfigError::DrainMinAboveMax {
+                drain_min_ns: 25_000_001,
+                drain_max_ns: 25_000_000,
+            })
+        );
+    }
+
+    #[test]
+    fn a_ping_interval_needs_a_pong_timeout() {
+        let mut cfg = valid();
+        cfg.shell.pong_timeout_ms = 0;
+        assert_eq!(cfg.validate(), Err(ConfigError::PingWithoutPongTimeout));
+        cfg.shell.ping_interval_ms = 0;
+        assert_eq!(cfg.validate(), Ok(()), "no heartbeat at all is allowed");
+    }
+
+    #[test]
+    fn the_origin_id_must_be_one_subject_token() {
+        let mut cfg = valid();
+        let b = cfg.ingest.backplane.as_mut().unwrap();
+        b.origin = Some("a.b".into());
+        assert_eq!(
+            cfg.validate(),
+            Err(ConfigError::InvalidOriginId("a.b".into()))
+        );
+    }
+
+    #[test]
+    fn nats_servers_must_be_urls() {
+        let mut cfg = valid();
+        let b = cfg.ingest.backplane.as_mut().unwrap();
+        b.servers.push("nats://[bad".into());
+        assert_eq!(
+            cfg.validate(),
+            Err(ConfigError::InvalidNatsServer("nats://[bad".into()))
+        );
+    }
+
+    #[test]
+    fn the_backplane_timeout_must_outlast_a_heartbeat() {
+        let mut cfg = valid();
+        let b = cfg.ingest.backplane.as_mut().unwrap();
+        b.heartbeat_timeout_ms = 1_499;
+        assert_eq!(
+            cfg.validate(),
+            Err(ConfigError::BackplaneTimeoutTooShort {
+                heartbeat_timeout_ms: 1_499
+            })
+        );
     }
 }

@@ -46,8 +46,15 @@ pub enum DecimalError {
     TooPrecise { decimals: u32 },
     #[error("decimal value out of the int64 range")]
     Overflow,
-    #[error("decimals out of range 0..=18: {0}")]
+    #[error("decimals out of range 0..={max}: {0}", max = MAX_DECIMALS)]
     BadDecimals(u32),
+}
+
+/// `decimals` as a protobuf `int32` carries them, clamped into
+/// `0..=`[`MAX_DECIMALS`] (for rendering: out-of-range values were refused
+/// at ingest).
+pub fn clamp_decimals(d: i32) -> u32 {
+    d.clamp(0, MAX_DECIMALS as i32) as u32
 }
 
 /// Parses a price: an optional `-`, digits, optionally `.` and digits, scaled by

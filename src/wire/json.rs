@@ -9,7 +9,7 @@
 
 use std::fmt::Write as _;
 
-use super::decimal::format_decimal;
+use super::decimal::{clamp_decimals, format_decimal};
 use super::pb::{self, server_message::Body};
 
 /// Decimals of a symbol, for rendering its prices and sizes.
@@ -90,10 +90,6 @@ fn side_name(side: i32) -> &'static str {
     }
 }
 
-fn decimals_of(d: i32) -> u32 {
-    d.clamp(0, 18) as u32
-}
-
 /// Appends the JSON rendering of `msg`. `decimals` are the symbol's, used for
 /// deltas and trades (a snapshot carries its own); ignored for control messages.
 pub fn render(msg: &pb::ServerMessage, decimals: Decimals, out: &mut String) {
@@ -101,8 +97,8 @@ pub fn render(msg: &pb::ServerMessage, decimals: Decimals, out: &mut String) {
     match &msg.body {
         Some(Body::Snapshot(s)) => {
             let d = Decimals {
-                price: decimals_of(s.price_decimals),
-                size: decimals_of(s.size_decimals),
+                price: clamp_decimals(s.price_decimals),
+                size: clamp_decimals(s.size_decimals),
             };
             out.push_str("{\"type\":\"snapshot\",\"symbol\":");
             write_json_str(out, &s.symbol);

@@ -30,6 +30,7 @@ use super::frame::{
 };
 use super::handshake::{Endpoint, Upgrade};
 use super::http::{HttpError, MAX_HEAD_BYTES, Request, RequestParser, Response};
+use super::lazy_buf::LazyBuf;
 use super::utf8::Utf8Validator;
 
 /// Per-connection limits. Every default is PROTOCOL's.
@@ -174,11 +175,11 @@ pub struct Conn {
     mask_state: u64,
     deadline: Option<Instant>,
     http: Option<Box<RequestParser>>,
-    msg: Vec<u8>,
-    pending: Vec<u8>,
+    msg: LazyBuf,
+    pending: LazyBuf,
     pending_pos: usize,
     event: Option<Event>,
-    tx: Vec<u8>,
+    tx: LazyBuf,
 }
 
 impl Conn {
@@ -219,11 +220,11 @@ impl Conn {
             mask_state: 0,
             deadline: None,
             http: None,
-            msg: Vec::new(),
-            pending: Vec::new(),
+            msg: LazyBuf::default(),
+            pending: LazyBuf::default(),
             pending_pos: 0,
             event: None,
-            tx: Vec::new(),
+            tx: LazyBuf::default(),
         }
     }
 
@@ -253,22 +254,20 @@ impl Conn {
     pub fn handle_read(&mut self, now: Instant, bytes: &[u8]) {
         match self.phase {
             Phase::ReadingRequest => self.read_request(now, bytes),
-            Phase::AwaitingAnswer => self.pending.extend_from_slice(bytes),
+            Phase::AwaitingAnswer => self.pending.vec().extend_from_slice(bytes),
             Phase::Open | Phase::Closing => {
                 if self.event.is_some() {
-                    self.pending.extend_from_slice(bytes);
+                    self.pending.vec().extend_from_slice(bytes);
                 } else if self.pending_pos == self.pending.len() {
                     // Common case: nothing waiting, decode straight from the read buffer.
                     let used = self.process(now, bytes);
-                    self.pending.clear();
+                    self.pending.free();
                     self.pending_pos = 0;
                     if used < bytes.len() && self.phase != Phase::Closed {
-                        self.pending.extend_from_slice(&bytes[used..]);
-                    } else {
-                        self.pending = Vec::new();
+                        self.pending.vec().extend_from_slice(&bytes[used..]);
                     }
                 } else {
-                    self.pending.extend_from_slice(bytes);
+                    self.pending.vec().extend_from_slice(bytes);
                     self.process_pending(now);
                 }
             }
@@ -294,8 +293,8 @@ impl Conn {
     pub fn poll_transmit(&mut self, out: &mut Vec<u8>) -> usize {
         let n = self.tx.len();
         if n > 0 {
-            out.extend_from_slice(&self.tx);
-            self.tx = Vec::new();
+            out.extend_from_slice(self.tx.as_slice());
+            self.tx.free();
         }
         n
     }
@@ -336,7 +335,7 @@ impl Conn {
         if self.phase != Phase::AwaitingAnswer {
             return;
         }
-        upgrade.response().write_to(&mut self.tx);
+        upgrade.response().write_to(self.tx.vec());
         self.binary = match upgrade.endpoint {
             Endpoint::Echo => BinaryPolicy::Accept,
             _ => BinaryPolicy::Reject,
@@ -350,7 +349,7 @@ impl Conn {
     /// closes: one request per connection.
     pub fn respond(&mut self, now: Instant, response: &Response) {
         if matches!(self.phase, Phase::ReadingRequest | Phase::AwaitingAnswer) {
-            response.write_to(&mut self.tx);
+            response.write_to(self.tx.vec());
             self.set_closed(Some(now));
         }
     }
@@ -387,7 +386,7 @@ impl Conn {
             return Sent::NotOpen;
         }
         let key = self.next_mask();
-        write_frame(self.role, &mut self.tx, opcode, payload, key);
+        write_frame(self.role, self.tx.vec(), opcode, payload, key);
         Sent::Queued
     }
 
@@ -414,13 +413,13 @@ impl Conn {
             Ok(None) => {}
             Ok(Some((req, rest))) => {
                 self.http = None;
-                self.pending = rest;
+                self.pending.set(rest);
                 self.pending_pos = 0;
                 self.phase = Phase::AwaitingAnswer;
                 self.event = Some(Event::Request(Box::new(req)));
             }
             Err(e) => {
-                e.response().write_to(&mut self.tx);
+                e.response().write_to(self.tx.vec());
                 self.set_closed(Some(now));
                 self.event = Some(Event::BadRequest(e));
             }
@@ -432,20 +431,20 @@ impl Conn {
         if start == self.pending.len() {
             return;
         }
-        let pending = std::mem::take(&mut self.pending);
+        let pending = self.pending.take();
         let used = self.process(now, &pending[start..]);
         if self.phase == Phase::Closed {
             // set_closed() dropped the input: nothing after a close is read.
             return;
         }
-        self.pending = pending;
+        self.pending.set(pending);
         self.pending_pos = start + used;
         if self.pending_pos == self.pending.len() {
-            self.pending = Vec::new();
+            self.pending.free();
             self.pending_pos = 0;
         } else if self.event.is_none() {
             // Stopped on a cut frame header: keep only the tail.
-            self.pending.drain(..self.pending_pos);
+            self.pending.vec().drain(..self.pending_pos);
             self.pending_pos = 0;
         }
     }
@@ -596,13 +595,14 @@ impl Conn {
         mask: Option<[u8; 4]>,
         mask_phase: u8,
     ) -> bool {
-        let start = self.msg.len();
-        self.msg.extend_from_slice(chunk);
+        let msg = self.msg.vec();
+        let start = msg.len();
+        msg.extend_from_slice(chunk);
         if let Some(key) = mask {
-            apply_mask(&mut self.msg[start..], key, mask_phase.into());
+            apply_mask(&mut msg[start..], key, mask_phase.into());
         }
         // RFC 6455 §8.1, checked as each chunk arrives (Autobahn 6.x: fail fast).
-        if self.msg_opcode == Some(Opcode::Text) && self.utf8.feed(&self.msg[start..]).is_err() {
+        if self.msg_opcode == Some(Opcode::Text) && self.utf8.feed(&msg[start..]).is_err() {
             self.fail(now, ProtocolError::InvalidUtf8);
             return false;
         }
@@ -610,7 +610,7 @@ impl Conn {
     }
 
     fn finish_message(&mut self, now: Instant) {
-        let payload = std::mem::take(&mut self.msg);
+        let payload = self.msg.take();
         match self.msg_opcode.take() {
             Some(Opcode::Text) => {
                 // The validator saw every byte; the second check costs one pass
@@ -631,7 +631,7 @@ impl Conn {
             // same payload. Unsolicited pongs need no answer.
             (Phase::Open, Opcode::Ping) => {
                 let key = self.next_mask();
-                write_frame(self.role, &mut self.tx, Opcode::Pong, payload, key);
+                write_frame(self.role, self.tx.vec(), Opcode::Pong, payload, key);
             }
             (Phase::Open, Opcode::Close) => match parse_close_payload(payload) {
                 Ok(close) => {
@@ -639,9 +639,9 @@ impl Conn {
                     let key = self.next_mask();
                     match close {
                         Some((code, _)) => {
-                            write_close_frame(self.role, &mut self.tx, code, "", key)
+                            write_close_frame(self.role, self.tx.vec(), code, "", key)
                         }
-                        None => write_frame(self.role, &mut self.tx, Opcode::Close, &[], key),
+                        None => write_frame(self.role, self.tx.vec(), Opcode::Close, &[], key),
                     }
                     self.closed_by_peer(now, close);
                 }
@@ -678,7 +678,7 @@ impl Conn {
 
     fn start_closing(&mut self, now: Instant, code: CloseCode, reason: &str) {
         let key = self.next_mask();
-        write_close_frame(self.role, &mut self.tx, code, reason, key);
+        write_close_frame(self.role, self.tx.vec(), code, reason, key);
         self.phase = Phase::Closing;
         // PROTOCOL §7: a failed connection waits at most 1 s for the peer's
         // close (whose frame a skipped payload may have swallowed).
@@ -704,12 +704,12 @@ impl Conn {
             linger_from.map(|now| now + Duration::from_millis(self.config.close_timeout_ms.into()));
         self.http = None;
         self.drop_message();
-        self.pending = Vec::new();
+        self.pending.free();
         self.pending_pos = 0;
     }
 
     fn drop_message(&mut self) {
-        self.msg = Vec::new();
+        self.msg.free();
         self.msg_opcode = None;
         self.utf8.reset();
     }

@@ -16,14 +16,10 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use sha1::{Digest, Sha1};
 
 use super::http::{Request, Response, ResponseHead, Version};
+pub use crate::wire::encoding::{Encoding, PROTOCOL_JSON, PROTOCOL_PROTO};
 
 /// RFC 6455 §1.3: the GUID appended to the client's key.
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-
-/// Subprotocol for protobuf binary frames (PROTOCOL §6).
-pub const PROTOCOL_PROTO: &str = "tickwire.v1.proto";
-/// Subprotocol for JSON text frames (PROTOCOL §6).
-pub const PROTOCOL_JSON: &str = "tickwire.v1.json";
 
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (RFC 6455 §4.2.2 item 5.4):
 /// base64(SHA-1(key + GUID)).
@@ -32,42 +28,6 @@ pub fn accept_key(key: &str) -> String {
     sha.update(key.as_bytes());
     sha.update(WS_GUID.as_bytes());
     BASE64.encode(sha.finalize())
-}
-
-/// The encoding of server messages on a tickwire connection (PROTOCOL §6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Encoding {
-    /// One binary frame per `ServerMessage` (the default).
-    #[default]
-    Proto,
-    /// One text frame per JSON object.
-    Json,
-}
-
-impl Encoding {
-    /// The subprotocol name that selects this encoding.
-    pub fn protocol(self) -> &'static str {
-        match self {
-            Encoding::Proto => PROTOCOL_PROTO,
-            Encoding::Json => PROTOCOL_JSON,
-        }
-    }
-
-    fn from_protocol(p: &str) -> Option<Encoding> {
-        match p {
-            PROTOCOL_PROTO => Some(Encoding::Proto),
-            PROTOCOL_JSON => Some(Encoding::Json),
-            _ => None,
-        }
-    }
-
-    fn from_query(v: &str) -> Option<Encoding> {
-        match v {
-            "proto" => Some(Encoding::Proto),
-            "json" => Some(Encoding::Json),
-            _ => None,
-        }
-    }
 }
 
 /// The paths the client port serves (PROTOCOL §6).

@@ -53,6 +53,7 @@ pub mod conn;
 pub mod frame;
 pub mod handshake;
 pub mod http;
+pub mod lazy_buf;
 pub mod utf8;
 
 pub use crate::wire::frame::Opcode;

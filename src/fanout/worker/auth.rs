@@ -24,12 +24,8 @@ use crate::book::SymbolId;
 use crate::fanout::limits::{Rate, RequestLimits};
 use crate::fanout::request::{ErrorCode, RequestError};
 use crate::fanout::ring::Channel;
+use crate::wire::close::CloseCode;
 use crate::wire::pb::{self, server_message::Body};
-
-/// WebSocket close codes of PROTOCOL §7–§8.
-pub const CLOSE_TOKEN_EXPIRED: u16 = 4004;
-pub const CLOSE_UNAUTHORIZED: u16 = 4005;
-pub const CLOSE_USER_CONNECTIONS: u16 = 4006;
 
 /// How a worker authenticates (one per process; the verifier is swapped
 /// whole when the keys are reloaded).
@@ -242,11 +238,16 @@ impl WorkerCore {
             ConnAuth::Pending { deadline_ns } if now_ns >= *deadline_ns => {
                 self.stats.auth_results[AuthResult::Timeout as usize] += 1;
                 self.stats.rejected_unauthorized += 1;
-                self.close_for_auth(conn.0, CLOSE_UNAUTHORIZED, "authentication timeout", false);
+                self.close_for_auth(
+                    conn.0,
+                    CloseCode::UNAUTHORIZED,
+                    "authentication timeout",
+                    false,
+                );
             }
             ConnAuth::User(u) if now_ns >= u.expires_at_ns => {
                 self.stats.token_expired_closes += 1;
-                self.close_for_auth(conn.0, CLOSE_TOKEN_EXPIRED, "token expired", true);
+                self.close_for_auth(conn.0, CloseCode::TOKEN_EXPIRED, "token expired", true);
             }
             ConnAuth::Pending { deadline_ns } => {
                 self.auth.deadlines.push_back((conn, *deadline_ns));
@@ -398,7 +399,7 @@ impl WorkerCore {
             Err(e) => {
                 self.stats.auth_results[AuthResult::from(&e) as usize] += 1;
                 self.answer_error(conn, unauthorized(id, e.to_string()), now_ns);
-                self.close_for_auth(conn, CLOSE_UNAUTHORIZED, "unauthorized", false);
+                self.close_for_auth(conn, CloseCode::UNAUTHORIZED, "unauthorized", false);
                 return Ok(());
             }
         };
@@ -422,7 +423,7 @@ impl WorkerCore {
             self.stats.rejected_user_connections += 1;
             self.close_for_auth(
                 conn,
-                CLOSE_USER_CONNECTIONS,
+                CloseCode::USER_CONNECTIONS,
                 "too many connections for this user",
                 false,
             );
@@ -491,7 +492,7 @@ impl WorkerCore {
     /// Closes `conn` for an auth reason: out of every index now (and, for
     /// an expired token, nothing queued and not started goes out), the close
     /// reported through `poll_close`.
-    fn close_for_auth(&mut self, conn: u32, code: u16, reason: &'static str, discard: bool) {
+    fn close_for_auth(&mut self, conn: u32, code: CloseCode, reason: &'static str, discard: bool) {
         let c = &mut self.conns[conn as usize];
         if c.state != ConnState::Open {
             return;

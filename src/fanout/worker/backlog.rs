@@ -3,10 +3,11 @@
 //! episode ends, the slow-consumer closes (4001), and the periodic duties.
 
 use super::delivery::{encode_control, stale_msg};
-use super::{CLOSE_SLOW_CONSUMER, ConnId, ConnState, Encoding, WorkerCore};
+use super::{ConnId, ConnState, Encoding, WorkerCore};
 use crate::fanout::outbox::{Admit, Consumed, FrameClass};
 use crate::fanout::ring::Channel;
 use crate::fanout::subs::SubState;
+use crate::wire::{CloseCode, StaleReason};
 
 /// What the core knows of the bytes a connection's kernel socket holds
 /// unsent (cold: beside `conns`). Ages are from [`Frames::born_ns`].
@@ -249,8 +250,8 @@ impl WorkerCore {
                 continue;
             }
             let reason = match cs.channel {
-                Channel::Book => "slow_consumer",
-                Channel::Trades => "slow_consumer_trades",
+                Channel::Book => StaleReason::SlowConsumer,
+                Channel::Trades => StaleReason::SlowConsumerTrades,
             };
             let msg = stale_msg(&self.name_of(cs.symbol), u64::from(sub.dropped), reason);
             let frame = encode_control(json, &msg, &mut self.json_buf);
@@ -283,7 +284,7 @@ impl WorkerCore {
                 .outbox
                 .discard_unstarted(&mut self.frames);
             self.closes
-                .push_back((ConnId(id), CLOSE_SLOW_CONSUMER, "slow consumer"));
+                .push_back((ConnId(id), CloseCode::SLOW_CONSUMER, "slow consumer"));
         }
     }
 }

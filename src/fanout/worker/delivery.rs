@@ -7,13 +7,14 @@ use std::sync::Arc;
 
 use super::{Conn, ConnState, Instrument, WorkerCore, WorkerStats};
 use crate::book::SymbolId;
+use crate::book::market::FeedStale;
 use crate::fanout::frames::{FrameId, Frames};
 use crate::fanout::outbox::{Admit, FrameClass, OutboxLimits};
-use crate::fanout::ring::{Channel, DataKind, FeedStaleReason, ToWorker};
+use crate::fanout::ring::{Channel, DataKind, ToWorker};
 use crate::fanout::subs::SubState;
-use crate::wire::EncodedFrame;
 use crate::wire::json::{Decimals, render};
 use crate::wire::pb::{self, server_message::Body};
+use crate::wire::{EncodedFrame, StaleReason};
 
 /// A control message rendered at most once per encoding for one event.
 #[derive(Default)]
@@ -44,12 +45,12 @@ pub(super) fn encode_control(
     }
 }
 
-pub(super) fn stale_msg(symbol: &str, dropped: u64, reason: &str) -> pb::ServerMessage {
+pub(super) fn stale_msg(symbol: &str, dropped: u64, reason: StaleReason) -> pb::ServerMessage {
     pb::ServerMessage {
         body: Some(Body::Stale(pb::Stale {
             symbol: symbol.to_string(),
             dropped,
-            reason: reason.to_string(),
+            reason: reason.as_str().to_string(),
         })),
     }
 }
@@ -640,7 +641,7 @@ impl WorkerCore {
         seq: u64,
         bin: Option<&EncodedFrame>,
         json: Option<&EncodedFrame>,
-        stale: Option<FeedStaleReason>,
+        stale: Option<FeedStale>,
         now_ns: u64,
     ) {
         let Some(ss) = self.subs.symbol_mut(symbol) else {
@@ -657,7 +658,7 @@ impl WorkerCore {
             (Some(reason), _) => {
                 // PROTOCOL §4: Subscribed, then that Stale at once, then the
                 // snapshot when the feed recovers (as BookReplaced).
-                let msg = stale_msg(&self.name_of(symbol), 0, reason.as_str());
+                let msg = stale_msg(&self.name_of(symbol), 0, reason.into());
                 let mut frames = FramePair::default();
                 let mut i = 0;
                 while let Some(sub) = self
@@ -693,7 +694,7 @@ impl WorkerCore {
     fn deliver_feed_stale(
         &mut self,
         symbol: SymbolId,
-        reason: FeedStaleReason,
+        reason: FeedStale,
         bin: &EncodedFrame,
         json: Option<&EncodedFrame>,
         now_ns: u64,
@@ -702,14 +703,14 @@ impl WorkerCore {
             self.stats.unrouted += 1;
             return;
         }
-        let fallback = stale_msg(&self.name_of(symbol), 0, reason.as_str());
+        let fallback = stale_msg(&self.name_of(symbol), 0, reason.into());
         let mut frames = FramePair {
             bin: Some(bin.clone()),
             json: json.cloned(),
         };
         let channels: &[Channel] = match reason {
-            FeedStaleReason::FeedGap => &[Channel::Book],
-            FeedStaleReason::FeedDown => &[Channel::Book, Channel::Trades],
+            FeedStale::FeedGap => &[Channel::Book],
+            FeedStale::FeedDown => &[Channel::Book, Channel::Trades],
         };
         for &c in channels {
             let mut i = 0;
@@ -749,7 +750,7 @@ impl WorkerCore {
         }
         let name = self.name_of(symbol);
         if deltas > 0 {
-            let msg = stale_msg(&name, deltas, "slow_consumer");
+            let msg = stale_msg(&name, deltas, StaleReason::SlowConsumer);
             let mut frames = FramePair::default();
             let mut any_awaiting = false;
             let mut i = 0;
@@ -789,7 +790,7 @@ impl WorkerCore {
             }
         }
         if trades > 0 {
-            let msg = stale_msg(&name, trades, "slow_consumer_trades");
+            let msg = stale_msg(&name, trades, StaleReason::SlowConsumerTrades);
             let mut frames = FramePair::default();
             let mut i = 0;
             while let Some(sub) = self
@@ -821,7 +822,7 @@ impl WorkerCore {
     /// subscribers get it now (book subscribers get it from their resync's
     /// answer, which carries the stale reason).
     fn tell_trades_feed_down(&mut self, symbol: SymbolId, now_ns: u64) {
-        let msg = stale_msg(&self.name_of(symbol), 0, FeedStaleReason::FeedDown.as_str());
+        let msg = stale_msg(&self.name_of(symbol), 0, StaleReason::FeedDown);
         let mut frames = FramePair::default();
         let mut i = 0;
         while let Some(sub) = self

@@ -10,27 +10,22 @@
 //! the ingest thread; only small control answers are encoded here), hashes on
 //! the delivery path, or allocates per delivery once warm.
 //!
-//! # The shell's loop turn
+//! # What the shell calls, by step of its duty cycle
 //!
-//! 1. Drain the ingest ring in a bounded batch: [`WorkerCore::handle_ring`]
-//!    for each message. This only queues shared frames and marks connections
-//!    dirty.
-//! 2. Feed complete client text messages to [`WorkerCore::handle_text`] and
-//!    ws control frames (pong, close) to [`WorkerCore::queue_control`].
-//! 3. Push [`WorkerCore::poll_to_ingest`] into the worker → ingest ring; when
-//!    the ring is full, hand the message back with
-//!    [`WorkerCore::unpoll_to_ingest`] and retry next turn.
-//! 4. For [`WorkerCore::poll_dirty`] connections, oldest first, as many as
-//!    the turn's budget allows: `writev` of [`Outbox::io_slices`], then
-//!    [`WorkerCore::handle_written`] with the byte count the kernel took (this
-//!    is where slow consumers are resynced). The dirty queue is FIFO, so a
-//!    frame waits at most one pass over the connections that were dirty before
-//!    it, whatever arrives meanwhile; [`WorkerCore::dirty_mark`] and
-//!    [`WorkerCore::dirty_done`] tell when such a pass is over.
-//! 5. For each [`WorkerCore::poll_close`]: queue the close frame
-//!    (`queue_control`), flush, then [`WorkerCore::close_conn`].
-//! 6. Every ~100 ms (timer wheel): [`WorkerCore::handle_timeout`] (max lag,
-//!    release of idle buffers).
+//! The duty cycle is described once, in `net::worker` (the numbered list);
+//! these are the core's entry points for its steps:
+//! 2. client input: [`WorkerCore::handle_text`], [`WorkerCore::queue_control`];
+//! 3. the ring: [`WorkerCore::handle_ring_batch`] (queues shared frames,
+//!    marks connections dirty; a run of deltas goes as one joined frame);
+//! 4. requests to ingest: [`WorkerCore::poll_to_ingest`], handed back with
+//!    [`WorkerCore::unpoll_to_ingest`] when the ring is full;
+//! 5. closes: [`WorkerCore::poll_close`], then [`WorkerCore::close_conn`];
+//! 6. writes: [`WorkerCore::poll_dirty`] (FIFO), [`WorkerCore::io_slices`],
+//!    [`WorkerCore::handle_written`] (where slow consumers are resynced);
+//!    [`WorkerCore::dirty_mark`] / [`WorkerCore::dirty_done`] tell the pacer
+//!    when a pass is over;
+//! 7. timers: [`WorkerCore::handle_timeout`] (max lag, idle buffers),
+//!    [`WorkerCore::handle_kernel_unsent`].
 //!
 //! # Per-subscriber protocol (PROTOCOL §4, §7; DESIGN "Snapshots without gaps")
 //!
@@ -66,7 +61,7 @@ use crate::fanout::limits::RequestLimiter;
 use crate::fanout::outbox::{FrameClass, Outbox, OutboxLimits};
 use crate::fanout::ring::{Channel, ToIngest};
 use crate::fanout::subs::{ConnSub, SubIndex, SubState, Transitions};
-use crate::wire::EncodedFrame;
+use crate::wire::{CloseCode, EncodedFrame};
 
 use backlog::KernelBacklog;
 use delivery::RunDelta;
@@ -80,28 +75,14 @@ mod requests;
 #[cfg(test)]
 mod tests;
 
-pub use auth::{
-    AuthSetup, CLOSE_TOKEN_EXPIRED, CLOSE_UNAUTHORIZED, CLOSE_USER_CONNECTIONS, Tier,
-    UpgradeRefusal,
-};
+pub use crate::wire::Encoding;
+pub use auth::{AuthSetup, Tier, UpgradeRefusal};
 pub use config::{LagHistogram, RESYNC_LAG_BOUNDS_NS, WorkerConfig, WorkerStats};
 
 /// A connection of this worker: a dense slot index chosen by the core, reused
 /// after [`WorkerCore::close_conn`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u32);
-
-/// The encoding a connection chose at the upgrade (PROTOCOL §6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    Proto,
-    Json,
-}
-
-/// WebSocket close code for a slow consumer (PROTOCOL §7).
-pub const CLOSE_SLOW_CONSUMER: u16 = 4001;
-/// WebSocket close code for sustained request-rate abuse (PROTOCOL §7).
-pub const CLOSE_RATE_LIMITED: u16 = 4002;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ConnState {
@@ -201,7 +182,7 @@ pub struct WorkerCore {
     backlogged: Vec<u32>,
     /// Connections written since their kernel backlog was last measured.
     unmeasured: Vec<u32>,
-    closes: VecDeque<(ConnId, u16, &'static str)>,
+    closes: VecDeque<(ConnId, CloseCode, &'static str)>,
     to_ingest: VecDeque<ToIngest>,
     stats: WorkerStats,
     json_buf: String,
@@ -245,6 +226,22 @@ impl WorkerCore {
 
     pub fn config(&self) -> &WorkerConfig {
         &self.cfg
+    }
+
+    /// Reserves room for `n` connections in every per-connection table, so
+    /// they never grow by copying: a doubled, copied table leaves the freed
+    /// smaller ones resident in the allocator's heap, ~50 bytes per idle
+    /// connection (`tuning/CAPACITY.md` §9). Only the pages used are resident.
+    pub fn reserve_conns(&mut self, n: usize) {
+        self.conns.reserve_exact(n.saturating_sub(self.conns.len()));
+        self.limiters
+            .reserve_exact(n.saturating_sub(self.limiters.len()));
+        self.kernel
+            .reserve_exact(n.saturating_sub(self.kernel.len()));
+        self.auth
+            .conns
+            .reserve_exact(n.saturating_sub(self.auth.conns.len()));
+        self.subs.reserve_conns(n);
     }
 
     /// A new connection, after its WebSocket upgrade, that presented no
@@ -368,7 +365,7 @@ impl WorkerCore {
     /// A connection the core decided to close, with the close code and reason.
     /// It is already out of every index; the shell sends the close frame and
     /// then calls [`WorkerCore::close_conn`].
-    pub fn poll_close(&mut self) -> Option<(ConnId, u16, &'static str)> {
+    pub fn poll_close(&mut self) -> Option<(ConnId, CloseCode, &'static str)> {
         self.closes.pop_front()
     }
 

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::delivery::encode_control;
-use super::{CLOSE_RATE_LIMITED, ConnId, ConnState, Encoding, WorkerCore};
+use super::{ConnId, ConnState, Encoding, WorkerCore};
 use crate::book::SymbolId;
 use crate::fanout::limits::RateVerdict;
 use crate::fanout::outbox::FrameClass;
@@ -14,6 +14,7 @@ use crate::fanout::request::{
 };
 use crate::fanout::ring::{Channel, ToIngest};
 use crate::fanout::subs::{SubState, Transitions};
+use crate::wire::CloseCode;
 use crate::wire::pb::{self, server_message::Body};
 
 impl WorkerCore {
@@ -304,6 +305,6 @@ impl WorkerCore {
         c.state = ConnState::Closing;
         self.remove_all_subs(conn);
         self.closes
-            .push_back((ConnId(conn), CLOSE_RATE_LIMITED, "rate limited"));
+            .push_back((ConnId(conn), CloseCode::RATE_LIMITED, "rate limited"));
     }
 }

@@ -11,7 +11,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Client, TimerKey, TimerKind, Worker, realtime_ns};
+use super::timers::TimerKind;
+use super::{Client, TimerKey, Worker, realtime_ns};
 use crate::auth::{self, AuthMode, AuthResult, Claims};
 use crate::fanout::worker::{ConnId, UpgradeRefusal};
 use crate::ws;

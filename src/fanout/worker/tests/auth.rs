@@ -13,10 +13,8 @@ use crate::auth::{AuthMode, AuthResult, Entitlements, KeySet, Verifier, Verifier
 use crate::fanout::limits::{Rate, RequestLimits};
 use crate::fanout::ring::Channel;
 use crate::fanout::subs::IndexSizes;
-use crate::fanout::worker::{
-    AuthSetup, CLOSE_TOKEN_EXPIRED, CLOSE_UNAUTHORIZED, CLOSE_USER_CONNECTIONS, ConnId, Encoding,
-    Tier, WorkerConfig,
-};
+use crate::fanout::worker::{AuthSetup, ConnId, Encoding, Tier, WorkerConfig};
+use crate::wire::close::CloseCode;
 
 const SEC: u64 = 1_000_000_000;
 
@@ -74,7 +72,7 @@ fn ev(ty: &str, id: u64, detail: &str) -> (String, u64, String) {
     (ty.to_string(), id, detail.to_string())
 }
 
-fn closes(h: &mut H) -> Vec<(ConnId, u16)> {
+fn closes(h: &mut H) -> Vec<(ConnId, CloseCode)> {
     std::iter::from_fn(|| h.core.poll_close())
         .map(|(c, code, _)| (c, code))
         .collect()
@@ -132,7 +130,11 @@ fn a_bad_token_answers_unauthorized_then_closes_4005() {
         let mut c = h.client(Encoding::Proto);
         h.text(&c, &auth_text(&t, 5));
         assert_eq!(got(&mut h, &mut c), vec![ev("error", 5, "unauthorized")]);
-        assert_eq!(closes(&mut h), vec![(c.conn, CLOSE_UNAUTHORIZED)], "{t}");
+        assert_eq!(
+            closes(&mut h),
+            vec![(c.conn, CloseCode::UNAUTHORIZED)],
+            "{t}"
+        );
         assert!(
             h.core.stats().auth_results[result as usize] >= 1,
             "{result:?}"
@@ -150,7 +152,7 @@ fn no_auth_within_5_s_closes_4005() {
     assert!(closes(&mut h).is_empty());
     assert_eq!(h.core.poll_auth_deadline(), Some((conn, at)), "asked again");
     h.core.handle_auth_timer(conn, at);
-    assert_eq!(closes(&mut h), vec![(c.conn, CLOSE_UNAUTHORIZED)]);
+    assert_eq!(closes(&mut h), vec![(c.conn, CloseCode::UNAUTHORIZED)]);
     assert_eq!(h.core.stats().auth_results[AuthResult::Timeout as usize], 1);
 }
 
@@ -327,7 +329,7 @@ fn expiry_closes_4004_at_exp_and_a_refresh_moves_it() {
         h.delta(BTC);
     }
     h.core.handle_auth_timer(conn, at3);
-    assert_eq!(closes(&mut h), vec![(c.conn, CLOSE_TOKEN_EXPIRED)]);
+    assert_eq!(closes(&mut h), vec![(c.conn, CloseCode::TOKEN_EXPIRED)]);
     c.read_all(&mut h.core, h.now_ns);
     assert!(c.take().is_empty(), "nothing after the expiry");
     assert_eq!(h.core.stats().token_expired_closes, 1);
@@ -347,7 +349,7 @@ fn admission_refused_closes_4006() {
         });
     assert_eq!(asked, vec![("erin".to_string(), Some(1))]);
     assert!(got(&mut h, &mut c).is_empty());
-    assert_eq!(closes(&mut h), vec![(c.conn, CLOSE_USER_CONNECTIONS)]);
+    assert_eq!(closes(&mut h), vec![(c.conn, CloseCode::USER_CONNECTIONS)]);
     assert_eq!(h.core.stats().rejected_user_connections, 1);
     // A refresh is never asked: the connection is counted already.
     let mut d = h.client(Encoding::Proto);

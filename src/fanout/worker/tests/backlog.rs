@@ -6,7 +6,7 @@ use crate::book::SymbolId;
 use crate::fanout::outbox::Consumed;
 use crate::fanout::ring::{Channel, ToIngest};
 use crate::fanout::worker::{Encoding, WorkerConfig};
-use crate::wire::EncodedFrame;
+use crate::wire::{CloseCode, EncodedFrame};
 
 fn small_limits() -> WorkerConfig {
     WorkerConfig {
@@ -136,7 +136,7 @@ fn hard_limit_closes_with_4001_and_leaves_no_trace() {
         polled.extend(h.serve());
     }
     let (id, code, _) = h.core.poll_close().expect("closed above the hard limit");
-    assert_eq!((id, code), (c.conn, 4001));
+    assert_eq!((id, code), (c.conn, CloseCode(4001)));
     assert!(h.core.outbox(c.conn).buffered_bytes() <= 20_000);
     assert_eq!(polled.last(), Some(&interest(BTC, Channel::Book, false)));
     // Closing frames still go out, then the shell forgets the connection.
@@ -178,7 +178,7 @@ fn max_lag_closes_with_4001_by_timeout_or_on_delivery() {
         }
         assert_eq!(
             h.core.poll_close().map(|(id, code, _)| (id, code)),
-            Some((c.conn, 4001))
+            Some((c.conn, CloseCode(4001)))
         );
         assert_eq!(h.core.stats().index.book_entries, 0);
     }
@@ -252,7 +252,7 @@ fn a_backlog_older_than_the_max_lag_closes_4001_queued_or_in_the_kernel() {
         assert_eq!(h.core.handle_timeout(h.now_ns), 1, "in_kernel={in_kernel}");
         assert_eq!(
             h.core.poll_close().map(|(id, code, _)| (id, code)),
-            Some((c.conn, 4001))
+            Some((c.conn, CloseCode(4001)))
         );
         assert_eq!(h.core.stats().lag_closes, 1);
     }

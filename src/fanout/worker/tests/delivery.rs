@@ -8,7 +8,8 @@ use proptest::prelude::*;
 
 use super::harness::*;
 use crate::book::SymbolId;
-use crate::fanout::ring::{FeedStaleReason, ToIngest, ToWorker};
+use crate::book::market::FeedStale;
+use crate::fanout::ring::{ToIngest, ToWorker};
 use crate::fanout::worker::{ConnId, Encoding, WorkerConfig, WorkerCore};
 
 #[test]
@@ -20,7 +21,7 @@ fn feed_gap_then_book_replaced() {
     h.text(&trades, &sub_text(&["BTC-USD"], &["trades"], 2));
     h.serve();
     h.delta(BTC);
-    let m = h.ing.feed_stale(BTC, FeedStaleReason::FeedGap);
+    let m = h.ing.feed_stale(BTC, FeedStale::FeedGap);
     h.ring(m);
     let t = h.ing.trade(BTC);
     h.ring(t); // trades keep flowing through a gap
@@ -56,7 +57,7 @@ fn feed_down_reaches_trades_and_new_subscribers_wait_for_the_feed() {
     h.text(&book, &sub_text(&["BTC-USD"], &["book"], 1));
     h.text(&trades, &sub_text(&["BTC-USD"], &["trades"], 2));
     h.serve();
-    let m = h.ing.feed_stale(BTC, FeedStaleReason::FeedDown);
+    let m = h.ing.feed_stale(BTC, FeedStale::FeedDown);
     h.ring(m);
     // A late subscriber to the stale book: Subscribed, Stale at once.
     let mut late = h.client(Encoding::Proto);
@@ -70,7 +71,7 @@ fn feed_down_reaches_trades_and_new_subscribers_wait_for_the_feed() {
         seq: 1,
         bin: None,
         json: None,
-        stale: Some(FeedStaleReason::FeedDown),
+        stale: Some(FeedStale::FeedDown),
     });
     h.delta(BTC); // cannot happen while stale, but must not reach anyone waiting
     let m = h.ing.replace(BTC);

@@ -10,8 +10,9 @@ use prost::Message;
 use sonic_rs::{JsonContainerTrait, JsonValueTrait, Value};
 
 use crate::book::SymbolId;
+use crate::book::market::FeedStale;
 use crate::fanout::limits::RequestLimits;
-use crate::fanout::ring::{Channel, DataKind, FeedStaleReason, ToIngest, ToWorker};
+use crate::fanout::ring::{Channel, DataKind, ToIngest, ToWorker};
 use crate::fanout::worker::delivery::stale_msg;
 use crate::fanout::worker::{ConnId, Encoding, WorkerConfig, WorkerCore};
 use crate::wire::EncodedFrame;
@@ -212,12 +213,12 @@ impl Ingest {
         data(id, DataKind::BookReplaced, seq, &self.snapshot_msg(id))
     }
 
-    pub(super) fn feed_stale(&self, id: SymbolId, reason: FeedStaleReason) -> ToWorker {
+    pub(super) fn feed_stale(&self, id: SymbolId, reason: FeedStale) -> ToWorker {
         data(
             id,
             DataKind::FeedStale(reason),
             0,
-            &stale_msg(NAMES[id.0 as usize], 0, reason.as_str()),
+            &stale_msg(NAMES[id.0 as usize], 0, reason.into()),
         )
     }
 }

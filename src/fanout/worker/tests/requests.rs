@@ -5,7 +5,8 @@ use super::harness::*;
 use crate::fanout::limits::RequestLimits;
 use crate::fanout::ring::{Channel, ToIngest};
 use crate::fanout::subs::IndexSizes;
-use crate::fanout::worker::{CLOSE_RATE_LIMITED, Encoding, WorkerConfig};
+use crate::fanout::worker::{Encoding, WorkerConfig};
+use crate::wire::CloseCode;
 
 #[test]
 fn subscribe_gives_subscribed_then_snapshot_then_contiguous_deltas() {
@@ -161,7 +162,7 @@ fn request_rate_limit_answers_rate_limited_then_closes_4002() {
     h.text(&c, &sub_text(&["ETH-USD"], &["trades"], 5));
     assert_eq!(
         h.core.poll_close().map(|(id, code, _)| (id, code)),
-        Some((c.conn, CLOSE_RATE_LIMITED))
+        Some((c.conn, CloseCode::RATE_LIMITED))
     );
     let s = h.core.stats();
     assert_eq!(s.rejected_rate_limited, 2);

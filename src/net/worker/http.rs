@@ -1,0 +1,132 @@
+//! HTTP answers: the routes of the client port (`/ws` upgrades under the
+//! connection and per-IP limits, the dashboard, `/healthz`, `/metrics`,
+//! `/symbols`, the echo endpoint).
+
+use super::*;
+
+/// The dashboard page served at `GET /` (embedded; no build step).
+pub const DASHBOARD_HTML: &str = include_str!("../dashboard.html");
+
+/// `Retry-After` of a 503 (global cap) or a 429 for the per-IP connection cap.
+const RETRY_AFTER_SECS: u32 = 1;
+
+impl Worker {
+    /// The answer to an upgrade under the connection limits, if refused.
+    pub(super) fn check_limits(&mut self, ip: IpAddr, now_ns: u64) -> Option<ws::Response> {
+        if self.shared.ip_limits_on {
+            let verdict = self.shared.ip_limits().check_upgrade(ip, now_ns);
+            match verdict {
+                Ok(()) => {}
+                Err(IpReject::Connections) => {
+                    self.me.counters.reject(Reject::IpConnections);
+                    return Some(ws::Response::too_many_requests(RETRY_AFTER_SECS));
+                }
+                Err(IpReject::HandshakeRate { retry_after_secs }) => {
+                    self.me.counters.reject(Reject::IpHandshakeRate);
+                    return Some(ws::Response::too_many_requests(retry_after_secs));
+                }
+            }
+        }
+        // Reserve the slot first so concurrent workers cannot overshoot the cap.
+        if self.shared.ws_open.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_connections {
+            self.shared.ws_open.fetch_sub(1, Ordering::Relaxed);
+            self.me.counters.reject(Reject::MaxConnections);
+            return Some(ws::Response::service_unavailable(RETRY_AFTER_SECS));
+        }
+        None
+    }
+
+    pub(super) fn handle_request(
+        &mut self,
+        slot: usize,
+        req: &ws::Request,
+        now: Instant,
+        now_ns: u64,
+    ) {
+        let route = self.router.route(req);
+        let Some(ip) = self
+            .clients
+            .get(slot)
+            .and_then(Option::as_ref)
+            .map(|c| c.ip)
+        else {
+            return;
+        };
+        match route {
+            Route::Upgrade(up) => {
+                if let Some(resp) = self.check_limits(ip, now_ns) {
+                    if let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) {
+                        c.ws.respond(now, &resp);
+                    }
+                    return;
+                }
+                // PROTOCOL §8: a token at the upgrade, after the cheap limits.
+                let mut claims = None;
+                if up.endpoint == Endpoint::Ws && self.auth_on() {
+                    match self.upgrade_auth(req, now_ns) {
+                        Ok(c) => claims = c,
+                        Err(resp) => {
+                            // The slot `check_limits` reserved is not taken.
+                            self.shared.ws_open.fetch_sub(1, Ordering::Relaxed);
+                            if let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) {
+                                c.ws.respond(now, &resp);
+                            }
+                            return;
+                        }
+                    }
+                }
+                let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
+                    return;
+                };
+                c.ws.accept(&up);
+                c.upgraded = true;
+                c.last_read_ns = now_ns;
+                c.last_ping_ns = now_ns;
+                self.me.counters.connections_open.inc();
+                if up.endpoint == Endpoint::Ws {
+                    c.user = claims.as_ref().map(|cl| cl.sub.clone());
+                    let id = self.core.open_conn_with(up.encoding, claims, now_ns);
+                    c.core = Some(id);
+                    let i = id.0 as usize;
+                    if self.by_core.len() <= i {
+                        self.by_core.resize(i + 1, u32::MAX);
+                    }
+                    self.by_core[i] = slot as u32;
+                }
+                self.schedule_heartbeat(slot);
+                self.sync_auth_deadlines();
+            }
+            Route::Get(endpoint) => {
+                self.me.counters.http_requests.inc();
+                let resp = match endpoint {
+                    Endpoint::Root => ws::Response::ok("text/html; charset=utf-8", DASHBOARD_HTML),
+                    Endpoint::Healthz => match self.shared.health.check(now) {
+                        Ok(()) => ws::Response::ok("text/plain; charset=utf-8", "ok"),
+                        Err(why) => ws::Response::unhealthy(&why),
+                    },
+                    Endpoint::Metrics => ws::Response::ok(
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        self.shared.render_metrics(),
+                    ),
+                    Endpoint::Symbols => ws::Response::ok(
+                        "application/json",
+                        self.shared.symbols.render_json().into_bytes(),
+                    ),
+                    Endpoint::Ws | Endpoint::Echo => ws::Response::upgrade_required(),
+                };
+                if let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) {
+                    c.ws.respond(now, &resp);
+                }
+            }
+            Route::Reject(resp) => {
+                self.me.counters.http_requests.inc();
+                if resp.status() == 403 {
+                    self.me.counters.reject(Reject::OriginForbidden);
+                }
+                if let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) {
+                    c.ws.respond(now, &resp);
+                }
+            }
+        }
+    }
+}
