@@ -183,6 +183,11 @@ impl WorkerCore {
         self.auth.setup.mode
     }
 
+    /// The key set and checks in force for new verifications.
+    pub fn verifier(&self) -> Option<&Arc<Verifier>> {
+        self.auth.setup.verifier.as_ref()
+    }
+
     /// The Unix clock as the shell reads it, with the monotonic `now_ns` of
     /// the same moment: how the core turns token times into deadlines.
     pub fn set_unix_offset_ns(&mut self, unix_ns: u64, now_ns: u64) {

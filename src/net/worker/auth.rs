@@ -59,10 +59,9 @@ impl Worker {
             }
         };
         self.prepare_auth(now_ns);
-        let Some(a) = &self.shared.auth else {
+        let (Some(a), Some(verifier)) = (&self.shared.auth, self.core.verifier().cloned()) else {
             return Ok(None);
         };
-        let (verifier, _) = a.verifier();
         let unix_s = realtime_ns() / 1_000_000_000;
         let claims = match verifier.verify(token, unix_s) {
             Ok(c) => c,
