@@ -2,7 +2,10 @@
 //! command line (`main.rs`) only fills these structs.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+
+use crate::auth::{AuthMode, Entitlements, VerifierConfig};
 
 /// Largest ingest frame or JSON line, in bytes (PROTOCOL §3: 1 MiB).
 pub const MAX_INGEST_FRAME_BYTES: usize = 1 << 20;
@@ -53,6 +56,14 @@ pub enum ConfigError {
     /// Heartbeats come every second: a shorter timeout flaps.
     #[error("the backplane timeout must be at least 1500 ms (heartbeats come every second)")]
     BackplaneTimeoutTooShort { heartbeat_timeout_ms: u64 },
+    /// One shared ingest token or a token file, not both.
+    #[error("--token and --ingest-token-file: use one or the other")]
+    TokenAndTokenFile,
+    /// `--auth optional|required` verifies tokens with some key.
+    #[error(
+        "--auth optional|required needs a key: --jwt-secret-file, --jwt-public-key-file or --jwt-jwks-file"
+    )]
+    AuthWithoutKey,
 }
 
 /// The ingest side: feed handler listeners and their policy.
@@ -64,6 +75,10 @@ pub struct IngestConfig {
     pub json_addr: SocketAddr,
     /// When set, every feed must open with a `Hello` carrying this token.
     pub token: Option<Arc<str>>,
+    /// Per-feed tokens (`auth::feeds`): each feed's `Hello` carries its own,
+    /// and the file is re-read on SIGHUP (a feed whose token is gone is
+    /// closed). Exclusive with `token`.
+    pub token_file: Option<PathBuf>,
     /// Largest frame or line accepted, bytes. Default 1 MiB.
     pub max_frame_bytes: usize,
     /// Most feed connections at once; further ones are closed at accept. Default 1024.
@@ -108,6 +123,7 @@ impl Default for IngestConfig {
             proto_addr: SocketAddr::from(([127, 0, 0, 1], 7001)),
             json_addr: SocketAddr::from(([127, 0, 0, 1], 7002)),
             token: None,
+            token_file: None,
             max_frame_bytes: MAX_INGEST_FRAME_BYTES,
             max_feeds: 1024,
             market: MarketLimits::default(),
@@ -158,6 +174,123 @@ impl Default for MarketLimits {
             max_symbols: 100_000,
             max_book_levels: 5_000,
             max_delta_updates: 10_000,
+        }
+    }
+}
+
+/// Client authentication (PROTOCOL §8, README "Authentication"). Off by
+/// default: nothing changes for clients.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    /// `--auth off|optional|required`.
+    pub mode: AuthMode,
+    /// HS256 shared secret (the file's bytes less one trailing newline; at
+    /// least 32 bytes). Never logged.
+    pub secret_file: Option<PathBuf>,
+    /// RS256, ES256 or EdDSA public keys, one PEM file each.
+    pub public_key_files: Vec<PathBuf>,
+    /// A JWKS document (RFC 7517) of public keys (and HS256 `oct` keys).
+    pub jwks_file: Option<PathBuf>,
+    /// Issuer, audience, leeway (default 60 s).
+    pub verifier: VerifierConfig,
+    /// What clients without a token get under `--auth optional`.
+    pub anonymous: AnonymousConfig,
+}
+
+impl AuthConfig {
+    /// Whether any key source is configured (required unless the mode is off).
+    pub fn has_keys(&self) -> bool {
+        self.secret_file.is_some() || !self.public_key_files.is_empty() || self.jwks_file.is_some()
+    }
+}
+
+/// The entitlements of anonymous clients (`--anonymous-*`), as a `tw` claim
+/// would give them. Default: everything (`*`, `book` and `trades`, no limit
+/// beyond the server's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnonymousConfig {
+    /// Symbol patterns (`*` any run). Default `["*"]`.
+    pub symbols: Vec<String>,
+    /// Channels (PROTOCOL §9 names; each allows its coarser views). Default
+    /// `["book", "trades"]`.
+    pub channels: Vec<String>,
+    /// Largest N of `book.N`; `book` counts as unlimited. Default none.
+    pub max_depth: Option<u32>,
+    /// Smallest conflation interval, ms. Default 0.
+    pub min_interval_ms: u32,
+    /// Symbol-channels per connection (at most the server's limit). Default none.
+    pub max_subscriptions: Option<u32>,
+    /// Requests per second per connection (at most the server's). Default none.
+    pub requests_per_sec: Option<u32>,
+}
+
+impl Default for AnonymousConfig {
+    fn default() -> Self {
+        AnonymousConfig {
+            symbols: vec!["*".into()],
+            channels: vec!["book".into(), "trades".into()],
+            max_depth: None,
+            min_interval_ms: 0,
+            max_subscriptions: None,
+            requests_per_sec: None,
+        }
+    }
+}
+
+impl AnonymousConfig {
+    /// The entitlements, checked exactly as a token's `tw` claim is.
+    pub fn entitlements(&self) -> Result<Entitlements, String> {
+        let mut tw = serde_json::Map::new();
+        tw.insert("symbols".into(), self.symbols.clone().into());
+        tw.insert("channels".into(), self.channels.clone().into());
+        tw.insert("min_interval_ms".into(), self.min_interval_ms.into());
+        if let Some(d) = self.max_depth {
+            tw.insert("max_depth".into(), d.into());
+        }
+        if let Some(m) = self.max_subscriptions {
+            tw.insert("max_subscriptions".into(), m.into());
+        }
+        if let Some(r) = self.requests_per_sec {
+            tw.insert("requests_per_sec".into(), r.into());
+        }
+        Entitlements::from_claim(&serde_json::Value::Object(tw))
+            .map_err(|why| format!("anonymous entitlements: {why}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::ChannelSpec;
+
+    #[test]
+    fn anonymous_flags_are_checked_like_a_claim() {
+        let e = AnonymousConfig::default().entitlements().unwrap();
+        assert!(e.allows_channel(ChannelSpec::BOOK) && e.allows_symbol("ANY"));
+        let e = AnonymousConfig {
+            channels: vec!["book.10@1000ms".into(), "trades".into()],
+            ..AnonymousConfig::default()
+        }
+        .entitlements()
+        .unwrap();
+        assert!(!e.allows_channel(ChannelSpec::BOOK));
+        assert!(e.allows_channel(ChannelSpec::parse("book.10@1000ms").unwrap()));
+        assert!(e.allows_channel(ChannelSpec::Trades));
+        for bad in [
+            AnonymousConfig {
+                channels: vec!["quotes".into()],
+                ..AnonymousConfig::default()
+            },
+            AnonymousConfig {
+                symbols: vec!["*a*b*c*d*e".into()],
+                ..AnonymousConfig::default()
+            },
+            AnonymousConfig {
+                max_depth: Some(0),
+                ..AnonymousConfig::default()
+            },
+        ] {
+            assert!(bad.entitlements().is_err(), "{bad:?}");
         }
     }
 }

@@ -39,12 +39,15 @@
 //!
 //! ## Modules (dependency arrows point one way)
 //!
-//! `net → {fanout, ws, book, metrics} → {wire, config}`
+//! `net → {fanout, ws, book, metrics} → {wire, config, auth}`
 //!
 //! - [`wire`]: generated protobuf types, [`wire::EncodedFrame`], JSON rendering.
 //! - [`book`]: order books, checksums, sequencing and ownership ([`book::market`]),
 //!   ingest decoding, decimals, the synthetic market. Pure code.
 //! - [`ws`]: the sans-IO HTTP/WebSocket codec. No sockets, no clock.
+//! - [`auth`]: JWT verification over a key set, entitlements, symbol
+//!   patterns, the per-user connection table, ingest tokens (PROTOCOL §8).
+//!   Pure: `now` is an argument, files are read by `net`.
 //! - [`cluster`]: the NATS backplane's pure parts (subjects, header,
 //!   heartbeat, what an origin publishes, what an edge follows).
 //! - [`net`]: the only module that touches sockets, `mio`, threads and wakers.
@@ -76,6 +79,12 @@
 //!   `net::backplane`): a mirrored book keeps its origin's seq, checksum and
 //!   epoch, follows on or turns stale and resyncs; the backplane thread never
 //!   blocks it (bounded rings, drops counted).
+//! - Authentication never touches the market-data path: a token is verified
+//!   once per connection (and per refresh) by the worker that owns it;
+//!   entitlements are checked where subscriptions change; expiry is a
+//!   timing-wheel entry; the per-user table is locked only on connect, auth
+//!   and close ([`auth`], `fanout::worker::auth`, `net::auth`). Secrets and
+//!   tokens are never logged nor `Debug`-printed.
 //! - Limits answer, never silently drop: 503/429 with `Retry-After`,
 //!   `Error{rate_limited}`, close 4001/4002/4003/1009; each counted by reason
 //!   ([`fanout::limits`], [`net::shared::Reject`]).
@@ -83,6 +92,7 @@
 // with no safe wrapper available), which allows it for itself.
 #![deny(unsafe_code)]
 
+pub mod auth;
 pub mod book;
 pub mod cluster;
 pub mod config;

@@ -2,14 +2,18 @@
 //! threads, wait for a signal.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use tickwire::auth::{AuthMode, VerifierConfig};
 use tickwire::book::synth::SynthConfig;
-use tickwire::config::{BackplaneSettings, IngestConfig, MarketLimits};
+use tickwire::config::{
+    AnonymousConfig, AuthConfig, BackplaneSettings, IngestConfig, MarketLimits,
+};
 use tickwire::fanout::limits::{IpLimitConfig, Rate, RequestLimits};
 use tickwire::fanout::pacing::PacingConfig;
 use tickwire::fanout::worker::WorkerConfig;
@@ -194,6 +198,88 @@ struct ServeArgs {
     /// (its books turn `Stale{feed_down}`), in ms.
     #[arg(long, default_value_t = 3_000)]
     backplane_timeout_ms: u64,
+    /// Per-feed ingest tokens: a file of `feed-name token` lines (re-read on
+    /// SIGHUP; a feed whose token is gone is closed). Instead of --token.
+    #[arg(long)]
+    ingest_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    auth: AuthArgs,
+}
+
+/// Client authentication (PROTOCOL §8; README "Authentication"). Key files
+/// are re-read on SIGHUP without dropping a connection; their contents are
+/// never printed.
+#[derive(Args, Debug, Clone)]
+struct AuthArgs {
+    /// off (default): no tokens; optional: clients without a token get the
+    /// --anonymous-* entitlements; required: every client authenticates.
+    #[arg(long, default_value = "off", value_parser = parse_auth_mode)]
+    auth: AuthMode,
+    /// HS256 shared secret: a file of at least 32 bytes (one trailing newline ignored).
+    #[arg(long)]
+    jwt_secret_file: Option<PathBuf>,
+    /// RS256, ES256 or EdDSA public key, PEM (repeatable).
+    #[arg(long = "jwt-public-key-file")]
+    jwt_public_key_files: Vec<PathBuf>,
+    /// A JWKS document of public keys (RFC 7517).
+    #[arg(long)]
+    jwt_jwks_file: Option<PathBuf>,
+    /// Tokens must carry this `iss`.
+    #[arg(long)]
+    jwt_issuer: Option<String>,
+    /// Tokens must carry this `aud` (unset: a token naming an audience is refused).
+    #[arg(long)]
+    jwt_audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf` (s).
+    #[arg(long, default_value_t = 60)]
+    jwt_leeway_secs: u64,
+    /// Anonymous clients (--auth optional): symbol patterns, comma-separated (`*` any run).
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    anonymous_symbols: Vec<String>,
+    /// Anonymous clients: channels, comma-separated (PROTOCOL §9 names, e.g.
+    /// `book.10@1000ms,trades`; each allows its coarser views).
+    #[arg(long, value_delimiter = ',', default_value = "book,trades")]
+    anonymous_channels: Vec<String>,
+    /// Anonymous clients: largest N of `book.N` (`book` is then refused).
+    #[arg(long)]
+    anonymous_max_depth: Option<u32>,
+    /// Anonymous clients: smallest conflation interval (ms).
+    #[arg(long, default_value_t = 0)]
+    anonymous_min_interval_ms: u32,
+    /// Anonymous clients: symbol-channels per connection (at most --max-subscriptions).
+    #[arg(long)]
+    anonymous_max_subscriptions: Option<u32>,
+    /// Anonymous clients: requests per second per connection (at most --requests-per-sec).
+    #[arg(long)]
+    anonymous_requests_per_sec: Option<u32>,
+}
+
+fn parse_auth_mode(s: &str) -> Result<AuthMode, String> {
+    AuthMode::parse(s).ok_or_else(|| format!("{s:?}: expected off, optional or required"))
+}
+
+impl AuthArgs {
+    fn config(&self) -> AuthConfig {
+        AuthConfig {
+            mode: self.auth,
+            secret_file: self.jwt_secret_file.clone(),
+            public_key_files: self.jwt_public_key_files.clone(),
+            jwks_file: self.jwt_jwks_file.clone(),
+            verifier: VerifierConfig {
+                issuer: self.jwt_issuer.clone(),
+                audience: self.jwt_audience.clone(),
+                leeway_s: self.jwt_leeway_secs,
+            },
+            anonymous: AnonymousConfig {
+                symbols: self.anonymous_symbols.clone(),
+                channels: self.anonymous_channels.clone(),
+                max_depth: self.anonymous_max_depth,
+                min_interval_ms: self.anonymous_min_interval_ms,
+                max_subscriptions: self.anonymous_max_subscriptions,
+                requests_per_sec: self.anonymous_requests_per_sec,
+            },
+        }
+    }
 }
 
 impl ServeArgs {
@@ -220,6 +306,7 @@ impl ServeArgs {
                 proto_addr: self.ingest,
                 json_addr: self.ingest_json,
                 token: self.token.as_deref().map(Arc::from),
+                token_file: self.ingest_token_file.clone(),
                 max_feeds: self.max_feeds,
                 feed_hello_timeout_ms: self.feed_hello_timeout_ms,
                 feed_message_timeout_ms: self.feed_message_timeout_ms,
@@ -277,6 +364,7 @@ impl ServeArgs {
                 drain_min_ns: self.drain_min_us.saturating_mul(1_000),
                 ..PacingConfig::default()
             },
+            auth: self.auth.config(),
         }
     }
 }
@@ -288,13 +376,27 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
+/// Set by SIGHUP: re-read the JWT keys and the ingest token file.
+fn reload_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
+    Ok(hup)
+}
+
 /// Exit status when an engine thread died (`EX_SOFTWARE`): the supervisor
 /// restarts the process (see `tickwire::net::health`).
 const EXIT_THREAD_DIED: i32 = 70;
 
 /// Waits for SIGTERM/SIGINT; exits the process non-zero if a thread dies.
 fn wait_for(stop: &AtomicBool, engine: &Engine) {
-    if let Err(why) = engine.supervise(stop) {
+    let hup = match reload_flag() {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "SIGHUP not handled: no reloads");
+            Arc::new(AtomicBool::new(false))
+        }
+    };
+    if let Err(why) = engine.supervise_reloading(stop, &hup) {
         tracing::error!("{why}: exiting with status {EXIT_THREAD_DIED} for a restart");
         std::process::exit(EXIT_THREAD_DIED);
     }

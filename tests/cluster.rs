@@ -812,3 +812,86 @@ fn a_dead_backplane_thread_fails_health_and_supervision() {
     assert_eq!(status, 503);
     assert!(body.contains("backplane died"), "{body}");
 }
+
+/// PROTOCOL §8 on every node: an origin and an edge with the same keys
+/// answer alike (a token's entitlements hold on the edge, for symbols it
+/// follows through NATS), and a user's `max_connections` is per node.
+#[test]
+fn origin_and_edge_authenticate_alike_with_max_connections_per_node() {
+    use common::keys::{ed25519_pems, now_s, sign_ed25519};
+    use common::{SocketOpts, try_upgrade_to};
+    use tickwire::auth::AuthMode;
+    let dir = std::env::temp_dir().join(format!("tickwire-cluster-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (private, public) = ed25519_pems();
+    std::fs::write(dir.join("ed.pub"), public).unwrap();
+    let nats = start_single();
+    let with_auth = |mut cfg: tickwire::net::engine::EngineConfig| {
+        cfg.auth.mode = AuthMode::Required;
+        cfg.auth.public_key_files = vec![dir.join("ed.pub")];
+        Engine::start(cfg).expect("node starts")
+    };
+    let backplane = |origin: Option<&str>| BackplaneSettings {
+        servers: vec![nats.url()],
+        origin: origin.map(str::to_string),
+        edge: origin.is_none(),
+        heartbeat_timeout_ms: 3_000,
+    };
+    let o = with_auth({
+        let mut cfg = config(1);
+        cfg.ingest.backplane = Some(backplane(Some("venue-a")));
+        cfg
+    });
+    let e1 = with_auth({
+        let mut cfg = config(1);
+        cfg.ingest.backplane = Some(backplane(None));
+        cfg
+    });
+    let mut feed = TcpStream::connect(o.ingest.proto_addr).unwrap();
+    feed.write_all(&proto(&[
+        snap("AAA", 1, 100, 110),
+        snap("BBB", 1, 200, 210),
+    ]))
+    .unwrap();
+    wait_listed(&e1, 2);
+    let token = sign_ed25519(
+        &private,
+        &serde_json::json!({"sub": "ola", "exp": now_s() + 600,
+            "tw": {"symbols": ["AAA"], "max_connections": 1}}),
+    );
+    let bearer = format!("Authorization: Bearer {token}");
+    let mut held = Vec::new();
+    for node in [&o, &e1] {
+        let mut c = Client::connect_to(
+            node.ws_addr,
+            Enc::Proto,
+            1,
+            SocketOpts::default(),
+            "/ws",
+            &[&bearer],
+        );
+        c.subscribe(&["AAA", "BBB"], &["book"], 1);
+        let refused = c.read_until(WAIT, |b| matches!(b, Body::Error(_)));
+        assert!(
+            matches!(&refused, Some(Body::Error(e)) if e.code == "forbidden"),
+            "{refused:?}"
+        );
+        c.subscribe(&["AAA"], &["book"], 2);
+        assert!(
+            c.read_until(
+                WAIT,
+                |b| matches!(b, Body::Snapshot(s) if s.symbol == "AAA")
+            )
+            .is_some(),
+            "AAA's snapshot on this node"
+        );
+        // The one connection this user may hold on this node is taken…
+        let (status, _, _s) =
+            try_upgrade_to(node.ws_addr, SocketOpts::default(), 2, "/ws", &[&bearer]);
+        assert_eq!(status, 429);
+        // …and it stays open while the next node admits the user again.
+        held.push(c);
+    }
+    drop(held);
+    let _ = std::fs::remove_dir_all(&dir);
+}

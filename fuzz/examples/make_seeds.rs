@@ -375,4 +375,36 @@ fn main() {
     client_request_seeds();
     arbitrary_seeds();
     backplane_seeds();
+    auth_token_seeds();
+}
+
+/// The secret of the `auth_token` target (its HS256 key).
+const AUTH_SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+/// Claims with every entitlement of PROTOCOL §8, valid until 2100.
+const AUTH_CLAIMS: &str = r#"{"sub":"alice","exp":4102444800,"nbf":1700000000,"tw":{"symbols":["BTC-*","ETH-USD","*-EUR"],"channels":["book.10@1000ms","trades"],"max_depth":10,"min_interval_ms":1000,"max_connections":2,"max_subscriptions":50,"requests_per_sec":5}}"#;
+
+/// Tokens (a signed one, `alg: none`), claims payloads and a token file.
+fn auth_token_seeds() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let b64 = |s: &str| URL_SAFE_NO_PAD.encode(s);
+    let header = b64(r#"{"alg":"HS256","typ":"JWT"}"#);
+    let message = format!("{header}.{}", b64(AUTH_CLAIMS));
+    let key = jsonwebtoken::EncodingKey::from_secret(AUTH_SECRET).expect("a secret");
+    let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &key, jsonwebtoken::Algorithm::HS256)
+        .expect("HS256 signs");
+    write("auth_token", "hs256", format!("{message}.{sig}").as_bytes());
+    let none = format!("{}.{}.", b64(r#"{"alg":"none"}"#), b64(AUTH_CLAIMS));
+    write("auth_token", "alg-none", none.as_bytes());
+    write("auth_token", "claims", AUTH_CLAIMS.as_bytes());
+    write(
+        "auth_token",
+        "claims-wrong-types",
+        br#"{"sub":7,"exp":"soon","tw":{"symbols":"BTC","max_depth":"ten"}}"#,
+    );
+    write(
+        "auth_token",
+        "token-file",
+        b"# feed token\ncoinbase-1 aaaaaaaaaaaaaaaa1\nbinance-1 bbbbbbbbbbbbbbbb2\n",
+    );
 }

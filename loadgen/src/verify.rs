@@ -700,6 +700,8 @@ impl Verifier {
                     s.stale = true;
                 }
             }
+            // PROTOCOL §8: the answer to an `auth`, a control message.
+            Body::Authenticated(_) => t.control += 1,
         }
     }
 

@@ -61,6 +61,12 @@
 //! would have been rejected anyway) carrying that token (`BadToken`; compared
 //! without an early exit). A Hello after the first message is rejected with
 //! `LateHello` and the connection stays.
+//!
+//! With a token file ([`FeedTokens::PerFeed`]) the token names the feed: its
+//! Hello's `feed_id` must be empty or that name, and the decoded Hello carries
+//! the name from the file. The decoder keeps what was admitted
+//! ([`FeedDecoder::still_admitted`]), so a reloaded file can revoke a feed
+//! that is connected.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -71,6 +77,7 @@ use sonic_rs::{JsonContainerTrait as _, JsonValueTrait as _, Value};
 use super::decimal::{self, DecimalError, MAX_DECIMALS};
 use super::symbol::is_valid_symbol;
 use super::{RejectReason, Rejection, StreamError};
+use crate::auth::feeds::{FeedIdentity, FeedTokens};
 use crate::wire::json::write_json_str;
 use crate::wire::nesting::nesting_exceeds;
 use crate::wire::pb::{self, ingest_message::Body};
@@ -122,7 +129,9 @@ pub type PollResult = Result<Option<Result<Decoded, Rejection>>, StreamError>;
 /// - Once `poisoned` is set, `buf` is empty and stays empty.
 pub struct FeedDecoder {
     framing: Framing,
-    token: Option<Arc<str>>,
+    tokens: Option<Arc<FeedTokens>>,
+    /// Who the Hello's token said the feed is, and that token (for a reload).
+    admitted: Option<(FeedIdentity, Box<str>)>,
     max_frame_bytes: usize,
     buf: Vec<u8>,
     start: usize,
@@ -136,7 +145,8 @@ impl std::fmt::Debug for FeedDecoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FeedDecoder")
             .field("framing", &self.framing)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tokens", &self.tokens)
+            .field("admitted", &self.admitted.as_ref().map(|(who, _)| who))
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("buffered_bytes", &self.buffered_bytes())
             .field("seen_first", &self.seen_first)
@@ -156,9 +166,21 @@ impl FeedDecoder {
     /// any; `max_frame_bytes`: the frame/line limit
     /// ([`crate::config::MAX_INGEST_FRAME_BYTES`] by default).
     pub fn new(framing: Framing, token: Option<Arc<str>>, max_frame_bytes: usize) -> Self {
+        let tokens = token.map(|t| Arc::new(FeedTokens::Shared(t)));
+        FeedDecoder::with_tokens(framing, tokens, max_frame_bytes)
+    }
+
+    /// A decoder for a new connection, with the shared token or the token
+    /// file in force when it was accepted.
+    pub fn with_tokens(
+        framing: Framing,
+        tokens: Option<Arc<FeedTokens>>,
+        max_frame_bytes: usize,
+    ) -> Self {
         FeedDecoder {
             framing,
-            token,
+            tokens,
+            admitted: None,
             max_frame_bytes,
             buf: Vec::with_capacity(INITIAL_BUFFER_BYTES),
             start: 0,
@@ -170,6 +192,27 @@ impl FeedDecoder {
 
     pub fn framing(&self) -> Framing {
         self.framing
+    }
+
+    /// Whether the feed is still admitted under `tokens` (a reloaded token
+    /// file): always when it was admitted without a token, never when its
+    /// token was revoked or now names another feed.
+    pub fn still_admitted(&self, tokens: Option<&FeedTokens>) -> bool {
+        match (tokens, &self.admitted) {
+            (None, _) => true,
+            (Some(t), Some((who, token))) => t.still_valid(token, who),
+            // Not through the gate yet: judged by the new tokens when its
+            // Hello comes (they replace the old ones below).
+            (Some(_), None) => !self.seen_first,
+        }
+    }
+
+    /// The tokens a feed that has not sent its first message yet will be
+    /// judged by (a reload before its Hello).
+    pub fn set_tokens(&mut self, tokens: Option<Arc<FeedTokens>>) {
+        if !self.seen_first {
+            self.tokens = tokens;
+        }
     }
 
     /// Bytes received and not yet consumed by a complete message.
@@ -247,17 +290,23 @@ impl FeedDecoder {
         self.seen_first = true;
         match parsed {
             Parsed::Hello(hello) if first => {
-                if let Some(token) = &self.token
-                    && !token_matches(token.as_bytes(), hello.token.as_bytes())
-                {
+                let Some(tokens) = &self.tokens else {
+                    return Ok(Some(Ok(Decoded::Hello {
+                        feed_id: hello.feed_id,
+                    })));
+                };
+                let Some(who) = tokens.check(&hello.token, &hello.feed_id) else {
                     return Err(self.poison(StreamError::BadToken));
-                }
-                Ok(Some(Ok(Decoded::Hello {
-                    feed_id: hello.feed_id,
-                })))
+                };
+                let feed_id = match &who {
+                    FeedIdentity::Shared => hello.feed_id,
+                    FeedIdentity::Named(name) => name.to_string(),
+                };
+                self.admitted = Some((who, hello.token.into()));
+                Ok(Some(Ok(Decoded::Hello { feed_id })))
             }
             Parsed::Hello(_) => Ok(Some(Err(RejectReason::LateHello.into()))),
-            Parsed::Other(_) if first && self.token.is_some() => {
+            Parsed::Other(_) if first && self.tokens.is_some() => {
                 Err(self.poison(StreamError::MissingHello))
             }
             Parsed::Other(result) => Ok(Some(result)),
@@ -318,16 +367,6 @@ impl FeedDecoder {
             return parse_json_line(line, decimals).map(Some);
         }
     }
-}
-
-/// Compares a configured token with a received one without stopping at the
-/// first differing byte (the time depends only on the configured length).
-fn token_matches(expected: &[u8], given: &[u8]) -> bool {
-    let mut diff = u8::from(expected.len() != given.len());
-    for (i, &e) in expected.iter().enumerate() {
-        diff |= e ^ given.get(i).copied().unwrap_or(0);
-    }
-    std::hint::black_box(diff) == 0
 }
 
 /// Reads a length prefix: `Ok(None)` if incomplete, `BadLength` if longer than
@@ -1723,9 +1762,7 @@ mod tests {
         );
         let d = decoder(Framing::Protobuf, Some("hunter2"), 10);
         assert!(!format!("{d:?}").contains("hunter2"), "{d:?}");
-        assert!(token_matches(b"", b""));
-        assert!(!token_matches(b"", b"x"));
-        assert!(!token_matches(b"ab", b"a"));
+        assert!(!format!("{d:?}").contains("hunter2"));
     }
 
     #[test]
@@ -1747,6 +1784,44 @@ mod tests {
                 ok(Decoded::Delta(delta())),
             ]
         );
+    }
+
+    /// A token file: the token names the feed (its Hello may leave the name
+    /// empty or repeat it); another feed's name, or an unknown token,
+    /// closes; a reload that drops the token revokes the connected feed.
+    #[test]
+    fn token_file_names_the_feed_and_can_revoke_it() {
+        let file = b"coinbase-1 aaaaaaaaaaaaaaaa1\nbinance-1 bbbbbbbbbbbbbbbb2\n";
+        let tokens = Arc::new(FeedTokens::parse_file(file).unwrap());
+        let run = |feed_id: &str, token: &str| {
+            let mut d = FeedDecoder::with_tokens(
+                Framing::Protobuf,
+                Some(tokens.clone()),
+                MAX_INGEST_FRAME_BYTES,
+            );
+            d.handle_bytes(&proto_bytes(&[hello(feed_id, token)]));
+            (d.poll_message(&btc), d)
+        };
+        for feed_id in ["", "coinbase-1"] {
+            let (out, d) = run(feed_id, "aaaaaaaaaaaaaaaa1");
+            assert_eq!(
+                out,
+                Ok(Some(Ok(Decoded::Hello {
+                    feed_id: "coinbase-1".into()
+                })))
+            );
+            assert!(d.still_admitted(Some(&tokens)));
+            let revoked = FeedTokens::parse_file(b"binance-1 bbbbbbbbbbbbbbbb2\n").unwrap();
+            assert!(!d.still_admitted(Some(&revoked)));
+            assert!(!format!("{d:?}").contains("aaaa"), "{d:?}");
+        }
+        for (feed_id, token) in [
+            ("binance-1", "aaaaaaaaaaaaaaaa1"),
+            ("", "cccccccccccccccc3"),
+            ("", ""),
+        ] {
+            assert_eq!(run(feed_id, token).0, Err(StreamError::BadToken));
+        }
     }
 
     // -- Readable but invalid -------------------------------------------------

@@ -78,7 +78,19 @@ pub struct Request {
     pub channels: Channels,
 }
 
-/// The `code` of an `Error` answer (PROTOCOL §6).
+/// A client request of any op: a subscription change, or `auth` (PROTOCOL §8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientRequest {
+    Subscription(Request),
+    /// `{"op":"auth","token":"<jwt>","id":1}`: the token is not looked at
+    /// here (its size is the verifier's to refuse).
+    Auth {
+        id: u64,
+        token: String,
+    },
+}
+
+/// The `code` of an `Error` answer (PROTOCOL §6, §8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     BadRequest,
@@ -86,6 +98,11 @@ pub enum ErrorCode {
     UnknownSymbol,
     /// Over the connection's request rate (PROTOCOL §6; checked first).
     RateLimited,
+    /// Outside the connection's entitlements, or a refresh with another
+    /// user's (or an older) token (PROTOCOL §8).
+    Forbidden,
+    /// Not authenticated yet, or a bad token in an `auth` (PROTOCOL §8).
+    Unauthorized,
 }
 
 impl ErrorCode {
@@ -95,6 +112,8 @@ impl ErrorCode {
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::UnknownSymbol => "unknown_symbol",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Unauthorized => "unauthorized",
         }
     }
 }
@@ -125,11 +144,20 @@ pub const MAX_SYMBOLS_PER_REQUEST: usize = 10_000;
 /// the protocol defines is 3 (`resume` in §10). Deeper is a `bad_request`.
 pub const MAX_REQUEST_DEPTH: usize = 8;
 
-/// Parses one client text message.
+/// Parses one client text message that must be a subscription change
+/// (`auth` is a `bad_request` here: see [`parse_client_request`]).
+pub fn parse_request(text: &str) -> Result<Request, RequestError> {
+    match parse_client_request(text)? {
+        ClientRequest::Subscription(r) => Ok(r),
+        ClientRequest::Auth { id, .. } => Err(bad(id, "unknown op \"auth\"")),
+    }
+}
+
+/// Parses one client text message: a subscription change or an `auth`.
 ///
 /// `id` is read first so that every later failure echoes it; an `id` that is
 /// present but not a non-negative integer is itself a `bad_request` with id 0.
-pub fn parse_request(text: &str) -> Result<Request, RequestError> {
+pub fn parse_client_request(text: &str) -> Result<ClientRequest, RequestError> {
     // Checked before the parser, which recurses per level (a stack overflow
     // would abort the process).
     if nesting_exceeds(text.as_bytes(), MAX_REQUEST_DEPTH) {
@@ -151,8 +179,23 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
     let op = match v.get("op").and_then(|o| o.as_str()) {
         Some("subscribe") => Op::Subscribe,
         Some("unsubscribe") => Op::Unsubscribe,
+        Some("auth") => {
+            let token = v
+                .get("token")
+                .and_then(|t| t.as_str())
+                .ok_or_else(|| bad(id, "token must be a string"))?;
+            return Ok(ClientRequest::Auth {
+                id,
+                token: token.to_string(),
+            });
+        }
         Some(other) => return Err(bad(id, format!("unknown op {:?}", truncate(other)))),
-        None => return Err(bad(id, "op must be \"subscribe\" or \"unsubscribe\"")),
+        None => {
+            return Err(bad(
+                id,
+                "op must be \"subscribe\", \"unsubscribe\" or \"auth\"",
+            ));
+        }
     };
     let channels = match v.get("channels") {
         None => Channels::book(),
@@ -203,12 +246,12 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
             symbols.push(s.to_string());
         }
     }
-    Ok(Request {
+    Ok(ClientRequest::Subscription(Request {
         op,
         id,
         symbols,
         channels,
-    })
+    }))
 }
 
 /// The `id` of a request that is refused before it is parsed (over the
@@ -341,6 +384,29 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.message.len() < 120);
+    }
+
+    #[test]
+    fn auth_requests() {
+        assert_eq!(
+            parse_client_request(r#"{"op":"auth","token":"a.b.c","id":1}"#),
+            Ok(ClientRequest::Auth {
+                id: 1,
+                token: "a.b.c".into()
+            })
+        );
+        let e = parse_client_request(r#"{"op":"auth","token":7,"id":2}"#).unwrap_err();
+        assert_eq!((e.id, e.code), (2, ErrorCode::BadRequest));
+        let e = parse_client_request(r#"{"op":"auth","id":3}"#).unwrap_err();
+        assert_eq!((e.id, e.code), (3, ErrorCode::BadRequest));
+        // Where only subscriptions are expected, `auth` is an unknown op.
+        assert_eq!(
+            err(r#"{"op":"auth","token":"t","id":4}"#),
+            (4, ErrorCode::BadRequest)
+        );
+        // The token is never echoed.
+        let e = parse_request(r#"{"op":"auth","token":"s3cret.tok.en","id":4}"#).unwrap_err();
+        assert!(!e.message.contains("s3cret"));
     }
 
     #[test]

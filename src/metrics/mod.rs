@@ -126,7 +126,7 @@ pub const REJECT_REASONS: [&str; 15] = [
 ];
 
 /// Reasons a feed connection ends (see `book::StreamError::label`, plus EOF/IO).
-pub const FEED_CLOSE_REASONS: [&str; 14] = [
+pub const FEED_CLOSE_REASONS: [&str; 15] = [
     "frame_too_large",
     "bad_length",
     "undecodable",
@@ -140,6 +140,7 @@ pub const FEED_CLOSE_REASONS: [&str; 14] = [
     "eof",
     "io_error",
     "too_many_feeds",
+    "token_revoked",
     "other",
 ];
 
@@ -150,7 +151,7 @@ pub struct IngestCounters {
     pub feeds_accepted: Counter,
     /// `accept` on a feed listener failed (out of file descriptors, say).
     pub accept_errors: Counter,
-    pub feeds_closed: LabeledCounter<14>,
+    pub feeds_closed: LabeledCounter<15>,
     pub bytes_read: Counter,
     pub accepted: LabeledCounter<4>,
     pub rejected: LabeledCounter<15>,

@@ -13,13 +13,15 @@ use mio::{Poll, Token, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{info, warn};
 
-use crate::config::{ConfigError, IngestConfig};
+use crate::auth::AuthMode;
+use crate::config::{AuthConfig, ConfigError, IngestConfig};
 use crate::fanout::limits::IpLimitConfig;
 use crate::fanout::ring::WorkerId;
-use crate::fanout::worker::{WorkerConfig, WorkerCore};
+use crate::fanout::worker::{AuthSetup, WorkerConfig, WorkerCore};
 use crate::ws;
 
-use super::ingest::{IngestHandle, IngestServer};
+use super::auth::{AuthShared, load_verifier};
+use super::ingest::{IngestHandle, IngestServer, load_feed_tokens};
 use super::shared::Shared;
 use super::sink::{FanoutSink, RtrbRings};
 use crate::fanout::pacing::PacingConfig;
@@ -52,6 +54,8 @@ pub struct EngineConfig {
     pub ip_limits: IpLimitConfig,
     /// When workers drain their ring, write and sleep (`fanout::pacing`).
     pub pacing: PacingConfig,
+    /// Client authentication and entitlements (PROTOCOL §8). Default off.
+    pub auth: AuthConfig,
 }
 
 impl Default for EngineConfig {
@@ -69,6 +73,7 @@ impl Default for EngineConfig {
             shell: ShellConfig::default(),
             ip_limits: IpLimitConfig::default(),
             pacing: PacingConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -79,6 +84,9 @@ pub struct Engine {
     pub ws_addr: SocketAddr,
     pub ingest: IngestHandle,
     pub shared: Arc<Shared>,
+    /// The key files and the ingest token file, for [`Engine::reload`].
+    auth: AuthConfig,
+    token_file: Option<std::path::PathBuf>,
     stop: Arc<AtomicBool>,
     wakers: Vec<Arc<Waker>>,
     threads: Vec<JoinHandle<()>>,
@@ -101,6 +109,12 @@ impl EngineConfig {
     /// Thresholds that cannot work together are a configuration error at
     /// start, not a surprise under load.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.ingest.token.is_some() && self.ingest.token_file.is_some() {
+            return Err(ConfigError::TokenAndTokenFile);
+        }
+        if self.auth.mode != AuthMode::Off && !self.auth.has_keys() {
+            return Err(ConfigError::AuthWithoutKey);
+        }
         let w = &self.worker;
         let k = self.shell.kernel_unsent_bytes;
         if w.low_water_bytes >= w.high_water_bytes {
@@ -161,6 +175,22 @@ impl Engine {
         if cfg.ingest.backplane.is_some() {
             shared = shared.with_backplane(ingest.backplane_counters());
         }
+        let mut auth_setup = AuthSetup::default();
+        if cfg.auth.mode != AuthMode::Off {
+            let verifier = load_verifier(&cfg.auth)?;
+            let anonymous = cfg
+                .auth
+                .anonymous
+                .entitlements()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            let shared_auth = AuthShared::new(verifier);
+            auth_setup = AuthSetup {
+                mode: cfg.auth.mode,
+                verifier: Some(shared_auth.verifier().0),
+                anonymous: Arc::new(anonymous),
+            };
+            shared = shared.with_auth(shared_auth);
+        }
         let shared = Arc::new(shared);
         let stop = Arc::new(AtomicBool::new(false));
         // The first listener fixes the port (port 0 picks one); the others join it.
@@ -201,7 +231,11 @@ impl Engine {
                 ring,
                 to_ingest,
                 ingest_waker: ingest.waker(),
-                core: WorkerCore::new(cfg.worker),
+                core: {
+                    let mut core = WorkerCore::new(cfg.worker);
+                    core.set_auth(auth_setup.clone());
+                    core
+                },
                 ws_config: cfg.ws,
                 router: router.clone(),
                 shared: shared.clone(),
@@ -241,10 +275,40 @@ impl Engine {
             ws_addr,
             ingest,
             shared,
+            auth: cfg.auth.clone(),
+            token_file: cfg.ingest.token_file.clone(),
             stop,
             wakers,
             threads,
         })
+    }
+
+    /// Re-reads the JWT key files and the ingest token file (SIGHUP). A file
+    /// that no longer reads or parses leaves what was loaded in force (the
+    /// error is returned for the log); no connection is dropped, except a
+    /// feed whose token the new token file no longer holds.
+    pub fn reload(&self) -> Result<(), String> {
+        let mut errors = Vec::new();
+        if let Some(a) = &self.shared.auth {
+            match load_verifier(&self.auth) {
+                Ok(v) => {
+                    info!(keys = v.keys().len(), "JWT keys reloaded");
+                    a.set_verifier(v);
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if let Some(path) = &self.token_file {
+            match load_feed_tokens(path) {
+                Ok(t) => self.ingest.set_feed_tokens(t),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
     }
 
     /// The first engine thread that died, if any (see [`super::health`]).
@@ -256,7 +320,23 @@ impl Engine {
     /// which one), checking every 50 ms. The binary exits non-zero on `Err`
     /// so that its supervisor restarts it.
     pub fn supervise(&self, stop: &AtomicBool) -> Result<(), String> {
+        self.supervise_reloading(stop, &AtomicBool::new(false))
+    }
+
+    /// [`Engine::supervise`], and a [`Engine::reload`] each time `reload`
+    /// is set (the binary sets it on SIGHUP).
+    pub fn supervise_reloading(
+        &self,
+        stop: &AtomicBool,
+        reload: &AtomicBool,
+    ) -> Result<(), String> {
         while !stop.load(Ordering::Relaxed) {
+            if reload.swap(false, Ordering::Relaxed) {
+                match self.reload() {
+                    Ok(()) => info!("reloaded"),
+                    Err(e) => warn!(error = %e, "reload failed; what was loaded stays in force"),
+                }
+            }
             if let Some(why) = self.failure() {
                 return Err(why);
             }

@@ -35,6 +35,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use tracing::{debug, info, warn};
 
+use crate::auth::feeds::FeedTokens;
 use crate::book::decode::{Decoded, FeedDecoder, Framing};
 use crate::book::feed_deadlines::FeedDeadlines;
 use crate::book::feed_name::{MAX_FEED_ID_BYTES, display_feed_id};
@@ -114,11 +115,17 @@ impl MarketSink for NullSink {
 pub enum Control {
     /// Run a closure against the market on the ingest thread (queries, metrics).
     WithMarket(Box<dyn FnOnce(&Market) + Send>),
+    /// A reloaded ingest token file (SIGHUP): new feeds are judged by it, and
+    /// a connected feed whose token it no longer holds is closed
+    /// (`token_revoked`).
+    SetFeedTokens(Arc<FeedTokens>),
     Shutdown,
 }
 
 /// The ingest server, bound but not yet running.
 pub struct IngestServer {
+    /// The shared token or the token file's (see `auth::feeds`).
+    tokens: Option<Arc<FeedTokens>>,
     poll: Poll,
     waker: Arc<Waker>,
     proto: TcpListener,
@@ -153,7 +160,13 @@ impl IngestServer {
         poll.registry()
             .register(&mut json, JSON_LISTENER, Interest::READABLE)?;
         let (control_tx, control_rx) = crossbeam_channel::unbounded();
+        let tokens = match (&cfg.token_file, &cfg.token) {
+            (Some(path), _) => Some(Arc::new(load_feed_tokens(path)?)),
+            (None, Some(t)) => Some(Arc::new(FeedTokens::Shared(t.clone()))),
+            (None, None) => None,
+        };
         Ok(IngestServer {
+            tokens,
             poll,
             waker,
             proto,
@@ -233,6 +246,7 @@ impl IngestServer {
             read_buf: vec![0; READ_BUF_BYTES].into_boxed_slice(),
             liveness: self.liveness,
             backplane,
+            tokens: self.tokens,
         };
         let thread = std::thread::Builder::new()
             .name("ingest".into())
@@ -266,6 +280,17 @@ impl IngestHandle {
     }
 
     /// A sender of control requests (for the HTTP side's queries).
+    /// Hands a reloaded token file to the ingest thread (see [`Control::SetFeedTokens`]).
+    pub fn set_feed_tokens(&self, tokens: FeedTokens) {
+        if self
+            .control
+            .send(Control::SetFeedTokens(Arc::new(tokens)))
+            .is_ok()
+        {
+            let _ = self.waker.wake();
+        }
+    }
+
     pub fn control(&self) -> (Sender<Control>, Arc<Waker>) {
         (self.control.clone(), self.waker.clone())
     }
@@ -328,6 +353,8 @@ struct IngestLoop {
     liveness: Arc<Liveness>,
     /// The NATS backplane, when this node is an origin or an edge.
     backplane: Option<Backplane>,
+    /// How feeds authenticate now (replaced by a reload).
+    tokens: Option<Arc<FeedTokens>>,
 }
 
 enum ReadOutcome {
@@ -439,10 +466,35 @@ impl IngestLoop {
         while let Ok(c) = self.control.try_recv() {
             match c {
                 Control::WithMarket(f) => f(&self.market),
+                Control::SetFeedTokens(t) => self.set_feed_tokens(t),
                 Control::Shutdown => return false,
             }
         }
         true
+    }
+
+    /// A reloaded token file: feeds whose token it no longer admits (or
+    /// now names another feed) are closed; feeds not yet through their
+    /// Hello will be judged by it.
+    fn set_feed_tokens(&mut self, tokens: Arc<FeedTokens>) {
+        let mut revoked = 0;
+        for slot in 0..self.feeds.len() {
+            let Some(feed) = self.feeds[slot].as_mut() else {
+                continue;
+            };
+            if feed.decoder.still_admitted(Some(&tokens)) {
+                feed.decoder.set_tokens(Some(tokens.clone()));
+            } else {
+                revoked += 1;
+                self.close_feed(
+                    slot,
+                    "token_revoked",
+                    "its token is no longer in the token file",
+                );
+            }
+        }
+        info!(feeds = tokens.len(), revoked, "ingest token file reloaded");
+        self.tokens = Some(tokens);
     }
 
     fn accept(&mut self, framing: Framing) {
@@ -518,9 +570,9 @@ impl IngestLoop {
                 addr,
                 id,
                 name: String::new(),
-                decoder: FeedDecoder::new(
+                decoder: FeedDecoder::with_tokens(
                     framing,
-                    self.cfg.token.clone(),
+                    self.tokens.clone(),
                     self.cfg.max_frame_bytes,
                 ),
                 deadlines: FeedDeadlines::new(self.mono_ns()),
@@ -724,4 +776,21 @@ impl IngestLoop {
             }
         }
     }
+}
+
+/// Reads an ingest token file (`auth::feeds`). Errors name the file and the
+/// line, never a token.
+pub fn load_feed_tokens(path: &std::path::Path) -> io::Result<FeedTokens> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("ingest token file {}: {e}", path.display()),
+        )
+    })?;
+    FeedTokens::parse_file(&bytes).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("ingest token file {}: {e}", path.display()),
+        )
+    })
 }

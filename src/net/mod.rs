@@ -2,6 +2,7 @@
 //! affinity. Everything it decides, it asks the sans-IO modules.
 
 pub mod accept_backoff;
+pub mod auth;
 pub mod backplane;
 pub mod demo;
 pub mod echo;

@@ -9,12 +9,14 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
+use super::auth::AuthShared;
 use super::backplane::BackplaneCounters;
 use super::health::{Health, Liveness};
 use super::symbols::SymbolDirectory;
+use crate::auth::AuthResult;
 use crate::fanout::limits::{IpLimitConfig, IpLimits};
 use crate::fanout::router::RouterStats;
-use crate::fanout::worker::{LagHistogram, RESYNC_LAG_BOUNDS_NS};
+use crate::fanout::worker::{LagHistogram, RESYNC_LAG_BOUNDS_NS, Tier};
 use crate::metrics::{IngestCounters, PromText};
 
 /// Why a connection or request was refused or a connection closed by the
@@ -53,10 +55,18 @@ pub enum Reject {
     HeaderTooLarge,
     /// 400: unreadable HTTP request.
     BadHttpRequest,
+    /// `Error{forbidden}` (PROTOCOL §8).
+    Forbidden,
+    /// 401 at the upgrade, `Error{unauthorized}`, close 4005 (PROTOCOL §8).
+    Unauthorized,
+    /// Close 4004 at the token's `exp`.
+    TokenExpired,
+    /// 429 at the upgrade or close 4006: the user's `max_connections`.
+    UserConnections,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 16] = [
+    pub const ALL: [Reject; 20] = [
         Reject::MaxConnections,
         Reject::IpConnections,
         Reject::IpHandshakeRate,
@@ -73,6 +83,10 @@ impl Reject {
         Reject::OriginForbidden,
         Reject::HeaderTooLarge,
         Reject::BadHttpRequest,
+        Reject::Forbidden,
+        Reject::Unauthorized,
+        Reject::TokenExpired,
+        Reject::UserConnections,
     ];
 
     /// The `reason` label.
@@ -94,6 +108,10 @@ impl Reject {
             Reject::OriginForbidden => "origin_forbidden",
             Reject::HeaderTooLarge => "header_too_large",
             Reject::BadHttpRequest => "bad_http_request",
+            Reject::Forbidden => "forbidden",
+            Reject::Unauthorized => "unauthorized",
+            Reject::TokenExpired => "token_expired",
+            Reject::UserConnections => "user_connections",
         }
     }
 }
@@ -140,6 +158,10 @@ pub struct WorkerCounters {
     pub lag_closes: crate::metrics::Counter,
     /// Indexed by `Reject as usize`.
     pub rejections: [crate::metrics::Counter; Reject::ALL.len()],
+    /// Authentications by result, indexed like `AuthResult::ALL` (PROTOCOL §8).
+    pub auth_results: [crate::metrics::Counter; AuthResult::ALL.len()],
+    /// Connections by tier, indexed like `Tier::ALL`.
+    pub tiers: [crate::metrics::Gauge; Tier::ALL.len()],
 }
 
 impl WorkerCounters {
@@ -204,6 +226,8 @@ pub struct Shared {
     pub health: Health,
     /// The NATS backplane's counters, when this node has one.
     pub backplane: Option<Arc<BackplaneCounters>>,
+    /// Authentication (PROTOCOL §8), unless `--auth off`.
+    pub auth: Option<AuthShared>,
 }
 
 impl Shared {
@@ -230,7 +254,14 @@ impl Shared {
             symbols: Arc::new(SymbolDirectory::default()),
             workers,
             backplane: None,
+            auth: None,
         }
+    }
+
+    /// With authentication on: the verifier and the per-user table.
+    pub fn with_auth(mut self, auth: AuthShared) -> Shared {
+        self.auth = Some(auth);
+        self
     }
 
     /// With the backplane's counters in `/metrics` and its thread under the
@@ -466,6 +497,43 @@ impl Shared {
                 raw,
                 "# HELP tickwire_ws_open WebSocket connections open in the process.\n# TYPE tickwire_ws_open gauge\ntickwire_ws_open {ws_open}"
             );
+            let name = "tickwire_authentications_total";
+            let _ = writeln!(
+                raw,
+                "# HELP {name} Token verifications (at the upgrade or in an auth request), by result.\n# TYPE {name} counter"
+            );
+            for (i, w) in self.workers.iter().enumerate() {
+                for r in AuthResult::ALL {
+                    let _ = writeln!(
+                        raw,
+                        "{name}{{worker=\"{i}\",result=\"{}\"}} {}",
+                        r.label(),
+                        w.counters.auth_results[r as usize].get()
+                    );
+                }
+            }
+            let name = "tickwire_connections_by_tier";
+            let _ = writeln!(
+                raw,
+                "# HELP {name} WebSocket connections by authentication tier (open: auth off).\n# TYPE {name} gauge"
+            );
+            for (i, w) in self.workers.iter().enumerate() {
+                for t in Tier::ALL {
+                    let _ = writeln!(
+                        raw,
+                        "{name}{{worker=\"{i}\",tier=\"{}\"}} {}",
+                        t.label(),
+                        w.counters.tiers[t as usize].get()
+                    );
+                }
+            }
+            if let Some(a) = &self.auth {
+                let users = a.users().users();
+                let _ = writeln!(
+                    raw,
+                    "# HELP tickwire_users_connected Authenticated users holding a connection in this process.\n# TYPE tickwire_users_connected gauge\ntickwire_users_connected {users}"
+                );
+            }
             let ips = self.ip_limits().len();
             let _ = writeln!(
                 raw,

@@ -44,6 +44,12 @@ impl CloseCode {
     pub const RATE_LIMITED: CloseCode = CloseCode(4002);
     /// 4003: heartbeat timeout (PROTOCOL §7).
     pub const HEARTBEAT_TIMEOUT: CloseCode = CloseCode(4003);
+    /// 4004: the token expired without a refresh (PROTOCOL §8).
+    pub const TOKEN_EXPIRED: CloseCode = CloseCode(4004);
+    /// 4005: unauthorized, or forbidden by the token (PROTOCOL §8).
+    pub const UNAUTHORIZED: CloseCode = CloseCode(4005);
+    /// 4006: too many connections for this user (PROTOCOL §8).
+    pub const USER_CONNECTIONS: CloseCode = CloseCode(4006);
 
     /// Whether the server sending this code fails the connection (PROTOCOL §7:
     /// any 1002, 1003, 1007, 1009 or 4xxx, and the other errors 1008, 1011):

@@ -196,6 +196,11 @@ pub fn render(msg: &pb::ServerMessage, decimals: Decimals, out: &mut String) {
             write_json_str(out, &s.reason);
             out.push('}');
         }
+        Some(Body::Authenticated(a)) => {
+            let _ = write!(out, "{{\"type\":\"authenticated\",\"id\":{},\"sub\":", a.id);
+            write_json_str(out, &a.sub);
+            let _ = write!(out, ",\"expires_at_ns\":{}}}", a.expires_at_ns);
+        }
         None => out.push_str("{\"type\":\"\"}"),
     }
 }
@@ -340,6 +345,18 @@ mod tests {
         assert_eq!(
             st,
             r#"{"type":"stale","symbol":"X","dropped":0,"reason":"feed_down"}"#
+        );
+        let au = render_str(
+            Body::Authenticated(pb::Authenticated {
+                id: 1,
+                sub: "al\"ice".into(),
+                expires_at_ns: 1_732_870_000_000_000_000,
+            }),
+            Decimals::default(),
+        );
+        assert_eq!(
+            au,
+            r#"{"type":"authenticated","id":1,"sub":"al\"ice","expires_at_ns":1732870000000000000}"#
         );
         let un = render_str(
             Body::Unsubscribed(pb::Unsubscribed {

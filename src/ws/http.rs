@@ -400,6 +400,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         200 => "OK",
         204 => "No Content",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
@@ -439,6 +440,13 @@ impl Response {
 
     pub fn bad_request(why: &str) -> Response {
         Response::text(400, &format!("bad request: {why}"))
+    }
+
+    /// 401 for a bad token at the upgrade (RFC 6750 §3: the scheme and the
+    /// error code in `WWW-Authenticate`).
+    pub fn invalid_token() -> Response {
+        Response::text(401, "unauthorized: invalid token")
+            .with_header("WWW-Authenticate", "Bearer error=\"invalid_token\"")
     }
 
     pub fn forbidden() -> Response {

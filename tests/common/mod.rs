@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod harness;
+pub mod keys;
 pub mod nats;
 
 use std::collections::HashMap;
@@ -56,6 +57,8 @@ pub struct Client {
     pub log: Vec<Body>,
     pub violations: Vec<String>,
     pub closed: Option<(u16, String)>,
+    /// How much of `log` [`Client::next_in_log`] has gone through.
+    pub cursor: usize,
 }
 
 fn rand_bytes(seed: u64) -> [u8; 16] {
@@ -101,10 +104,43 @@ pub fn try_upgrade(
     opts: SocketOpts,
     seed: u64,
 ) -> (u16, Option<String>, TcpStream) {
+    let (status, head, stream) = try_upgrade_to(addr, opts, seed, "/ws", &[]);
+    let retry = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("retry-after")
+            .then(|| v.trim().to_string())
+    });
+    (status, retry, stream)
+}
+
+/// Appends header lines to a request head that ends with its blank line.
+fn add_headers(req: &mut Vec<u8>, headers: &[&str]) {
+    if headers.is_empty() {
+        return;
+    }
+    assert!(req.ends_with(b"\r\n\r\n"));
+    req.truncate(req.len() - 2);
+    for h in headers {
+        req.extend_from_slice(h.as_bytes());
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"\r\n");
+}
+
+/// An upgrade at `path` with extra header lines that may be refused: the
+/// status, the whole response head, and the stream (open after a 101).
+pub fn try_upgrade_to(
+    addr: SocketAddr,
+    opts: SocketOpts,
+    seed: u64,
+    path: &str,
+    headers: &[&str],
+) -> (u16, String, TcpStream) {
     let mut stream = tcp_connect(addr, opts);
     let hs = ClientHandshake::new(rand_bytes(seed), &[]);
     let mut req = Vec::new();
-    hs.write_request(&mut req, &addr.to_string(), "/ws");
+    hs.write_request(&mut req, &addr.to_string(), path);
+    add_headers(&mut req, headers);
     stream.write_all(&req).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -117,12 +153,7 @@ pub fn try_upgrade(
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_string();
             let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-            let retry = head.lines().find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("retry-after")
-                    .then(|| v.trim().to_string())
-            });
-            return (status, retry, stream);
+            return (status, head, stream);
         }
         assert!(n > 0, "closed before an HTTP answer");
     }
@@ -134,6 +165,24 @@ impl Client {
     }
 
     pub fn connect_with(addr: SocketAddr, enc: Enc, seed: u64, opts: SocketOpts) -> Client {
+        let path = if enc == Enc::JsonQuery {
+            "/ws?encoding=json"
+        } else {
+            "/ws"
+        };
+        Client::connect_to(addr, enc, seed, opts, path, &[])
+    }
+
+    /// Upgrades at `path` (with its query) with extra request header lines
+    /// (`"Authorization: Bearer …"`); panics unless the answer is a 101.
+    pub fn connect_to(
+        addr: SocketAddr,
+        enc: Enc,
+        seed: u64,
+        opts: SocketOpts,
+        path: &str,
+        headers: &[&str],
+    ) -> Client {
         let mut stream = tcp_connect(addr, opts);
         stream.set_nodelay(true).unwrap();
         let protocols: &[&str] = match enc {
@@ -142,12 +191,8 @@ impl Client {
         };
         let hs = ClientHandshake::new(rand_bytes(seed), protocols);
         let mut req = Vec::new();
-        let path = if enc == Enc::JsonQuery {
-            "/ws?encoding=json"
-        } else {
-            "/ws"
-        };
         hs.write_request(&mut req, &addr.to_string(), path);
+        add_headers(&mut req, headers);
         stream.write_all(&req).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
@@ -174,6 +219,7 @@ impl Client {
             log: Vec::new(),
             violations: Vec::new(),
             closed: None,
+            cursor: 0,
         };
         c.collect_events();
         c
@@ -293,6 +339,29 @@ impl Client {
                     }
                 }
             }
+        }
+    }
+
+    /// The next message of `log` after the last one this returned for which
+    /// `pred` holds (reading for at most `wait`); none is skipped however
+    /// the messages were batched in reads.
+    pub fn next_in_log(
+        &mut self,
+        wait: Duration,
+        mut pred: impl FnMut(&Body) -> bool,
+    ) -> Option<Body> {
+        let deadline = Instant::now() + wait;
+        loop {
+            while self.cursor < self.log.len() {
+                self.cursor += 1;
+                if pred(&self.log[self.cursor - 1]) {
+                    return Some(self.log[self.cursor - 1].clone());
+                }
+            }
+            if Instant::now() >= deadline || self.closed.is_some() {
+                return None;
+            }
+            self.read_for(Duration::from_millis(20));
         }
     }
 
@@ -489,6 +558,11 @@ impl Client {
                 symbol: s("symbol")?,
                 dropped: n("dropped")?,
                 reason: s("reason")?,
+            }),
+            "authenticated" => Body::Authenticated(pb::Authenticated {
+                id: n("id")?,
+                sub: s("sub")?,
+                expires_at_ns: n("expires_at_ns")?,
             }),
             "snapshot" => {
                 let (pd, sd) = (n("price_decimals")? as u32, n("size_decimals")? as u32);

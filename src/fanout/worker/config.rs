@@ -94,6 +94,21 @@ pub struct WorkerStats {
     pub rejected_too_many_subscriptions: u64,
     pub rejected_unknown_symbol: u64,
     pub rejected_rate_limited: u64,
+    /// `Error{forbidden}` (PROTOCOL §8: outside the entitlements, a refresh
+    /// with another user's or an older token).
+    pub rejected_forbidden: u64,
+    /// Refused for authentication (PROTOCOL §8): `Error{unauthorized}`
+    /// answers, 4005 closes after no `auth` within 5 s, and the shell's 401s
+    /// at the upgrade (noted with [`crate::fanout::worker::WorkerCore::note_upgrade_auth`]).
+    pub rejected_unauthorized: u64,
+    /// Connections closed 4004 at their token's `exp`.
+    pub token_expired_closes: u64,
+    /// A user over its `max_connections`: 429 at the upgrade or close 4006.
+    pub rejected_user_connections: u64,
+    /// Authentications by result, indexed like [`crate::auth::AuthResult::ALL`].
+    pub auth_results: [u64; crate::auth::AuthResult::ALL.len()],
+    /// Connections by tier, indexed like [`crate::fanout::worker::Tier::ALL`].
+    pub tiers: [usize; 4],
     /// Connections closed 4002 for sustained rate abuse.
     pub rate_limit_closes: u64,
     pub unrouted: u64,

@@ -66,6 +66,7 @@ use crate::wire::{CloseCode, EncodedFrame};
 use backlog::KernelBacklog;
 use delivery::RunDelta;
 
+mod auth;
 mod backlog;
 mod config;
 mod delivery;
@@ -75,6 +76,7 @@ mod requests;
 mod tests;
 
 pub use crate::wire::Encoding;
+pub use auth::{AuthSetup, Tier, UpgradeRefusal};
 pub use config::{LagHistogram, RESYNC_LAG_BOUNDS_NS, WorkerConfig, WorkerStats};
 
 /// A connection of this worker: a dense slot index chosen by the core, reused
@@ -186,6 +188,9 @@ pub struct WorkerCore {
     json_buf: String,
     /// Scratch for `handle_ring_batch`: the run of deltas being gathered.
     run: Vec<RunDelta>,
+    /// Each connection's tier and entitlements, and the auth deadlines
+    /// for the shell's wheel (`auth.rs`).
+    auth: auth::CoreAuth,
 }
 
 static EMPTY_OUTBOX: Outbox = Outbox::new();
@@ -215,6 +220,7 @@ impl WorkerCore {
             stats: WorkerStats::default(),
             json_buf: String::new(),
             run: Vec::new(),
+            auth: auth::CoreAuth::default(),
         }
     }
 
@@ -232,20 +238,31 @@ impl WorkerCore {
             .reserve_exact(n.saturating_sub(self.limiters.len()));
         self.kernel
             .reserve_exact(n.saturating_sub(self.kernel.len()));
+        self.auth
+            .conns
+            .reserve_exact(n.saturating_sub(self.auth.conns.len()));
         self.subs.reserve_conns(n);
     }
 
-    /// A new connection, after its WebSocket upgrade.
+    /// A new connection, after its WebSocket upgrade, that presented no
+    /// token there ([`WorkerCore::open_conn_with`]).
     pub fn open_conn(&mut self, encoding: Encoding) -> ConnId {
+        self.open_conn_with(encoding, None, 0)
+    }
+
+    /// A connection slot with fresh state (reused when one is free).
+    fn alloc_conn(&mut self, encoding: Encoding) -> ConnId {
         if let Some(slot) = self.free.pop() {
             self.conns[slot as usize] = Conn::new(encoding);
             self.limiters[slot as usize] = RequestLimiter::default();
             self.kernel[slot as usize] = KernelBacklog::default();
+            self.auth.conns[slot as usize] = auth::ConnAuth::default();
             return ConnId(slot);
         }
         self.conns.push(Conn::new(encoding));
         self.limiters.push(RequestLimiter::default());
         self.kernel.push(KernelBacklog::default());
+        self.auth.conns.push(auth::ConnAuth::default());
         ConnId((self.conns.len() - 1) as u32)
     }
 
@@ -268,6 +285,7 @@ impl WorkerCore {
         c.in_unmeasured_list = false;
         self.remove_all_subs(conn.0);
         self.closes.retain(|(id, _, _)| *id != conn);
+        self.auth.conns[conn.0 as usize] = auth::ConnAuth::default();
         self.free.push(conn.0);
     }
 
@@ -386,6 +404,7 @@ impl WorkerCore {
         s.buffered_bytes = self.conns.iter().map(|c| c.outbox.buffered_bytes()).sum();
         s.queue_capacity_bytes = self.conns.iter().map(|c| c.outbox.capacity_bytes()).sum();
         s.live_frames = self.frames.live();
+        s.tiers = self.tier_counts();
         s.awaiting_subs = (0..self.instruments.len() as u32)
             .filter_map(|i| self.subs.symbol(SymbolId(i)))
             .map(|ss| {

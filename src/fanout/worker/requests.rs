@@ -2,34 +2,64 @@
 //! the answers, and what they ask of the ingest thread (interest, snapshots).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use super::delivery::encode_control;
 use super::{ConnId, ConnState, Encoding, WorkerCore};
 use crate::book::SymbolId;
 use crate::fanout::limits::RateVerdict;
 use crate::fanout::outbox::FrameClass;
-use crate::fanout::request::{ErrorCode, Op, Request, RequestError, parse_request, request_id};
+use crate::fanout::request::{
+    ClientRequest, ErrorCode, Op, Request, RequestError, parse_client_request, request_id,
+};
 use crate::fanout::ring::{Channel, ToIngest};
 use crate::fanout::subs::{SubState, Transitions};
 use crate::wire::CloseCode;
 use crate::wire::pb::{self, server_message::Body};
 
 impl WorkerCore {
-    /// One client request (PROTOCOL §6). Answers are queued on the connection.
-    ///
-    /// The request rate is checked first: over it, the answer is
-    /// `Error{rate_limited}` whatever the request says (its `id` echoed when
-    /// readable), and a connection that keeps going over it is closed with
-    /// 4002 (reported by [`WorkerCore::poll_close`]).
+    /// One client request (PROTOCOL §6, §8). Answers are queued on the
+    /// connection. A first `auth` is admitted by anyone (see
+    /// [`WorkerCore::handle_text_admit`] for the per-user connection limit).
     pub fn handle_text(&mut self, conn: ConnId, text: &str, now_ns: u64) {
+        self.handle_text_admit(conn, text, now_ns, &mut |_, _| true);
+    }
+
+    /// One client request. `admit(sub, max_connections)` is asked once when
+    /// an `auth` makes the connection a new user's: whether that user may
+    /// hold one more connection (the shell's table of every worker's users).
+    ///
+    /// The request rate is checked first (the tier's rate: an `auth` counts
+    /// too): over it, the answer is `Error{rate_limited}` whatever the
+    /// request says (its `id` echoed when readable), and a connection that
+    /// keeps going over it is closed with 4002 (reported by
+    /// [`WorkerCore::poll_close`]). Until authenticated (`--auth required`),
+    /// any request but `auth` is `Error{unauthorized}`.
+    pub fn handle_text_admit(
+        &mut self,
+        conn: ConnId,
+        text: &str,
+        now_ns: u64,
+        admit: &mut dyn FnMut(&Arc<str>, Option<u32>) -> bool,
+    ) {
         if self.conns.get(conn.0 as usize).map(|c| c.state) != Some(ConnState::Open) {
             return;
         }
-        let result = match self.limiters[conn.0 as usize].check(&self.cfg.requests, now_ns) {
-            RateVerdict::Allow => parse_request(text).and_then(|req| match req.op {
-                Op::Subscribe => self.subscribe(conn.0, req, now_ns),
-                Op::Unsubscribe => self.unsubscribe(conn.0, req, now_ns),
-            }),
+        let limits = self.request_limits(conn.0);
+        let result = match self.limiters[conn.0 as usize].check(&limits, now_ns) {
+            RateVerdict::Allow => match parse_client_request(text) {
+                Ok(ClientRequest::Auth { id, token }) => {
+                    self.handle_auth(conn.0, id, &token, now_ns, admit)
+                }
+                Ok(ClientRequest::Subscription(req)) if !self.may_subscribe(conn.0) => {
+                    Err(WorkerCore::not_authenticated(req.id))
+                }
+                Ok(ClientRequest::Subscription(req)) => match req.op {
+                    Op::Subscribe => self.subscribe(conn.0, req, now_ns),
+                    Op::Unsubscribe => self.unsubscribe(conn.0, req, now_ns),
+                },
+                Err(e) => Err(e),
+            },
             RateVerdict::Limited => Err(RequestError {
                 id: request_id(text),
                 code: ErrorCode::RateLimited,
@@ -41,26 +71,32 @@ impl WorkerCore {
                 return;
             }
         };
-        if let Err(e) = result {
-            self.stats.requests_rejected += 1;
-            match e.code {
-                ErrorCode::BadRequest => self.stats.rejected_bad_request += 1,
-                ErrorCode::TooManySubscriptions => self.stats.rejected_too_many_subscriptions += 1,
-                ErrorCode::UnknownSymbol => self.stats.rejected_unknown_symbol += 1,
-                ErrorCode::RateLimited => self.stats.rejected_rate_limited += 1,
-            }
-            let msg = pb::ServerMessage {
-                body: Some(Body::Error(pb::Error {
-                    id: e.id,
-                    code: e.code.as_str().to_string(),
-                    message: e.message,
-                })),
-            };
-            self.send_control(conn.0, &msg, now_ns);
-        } else {
-            self.stats.requests_ok += 1;
+        match result {
+            Err(e) => self.answer_error(conn.0, e, now_ns),
+            Ok(()) => self.stats.requests_ok += 1,
         }
         self.finish_closes();
+    }
+
+    /// Counts a refused request and queues its `Error` answer.
+    pub(super) fn answer_error(&mut self, conn: u32, e: RequestError, now_ns: u64) {
+        self.stats.requests_rejected += 1;
+        match e.code {
+            ErrorCode::BadRequest => self.stats.rejected_bad_request += 1,
+            ErrorCode::TooManySubscriptions => self.stats.rejected_too_many_subscriptions += 1,
+            ErrorCode::UnknownSymbol => self.stats.rejected_unknown_symbol += 1,
+            ErrorCode::RateLimited => self.stats.rejected_rate_limited += 1,
+            ErrorCode::Forbidden => self.stats.rejected_forbidden += 1,
+            ErrorCode::Unauthorized => self.stats.rejected_unauthorized += 1,
+        }
+        let msg = pb::ServerMessage {
+            body: Some(Body::Error(pb::Error {
+                id: e.id,
+                code: e.code.as_str().to_string(),
+                message: e.message,
+            })),
+        };
+        self.send_control(conn, &msg, now_ns);
     }
 
     pub(super) fn lookup(&self, name: &str) -> Option<SymbolId> {
@@ -68,6 +104,8 @@ impl WorkerCore {
     }
 
     fn subscribe(&mut self, conn: u32, req: Request, now_ns: u64) -> Result<(), RequestError> {
+        // PROTOCOL §8: forbidden after bad_request (the parser's), before the rest.
+        self.check_entitlements(conn, req.id, &req.symbols, req.channels.iter())?;
         // too_many_subscriptions before unknown_symbol (PROTOCOL §6): an unknown
         // symbol counts as new.
         // What the connection holds, by (symbol, channel): one pass over its
@@ -89,13 +127,13 @@ impl WorkerCore {
                 }
             }
         }
-        if held + added > self.cfg.max_subscriptions {
+        let max = self.max_subscriptions(conn);
+        if held + added > max {
             return Err(RequestError {
                 id: req.id,
                 code: ErrorCode::TooManySubscriptions,
                 message: format!(
-                    "{} symbol-channels held, {added} more requested, limit {}",
-                    held, self.cfg.max_subscriptions
+                    "{held} symbol-channels held, {added} more requested, limit {max}"
                 ),
             });
         }

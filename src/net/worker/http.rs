@@ -60,6 +60,21 @@ impl Worker {
                     }
                     return;
                 }
+                // PROTOCOL §8: a token at the upgrade, after the cheap limits.
+                let mut claims = None;
+                if up.endpoint == Endpoint::Ws && self.auth_on() {
+                    match self.upgrade_auth(req, now_ns) {
+                        Ok(c) => claims = c,
+                        Err(resp) => {
+                            // The slot `check_limits` reserved is not taken.
+                            self.shared.ws_open.fetch_sub(1, Ordering::Relaxed);
+                            if let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) {
+                                c.ws.respond(now, &resp);
+                            }
+                            return;
+                        }
+                    }
+                }
                 let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
                     return;
                 };
@@ -69,7 +84,8 @@ impl Worker {
                 c.last_ping_ns = now_ns;
                 self.me.counters.connections_open.inc();
                 if up.endpoint == Endpoint::Ws {
-                    let id = self.core.open_conn(up.encoding);
+                    c.user = claims.as_ref().map(|cl| cl.sub.clone());
+                    let id = self.core.open_conn_with(up.encoding, claims, now_ns);
                     c.core = Some(id);
                     let i = id.0 as usize;
                     if self.by_core.len() <= i {
@@ -78,7 +94,7 @@ impl Worker {
                     self.by_core[i] = slot as u32;
                 }
                 self.schedule_heartbeat(slot);
-                let _ = now;
+                self.sync_auth_deadlines();
             }
             Route::Get(endpoint) => {
                 self.me.counters.http_requests.inc();

@@ -87,6 +87,8 @@ impl Worker {
                 codec_deadline_ns: None,
                 codec_timer: None,
                 heartbeat_timer: None,
+                auth_timer: None,
+                user: None,
             });
             self.sync_codec_timer(slot);
             // Edge-triggered: bytes may already wait.
@@ -164,7 +166,7 @@ impl Worker {
                     });
                 }
                 Event::Text(text) => match c.core {
-                    Some(id) => self.core.handle_text(id, &text, now_ns),
+                    Some(id) => self.client_text(slot, id, &text, now_ns),
                     None => {
                         let _ = c.ws.send_text(&text);
                     }

@@ -34,7 +34,8 @@
 //!    waits at most one pass over the connections dirty before it. The only
 //!    step that writes market data.
 //! 7. Timers: one [`TimerWheel`] holds every connection's deadlines
-//!    (handshake, close handshake, heartbeat: ping / 4003); every ~100 ms the
+//!    (handshake, close handshake, heartbeat: ping / 4003, auth: 4005 /
+//!    4004 in `auth.rs`); every ~100 ms the
 //!    kernel's unsent bytes of sockets that held some are measured again and
 //!    the core's duties run (backlog older than the max lag → 4001, release
 //!    of idle buffers); and up to 1,000 sockets written since their last
@@ -80,6 +81,7 @@ use super::ring_wake::must_wake;
 use super::shared::{Reject, WorkerShared, new_latency_histogram};
 use super::unsent::unsent_bytes;
 
+mod auth;
 mod http;
 mod input;
 mod timers;
@@ -198,6 +200,9 @@ struct Client {
     codec_deadline_ns: Option<NonZeroU64>,
     codec_timer: Option<TimerHandle>,
     heartbeat_timer: Option<TimerHandle>,
+    auth_timer: Option<TimerHandle>,
+    /// The user this connection counts for in the shared table (PROTOCOL §8).
+    user: Option<Arc<str>>,
 }
 
 /// Shell output of one connection not yet written, and how much of it was.
@@ -252,6 +257,8 @@ pub struct Worker {
     /// Scratch for `drain_ring`: the messages and their ingest timestamps.
     drained: Vec<ToWorker>,
     drained_ts: Vec<u64>,
+    /// The generation of the key set the core holds (`auth.rs`).
+    verifier_gen: u64,
 }
 
 fn realtime_ns() -> u64 {
@@ -308,6 +315,7 @@ impl Worker {
             accept_backoff: AcceptBackoff::default(),
             drained: Vec::new(),
             drained_ts: Vec::new(),
+            verifier_gen: 0,
         })
     }
 
@@ -497,6 +505,7 @@ impl Worker {
         for h in [c.codec_timer, c.heartbeat_timer].into_iter().flatten() {
             self.timers.cancel(h);
         }
+        self.release_user(&mut c);
         if c.upgraded {
             self.shared.ws_open.fetch_sub(1, Ordering::Relaxed);
             self.me.counters.connections_open.dec();

@@ -11,6 +11,9 @@ pub(super) enum TimerKind {
     Codec,
     /// Ping due, or silence past ping interval + pong timeout (4003).
     Heartbeat,
+    /// The connection's auth deadline: 5 s to authenticate (4005), or its
+    /// token's `exp` (4004) (PROTOCOL §8; `auth.rs`).
+    Auth,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +111,7 @@ impl Worker {
                     c.heartbeat_timer = None;
                     self.heartbeat(slot, now, now_ns);
                 }
+                TimerKind::Auth => self.auth_deadline(slot, now, now_ns),
             }
         }
         self.expired = expired;
@@ -195,8 +199,18 @@ impl Worker {
                 s.rejected_too_many_subscriptions,
             ),
             (Reject::UnknownSymbol, s.rejected_unknown_symbol),
+            (Reject::Forbidden, s.rejected_forbidden),
+            (Reject::Unauthorized, s.rejected_unauthorized),
+            (Reject::TokenExpired, s.token_expired_closes),
+            (Reject::UserConnections, s.rejected_user_connections),
         ] {
             c.rejections[r as usize].set(v);
+        }
+        for (counter, &v) in c.auth_results.iter().zip(&s.auth_results) {
+            counter.set(v);
+        }
+        for (gauge, &v) in c.tiers.iter().zip(&s.tiers) {
+            gauge.set(v as u64);
         }
         c.timers.set(self.timers.len() as u64);
         c.oldest_backlog_age_ns.set(s.oldest_backlog_age_ns);

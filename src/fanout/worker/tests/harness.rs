@@ -303,6 +303,13 @@ fn ev_from_pb(m: pb::ServerMessage) -> Ev {
             dropped: s.dropped,
             ..Ev::default()
         },
+        Body::Authenticated(a) => Ev {
+            ty: "authenticated".into(),
+            id: a.id,
+            symbol: a.sub,
+            seq: a.expires_at_ns,
+            ..Ev::default()
+        },
     }
 }
 
@@ -331,16 +338,22 @@ fn ev_from_json(text: &str) -> Ev {
             })
             .unwrap_or_default()
     };
+    let ty = s("type");
+    let authenticated = ty == "authenticated";
     Ev {
-        ty: s("type"),
-        symbol: s("symbol"),
+        symbol: if authenticated { s("sub") } else { s("symbol") },
+        seq: if authenticated {
+            n("expires_at_ns")
+        } else {
+            n("seq")
+        },
+        ty,
         symbols: strs("symbols"),
         channels: strs("channels"),
         instruments: v
             .get("instruments")
             .and_then(|x| x.as_array())
             .map_or(0, |a| a.len()),
-        seq: n("seq"),
         id: n("id"),
         code: s("code"),
         reason: s("reason"),

@@ -2,6 +2,7 @@
 //! ([`harness`]): a fake ingest thread, fake clients that decode what the
 //! core queues, and a manual clock. One file per concern of the core.
 
+mod auth;
 mod backlog;
 mod conns;
 mod delivery;
