@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::harness::{config, delta, metric_with, proto, snap, wait_until};
 use common::keys::{self, ed25519_pems, forge, hs256_secret, now_s, sign_ed25519, sign_hs256};
 use common::{Client, Enc, SocketOpts, try_upgrade_to};
+use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 use tickwire::auth::AuthMode;
 use tickwire::net::engine::{Engine, EngineConfig};
@@ -258,6 +259,50 @@ fn each_way_of_presenting_a_token() {
     wait_until("counted", || {
         auth_results(&e, "ok") == 3 && rejections(&e, "unauthorized") >= 3
     });
+}
+
+/// RS256 and ES256 (PROTOCOL §8), with keys made by `openssl` for this test:
+/// each verifies with its own public key file, a token of one signed with the
+/// other's key (or claiming the other algorithm) is refused.
+#[test]
+fn rs256_and_es256_tokens_verify_with_their_public_keys() {
+    let (Some((rsa_private, rsa_public)), Some((ec_private, ec_public))) =
+        (keys::openssl_pems("rsa"), keys::openssl_pems("ec"))
+    else {
+        panic!("openssl is needed to make the RSA and P-256 test keys");
+    };
+    let k = Keys::new("rsa-ec");
+    std::fs::write(k.path("rsa.pub"), rsa_public).unwrap();
+    std::fs::write(k.path("ec.pub"), ec_public).unwrap();
+    let (e, _feed) = engine(&k, AuthMode::Required, 1, |cfg| {
+        cfg.auth.public_key_files = vec![k.path("rsa.pub"), k.path("ec.pub")];
+    });
+    let claims = user("carol", 600, json!({}));
+    let rs = keys::sign_pem(Algorithm::RS256, &rsa_private, &claims);
+    let es = keys::sign_pem(Algorithm::ES256, &ec_private, &claims);
+    let mut a = connect(&e, 1, "/ws", &[&bearer(&rs)]);
+    assert_eq!(sub(&mut a, &["BTC-USD"], &["book"], 1), "subscribed");
+    let mut b = connect(&e, 2, "/ws", &[]);
+    auth(&mut b, &es, 2);
+    assert!(matches!(answer(&mut b), Body::Authenticated(_)));
+    assert_eq!(sub(&mut b, &["BTC-USD"], &["book"], 3), "subscribed");
+    // An RS256 header over an ES256 signature, and a token signed by a key
+    // the engine does not hold: 401 at the upgrade.
+    let parts: Vec<&str> = es.split('.').collect();
+    let forged = format!(
+        "{}.{}.{}",
+        rs.split('.').next().unwrap(),
+        parts[1],
+        parts[2]
+    );
+    let (stranger_private, _) = keys::openssl_pems("ec").unwrap();
+    let stranger = keys::sign_pem(Algorithm::ES256, &stranger_private, &claims);
+    for bad in [forged, stranger] {
+        let (status, _) = upgrade(&e, 3, "/ws", &[&bearer(&bad)]);
+        assert_eq!(status, 401, "{bad}");
+    }
+    assert!(a.closed.is_none() && b.closed.is_none());
+    wait_until("counted", || auth_results(&e, "ok") == 2);
 }
 
 /// Each claim of `tw`: a subscription outside it is refused and changes

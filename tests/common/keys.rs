@@ -99,3 +99,66 @@ pub fn forge(header: &str, claims: &serde_json::Value, signature: &str) -> Strin
         URL_SAFE_NO_PAD.encode(claims.to_string())
     )
 }
+
+/// A fresh key pair made by the `openssl` command line (PKCS#8 private PEM,
+/// SPKI public PEM): `rsa` (2048 bits, RS256) or `ec` (P-256, ES256). `None`
+/// when `openssl` is not installed.
+pub fn openssl_pems(kind: &str) -> Option<(String, String)> {
+    let dir = std::env::temp_dir().join(format!(
+        "tickwire-openssl-{kind}-{}-{:x}",
+        std::process::id(),
+        u64::from_le_bytes(random_bytes())
+    ));
+    std::fs::create_dir_all(&dir).ok()?;
+    let private = dir.join("key.pem");
+    let public = dir.join("pub.pem");
+    let gen_args: &[&str] = match kind {
+        "rsa" => &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ],
+        _ => &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ],
+    };
+    let ok = std::process::Command::new("openssl")
+        .args(gen_args)
+        .arg("-out")
+        .arg(&private)
+        .status()
+        .ok()?
+        .success()
+        && std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&private)
+            .arg("-out")
+            .arg(&public)
+            .status()
+            .ok()?
+            .success();
+    let pems = ok.then(|| {
+        (
+            std::fs::read_to_string(&private).expect("the private key"),
+            std::fs::read_to_string(&public).expect("the public key"),
+        )
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    pems
+}
+
+/// Signs with an RSA (RS256) or EC P-256 (ES256) private PEM.
+pub fn sign_pem(alg: Algorithm, private_pem: &str, claims: &serde_json::Value) -> String {
+    let key = match alg {
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(private_pem.as_bytes()),
+        _ => EncodingKey::from_ec_pem(private_pem.as_bytes()),
+    }
+    .expect("a private key");
+    encode(&Header::new(alg), claims, &key).expect("signs")
+}
