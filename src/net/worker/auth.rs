@@ -104,7 +104,7 @@ impl Worker {
         if let Some(user) = admitted
             && let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut)
         {
-            c.user = Some(user);
+            c.auth.get_or_insert_default().user = Some(user);
         }
         self.sync_auth_deadlines();
     }
@@ -119,7 +119,8 @@ impl Worker {
             let Some(c) = self.clients.get_mut(slot as usize).and_then(Option::as_mut) else {
                 continue;
             };
-            if let Some(h) = c.auth_timer.take() {
+            let auth = c.auth.get_or_insert_default();
+            if let Some(h) = auth.timer.take() {
                 self.timers.cancel(h);
             }
             let key = TimerKey {
@@ -127,7 +128,7 @@ impl Worker {
                 generation: c.generation,
                 kind: TimerKind::Auth,
             };
-            c.auth_timer = Some(self.timers.insert(at_ns, key));
+            auth.timer = Some(self.timers.insert(at_ns, key));
         }
     }
 
@@ -137,7 +138,9 @@ impl Worker {
         let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
-        c.auth_timer = None;
+        if let Some(auth) = c.auth.as_mut() {
+            auth.timer = None;
+        }
         let Some(id) = c.core else {
             return;
         };
@@ -148,10 +151,13 @@ impl Worker {
 
     /// A closing client's user gives its connection back to the table.
     pub(super) fn release_user(&mut self, c: &mut Client) {
-        if let (Some(user), Some(a)) = (c.user.take(), &self.shared.auth) {
+        let Some(mut auth) = c.auth.take() else {
+            return;
+        };
+        if let (Some(user), Some(a)) = (auth.user.take(), &self.shared.auth) {
             a.users().disconnect(&user);
         }
-        if let Some(h) = c.auth_timer.take() {
+        if let Some(h) = auth.timer.take() {
             self.timers.cancel(h);
         }
     }

@@ -84,7 +84,9 @@ impl Worker {
                 c.last_ping_ns = now_ns;
                 self.me.counters.connections_open.inc();
                 if up.endpoint == Endpoint::Ws {
-                    c.user = claims.as_ref().map(|cl| cl.sub.clone());
+                    if let Some(cl) = &claims {
+                        c.auth.get_or_insert_default().user = Some(cl.sub.clone());
+                    }
                     let id = self.core.open_conn_with(up.encoding, claims, now_ns);
                     c.core = Some(id);
                     let i = id.0 as usize;

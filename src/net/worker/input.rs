@@ -87,8 +87,7 @@ impl Worker {
                 codec_deadline_ns: None,
                 codec_timer: None,
                 heartbeat_timer: None,
-                auth_timer: None,
-                user: None,
+                auth: None,
             });
             self.sync_codec_timer(slot);
             // Edge-triggered: bytes may already wait.

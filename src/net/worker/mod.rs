@@ -200,8 +200,15 @@ struct Client {
     codec_deadline_ns: Option<NonZeroU64>,
     codec_timer: Option<TimerHandle>,
     heartbeat_timer: Option<TimerHandle>,
-    auth_timer: Option<TimerHandle>,
-    /// The user this connection counts for in the shared table (PROTOCOL §8).
+    /// Auth state (PROTOCOL §8), boxed: most connections have none.
+    auth: Option<Box<ClientAuth>>,
+}
+
+/// A connection's auth deadline in the wheel, and the user it counts for in
+/// the shared table (PROTOCOL §8).
+#[derive(Default)]
+struct ClientAuth {
+    timer: Option<TimerHandle>,
     user: Option<Arc<str>>,
 }
 
