@@ -56,6 +56,8 @@ pub struct Client {
     pub log: Vec<Body>,
     pub violations: Vec<String>,
     pub closed: Option<(u16, String)>,
+    /// permessage-deflate as the server's 101 accepted it (PROTOCOL §12).
+    pub deflate: Option<ws::deflate::Deflate>,
 }
 
 fn rand_bytes(seed: u64) -> [u8; 16] {
@@ -134,13 +136,31 @@ impl Client {
     }
 
     pub fn connect_with(addr: SocketAddr, enc: Enc, seed: u64, opts: SocketOpts) -> Client {
+        Client::connect_ext(addr, enc, seed, opts, false)
+    }
+
+    /// Offers permessage-deflate; the codec inflates what comes compressed.
+    pub fn connect_deflate(addr: SocketAddr, enc: Enc, seed: u64) -> Client {
+        Client::connect_ext(addr, enc, seed, SocketOpts::default(), true)
+    }
+
+    fn connect_ext(
+        addr: SocketAddr,
+        enc: Enc,
+        seed: u64,
+        opts: SocketOpts,
+        deflate: bool,
+    ) -> Client {
         let mut stream = tcp_connect(addr, opts);
         stream.set_nodelay(true).unwrap();
         let protocols: &[&str] = match enc {
             Enc::JsonProtocol => &["tickwire.v1.json"],
             _ => &[],
         };
-        let hs = ClientHandshake::new(rand_bytes(seed), protocols);
+        let mut hs = ClientHandshake::new(rand_bytes(seed), protocols);
+        if deflate {
+            hs = hs.with_deflate();
+        }
         let mut req = Vec::new();
         let path = if enc == Enc::JsonQuery {
             "/ws?encoding=json"
@@ -162,7 +182,9 @@ impl Client {
                 break (buf[len..].to_vec(), proto);
             }
         };
+        let agreed = ws::deflate_in_response(&buf);
         let mut conn = ws::Conn::client(ws::Config::default(), seed | 1);
+        conn.set_deflate(agreed);
         conn.handle_read(Instant::now(), &rest);
         let mut c = Client {
             stream,
@@ -174,6 +196,7 @@ impl Client {
             log: Vec::new(),
             violations: Vec::new(),
             closed: None,
+            deflate: agreed,
         };
         c.collect_events();
         c
