@@ -2,9 +2,10 @@
 # Autobahn|Testsuite conformance of the WebSocket codec (src/ws), driven by
 # kosoku (PyPI) against `tickwire echo` over loopback.
 #
-# Sections 1-7 and 10. Excluded on purpose: 9 (16 MiB messages, over the
-# 64 KiB message limit of PROTOCOL §7 by design) and 12-13 (permessage-deflate,
-# never negotiated).
+# Sections 1-7, 10, 12 and 13 (permessage-deflate, PROTOCOL §12). Excluded on
+# purpose, for the 64 KiB message limit of PROTOCOL §7 (by design): section 9
+# (up to 16 MiB messages) and the cases of 12 and 13 that send 131072-byte
+# messages (x.y.10 and x.y.15 to x.y.18), and 12.4.9 and 12.4.14 (below).
 #
 # Strict: exits non-zero unless every case is OK, except the cases listed in
 # EXPECTED_INFORMATIONAL below, which must be INFORMATIONAL (and nothing worse).
@@ -22,14 +23,19 @@ case $TARGET_DIR in /*) ;; *) TARGET_DIR=$PWD/$TARGET_DIR ;; esac
 WORK=$TARGET_DIR/autobahn
 REPORT=$WORK/report
 VENV=$WORK/venv
-CASES=(-i '1.*' -i '2.*' -i '3.*' -i '4.*' -i '5.*' -i '6.*' -i '7.*' -i '10.*')
+CASES=(-i '1.*' -i '2.*' -i '3.*' -i '4.*' -i '5.*' -i '6.*' -i '7.*' -i '10.*'
+    -i '12.*' -i '13.*')
+for s in 10 15 16 17 18; do CASES+=(-x "12.*.$s" -x "13.*.$s"); done
+# 12.4.9 and 12.4.14 send 65536 characters of HTML: more than 64 KiB once
+# UTF-8 encoded, so the server closes with 1009 and the case waits it out.
+CASES+=(-x '12.4.9' -x '12.4.14')
 # Cases whose verdict the suite itself forces to INFORMATIONAL:
 #   7.1.6  256 KiB text message then close: over the 64 KiB limit, so the
 #          server closes with 1009 (the case only reports what happened).
 #   7.13.1 close code 5000, 7.13.2 close code 65536: codes RFC 6455 leaves
 #          undefined; the server closes with 1002.
 EXPECTED_INFORMATIONAL="7.1.6 7.13.1 7.13.2"
-MIN_CASES=247
+MIN_CASES=401
 
 mkdir -p "$WORK"
 echo "autobahn: installing kosoku==$KOSOKU_VERSION"
@@ -81,7 +87,7 @@ rm -rf "$REPORT"
 URL=ws://127.0.0.1:$PORT/echo
 echo "autobahn: $VENV/bin/kosoku $URL ${CASES[*]} -o $REPORT"
 set +e
-timeout 600 "$VENV/bin/kosoku" "$URL" "${CASES[@]}" -o "$REPORT" >"$WORK/kosoku.out" 2>&1
+timeout 1500 "$VENV/bin/kosoku" "$URL" "${CASES[@]}" -o "$REPORT" >"$WORK/kosoku.out" 2>&1
 KOSOKU_RC=$?
 set -e
 tail -n 5 "$WORK/kosoku.out"
@@ -131,8 +137,8 @@ print("autobahn: " + ", ".join(f"{b}={counts[b]}" for b in
       ("OK", "NON-STRICT", "INFORMATIONAL", "UNIMPLEMENTED", "FAILED", "ERROR")))
 problems = []
 missing = informational - set(cases)
-if len(cases) < int(min_cases) or missing or set(sections) != {"1", "2", "3", "4", "5", "6", "7", "10"}:
-    problems.append(f"  ran {len(cases)} cases (expected at least {min_cases}, sections 1-7 and 10)")
+if len(cases) < int(min_cases) or missing or set(sections) != {"1", "2", "3", "4", "5", "6", "7", "10", "12", "13"}:
+    problems.append(f"  ran {len(cases)} cases (expected at least {min_cases}, sections 1-7, 10, 12, 13)")
 if kosoku_rc != "0":
     problems.append(f"  kosoku exited with {kosoku_rc}")
 print(f"autobahn: {len(cases) - len(bad)} passed, {len(bad)} failed")

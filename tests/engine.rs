@@ -201,6 +201,65 @@ fn many_clients_get_gap_free_books_equal_to_the_feed() {
     assert!(total_deltas > 5000, "deltas delivered: {total_deltas}");
 }
 
+/// PROTOCOL §12: a client that offers permessage-deflate and one that does
+/// not, on the same symbols, both get gap-free books equal to the feed's (the
+/// first through its inflating codec; market data may come with RSV1 clear).
+#[test]
+fn deflate_and_plain_clients_on_the_same_symbols_get_the_same_books() {
+    let e = engine();
+    let mut synth = SynthMarket::new(SynthConfig {
+        seed: 21,
+        symbols: 3,
+        ..SynthConfig::default()
+    });
+    let names: Vec<String> = synth.names().map(str::to_string).collect();
+    let mut feed = TcpStream::connect(e.ingest.proto_addr).unwrap();
+    feed.write_all(&proto(&synth.snapshots(1))).unwrap();
+    wait_until("symbols known", || seqs(&e).len() == names.len());
+    let subs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut zipped = Client::connect_deflate(e.ws_addr, Enc::Proto, 1);
+    let mut zipped_json = Client::connect_deflate(e.ws_addr, Enc::JsonProtocol, 2);
+    let mut plain = Client::connect(e.ws_addr, Enc::Proto, 3);
+    assert!(zipped.deflate.is_some() && zipped_json.deflate.is_some());
+    assert_eq!(plain.deflate, None);
+    for (i, c) in [&mut zipped, &mut zipped_json, &mut plain]
+        .into_iter()
+        .enumerate()
+    {
+        c.subscribe(&subs, &["book", "trades"], i as u64);
+    }
+    let batch: Vec<_> = (0..500).map(|k| synth.next_event(100 + k)).collect();
+    feed.write_all(&proto(&batch)).unwrap();
+    wait_until("feed applied", || {
+        e.ingest.counters.accepted.get("delta") + e.ingest.counters.accepted.get("trade") == 500
+    });
+    let finals = seqs(&e);
+    let truth: HashMap<String, tickwire::book::book::OrderBook> = e
+        .ingest
+        .with_market(WAIT, |m| {
+            m.symbols()
+                .map(|s| (s.name.to_string(), m.book(s.id).clone()))
+                .collect()
+        })
+        .unwrap();
+    for (i, c) in [&mut zipped, &mut zipped_json, &mut plain]
+        .into_iter()
+        .enumerate()
+    {
+        assert!(
+            c.read_until_seqs(WAIT, &finals),
+            "client {i}: {:?}",
+            c.violations
+        );
+        assert!(c.violations.is_empty(), "client {i}: {:?}", c.violations);
+        assert_eq!(c.closed, None, "client {i}");
+        for s in &names {
+            assert_eq!(c.books[s].book, truth[s], "client {i} book {s}");
+            assert_eq!(c.books[s].snapshots, 1, "client {i} {s}");
+        }
+    }
+}
+
 fn snap(symbol: &str, seq: u64, bid: i64, ask: i64) -> pb::IngestMessage {
     pb::IngestMessage {
         body: Some(ingest_message::Body::Snapshot(pb::BookSnapshot {

@@ -8,12 +8,16 @@
 //!   and the same as the one-shot `parse_request`;
 //! - the head limit holds: a parser still waiting has seen at most the limit,
 //!   a parsed head is at most the limit, a 431 comes only above it;
-//! - errors are 400 or 431; a parsed request has a method and a `/` path.
+//! - errors are 400 or 431; a parsed request has a method and a `/` path;
+//! - routing a parsed request never panics, and a permessage-deflate offer
+//!   it accepts (`Sec-WebSocket-Extensions`, RFC 7692) has a window in 8..=15
+//!   and a 101 whose extension header negotiates back to the same parameters.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tickwire::ws::http::{MAX_HEAD_BYTES, RequestParser, parse_request};
-use tickwire::ws::{HttpError, Request};
+use tickwire::ws::deflate::negotiate;
+use tickwire::ws::{HttpError, Request, Route, Router};
 use tickwire_fuzz::Input;
 
 type Outcome = Result<Option<(Request, Vec<u8>)>, HttpError>;
@@ -34,7 +38,25 @@ fuzz_target!(|data: &[u8]| {
     let one_shot = parse_request(input.stream, max)
         .map(|r| r.map(|(req, head_len)| (req, input.stream[head_len..].to_vec())));
     assert_eq!(whole, one_shot, "RequestParser and parse_request disagree");
+    if let Ok(Some((req, _))) = &whole {
+        check_route(req);
+    }
+    // The extension parser on the raw bytes too, as one header value.
+    let _ = negotiate(String::from_utf8_lossy(input.stream).split(','));
 });
+
+fn check_route(req: &Request) {
+    let Route::Upgrade(up) = Router::new().with_echo_path("/echo").route(req) else {
+        return;
+    };
+    let offered = negotiate(req.header_list("Sec-WebSocket-Extensions"));
+    assert_eq!(up.deflate, offered);
+    if let Some(d) = up.deflate {
+        assert!(d.server_max_window_bits.is_none_or(|b| (8..=15).contains(&b)));
+        let answer = d.response_value();
+        assert_eq!(negotiate(answer.split(',')), Some(d), "{answer}");
+    }
+}
 
 /// Pushes `chunks` until the parser answers; the bytes after the head are
 /// those it returned plus the reads it was not given.

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
+use crate::ws::deflate::Compressor;
 use crate::ws::{CloseCode, Config, Conn, Endpoint, Event, Response, Route, Router};
 
 const LISTENER: Token = Token(usize::MAX);
@@ -58,6 +59,9 @@ pub fn run(listener: TcpListener, echo_path: &str, stop: Arc<AtomicBool>) -> io:
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
     let router = Router::new().with_echo_path(echo_path);
+    // permessage-deflate: one compressor for every connection (no context
+    // takeover, so no connection keeps its own).
+    let mut z = Compressor::new();
     let mut clients: Vec<Option<Client>> = Vec::new();
     let mut events = Events::with_capacity(256);
     let mut scratch = vec![0u8; READ_CHUNK];
@@ -79,7 +83,7 @@ pub fn run(listener: TcpListener, echo_path: &str, stop: Arc<AtomicBool>) -> io:
             let Some(Some(client)) = clients.get_mut(slot) else {
                 continue;
             };
-            let alive = client.on_ready(now, &router, &mut scratch);
+            let alive = client.on_ready(now, &router, &mut z, &mut scratch);
             if !alive {
                 clients[slot] = None;
             }
@@ -137,7 +141,16 @@ fn accept_all(
         tracing::debug!(%peer, slot, "echo: accepted");
         clients[slot] = Some(Client {
             stream,
-            conn: Conn::server(now, Config::default()),
+            conn: Conn::server(
+                now,
+                Config {
+                    // Every echo compressed once negotiated: Autobahn 12/13's
+                    // runner mishandles uncompressed messages on a deflate
+                    // connection (RFC 7692 allows them; /ws sends them).
+                    deflate_threshold_bytes: 0,
+                    ..Config::default()
+                },
+            ),
             out: Vec::new(),
             out_pos: 0,
             linger_until: None,
@@ -148,9 +161,15 @@ fn accept_all(
 impl Client {
     /// Socket readiness: read what there is, answer, write what we can.
     /// False when the socket should be dropped.
-    fn on_ready(&mut self, now: Instant, router: &Router, scratch: &mut [u8]) -> bool {
+    fn on_ready(
+        &mut self,
+        now: Instant,
+        router: &Router,
+        z: &mut Compressor,
+        scratch: &mut [u8],
+    ) -> bool {
         loop {
-            let stopped = match self.read_all(now, router, scratch) {
+            let stopped = match self.read_all(now, router, z, scratch) {
                 Ok(stopped) => stopped,
                 Err(_) => return false,
             };
@@ -193,6 +212,7 @@ impl Client {
         &mut self,
         now: Instant,
         router: &Router,
+        z: &mut Compressor,
         scratch: &mut [u8],
     ) -> io::Result<ReadStop> {
         loop {
@@ -210,13 +230,13 @@ impl Client {
                 continue; // Our side is done: discard.
             }
             self.conn.handle_read(now, &scratch[..n]);
-            self.drive(now, router);
+            self.drive(now, router, z);
         }
     }
 
     /// Acts on every event in order, queueing each answer before the next
     /// event is decoded (so an echo precedes a later close reply).
-    fn drive(&mut self, now: Instant, router: &Router) {
+    fn drive(&mut self, now: Instant, router: &Router, z: &mut Compressor) {
         while let Some(ev) = self.conn.poll_event(now) {
             match ev {
                 Event::Request(req) => match router.route(&req) {
@@ -227,10 +247,10 @@ impl Client {
                     _ => self.conn.respond(now, &Response::not_found()),
                 },
                 Event::Text(text) => {
-                    self.conn.send_text(&text);
+                    self.conn.send_message(z, false, text.as_bytes());
                 }
                 Event::Binary(data) => {
-                    self.conn.send_binary(&data);
+                    self.conn.send_message(z, true, &data);
                 }
                 Event::BadRequest(e) => tracing::debug!(error = %e, "echo: bad request"),
                 Event::ProtocolError(e) => tracing::debug!(error = %e, "echo: protocol error"),

@@ -28,8 +28,9 @@ pub enum ProtocolError {
     /// RFC 6455 §5.1: a client MUST close on a masked server frame.
     #[error("server frame is masked")]
     MaskedFrame,
-    /// RFC 6455 §5.2: RSV1–3 must be 0 unless an extension was negotiated
-    /// (none ever is here).
+    /// RFC 6455 §5.2: RSV1–3 must be 0 unless an extension defines them
+    /// (RFC 7692 §6: RSV1 only on the first frame of a data message, and only
+    /// once permessage-deflate was negotiated).
     #[error("reserved bits set ({0:#05b})")]
     ReservedBits(u8),
     /// RFC 6455 §5.2: opcodes 0x3–0x7 and 0xB–0xF are reserved.
@@ -69,15 +70,18 @@ pub enum ProtocolError {
     /// RFC 6455 §5.5.1: the close reason MUST be UTF-8.
     #[error("close reason is not valid UTF-8")]
     InvalidCloseReason,
+    /// RFC 7692 §7.2.2: a compressed message that is not valid deflate data.
+    #[error("invalid compressed data")]
+    BadCompressedData,
 }
 
 impl ProtocolError {
     /// The close code this violation earns (PROTOCOL §7).
     pub fn close_code(&self) -> CloseCode {
         match self {
-            ProtocolError::InvalidUtf8 | ProtocolError::InvalidCloseReason => {
-                CloseCode::INVALID_PAYLOAD
-            }
+            ProtocolError::InvalidUtf8
+            | ProtocolError::InvalidCloseReason
+            | ProtocolError::BadCompressedData => CloseCode::INVALID_PAYLOAD,
             ProtocolError::MessageTooBig { .. } => CloseCode::MESSAGE_TOO_BIG,
             ProtocolError::BinaryNotAccepted => CloseCode::UNSUPPORTED_DATA,
             ProtocolError::UnmaskedFrame
@@ -112,6 +116,7 @@ impl ProtocolError {
             ProtocolError::CloseTooShort => "close payload of 1 byte",
             ProtocolError::InvalidCloseCode(_) => "invalid close code",
             ProtocolError::InvalidCloseReason => "invalid close reason",
+            ProtocolError::BadCompressedData => "invalid compressed data",
         }
     }
 }

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use crate::wire::frame::Opcode;
 
 use super::close::{CloseCode, FAIL_CLOSE_TIMEOUT_MS, ProtocolError, parse_close_payload};
+use super::deflate::{self, Compressor, Deflate, InflateError};
 use super::frame::{
     FrameHeader, MAX_CONTROL_PAYLOAD, Role, apply_mask, write_close_frame, write_frame,
 };
@@ -47,6 +48,9 @@ pub struct Config {
     /// how long a closed connection may take to be written (the linger
     /// deadline). Default 5 000.
     pub close_timeout_ms: u32,
+    /// permessage-deflate: messages shorter than this are sent uncompressed
+    /// (RSV1 clear), bytes. Default 256 (PROTOCOL §12).
+    pub deflate_threshold_bytes: u32,
 }
 
 impl Default for Config {
@@ -56,6 +60,7 @@ impl Default for Config {
             max_head_bytes: MAX_HEAD_BYTES as u32,
             handshake_timeout_ms: 10_000,
             close_timeout_ms: 5_000,
+            deflate_threshold_bytes: deflate::DEFAULT_THRESHOLD_BYTES,
         }
     }
 }
@@ -169,6 +174,11 @@ pub struct Conn {
     binary: BinaryPolicy,
     rx: Rx,
     msg_opcode: Option<Opcode>,
+    /// The message being reassembled had RSV1 set (RFC 7692 §6): it is
+    /// inflated once complete.
+    msg_compressed: bool,
+    /// permessage-deflate, once negotiated (RFC 7692).
+    deflate: Option<Deflate>,
     utf8: Utf8Validator,
     config: Config,
     /// Client role: state of the mask-key generator (xorshift64*).
@@ -215,6 +225,8 @@ impl Conn {
             binary,
             rx: Rx::Header,
             msg_opcode: None,
+            msg_compressed: false,
+            deflate: None,
             utf8: Utf8Validator::new(),
             config,
             mask_state: 0,
@@ -248,6 +260,17 @@ impl Conn {
 
     pub fn is_closed(&self) -> bool {
         self.phase == Phase::Closed
+    }
+
+    /// permessage-deflate as negotiated, if it was (PROTOCOL §12).
+    pub fn deflate(&self) -> Option<Deflate> {
+        self.deflate
+    }
+
+    /// Client role: the server's 101 accepted permessage-deflate with these
+    /// parameters (see [`super::handshake::deflate_in_response`]).
+    pub fn set_deflate(&mut self, deflate: Option<Deflate>) {
+        self.deflate = deflate;
     }
 
     /// Bytes read from the socket.
@@ -336,6 +359,7 @@ impl Conn {
             return;
         }
         upgrade.response().write_to(self.tx.vec());
+        self.deflate = upgrade.deflate;
         self.binary = match upgrade.endpoint {
             Endpoint::Echo => BinaryPolicy::Accept,
             _ => BinaryPolicy::Reject,
@@ -387,6 +411,32 @@ impl Conn {
         }
         let key = self.next_mask();
         write_frame(self.role, self.tx.vec(), opcode, payload, key);
+        Sent::Queued
+    }
+
+    /// Sends a text (`binary` false) or binary message, compressed with `z`
+    /// if permessage-deflate was negotiated and the message is at least
+    /// `deflate_threshold_bytes` long (PROTOCOL §12); else as
+    /// [`Conn::send_text`] / [`Conn::send_binary`] do.
+    pub fn send_message(&mut self, z: &mut Compressor, binary: bool, payload: &[u8]) -> Sent {
+        let opcode = if binary { Opcode::Binary } else { Opcode::Text };
+        let Some(d) = self
+            .deflate
+            .filter(|_| payload.len() >= self.config.deflate_threshold_bytes as usize)
+        else {
+            return self.send(opcode, payload);
+        };
+        if self.phase != Phase::Open {
+            return Sent::NotOpen;
+        }
+        let mut body = Vec::with_capacity(payload.len() / 2 + 16);
+        z.compress_for(d, payload, &mut body);
+        let key = self.next_mask();
+        let tx = self.tx.vec();
+        let start = tx.len();
+        write_frame(self.role, tx, opcode, &body, key);
+        // RFC 7692 §6: RSV1 on the (only) frame marks a compressed message.
+        tx[start] |= 0x40;
         Sent::Queued
     }
 
@@ -471,7 +521,7 @@ impl Conn {
                             return input.len();
                         }
                     };
-                    let opcode = match h.validate(self.role) {
+                    let opcode = match h.validate_ext(self.role, self.deflate.is_some()) {
                         Ok(op) => op,
                         Err(e) => {
                             pos += usize::from(h.header_len);
@@ -549,6 +599,7 @@ impl Conn {
         }
         if opcode != Opcode::Continuation {
             self.msg_opcode = Some(opcode);
+            self.msg_compressed = h.rsv & 0b100 != 0;
             self.utf8.reset();
         }
         // Nothing is reserved on the header's word: the buffer grows with
@@ -601,8 +652,12 @@ impl Conn {
         if let Some(key) = mask {
             apply_mask(&mut msg[start..], key, mask_phase.into());
         }
-        // RFC 6455 §8.1, checked as each chunk arrives (Autobahn 6.x: fail fast).
-        if self.msg_opcode == Some(Opcode::Text) && self.utf8.feed(&msg[start..]).is_err() {
+        // RFC 6455 §8.1, checked as each chunk arrives (Autobahn 6.x: fail
+        // fast); a compressed message is checked once inflated.
+        if self.msg_opcode == Some(Opcode::Text)
+            && !self.msg_compressed
+            && self.utf8.feed(&msg[start..]).is_err()
+        {
             self.fail(now, ProtocolError::InvalidUtf8);
             return false;
         }
@@ -610,13 +665,36 @@ impl Conn {
     }
 
     fn finish_message(&mut self, now: Instant) {
-        let payload = self.msg.take();
+        let mut payload = self.msg.take();
+        let compressed = std::mem::take(&mut self.msg_compressed);
+        if compressed {
+            // RFC 7692 §7.2.2, with the output bounded by the message limit
+            // (PROTOCOL §12: a message inflating past it is closed with 1009).
+            let max = self.config.max_message_bytes as usize;
+            let mut plain = Vec::new();
+            if let Err(e) = deflate::inflate(&payload, max, &mut plain) {
+                self.fail(
+                    now,
+                    match e {
+                        InflateError::TooBig { max } => ProtocolError::MessageTooBig {
+                            len: max as u64 + 1,
+                            max,
+                        },
+                        InflateError::Corrupt => ProtocolError::BadCompressedData,
+                    },
+                );
+                return;
+            }
+            payload = plain;
+        }
         match self.msg_opcode.take() {
             Some(Opcode::Text) => {
-                // The validator saw every byte; the second check costs one pass
-                // and keeps this code free of unsafe.
+                // The validator saw every byte (unless it was compressed); the
+                // second check costs one pass and keeps this code free of unsafe.
                 match String::from_utf8(payload) {
-                    Ok(text) if self.utf8.is_complete() => self.event = Some(Event::Text(text)),
+                    Ok(text) if compressed || self.utf8.is_complete() => {
+                        self.event = Some(Event::Text(text))
+                    }
                     _ => self.fail(now, ProtocolError::InvalidUtf8),
                 }
             }
@@ -711,6 +789,7 @@ impl Conn {
     fn drop_message(&mut self) {
         self.msg.free();
         self.msg_opcode = None;
+        self.msg_compressed = false;
         self.utf8.reset();
     }
 }
@@ -1458,5 +1537,185 @@ mod tests {
             let expect: Vec<Event> = texts.iter().map(|t| Event::Text(t.clone())).collect();
             prop_assert_eq!(events, expect);
         }
+    }
+
+    /// A server connection on `/echo` that negotiated permessage-deflate
+    /// (with `deflate`) or not; the 101 is checked and dropped.
+    fn open_deflate(now: Instant, deflate: bool) -> Conn {
+        let mut c = Conn::server(now, Config::default());
+        let mut hs = ClientHandshake::new([1; 16], &[]);
+        if deflate {
+            hs = hs.with_deflate();
+        }
+        let mut req = Vec::new();
+        hs.write_request(&mut req, "h", "/echo");
+        c.handle_read(now, &req);
+        let Some(Event::Request(r)) = c.poll_event(now) else {
+            panic!("request expected");
+        };
+        let Route::Upgrade(up) = Router::new().with_echo_path("/echo").route(&r) else {
+            panic!("upgrade expected");
+        };
+        c.accept(&up);
+        let out = tx(&mut c);
+        assert!(hs.read_response(&out).unwrap().is_some());
+        let agreed = crate::ws::deflate_in_response(&out);
+        assert_eq!(agreed.is_some(), deflate);
+        assert_eq!(c.deflate(), agreed);
+        c
+    }
+
+    /// A masked client frame with RSV1 set.
+    fn masked_rsv1(opcode: Opcode, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mut f = masked(opcode, fin, payload);
+        f[0] |= 0x40;
+        f
+    }
+
+    fn compressed(payload: &[u8]) -> Vec<u8> {
+        let mut z = Vec::new();
+        Compressor::new().compress(payload, &mut z);
+        z
+    }
+
+    fn close_code_in(out: &[u8]) -> u16 {
+        let (f, _) = decode_frame(Role::Client, out).unwrap().unwrap();
+        assert_eq!(f.opcode, Opcode::Close);
+        u16::from_be_bytes([f.payload[0], f.payload[1]])
+    }
+
+    #[test]
+    fn deflate_compressed_text_is_inflated_also_when_fragmented() {
+        let now = t0();
+        let mut c = open_deflate(now, true);
+        let text = "subscribe ".repeat(100);
+        let z = compressed(text.as_bytes());
+        c.handle_read(now, &masked_rsv1(Opcode::Text, true, &z));
+        assert_eq!(drain_events(&mut c, now), vec![Event::Text(text.clone())]);
+        // RSV1 on the first frame only; continuations carry the rest.
+        let (a, b) = z.split_at(z.len() / 2);
+        let mut input = masked_rsv1(Opcode::Text, false, a);
+        input.extend(masked(Opcode::Continuation, true, b));
+        c.handle_read(now, &input);
+        assert_eq!(drain_events(&mut c, now), vec![Event::Text(text)]);
+        // An uncompressed message still works.
+        c.handle_read(now, &masked(Opcode::Text, true, b"plain"));
+        assert_eq!(drain_events(&mut c, now), vec![Event::Text("plain".into())]);
+    }
+
+    #[test]
+    fn deflate_send_compresses_only_from_the_threshold() {
+        let now = t0();
+        let mut z = Compressor::new();
+        let mut c = open_deflate(now, true);
+        let small = vec![b'a'; 255];
+        c.send_message(&mut z, false, &small);
+        let out = tx(&mut c);
+        assert_eq!(out[0] & 0x40, 0, "under 256 bytes: RSV1 clear");
+        assert_eq!(
+            decode_frame(Role::Client, &out).unwrap().unwrap().0.payload,
+            small
+        );
+        let big = vec![b'a'; 256];
+        c.send_message(&mut z, true, &big);
+        let out = tx(&mut c);
+        assert_eq!(
+            out[0],
+            0x80 | 0x40 | Opcode::Binary as u8,
+            "FIN, RSV1, binary"
+        );
+        let body = &out[2..];
+        assert!(body.len() < 256);
+        let mut back = Vec::new();
+        deflate::inflate(body, 1 << 20, &mut back).unwrap();
+        assert_eq!(back, big);
+        // Without the extension nothing is compressed.
+        let mut c = open_deflate(now, false);
+        c.send_message(&mut z, true, &big);
+        assert_eq!(tx(&mut c)[0] & 0x40, 0);
+    }
+
+    #[test]
+    fn deflate_bomb_closes_1009() {
+        let now = t0();
+        let mut c = open_deflate(now, true);
+        // 1 MiB of zeros, about 5 KiB compressed: under the 64 KiB
+        // limit, far over it inflated.
+        let z = compressed(&vec![0u8; 1 << 20]);
+        assert!(z.len() < 8192);
+        c.handle_read(now, &masked_rsv1(Opcode::Binary, true, &z));
+        let evs = drain_events(&mut c, now);
+        assert!(
+            matches!(
+                evs.as_slice(),
+                [Event::ProtocolError(ProtocolError::MessageTooBig { .. })]
+            ),
+            "{evs:?}"
+        );
+        assert_eq!(close_code_in(&tx(&mut c)), 1009);
+    }
+
+    #[test]
+    fn rsv1_misuse_closes_1002() {
+        let now = t0();
+        let z = compressed(b"hello hello hello");
+        // Not negotiated.
+        let mut c = open_deflate(now, false);
+        c.handle_read(now, &masked_rsv1(Opcode::Text, true, &z));
+        assert_eq!(
+            drain_events(&mut c, now),
+            vec![Event::ProtocolError(ProtocolError::ReservedBits(0b100))]
+        );
+        assert_eq!(close_code_in(&tx(&mut c)), 1002);
+        // Negotiated, but on a control frame.
+        let mut c = open_deflate(now, true);
+        c.handle_read(now, &masked_rsv1(Opcode::Ping, true, b""));
+        assert_eq!(
+            drain_events(&mut c, now),
+            vec![Event::ProtocolError(ProtocolError::ReservedBits(0b100))]
+        );
+        assert_eq!(close_code_in(&tx(&mut c)), 1002);
+        // Negotiated, but on a continuation frame.
+        let mut c = open_deflate(now, true);
+        let mut input = masked_rsv1(Opcode::Text, false, &z[..2]);
+        input.extend(masked_rsv1(Opcode::Continuation, true, &z[2..]));
+        c.handle_read(now, &input);
+        assert_eq!(
+            drain_events(&mut c, now),
+            vec![Event::ProtocolError(ProtocolError::ReservedBits(0b100))]
+        );
+        assert_eq!(close_code_in(&tx(&mut c)), 1002);
+        // RSV2 is never allowed.
+        let mut c = open_deflate(now, true);
+        let mut f = masked(Opcode::Text, true, b"x");
+        f[0] |= 0x20;
+        c.handle_read(now, &f);
+        assert_eq!(close_code_in(&tx(&mut c)), 1002);
+    }
+
+    #[test]
+    fn corrupt_compressed_data_closes_1007() {
+        let now = t0();
+        let mut c = open_deflate(now, true);
+        c.handle_read(now, &masked_rsv1(Opcode::Text, true, &[0xff; 8]));
+        assert_eq!(
+            drain_events(&mut c, now),
+            vec![Event::ProtocolError(ProtocolError::BadCompressedData)]
+        );
+        assert_eq!(close_code_in(&tx(&mut c)), 1007);
+    }
+
+    #[test]
+    fn compressed_text_with_invalid_utf8_closes_1007() {
+        let now = t0();
+        let mut c = open_deflate(now, true);
+        c.handle_read(
+            now,
+            &masked_rsv1(Opcode::Text, true, &compressed(&[0xc3, 0x28])),
+        );
+        assert_eq!(
+            drain_events(&mut c, now),
+            vec![Event::ProtocolError(ProtocolError::InvalidUtf8)]
+        );
     }
 }

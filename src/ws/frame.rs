@@ -89,14 +89,29 @@ impl FrameHeader {
         }))
     }
 
-    /// Checks what a peer of `role`'s endpoint may send, returning the opcode.
+    /// Checks what a peer of `role`'s endpoint may send, returning the opcode
+    /// (no extension negotiated: every RSV bit must be clear).
     pub fn validate(&self, role: Role) -> Result<Opcode, ProtocolError> {
-        // RFC 6455 §5.2: no extension is ever negotiated, so RSV bits MUST be 0.
-        if self.rsv != 0 {
-            return Err(ProtocolError::ReservedBits(self.rsv));
-        }
+        self.validate_ext(role, false)
+    }
+
+    /// [`FrameHeader::validate`] on a connection where permessage-deflate
+    /// was negotiated if `deflate`.
+    pub fn validate_ext(&self, role: Role, deflate: bool) -> Result<Opcode, ProtocolError> {
         let opcode =
             Opcode::from_u8(self.opcode).ok_or(ProtocolError::ReservedOpcode(self.opcode))?;
+        // RFC 6455 §5.2: RSV bits MUST be 0 unless an extension defines them.
+        // RFC 7692 §6: permessage-deflate defines RSV1 ("compressed") on the
+        // first frame of a text or binary message only; never on a control
+        // or continuation frame.
+        let allowed = if deflate && matches!(opcode, Opcode::Text | Opcode::Binary) {
+            0b100
+        } else {
+            0
+        };
+        if self.rsv & !allowed != 0 {
+            return Err(ProtocolError::ReservedBits(self.rsv));
+        }
         match (role, self.mask.is_some()) {
             // RFC 6455 §5.1: a server MUST close on an unmasked frame.
             (Role::Server, false) => return Err(ProtocolError::UnmaskedFrame),

@@ -15,6 +15,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sha1::{Digest, Sha1};
 
+use super::deflate::{self, Deflate};
 use super::http::{Request, Response, ResponseHead, Version};
 pub use crate::wire::encoding::{Encoding, PROTOCOL_JSON, PROTOCOL_PROTO};
 
@@ -65,12 +66,18 @@ pub struct Upgrade {
     pub protocol: Option<&'static str>,
     /// The `Sec-WebSocket-Accept` value.
     pub accept: String,
+    /// permessage-deflate, if the client offered it acceptably (PROTOCOL §12).
+    pub deflate: Option<Deflate>,
 }
 
 impl Upgrade {
     /// The 101 response.
     pub fn response(&self) -> Response {
-        Response::switching_protocols(&self.accept, self.protocol)
+        let r = Response::switching_protocols(&self.accept, self.protocol);
+        match &self.deflate {
+            Some(d) => r.with_header("Sec-WebSocket-Extensions", d.response_value()),
+            None => r,
+        }
     }
 }
 
@@ -190,6 +197,9 @@ impl Router {
             encoding,
             protocol,
             accept: accept_key(key),
+            // RFC 7692 §5: the first acceptable offer; none acceptable is
+            // not an error, the 101 just goes without the extension.
+            deflate: deflate::negotiate(req.header_list("Sec-WebSocket-Extensions")),
         })
     }
 }
@@ -232,6 +242,7 @@ pub enum ClientHandshakeError {
 pub struct ClientHandshake {
     key: String,
     protocols: Vec<String>,
+    deflate: bool,
 }
 
 impl ClientHandshake {
@@ -241,7 +252,15 @@ impl ClientHandshake {
         ClientHandshake {
             key: BASE64.encode(nonce),
             protocols: protocols.iter().map(|p| p.to_string()).collect(),
+            deflate: false,
         }
+    }
+
+    /// Also offer permessage-deflate (RFC 7692); see [`deflate_in_response`]
+    /// for what the server answered.
+    pub fn with_deflate(mut self) -> ClientHandshake {
+        self.deflate = true;
+        self
     }
 
     /// The `Sec-WebSocket-Key` value.
@@ -261,6 +280,11 @@ impl ClientHandshake {
             req.push_str(&self.protocols.join(", "));
             req.push_str("\r\n");
         }
+        if self.deflate {
+            req.push_str(
+                "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+            );
+        }
         req.push_str("\r\n");
         out.extend_from_slice(req.as_bytes());
     }
@@ -278,6 +302,16 @@ impl ClientHandshake {
         };
         check_response(&head, &self.key, &self.protocols).map(|p| Some((p, len)))
     }
+}
+
+/// Client side: the permessage-deflate parameters a complete 101 head at the
+/// start of `buf` accepted, if any (read it after
+/// [`ClientHandshake::read_response`] succeeded).
+pub fn deflate_in_response(buf: &[u8]) -> Option<Deflate> {
+    let (head, _) = super::http::parse_response(buf, super::http::MAX_HEAD_BYTES)
+        .ok()
+        .flatten()?;
+    deflate::negotiate(head.header_list("Sec-WebSocket-Extensions"))
 }
 
 fn check_response(
@@ -510,6 +544,42 @@ mod tests {
             hs.read_response(&resp),
             Ok(Some((Some(PROTOCOL_JSON.to_owned()), head_len)))
         );
+    }
+
+    #[test]
+    fn deflate_offer_is_answered_with_no_context_takeover_or_declined() {
+        let r = Router::new().with_echo_path("/echo");
+        for path in ["/ws", "/echo"] {
+            let up = accepted(r.route(&upgrade(
+                path,
+                "Sec-WebSocket-Extensions: x-foo, permessage-deflate; client_max_window_bits\r\n",
+            )));
+            assert!(up.deflate.is_some());
+            let bytes = String::from_utf8(up.response().to_bytes()).unwrap();
+            assert!(bytes.contains(
+                "\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; \
+                 client_no_context_takeover\r\n"
+            ));
+        }
+        // A bad offer is declined, not an error: 101 without the extension.
+        let up = accepted(r.route(&upgrade(
+            "/ws",
+            "Sec-WebSocket-Extensions: permessage-deflate; bogus=1\r\n",
+        )));
+        assert_eq!(up.deflate, None);
+        assert!(
+            !String::from_utf8(up.response().to_bytes())
+                .unwrap()
+                .contains("Sec-WebSocket-Extensions")
+        );
+        // Offers split over two header lines.
+        let up = accepted(r.route(&upgrade(
+            "/ws",
+            "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=3\r\n\
+             Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=9\r\n",
+        )));
+        assert_eq!(up.deflate.unwrap().server_max_window_bits, Some(9));
+        assert_eq!(accepted(r.route(&upgrade("/ws", ""))).deflate, None);
     }
 
     #[test]

@@ -346,6 +346,11 @@ impl ResponseHead {
     pub fn has_token(&self, name: &str, token: &str) -> bool {
         header_list(&self.headers, name).any(|t| t.eq_ignore_ascii_case(token))
     }
+
+    /// The comma-separated elements of every `name` header, trimmed.
+    pub fn header_list<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        header_list(&self.headers, name)
+    }
 }
 
 /// Parses a response head at the start of `buf`; like [`parse_request`].

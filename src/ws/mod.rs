@@ -9,6 +9,8 @@
 //! - [`utf8`]: incremental, fail-fast UTF-8 validation.
 //! - [`close`]: close codes and [`ProtocolError`], the one error type whose
 //!   [`ProtocolError::close_code`] says how a connection ends (PROTOCOL §7).
+//! - [`deflate`]: permessage-deflate (RFC 7692): negotiation, compression,
+//!   bounded inflation.
 //! - [`conn`]: [`Conn`], one connection's state machine.
 //!
 //! Run by whichever thread owns the connection (a worker, the echo server, a
@@ -50,6 +52,7 @@
 
 pub mod close;
 pub mod conn;
+pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod http;
@@ -62,5 +65,6 @@ pub use conn::{BinaryPolicy, Config, Conn, Event, Sent, State};
 pub use frame::{Frame, Role};
 pub use handshake::{
     ClientHandshake, ClientHandshakeError, Encoding, Endpoint, Route, Router, Upgrade,
+    deflate_in_response,
 };
 pub use http::{HttpError, Request, Response};

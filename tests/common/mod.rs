@@ -59,6 +59,8 @@ pub struct Client {
     pub closed: Option<(u16, String)>,
     /// How much of `log` [`Client::next_in_log`] has gone through.
     pub cursor: usize,
+    /// permessage-deflate as the server's 101 accepted it (PROTOCOL §12).
+    pub deflate: Option<ws::deflate::Deflate>,
 }
 
 fn rand_bytes(seed: u64) -> [u8; 16] {
@@ -165,12 +167,21 @@ impl Client {
     }
 
     pub fn connect_with(addr: SocketAddr, enc: Enc, seed: u64, opts: SocketOpts) -> Client {
-        let path = if enc == Enc::JsonQuery {
+        Client::connect_to(addr, enc, seed, opts, Client::ws_path(enc), &[])
+    }
+
+    fn ws_path(enc: Enc) -> &'static str {
+        if enc == Enc::JsonQuery {
             "/ws?encoding=json"
         } else {
             "/ws"
-        };
-        Client::connect_to(addr, enc, seed, opts, path, &[])
+        }
+    }
+
+    /// Offers permessage-deflate; the codec inflates what comes compressed.
+    pub fn connect_deflate(addr: SocketAddr, enc: Enc, seed: u64) -> Client {
+        let path = Client::ws_path(enc);
+        Client::connect_ext(addr, enc, seed, SocketOpts::default(), path, &[], true)
     }
 
     /// Upgrades at `path` (with its query) with extra request header lines
@@ -183,13 +194,28 @@ impl Client {
         path: &str,
         headers: &[&str],
     ) -> Client {
+        Client::connect_ext(addr, enc, seed, opts, path, headers, false)
+    }
+
+    fn connect_ext(
+        addr: SocketAddr,
+        enc: Enc,
+        seed: u64,
+        opts: SocketOpts,
+        path: &str,
+        headers: &[&str],
+        deflate: bool,
+    ) -> Client {
         let mut stream = tcp_connect(addr, opts);
         stream.set_nodelay(true).unwrap();
         let protocols: &[&str] = match enc {
             Enc::JsonProtocol => &["tickwire.v1.json"],
             _ => &[],
         };
-        let hs = ClientHandshake::new(rand_bytes(seed), protocols);
+        let mut hs = ClientHandshake::new(rand_bytes(seed), protocols);
+        if deflate {
+            hs = hs.with_deflate();
+        }
         let mut req = Vec::new();
         hs.write_request(&mut req, &addr.to_string(), path);
         add_headers(&mut req, headers);
@@ -207,7 +233,9 @@ impl Client {
                 break (buf[len..].to_vec(), proto);
             }
         };
+        let agreed = ws::deflate_in_response(&buf);
         let mut conn = ws::Conn::client(ws::Config::default(), seed | 1);
+        conn.set_deflate(agreed);
         conn.handle_read(Instant::now(), &rest);
         let mut c = Client {
             stream,
@@ -220,6 +248,7 @@ impl Client {
             violations: Vec::new(),
             closed: None,
             cursor: 0,
+            deflate: agreed,
         };
         c.collect_events();
         c
