@@ -1,6 +1,7 @@
 //! Channel names of PROTOCOL §9 as the entitlement check sees them: `book`,
 //! `book.N` (1 ≤ N ≤ 100), `book@Tms` and `book.N@Tms` (T one of
-//! [`INTERVALS_MS`]), `trades`. Pure.
+//! `book::derived::Interval::ALL`), `trades`. Pure. Parsed by the one §9
+//! grammar, [`book::derived::Channel::parse`](crate::book::derived::Channel::parse).
 //!
 //! The engine's request parser decides which channels it serves (today `book`
 //! and `trades`); this module only says what an entitlement allows, for every
@@ -13,12 +14,10 @@
 //! nor `book.10@100ms`. `book` (full depth, real time) allows every book
 //! variant. `trades` allows `trades`.
 
-/// Conflation intervals §9 allows, ms.
-pub const INTERVALS_MS: [u32; 8] = [20, 50, 100, 250, 500, 1000, 2000, 5000];
+use crate::book::derived::{Channel, Depth};
+
 /// Largest N of `book.N`.
-pub const MAX_BOOK_DEPTH: u32 = 100;
-/// Longest channel name §9 defines (`book.100@5000ms`).
-const MAX_NAME_BYTES: usize = 15;
+pub const MAX_BOOK_DEPTH: u32 = Depth::MAX.get() as u32;
 
 /// A channel name of §9, parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,38 +40,13 @@ impl ChannelSpec {
 
     /// Parses a §9 name; `None` for anything else (a `bad_request`).
     pub fn parse(name: &str) -> Option<ChannelSpec> {
-        if name == "trades" {
-            return Some(ChannelSpec::Trades);
-        }
-        if name.len() > MAX_NAME_BYTES {
-            return None;
-        }
-        let rest = name.strip_prefix("book")?;
-        let (depth_part, interval_part) = match rest.split_once('@') {
-            Some((d, i)) => (d, Some(i)),
-            None => (rest, None),
-        };
-        let depth = match depth_part {
-            "" => None,
-            d => {
-                let n = decimal(d.strip_prefix('.')?)?;
-                if !(1..=MAX_BOOK_DEPTH).contains(&n) {
-                    return None;
-                }
-                Some(n)
-            }
-        };
-        let interval_ms = match interval_part {
-            None => 0,
-            Some(i) => {
-                let t = decimal(i.strip_suffix("ms")?)?;
-                if !INTERVALS_MS.contains(&t) {
-                    return None;
-                }
-                t
-            }
-        };
-        Some(ChannelSpec::Book { depth, interval_ms })
+        Some(match Channel::parse(name).ok()? {
+            Channel::Trades => ChannelSpec::Trades,
+            Channel::Book { depth, interval } => ChannelSpec::Book {
+                depth: depth.map(|d| d.get() as u32),
+                interval_ms: interval.map_or(0, |i| i.ms()),
+            },
+        })
     }
 
     /// Whether an entitlement entry `self` allows `requested` (see the module doc).
@@ -116,19 +90,10 @@ impl ChannelSpec {
 }
 
 /// Plain decimal digits, no sign, no leading zero (`"010"` is not a name §9 defines).
-fn decimal(s: &str) -> Option<u32> {
-    if s.is_empty() || s.len() > 4 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    if s.len() > 1 && s.starts_with('0') {
-        return None;
-    }
-    s.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::book::derived::Interval;
 
     fn p(s: &str) -> ChannelSpec {
         ChannelSpec::parse(s).unwrap_or_else(|| panic!("{s:?} should parse"))
@@ -161,12 +126,12 @@ mod tests {
         );
         for n in 1..=100 {
             assert_eq!(p(&format!("book.{n}")).name(), format!("book.{n}"));
-            for t in INTERVALS_MS {
+            for t in Interval::ALL.map(Interval::ms) {
                 let name = format!("book.{n}@{t}ms");
                 assert_eq!(p(&name).name(), name);
             }
         }
-        for t in INTERVALS_MS {
+        for t in Interval::ALL.map(Interval::ms) {
             assert_eq!(p(&format!("book@{t}ms")).name(), format!("book@{t}ms"));
         }
     }
