@@ -84,7 +84,7 @@ pub struct Load {
 ///
 /// # Invariants
 ///
-/// `pass_started_ns` is `Some` exactly while a pass is in progress (between
+/// `pass` is `Some` exactly while a pass is in progress (between
 /// the first flush that found work and the one that finished the pass).
 #[derive(Debug, Clone)]
 pub struct Pacer {
@@ -110,10 +110,6 @@ impl Pacer {
             last_pass_ns: 0,
             resume_at_ns: 0,
         }
-    }
-
-    pub fn config(&self) -> &PacingConfig {
-        &self.cfg
     }
 
     /// Length of the last complete pass over the dirty connections.
@@ -158,7 +154,7 @@ impl Pacer {
             || load.ring_len >= load.ring_capacity / 4
     }
 
-    /// The ring was drained: `n` messages, `full` when the batch limit was hit.
+    /// The ring was drained; `full` when the batch limit was hit.
     pub fn handle_drained(&mut self, now_ns: u64, full: bool) {
         self.last_drain_ns = now_ns;
         self.ring_busy = full;
@@ -201,11 +197,6 @@ impl Pacer {
             // The next pass starts once the pause (if any) is over.
             self.pass = Some((self.resume_at_ns.max(now_ns), mark));
         }
-    }
-
-    /// Whether a pass is in progress.
-    pub fn in_pass(&self) -> bool {
-        self.pass.is_some()
     }
 }
 
