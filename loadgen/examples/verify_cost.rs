@@ -34,6 +34,7 @@ fn main() {
         symbols: vec!["BTC-USD".into()],
         channels: vec!["book".into()],
         instruments: vec![],
+        resumed: Vec::new(),
     }));
     stream.extend(frame(Body::Snapshot(pb::BookSnapshot {
         symbol: "BTC-USD".into(),
@@ -59,6 +60,8 @@ fn main() {
             exchange_ts_ns: 1_700_000_000_000_000_000,
             ingest_ts_ns: 1_700_000_000_000_000_000,
             checksum: book.checksum(),
+            channel: String::new(),
+            prev_seq: 0,
         })));
     }
     let per_frame = (stream.len() - header) as f64 / DELTAS as f64;

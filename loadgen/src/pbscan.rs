@@ -349,6 +349,8 @@ mod tests {
             exchange_ts_ns: 1_732_870_000_000_000_000,
             ingest_ts_ns: 7,
             checksum: u32::MAX,
+            channel: String::new(),
+            prev_seq: 0,
         }
     }
 

@@ -461,6 +461,7 @@ mod tests {
             symbols: vec!["BTC-USD".into()],
             channels: vec!["book".into()],
             instruments: vec![],
+            resumed: Vec::new(),
         }));
         out.extend(frame(Body::Snapshot(pb::BookSnapshot {
             symbol: "BTC-USD".into(),
@@ -483,6 +484,8 @@ mod tests {
                 exchange_ts_ns: 1,
                 ingest_ts_ns: 1,
                 checksum: book.checksum(),
+                channel: String::new(),
+                prev_seq: 0,
             })));
         }
         out
@@ -599,6 +602,7 @@ mod tests {
                 symbols: vec!["BTC-USD".into()],
                 channels: vec!["book".into()],
                 instruments: vec![],
+                resumed: Vec::new(),
             })),
         }
         .encode_to_vec();

@@ -421,6 +421,7 @@ impl Verifier {
                     ingest_ts_ns: 0,
                     checksum: m.checksum.ok_or_else(|| need("checksum"))?,
                     epoch: 0,
+                    channel: String::new(),
                 };
                 self.on_other(Body::Snapshot(s), t);
             }
@@ -444,6 +445,7 @@ impl Verifier {
                                 epoch: 0,
                             })
                             .collect(),
+                        resumed: Vec::new(),
                     })
                 } else {
                     Body::Unsubscribed(pb::Unsubscribed {
@@ -791,6 +793,7 @@ mod tests {
                     size_decimals: 4,
                     epoch: 0,
                 }],
+                resumed: Vec::new(),
             })
         }
 
@@ -806,6 +809,7 @@ mod tests {
                 ingest_ts_ns: 2,
                 checksum: self.book.checksum(),
                 epoch: 0,
+                channel: String::new(),
             })
         }
 
@@ -834,6 +838,8 @@ mod tests {
                 exchange_ts_ns: 1_000,
                 ingest_ts_ns: 2_000,
                 checksum: self.book.checksum(),
+                channel: String::new(),
+                prev_seq: 0,
             })
         }
 
@@ -987,6 +993,8 @@ mod tests {
                 exchange_ts_ns: 1,
                 ingest_ts_ns: 1,
                 checksum: s.book.checksum() ^ u32::from(corrupt),
+                channel: String::new(),
+                prev_seq: 0,
             })
         };
         // Level 12 updated, level 20 inserted then removed, level 11 removed:

@@ -61,6 +61,7 @@ impl Market {
                 size_decimals: 4,
                 epoch: 0,
             }],
+            resumed: Vec::new(),
         }))
     }
 
@@ -76,6 +77,7 @@ impl Market {
             ingest_ts_ns: 1,
             checksum: self.book.checksum(),
             epoch: 0,
+            channel: String::new(),
         }))
     }
 
@@ -111,6 +113,8 @@ impl Market {
             exchange_ts_ns: now,
             ingest_ts_ns: now,
             checksum,
+            channel: String::new(),
+            prev_seq: 0,
         })))
     }
 }

@@ -741,6 +741,7 @@ fn json_snapshot(f: &JsonFields<'_>) -> Result<pb::BookSnapshot, RejectReason> {
         ingest_ts_ns: 0,
         checksum: 0,
         epoch: 0,
+        channel: String::new(),
     })
 }
 
@@ -807,6 +808,8 @@ fn json_delta_body(
         exchange_ts_ns,
         ingest_ts_ns: 0,
         checksum: 0,
+        prev_seq: 0,
+        channel: String::new(),
     })
 }
 
@@ -1109,6 +1112,7 @@ mod tests {
             ingest_ts_ns: 0,
             checksum: 0,
             epoch: 0,
+            channel: String::new(),
         }
     }
 
@@ -1124,6 +1128,8 @@ mod tests {
             exchange_ts_ns: TS + 500_000,
             ingest_ts_ns: 0,
             checksum: 0,
+            channel: String::new(),
+            prev_seq: 0,
         }
     }
 
@@ -2288,6 +2294,7 @@ mod tests {
                         ingest_ts_ns: 0,
                         checksum: 0,
                         epoch: 0,
+                        channel: String::new(),
                     }
                 },
             )
@@ -2312,6 +2319,8 @@ mod tests {
                     exchange_ts_ns,
                     ingest_ts_ns: 0,
                     checksum: 0,
+                    channel: String::new(),
+                    prev_seq: 0,
                 }
             })
     }
@@ -2470,8 +2479,7 @@ mod fast_delta_tests {
                     updates: updates.into_iter().map(|(side, price, size)| pb::LevelUpdate { side, price, size }).collect(),
                     exchange_ts_ns: ts.0,
                     ingest_ts_ns: ts.1,
-                    checksum: ts.2,
-                })),
+                    checksum: ts.2, channel: String::new(), prev_seq: 0, })),
             };
             let bytes = msg.encode_to_vec();
             prop_assert_eq!(fast_delta(&bytes), Some(msg));

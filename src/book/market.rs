@@ -519,6 +519,8 @@ impl Market {
             ingest_ts_ns: st.ingest_ts_ns,
             checksum: st.book.checksum(),
             epoch: st.epoch,
+            // PROTOCOL §9: "" is `book` in protobuf.
+            channel: String::new(),
         }
     }
 
@@ -769,6 +771,7 @@ mod tests {
             ingest_ts_ns: 0,
             checksum: 0,
             epoch: 0,
+            channel: String::new(),
         }
     }
 
@@ -788,6 +791,8 @@ mod tests {
             exchange_ts_ns: 2_000,
             ingest_ts_ns: 0,
             checksum: 0,
+            channel: String::new(),
+            prev_seq: 0,
         }
     }
 

@@ -258,6 +258,7 @@ impl SynthMarket {
                 ingest_ts_ns: 0,
                 checksum: 0,
                 epoch: 0,
+                channel: String::new(),
             })),
         }
     }
@@ -305,6 +306,8 @@ impl SynthMarket {
                 exchange_ts_ns,
                 ingest_ts_ns: 0,
                 checksum: 0,
+                prev_seq: 0,
+                channel: String::new(),
             })),
         }
     }

@@ -301,8 +301,7 @@ mod tests {
                 updates: updates.into_iter().map(|(side, price, size)| pb::LevelUpdate { side, price, size }).collect(),
                 exchange_ts_ns: ts.0,
                 ingest_ts_ns: ts.1,
-                checksum: ts.2,
-            };
+                checksum: ts.2, channel: String::new(), prev_seq: 0, };
             let msg = pb::ServerMessage { body: Some(pb::server_message::Body::Delta(d)) };
             let frame = EncodedFrame::binary(&msg);
             proptest::prop_assert_eq!(frame.as_bytes(), &generic_frame(&msg)[..]);

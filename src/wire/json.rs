@@ -235,6 +235,7 @@ mod tests {
                 ingest_ts_ns: 2,
                 checksum: 7,
                 epoch: 0,
+                channel: String::new(),
             }),
             Decimals::default(),
         );
@@ -271,6 +272,8 @@ mod tests {
                 exchange_ts_ns: 5,
                 ingest_ts_ns: 6,
                 checksum: 8,
+                channel: String::new(),
+                prev_seq: 0,
             }),
             Decimals { price: 2, size: 0 },
         );
@@ -327,6 +330,7 @@ mod tests {
                     size_decimals: 4,
                     epoch: 0,
                 }],
+                resumed: Vec::new(),
             }),
             Decimals::default(),
         );

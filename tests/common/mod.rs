@@ -572,6 +572,7 @@ impl Client {
                         })
                     })
                     .collect::<Option<_>>()?,
+                resumed: Vec::new(),
             }),
             "unsubscribed" => Body::Unsubscribed(pb::Unsubscribed {
                 id: n("id")?,
@@ -613,6 +614,7 @@ impl Client {
                     ingest_ts_ns: n("ingest_ts_ns")?,
                     checksum: n("checksum")? as u32,
                     epoch: n("epoch").unwrap_or(0),
+                    channel: String::new(),
                 })
             }
             "delta" => {
@@ -635,6 +637,8 @@ impl Client {
                     exchange_ts_ns: n("exchange_ts_ns")?,
                     ingest_ts_ns: n("ingest_ts_ns")?,
                     checksum: n("checksum")? as u32,
+                    channel: String::new(),
+                    prev_seq: 0,
                 })
             }
             "trade" => {

@@ -160,6 +160,7 @@ impl WorkerCore {
                 symbols: req.symbols,
                 channels,
                 instruments,
+                resumed: Vec::new(),
             })),
         };
         self.send_control(conn, &msg, now_ns);
