@@ -217,17 +217,13 @@ fn file_defaults(
             key.strip_prefix("no-") == Some(s.key.as_str())
                 || s.key.strip_prefix("no-") == Some(key)
         };
-        if let Some(both) = settings.iter().find(|o| on(s) && on(o) && negation(&o.key)) {
-            let (first, second) = if s.line <= both.line {
-                (s, both)
-            } else {
-                (both, s)
-            };
+        // In file order: the first of the two is found first.
+        if let Some(later) = settings.iter().find(|o| on(s) && on(o) && negation(&o.key)) {
             return Err(ConfigFileError::Contradiction {
                 file: file.to_owned(),
-                line: second.line,
-                key: first.key.clone(),
-                negation: second.key.clone(),
+                line: later.line,
+                key: s.key.clone(),
+                negation: later.key.clone(),
             });
         }
         let negated_on_command_line = s.switch
