@@ -13,7 +13,7 @@ import jwt
 import pytest
 
 from conftest import WAIT_S, Feed, fmt, until
-from tickwire_client import Client, TickwireError
+from tickwire_client import Client, TickwireError, channel_depth
 
 PD, SD = 2, 4  # price and size decimals of the test symbols
 
@@ -61,10 +61,11 @@ class RefBook:
         return sorted(self.bid.items(), reverse=True), sorted(self.ask.items())
 
 
-def matches(client, ref, channel="book"):
+def matches(client, ref, channel="book", depth=None):
     b = client.book(ref.symbol, channel)
     v = b.snapshot() if b is not None else None
-    return v is not None and (list(v.bids_raw), list(v.asks_raw)) == ref.levels()
+    bids, asks = ref.levels()
+    return v is not None and (list(v.bids_raw), list(v.asks_raw)) == (bids[:depth], asks[:depth])
 
 
 async def subscribe_when_known(client, symbols, channels, timeout=WAIT_S):
@@ -105,6 +106,32 @@ async def test_books_and_trades_equal_the_feed(engine_factory, encoding):
                              len([e for e in events if e.kind == "trade"]) == 5 else None, what="5 trades")
         assert [t.seq for t in trades] == [trades[0].seq + i for i in range(5)]
         assert all(t.price == Decimal("100.01") and t.size == Decimal("0.0100") and t.aggressor == "ask" for t in trades)
+        assert [e for e in events if e.kind == "error"] == []
+
+
+@pytest.mark.parametrize("channel", ["book.5", "book.5@100ms", "book@50ms"])
+async def test_derived_channels_equal_the_feed(engine_factory, channel):
+    """PROTOCOL §9: the client's N-level (and conflated) book, checked by
+    prev_seq and its own checksum, equals the top N of the feed's."""
+    eng = engine_factory()
+    ref = RefBook("XRP-USD", random.Random(9), depth=12)
+    depth = channel_depth(channel)
+    events = []
+    async with Feed(eng.ingest_json) as feed, Client(eng.url, encoding="json") as client:
+        client.on("*", events.append)
+        await feed.line(ref.snapshot_line())
+        try:
+            await subscribe_when_known(client, ["XRP-USD"], [channel])
+        except TickwireError as e:
+            if e.code == "bad_request":
+                pytest.xfail(f"this engine does not serve {channel} (PROTOCOL 1.1 §9) yet: {e}")
+            raise
+        await until(lambda: matches(client, ref, channel, depth), what="the snapshot")
+        for i in range(200):
+            await feed.line(ref.random_delta_line())
+            if i % 50 == 0:
+                await asyncio.sleep(0.06)  # let conflation intervals pass mid-stream
+        await until(lambda: matches(client, ref, channel, depth), what=f"the top {depth} after 200 deltas")
         assert [e for e in events if e.kind == "error"] == []
 
 

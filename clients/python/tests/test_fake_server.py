@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from conftest import WAIT_S, FakeServer, until
-from tickwire_client import BookNotVerified, Client, TickwireError
+from tickwire_client import BookNotVerified, Client, TickwireError, channel_depth
 
 ENCODINGS = ["proto", "json"]
 BIDS = [(10050, 12500), (10000, 5000), (9950, 1)]
@@ -50,7 +50,8 @@ async def start(encoding, channels=("book", "trades"), **kw):
     await conn.subscribed(req)
     await asyncio.wait_for(sub, WAIT_S)
     if any(c.startswith("book") for c in channels):
-        await conn.snapshot("X", 10, BIDS, ASKS, channel=channels[0])
+        n = channel_depth(channels[0])
+        await conn.snapshot("X", 10, BIDS[:n], ASKS[:n], channel=channels[0])
         await until(lambda: client.book("X") and client.book("X").verified, what="first snapshot")
     return h
 
@@ -309,3 +310,45 @@ async def test_injectable_connect_and_subprotocol():
         await server.accept()
         assert seen == [(server.url, ["tickwire.v1.json"])]
         await client.close()
+
+
+async def test_derived_channel_and_variant_switch():
+    h = await start("json", channels=("book.2@100ms",))
+    try:
+        b = h.client.book("X", "book.2@100ms")
+        assert b.verified and b.bids_raw() == [(10050, 12500), (10000, 5000)] and len(b.asks_raw()) == 2
+        ref = {"bid": {10050: 12500, 10000: 5000}, "ask": dict(ASKS)}
+        # conflated: seq jumps, prev_seq names the previous emission
+        await h.conn.delta("X", 17, [("bid", 10050, 0), ("bid", 9950, 1)], ref, prev_seq=10, channel="book.2@100ms")
+        await until(lambda: b.seq == 17, what="conflated delta")
+        assert b.verified and b.bids_raw() == [(10000, 5000), (9950, 1)]
+        sub = asyncio.create_task(h.client.subscribe("X", ["book"]))
+        req = await h.conn.request()
+        await h.conn.subscribed(req)
+        await asyncio.wait_for(sub, WAIT_S)
+        await h.conn.snapshot("X", 18, BIDS, ASKS)
+        await until(lambda: h.client.book("X", "book") and h.client.book("X", "book").verified, what="the new variant")
+        assert h.client.book("X", "book.2@100ms") is None
+        assert h.client.subscriptions() == {"X": {"book"}}
+        assert h.errors() == []
+    finally:
+        await stop(h)
+
+
+async def test_callable_token_is_refreshed_before_exp():
+    import time as _time
+
+    n = iter(range(1, 100))
+    async with FakeServer("proto") as server:
+        client = Client(server.url, token=lambda: f"t{next(n)}")
+        connecting = asyncio.create_task(client.connect())
+        conn = await server.accept()
+        req = await conn.request()
+        assert req["token"] == "t1"
+        await conn.send("authenticated", id=req["id"], sub="bot", expires_at_ns=_time.time_ns() + 1_500_000_000)
+        await asyncio.wait_for(connecting, WAIT_S)
+        req = await conn.request(timeout=5)  # the refresh, about 1.2 s later
+        assert req["op"] == "auth" and req["token"] == "t2"
+        await conn.send("authenticated", id=req["id"], sub="bot", expires_at_ns=_time.time_ns() + 3600 * 10**9)
+        await until(lambda: client.authenticated.expires_at_ns > _time.time_ns() + 10**12, what="refreshed")
+        await asyncio.wait_for(client.close(), WAIT_S)
