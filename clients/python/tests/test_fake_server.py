@@ -352,3 +352,34 @@ async def test_callable_token_is_refreshed_before_exp():
         await conn.send("authenticated", id=req["id"], sub="bot", expires_at_ns=_time.time_ns() + 3600 * 10**9)
         await until(lambda: client.authenticated.expires_at_ns > _time.time_ns() + 10**12, what="refreshed")
         await asyncio.wait_for(client.close(), WAIT_S)
+
+
+async def test_decimals_follow_the_latest_snapshot_in_json():
+    h = await start("json", channels=("book", "trades"))
+    try:
+        h.conn.decimals["X"] = (3, 1)  # the feed replaced the book with other decimals
+        await h.conn.snapshot("X", 11, [(100500, 15)], [(100600, 2)])
+        await until(lambda: h.client.book("X").seq == 11, what="snapshot at 3 decimals")
+        ref = {"bid": {100500: 15}, "ask": {100600: 2}}
+        await h.conn.delta("X", 12, [("bid", 100400, 7)], ref)
+        await h.conn.send("trade", symbol="X", seq=1, price=100550, size=3, aggressor="", trade_id="")
+        await until(lambda: h.client.book("X").seq == 12, what="delta at 3 decimals")
+        assert h.client.snapshot("X").bids[1] == (Decimal("100.400"), Decimal("0.7"))
+        trade = (await until(lambda: [e.trade for e in h.events if e.kind == "trade"], what="trade"))[0]
+        assert (trade.price, trade.size) == (Decimal("100.550"), Decimal("0.3"))
+        assert h.errors() == []
+    finally:
+        await stop(h)
+
+
+async def test_a_number_outside_int64_is_a_decode_error():
+    h = await start("json", channels=("book",))
+    try:
+        await h.conn.send_raw('{"type":"snapshot","symbol":"X","seq":11,"bids":[["1.00","99999999999999999999.0000"]],'
+                              '"asks":[],"price_decimals":2,"size_decimals":4,"checksum":0,"epoch":1}')
+        await until(lambda: h.errors("decode"), what="decode error")
+        conn2 = await h.server.accept()
+        req = await conn2.request()
+        assert req["resume"] == {"X": {"epoch": 1, "book": 10}}
+    finally:
+        await stop(h)

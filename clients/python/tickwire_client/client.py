@@ -549,6 +549,9 @@ class Client:
         book = self._books.get((s.symbol, s.channel))
         if book is None:
             return self._unsolicited(s.symbol, f"snapshot on {s.channel!r:.30}")
+        # §1: decimals are set by the feed's snapshot and may change with a
+        # new one; the deltas and trades that follow (JSON) are in them.
+        self.instruments[s.symbol] = m.Instrument(s.symbol, s.price_decimals, s.size_decimals, s.epoch)
         try:
             book.apply_snapshot(s)
         except BookError as e:
