@@ -383,3 +383,15 @@ async def test_a_number_outside_int64_is_a_decode_error():
         assert req["resume"] == {"X": {"epoch": 1, "book": 10}}
     finally:
         await stop(h)
+
+
+async def test_a_refused_resync_is_retried():
+    h = await start("proto", channels=("book",))
+    try:
+        await h.conn.snapshot("X", 11, BIDS, ASKS, csum=5)
+        req = await h.conn.request()
+        await h.conn.send("error", id=req["id"], code="rate_limited", message="slow down")
+        await expect_resync(h)
+        assert any(e.reason == "request" and "rate_limited" in e.detail for e in h.errors())
+    finally:
+        await stop(h)

@@ -606,7 +606,11 @@ class Client:
 
             def answered(msg):
                 if isinstance(msg, m.Error):
+                    # e.g. rate_limited when many books fail at once: try
+                    # again, later each time (the backoff above).
                     self._emit(Event("error", book.symbol, book.channel, reason="request", detail=f"resync: {msg.code}", message=msg))
+                    if self._books.get(key) is book and not book.verified:
+                        self._resync(book, reason)
 
             self._send_internal(ws, lambda i: m.subscribe_request(i, [book.symbol], [book.channel]), answered)
 
