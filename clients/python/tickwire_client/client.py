@@ -20,7 +20,7 @@ import inspect
 import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Optional, Union
 
