@@ -175,3 +175,25 @@ def test_proto_roundtrip_of_1_1_fields():
     assert (d.seq, d.prev_seq, d.channel, d.updates) == (7, 5, "book.10@100ms", (("ask", -3, 0),))
     s = m.decode_proto(pb.ServerMessage(snapshot=pb.BookSnapshot(symbol="X", seq=1)).SerializeToString())
     assert s.channel == "book" and s.bids == ()
+
+
+def test_random_deltas_against_a_naive_model():
+    import random
+
+    rng = random.Random(42)
+    model = {"bid": {100 - i: 1 for i in range(15)}, "ask": {101 + i: 1 for i in range(15)}}
+    b = Book("X")
+    b.apply_snapshot(snap(sorted(model["bid"].items(), reverse=True), sorted(model["ask"].items())))
+    for seq in range(2, 2000):
+        ups = []
+        for _ in range(rng.randint(1, 5)):
+            side = rng.choice(("bid", "ask"))
+            price = rng.randint(50, 100) if side == "bid" else rng.randint(101, 150)
+            size = 0 if rng.random() < 0.4 else rng.randint(1, 9)
+            ups.append((side, price, size))
+        for side, price, size in ups:
+            model[side].pop(price, None) if size == 0 else model[side].__setitem__(price, size)
+        bids, asks = sorted(model["bid"].items(), reverse=True), sorted(model["ask"].items())
+        b.apply_delta(m.Delta("X", "book", seq, seq - 1, tuple(ups), checksum(bids[:10], asks[:10])))
+        assert b.bids_raw() == bids and b.asks_raw() == asks
+        assert b.bids_raw(3) == bids[:3] and b.asks_raw(3) == asks[:3]

@@ -14,7 +14,7 @@ Pure: no I/O, no clock.
 
 from __future__ import annotations
 
-import heapq
+import bisect
 import re
 import struct
 import zlib
@@ -121,8 +121,8 @@ class Book:
         self.epoch = 0
         self.price_decimals = 0
         self.size_decimals = 0
-        self._bids: dict = {}
-        self._asks: dict = {}
+        self._bids = _Side(desc=True)
+        self._asks = _Side(desc=False)
         self._verified = False
         # The levels held are the server's book at `seq` (a resumable point)
         # even though the book is not live: set across a reconnect or a Stale.
@@ -173,8 +173,8 @@ class Book:
         got = checksum(bids, asks)
         if got != snap.checksum:
             raise BookError("checksum", f"snapshot seq {snap.seq}: computed {got}, server {snap.checksum}")
-        self._bids = dict(bids)
-        self._asks = dict(asks)
+        self._bids = _Side(True, bids)
+        self._asks = _Side(False, asks)
         self.seq = snap.seq
         self.epoch = snap.epoch
         self.price_decimals = snap.price_decimals
@@ -204,15 +204,10 @@ class Book:
             book = bids if side == BID else asks
             if size < 0:
                 raise BookError("bad_delta", f"{side} size {size} at {price}")
-            if size == 0:
-                book.pop(price, None)
-            else:
-                book[price] = size
+            book.set(price, size)
         if self.depth is not None and (len(bids) > self.depth or len(asks) > self.depth):
             raise BookError("bad_delta", f"{len(bids)} bids / {len(asks)} asks on {self.channel}")
-        top_b = _top(bids, True, CHECKSUM_LEVELS)
-        top_a = _top(asks, False, CHECKSUM_LEVELS)
-        got = checksum(top_b, top_a)
+        got = checksum(bids.top(CHECKSUM_LEVELS), asks.top(CHECKSUM_LEVELS))
         if got != d.checksum:
             raise BookError("checksum", f"delta seq {d.seq}: computed {got}, server {d.checksum}")
         self.seq = d.seq
@@ -227,11 +222,11 @@ class Book:
 
     def bids_raw(self, depth: Optional[int] = None) -> list:
         self._check()
-        return _top(self._bids, True, depth)
+        return self._bids.top(depth)
 
     def asks_raw(self, depth: Optional[int] = None) -> list:
         self._check()
-        return _top(self._asks, False, depth)
+        return self._asks.top(depth)
 
     def bids(self, depth: Optional[int] = None) -> list:
         return [(to_decimal(p, self.price_decimals), to_decimal(s, self.size_decimals)) for p, s in self.bids_raw(depth)]
@@ -250,9 +245,9 @@ class Book:
             epoch=self.epoch,
             price_decimals=self.price_decimals,
             size_decimals=self.size_decimals,
-            bids_raw=tuple(_top(self._bids, True, depth)),
-            asks_raw=tuple(_top(self._asks, False, depth)),
-            checksum=checksum(_top(self._bids, True, CHECKSUM_LEVELS), _top(self._asks, False, CHECKSUM_LEVELS)),
+            bids_raw=tuple(self._bids.top(depth)),
+            asks_raw=tuple(self._asks.top(depth)),
+            checksum=checksum(self._bids.top(CHECKSUM_LEVELS), self._asks.top(CHECKSUM_LEVELS)),
         )
 
     def __repr__(self) -> str:
@@ -260,8 +255,33 @@ class Book:
         return f"<Book {self.symbol} {self.channel} seq={self.seq} epoch={self.epoch} {state}>"
 
 
-def _top(side: dict, desc: bool, n: Optional[int]) -> list:
-    if n is None or n >= len(side):
-        return sorted(side.items(), reverse=desc)
-    pick = heapq.nlargest if desc else heapq.nsmallest
-    return pick(n, side.items())
+class _Side:
+    """One side's levels: price -> size, and the prices kept sorted
+    ascending (bisect), so a delta costs O(updates x log n) plus a memmove and
+    the top 10 is a slice."""
+
+    __slots__ = ("desc", "sizes", "prices")
+
+    def __init__(self, desc: bool, levels=()):
+        self.desc = desc
+        self.sizes = dict(levels)
+        self.prices = sorted(self.sizes)
+
+    def set(self, price: int, size: int) -> None:
+        if size == 0:
+            if self.sizes.pop(price, None) is not None:
+                del self.prices[bisect.bisect_left(self.prices, price)]
+        else:
+            if price not in self.sizes:
+                bisect.insort(self.prices, price)
+            self.sizes[price] = size
+
+    def top(self, n: Optional[int]) -> list:
+        if self.desc:
+            ps = self.prices[::-1] if n is None else self.prices[: -n - 1 : -1] if n else []
+        else:
+            ps = self.prices if n is None else self.prices[:n]
+        return [(p, self.sizes[p]) for p in ps]
+
+    def __len__(self) -> int:
+        return len(self.sizes)
