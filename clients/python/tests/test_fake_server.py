@@ -395,3 +395,15 @@ async def test_a_refused_resync_is_retried():
         assert any(e.reason == "request" and "rate_limited" in e.detail for e in h.errors())
     finally:
         await stop(h)
+
+
+async def test_a_server_close_code_is_reported_and_the_client_reconnects():
+    h = await start("proto", channels=("book",))
+    try:
+        await h.conn.ws.close(4001, "slow consumer")
+        conn2 = await h.server.accept()
+        req = await conn2.request()
+        assert req["resume"]["X"]["book"] == 10
+        assert [e.detail for e in h.events if e.kind == "disconnected"] == ["close 4001 slow consumer"]
+    finally:
+        await stop(h)

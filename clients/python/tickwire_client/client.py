@@ -73,7 +73,8 @@ class Event:
     `resumed` (a book or trades stream continued across a reconnect),
     `error` (`reason`: decode, checksum, seq_gap, seq_backwards, bad_snapshot,
     bad_delta, unsolicited, trade_seq, request, auth, connect; `detail`),
-    `subscribed`, `unsubscribed`, `authenticated`, `connected`, `disconnected`.
+    `subscribed`, `unsubscribed`, `authenticated`, `connected`,
+    `disconnected` (`detail`: the close code and reason).
     """
 
     kind: str
@@ -319,7 +320,9 @@ class Client:
                     await _close_quietly(ws)
                     self._ws = None
                     if not self._closing:
-                        self._disconnected()
+                        # §7 close codes: 4001 slow consumer, 4004 token expired, ...
+                        code = getattr(ws, "close_code", None)
+                        self._disconnected(f"close {code} {getattr(ws, 'close_reason', '') or ''}".strip())
                 if first_failure is not None:
                     ready.set_exception(first_failure)
                     return
@@ -390,7 +393,7 @@ class Client:
                 self._emit(Event("error", reason="internal", detail=repr(e)[:200]))
                 return
 
-    def _disconnected(self) -> None:
+    def _disconnected(self, detail: str = "") -> None:
         self._connected.clear()
         if self._refresh_task is not None:
             self._refresh_task.cancel()
@@ -403,7 +406,7 @@ class Client:
         self._resyncs.clear()
         self._internal.clear()
         self._fail_pending(ConnectionLost("connection lost"))
-        self._emit(Event("disconnected"))
+        self._emit(Event("disconnected", detail=detail))
 
     def _restore(self, ws) -> None:
         """Resubscribe everything held, one request per channel set, with a
