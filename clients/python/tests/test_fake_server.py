@@ -407,3 +407,20 @@ async def test_a_server_close_code_is_reported_and_the_client_reconnects():
         assert [e.detail for e in h.events if e.kind == "disconnected"] == ["close 4001 slow consumer"]
     finally:
         await stop(h)
+
+
+async def test_a_snapshot_that_never_comes_is_asked_for_again():
+    h = await start("proto", channels=("book",), snapshot_timeout_s=0.3)
+    try:
+        await h.conn.send("stale", symbol="X", dropped=3, reason="slow_consumer")  # a snapshot is owed
+        req = await h.conn.request(timeout=3)
+        assert req["op"] == "subscribe" and req["channels"] == ["book"]
+        assert h.errors("no_snapshot")
+        await h.conn.subscribed(req)
+        await h.conn.snapshot("X", 20, BIDS, ASKS)
+        await until(lambda: h.client.book("X").verified, what="the snapshot at last")
+        await h.conn.send("stale", symbol="X", dropped=0, reason="feed_gap")  # owed only when the feed is back
+        await asyncio.sleep(0.8)
+        assert h.conn.requests.empty()
+    finally:
+        await stop(h)

@@ -72,7 +72,8 @@ class Event:
     `resync` (the client resubscribed a book it could not vouch for; `reason`),
     `resumed` (a book or trades stream continued across a reconnect),
     `error` (`reason`: decode, checksum, seq_gap, seq_backwards, bad_snapshot,
-    bad_delta, unsolicited, trade_seq, request, auth, connect; `detail`),
+    bad_delta, no_snapshot, unsolicited, trade_seq, request, auth, connect;
+    `detail`),
     `subscribed`, `unsubscribed`, `authenticated`, `connected`,
     `disconnected` (`detail`: the close code and reason).
     """
@@ -125,6 +126,7 @@ class Client:
         stable_after_s: float = 5.0,
         request_timeout_s: float = 10.0,
         resync_backoff_max_s: float = 5.0,
+        snapshot_timeout_s: float = 10.0,
         refresh_fraction: float = 0.8,
         allow_crossed: bool = False,
         require_prev_seq: bool = True,
@@ -147,6 +149,7 @@ class Client:
         self.stable_after_s = stable_after_s
         self.request_timeout_s = request_timeout_s
         self.resync_backoff_max_s = resync_backoff_max_s
+        self.snapshot_timeout_s = snapshot_timeout_s
         self.refresh_fraction = refresh_fraction
         self.allow_crossed = allow_crossed
         self.require_prev_seq = require_prev_seq
@@ -162,6 +165,9 @@ class Client:
         self._pending: Dict[int, asyncio.Future] = {}
         self._internal: Dict[int, Callable[[Any], None]] = {}
         self._resyncs: Dict[tuple, _Resync] = {}
+        # (symbol, channel) -> monotonic deadline for a snapshot the server
+        # owes us (after Subscribed, a resync or Stale{slow_consumer}).
+        self._awaiting: Dict[tuple, float] = {}
         self._callbacks: Dict[str, list] = {}
         self._queues: list = []
         self._ws = None
@@ -336,6 +342,7 @@ class Client:
 
     async def _session(self, ws, ready: asyncio.Future) -> None:
         reader = asyncio.create_task(self._read_loop(ws))
+        watchdog = asyncio.create_task(self._watchdog(ws))
         try:
             if self._token is not None:
                 tok = await self._get_token()
@@ -352,6 +359,7 @@ class Client:
                 ready.set_result(None)
             await reader
         finally:
+            watchdog.cancel()
             if not reader.done():
                 reader.cancel()
                 try:
@@ -393,6 +401,23 @@ class Client:
                 self._emit(Event("error", reason="internal", detail=repr(e)[:200]))
                 return
 
+    async def _watchdog(self, ws) -> None:
+        """A snapshot the server owes and does not send within
+        `snapshot_timeout_s`: resync that book (a server that never sends
+        one keeps the book unverified, and is asked again with backoff)."""
+        while True:
+            await asyncio.sleep(min(1.0, self.snapshot_timeout_s / 4))
+            now = time.monotonic()
+            for key, deadline in list(self._awaiting.items()):
+                book = self._books.get(key)
+                if book is None or book.verified:
+                    self._awaiting.pop(key, None)
+                elif now > deadline and self._ws is ws:
+                    self._awaiting.pop(key, None)
+                    self._emit(Event("error", key[0], key[1], book.seq, reason="no_snapshot",
+                                     detail=f"no snapshot within {self.snapshot_timeout_s} s"))
+                    self._resync(book, "no_snapshot")
+
     def _disconnected(self, detail: str = "") -> None:
         self._connected.clear()
         if self._refresh_task is not None:
@@ -404,6 +429,7 @@ class Client:
             if r.task is not None:
                 r.task.cancel()
         self._resyncs.clear()
+        self._awaiting.clear()
         self._internal.clear()
         self._fail_pending(ConnectionLost("connection lost"))
         self._emit(Event("disconnected", detail=detail))
@@ -559,6 +585,7 @@ class Client:
             book.apply_snapshot(s)
         except BookError as e:
             return self._book_failed(book, e)
+        self._awaiting.pop((s.symbol, s.channel), None)
         self._count("snapshots")
         self._emit(Event("book", s.symbol, s.channel, s.seq, book=book, message=s))
 
@@ -605,6 +632,7 @@ class Client:
             if self._ws is not ws or ws is None or self._books.get(key) is not book:
                 return
             self._count("resyncs")
+            self._awaiting[key] = time.monotonic() + self.snapshot_timeout_s
             self._emit(Event("resync", book.symbol, book.channel, book.seq, reason=reason))
 
             def answered(msg):
@@ -683,6 +711,7 @@ class Client:
                         self._book_failed(book, e)
                 else:
                     book.invalidate()  # a snapshot follows
+                    self._awaiting[(sym, ch)] = time.monotonic() + self.snapshot_timeout_s
         self._answer(s.id, s)
         self._emit(Event("subscribed", message=s))
 
@@ -711,9 +740,13 @@ class Client:
         if s.symbol not in self._subs:
             return self._unsolicited(s.symbol, "stale")
         if s.reason in BOOK_STALE_REASONS:
-            for (sym, _), b in self._books.items():
-                if sym == s.symbol:
+            for key, b in self._books.items():
+                if key[0] == s.symbol:
                     b.invalidate(keep_resume_point=True)
+                    if s.reason == "slow_consumer":
+                        self._awaiting[key] = time.monotonic() + self.snapshot_timeout_s
+                    else:  # §3: the snapshot comes when the feed recovers, whenever
+                        self._awaiting.pop(key, None)
         if s.reason == "slow_consumer_trades":
             self._trade_seq[s.symbol] = None
         self._count("stale")
