@@ -120,12 +120,7 @@ async def test_derived_channels_equal_the_feed(engine_factory, channel):
     async with Feed(eng.ingest_json) as feed, Client(eng.url, encoding="json") as client:
         client.on("*", events.append)
         await feed.line(ref.snapshot_line())
-        try:
-            await subscribe_when_known(client, ["XRP-USD"], [channel])
-        except TickwireError as e:
-            if e.code == "bad_request":
-                pytest.xfail(f"this engine does not serve {channel} (PROTOCOL 1.1 §9) yet: {e}")
-            raise
+        await subscribe_when_known(client, ["XRP-USD"], [channel])
         await until(lambda: matches(client, ref, channel, depth), what="the snapshot")
         for i in range(200):
             await feed.line(ref.random_delta_line())
