@@ -424,3 +424,21 @@ async def test_a_snapshot_that_never_comes_is_asked_for_again():
         assert h.conn.requests.empty()
     finally:
         await stop(h)
+
+
+async def test_events_iterator_sees_events_from_its_call_and_ends_at_close():
+    h = await start("proto", channels=("book",))
+    it = h.client.events({"book", "stale"})
+    await h.conn.send("stale", symbol="X", dropped=0, reason="feed_down")
+    await h.conn.snapshot("X", 11, BIDS, ASKS)
+    got = []
+
+    async def consume():
+        async for ev in it:
+            got.append((ev.kind, ev.seq))
+
+    task = asyncio.create_task(consume())
+    await until(lambda: len(got) == 2, what="two events")
+    await stop(h)
+    await asyncio.wait_for(task, WAIT_S)
+    assert got == [("stale", None), ("book", 11)]

@@ -271,10 +271,14 @@ class Client:
         A coroutine function is run as a task. Exceptions are logged."""
         self._callbacks.setdefault(kind, []).append(callback)
 
-    async def events(self, kinds: Optional[set] = None) -> AsyncIterator[Event]:
-        """Every event (or those of `kinds`) from now on, until `close()`."""
+    def events(self, kinds: Optional[set] = None) -> AsyncIterator[Event]:
+        """Every event (or those of `kinds`) from this call on, until
+        `close()`: `async for ev in client.events(): ...`."""
         q: asyncio.Queue = asyncio.Queue()
         self._queues.append(q)
+        return self._drain(q, kinds)
+
+    async def _drain(self, q: asyncio.Queue, kinds: Optional[set]) -> AsyncIterator[Event]:
         try:
             while True:
                 ev = await q.get()
