@@ -20,7 +20,8 @@ use libfuzzer_sys::fuzz_target;
 use tickwire::book::SymbolId;
 use tickwire::book::symbol::is_valid_symbol;
 use tickwire::fanout::request::{MAX_SYMBOLS_PER_REQUEST, parse_request};
-use tickwire::fanout::ring::{ToIngest, ToWorker};
+use tickwire::book::market::FeedStale;
+use tickwire::fanout::ring::{ResumeAnswer, ToIngest, ToWorker};
 use tickwire::fanout::worker::{Encoding, WorkerConfig, WorkerCore};
 use tickwire::wire::EncodedFrame;
 use tickwire::wire::json::{Decimals, render};
@@ -106,6 +107,12 @@ fn check_parse(text: &str) {
             let unique: HashSet<&String> = req.symbols.iter().collect();
             assert_eq!(unique.len(), req.symbols.len(), "a symbol twice");
             assert!(!req.channels.is_empty());
+            // PROTOCOL §9: one book variant at most; §10: resume names only
+            // symbols the request subscribes, each once.
+            assert!(req.channels.iter().filter(|c| c.is_book()).count() <= 1);
+            let resumed: HashSet<&String> = req.resume.iter().map(|(s, _)| s).collect();
+            assert_eq!(resumed.len(), req.resume.len(), "a symbol resumed twice");
+            assert!(resumed.iter().all(|s| unique.contains(s)));
         }
         Err(e) => assert!(
             e.message.len() < MAX_ERROR_MESSAGE_BYTES,
@@ -116,18 +123,36 @@ fn check_parse(text: &str) {
     }
 }
 
-/// Plays the ingest thread: every snapshot request gets the symbol's book.
+/// Plays the ingest thread: every snapshot request gets the symbol's book
+/// (a derived stream's too); resume requests are answered in turn with a
+/// hit of one message, a miss and a feed-stale book.
 fn answer_snapshots(core: &mut WorkerCore, now_ns: u64) {
     let mut requests = Vec::new();
+    let mut resumes = Vec::new();
     while let Some(msg) = core.poll_to_ingest() {
-        if let ToIngest::SnapshotRequest { symbol } = msg {
-            requests.push(symbol);
+        match msg {
+            ToIngest::SnapshotRequest { symbol } => requests.push(symbol),
+            ToIngest::Resume {
+                token, after_seq, ..
+            } => resumes.push((token, after_seq)),
+            _ => {}
         }
+    }
+    for (token, after_seq) in resumes {
+        let answer = match token % 3 {
+            0 => ResumeAnswer::Hit {
+                last: after_seq.saturating_add(1),
+                frames: vec![EncodedFrame::text("{}")],
+            },
+            1 => ResumeAnswer::Miss { dropped: 3 },
+            _ => ResumeAnswer::Stale(FeedStale::FeedGap),
+        };
+        core.handle_ring(ToWorker::Resumed { token, answer }, now_ns);
     }
     for symbol in requests {
         let msg = pb::ServerMessage {
             body: Some(Body::Snapshot(pb::BookSnapshot {
-                symbol: NAMES[symbol.0 as usize].into(),
+                symbol: NAMES[symbol.index() / 2 % NAMES.len()].into(),
                 seq: 1,
                 bids: vec![pb::Level {
                     price: 100,
