@@ -97,6 +97,8 @@ export interface ClientEvents {
   resync: { symbol: string; channel: string; reason: string };
   error: ClientError;
   authenticated: { sub: string; expiresAtNs: bigint };
+  /** Every `Subscribed`, the client's own resubscriptions included (see `resumed`, §10). */
+  subscribed: SubscribedMessage;
   unsubscribed: UnsubscribedMessage;
 }
 
@@ -215,6 +217,11 @@ export class TickwireClient extends Emitter<ClientEvents> {
     };
   }
 
+  /** The server URL this client connects to. */
+  get url(): string {
+    return this.opts.url;
+  }
+
   get status(): ConnectionStatus {
     return this.statusValue;
   }
@@ -231,6 +238,15 @@ export class TickwireClient extends Emitter<ClientEvents> {
   whenLive(): Promise<void> {
     if (this.conn?.live) return Promise.resolve();
     return new Promise((resolve, reject) => this.liveWaiters.push({ resolve, reject }));
+  }
+
+  /** Drops the connection and reconnects at once, resuming every subscription (§10). */
+  reconnect(): void {
+    if (this.closedByUser) return;
+    clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = undefined;
+    this.dropConnection(1000, "client reconnects");
+    this.open();
   }
 
   /** Closes for good: no reconnect; pending requests are rejected. */
@@ -529,6 +545,11 @@ export class TickwireClient extends Emitter<ClientEvents> {
     return any ? out : undefined;
   }
 
+  private resumeArg(symbols: string[]): Record<string, unknown> {
+    const resume = this.resumeFor(symbols);
+    return resume ? { resume } : {};
+  }
+
   private resubscribeAll(): void {
     const covered = new Set<string>();
     const pending = this.unsent.splice(0);
@@ -539,8 +560,7 @@ export class TickwireClient extends Emitter<ClientEvents> {
         continue;
       }
       for (const s of r.symbols) for (const c of r.channels) covered.add(`${s}\n${isBookChannel(c) ? "book" : c}`);
-      const resume = this.resumeFor(r.symbols);
-      this.send(r, resume ? { resume } : {});
+      this.send(r, this.resumeArg(r.symbols));
     }
     const groups = new Map<string, string[]>();
     for (const [s, w] of this.wanted) {
@@ -556,8 +576,7 @@ export class TickwireClient extends Emitter<ClientEvents> {
     for (const [key, symbols] of groups) {
       for (let i = 0; i < symbols.length; i += 100) {
         const chunk = symbols.slice(i, i + 100);
-        const resume = this.resumeFor(chunk);
-        this.send({ kind: "resubscribe", symbols: chunk, channels: key.split(",") }, resume ? { resume } : {});
+        this.send({ kind: "resubscribe", symbols: chunk, channels: key.split(",") }, this.resumeArg(chunk));
       }
     }
   }
@@ -577,6 +596,13 @@ export class TickwireClient extends Emitter<ClientEvents> {
         throw new DecodeError("frame of an unknown kind");
       }
     } catch (e) {
+      const sym = e instanceof DecodeError ? e.unknownSymbol : undefined;
+      if (sym !== undefined && !this.wanted.has(sym)) {
+        if (!this.changing.has(sym)) {
+          this.report({ code: "unsolicited", symbol: sym, message: `message for ${sym}, not subscribed` });
+        }
+        return;
+      }
       // A message lost to an undecodable frame may be any book's: start over (resuming).
       this.report({ code: "decode_error", message: (e as Error).message });
       this.reconnectNow(1007, "undecodable frame");
@@ -694,7 +720,7 @@ export class TickwireClient extends Emitter<ClientEvents> {
     this.emit("trade", t);
   }
 
-  private settle(id: number, symbols: string[]): Request | undefined {
+  private settle(id: number): Request | undefined {
     const r = this.inflight.get(id);
     if (!r) return undefined;
     this.inflight.delete(id);
@@ -703,12 +729,11 @@ export class TickwireClient extends Emitter<ClientEvents> {
       if (n > 0) this.changing.set(s, n);
       else this.changing.delete(s);
     }
-    void symbols;
     return r;
   }
 
   private onSubscribed(m: SubscribedMessage): void {
-    const r = this.settle(m.id, m.symbols);
+    const r = this.settle(m.id);
     for (const i of m.instruments) {
       const old = this.instruments.get(i.symbol);
       if (old && old.epoch !== i.epoch) this.lastTradeSeq.delete(i.symbol);
@@ -735,11 +760,12 @@ export class TickwireClient extends Emitter<ClientEvents> {
       }
     }
     this.changed();
+    this.emit("subscribed", m);
     r?.resolve?.(m);
   }
 
   private onUnsubscribed(m: UnsubscribedMessage): void {
-    const r = this.settle(m.id, m.symbols);
+    const r = this.settle(m.id);
     if (r?.kind === "probe") return;
     if (!r) {
       // The server ended these itself (a token refresh narrowed the entitlements, §8).
@@ -762,7 +788,7 @@ export class TickwireClient extends Emitter<ClientEvents> {
   }
 
   private onError(m: ErrorMessage): void {
-    const r = this.settle(m.id, []);
+    const r = this.settle(m.id);
     if (r?.kind === "probe") return;
     this.report({ code: m.code, message: m.message, id: m.id });
     if (!r) return;
@@ -775,6 +801,19 @@ export class TickwireClient extends Emitter<ClientEvents> {
         if (b && b.channel !== w?.book) this.removeBook(s);
       }
       this.changed();
+    }
+    if ((r.kind === "resubscribe" || r.kind === "resync") && m.code !== "bad_request" && m.code !== "forbidden") {
+      // Ours, not the user's: e.g. unknown_symbol on an engine that restarted
+      // before its feed came back. Tried again while still wanted.
+      const conn = this.conn;
+      setTimeout(() => {
+        if (this.conn !== conn || !conn?.live) return;
+        const symbols = r.symbols.filter((s) => {
+          const w = this.wanted.get(s);
+          return w && r.channels.every((c) => (c === "trades" ? w.trades : w.book === c));
+        });
+        if (symbols.length) this.send({ ...r, symbols }, this.resumeArg(symbols));
+      }, 1_000 + Math.random() * 1_000);
     }
     r.reject?.(new TickwireError(m.code, m.message, m.id));
   }

@@ -10,6 +10,8 @@ import type { PriceLevel, ServerMessage, Side, Instrument } from "./types.js";
 
 export class DecodeError extends Error {
   override name = "DecodeError";
+  /** Set when the frame was readable but names a symbol whose decimals are unknown (JSON deltas, trades). */
+  unknownSymbol?: string;
 }
 
 /** The decimals of a symbol, needed to read the decimal strings of JSON deltas and trades. */
@@ -145,7 +147,11 @@ function levels(o: Json, k: string, pd: number, sd: number): PriceLevel[] {
 function decimalsOf(o: Json, decimals: DecimalsOf, what: string) {
   const symbol = str(o, "symbol");
   const d = decimals(symbol);
-  if (!d) throw new DecodeError(`${what} for ${symbol}, whose decimals are unknown`);
+  if (!d) {
+    const e = new DecodeError(`${what} for ${symbol}, whose decimals are unknown`);
+    e.unknownSymbol = symbol;
+    throw e;
+  }
   return d;
 }
 
