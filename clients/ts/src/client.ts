@@ -161,6 +161,7 @@ export class TickwireClient extends Emitter<ClientEvents> {
   private conn: Connection | undefined;
   private statusValue: ConnectionStatus = "idle";
   private closedByUser = false;
+  private everLive = false;
   private attempt = 0;
   private nextId = 1;
   private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
@@ -329,7 +330,7 @@ export class TickwireClient extends Emitter<ClientEvents> {
   // ---- connection lifecycle ----
 
   private open(): void {
-    this.setStatus(this.attempt === 0 && this.statusValue !== "reconnecting" ? "connecting" : "reconnecting");
+    this.setStatus(this.everLive ? "reconnecting" : "connecting");
     const proto = this.opts.encoding === "json" ? "tickwire.v1.json" : "tickwire.v1.proto";
     let ws: WebSocketLike;
     try {
@@ -386,10 +387,12 @@ export class TickwireClient extends Emitter<ClientEvents> {
 
   private checkSilence(): void {
     const conn = this.conn;
-    if (!conn || !conn.open) return;
+    if (!conn) return;
     const now = Date.now();
+    // Also bounds the opening handshake and the auth answer (lastRxMs starts at open()).
     if (now - conn.lastRxMs >= this.opts.silenceTimeoutMs) {
-      this.report({ code: "silent_connection", message: `no message for ${now - conn.lastRxMs} ms` });
+      const what = conn.open ? "no message" : "not open";
+      this.report({ code: "silent_connection", message: `${what} for ${now - conn.lastRxMs} ms` });
       this.reconnectNow(4000, "silent connection");
       return;
     }
@@ -402,6 +405,7 @@ export class TickwireClient extends Emitter<ClientEvents> {
   private goLive(conn: Connection): void {
     conn.live = true;
     conn.liveSince = Date.now();
+    this.everLive = true;
     this.setStatus("live");
     this.resubscribeAll();
     for (const w of this.liveWaiters.splice(0)) w.resolve();
@@ -792,6 +796,11 @@ export class TickwireClient extends Emitter<ClientEvents> {
     if (r?.kind === "probe") return;
     this.report({ code: m.code, message: m.message, id: m.id });
     if (!r) return;
+    if (r.kind === "auth" && this.conn?.live) {
+      // A refused refresh: try again with the provider's next token until the
+      // old one expires (then the server closes 4004 and the client reconnects).
+      this.scheduleRefresh(this.conn, 10_000);
+    }
     if (r.kind === "subscribe" && r.before) {
       // All-or-nothing (§6): nothing changed on the server; undo the wish.
       for (const [s, w] of r.before) {
