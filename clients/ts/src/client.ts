@@ -200,7 +200,7 @@ export class TickwireClient extends Emitter<ClientEvents> {
   constructor(options: ClientOptions) {
     super();
     const WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-    if (!WS) throw new Error("tickwire: no WebSocket class: pass one, e.g. new TickwireClient({ url, WebSocket: (await import('ws')).WebSocket })");
+    if (!WS) throw new Error("tickwire: no global WebSocket here (Node 20): pass one, e.g. the ws package's: new TickwireClient({ url, WebSocket })");
     this.WS = WS;
     this.opts = {
       url: options.url,
