@@ -249,6 +249,7 @@ export class Book {
    * refused until it comes; verified levels stay visible, flagged stale.
    */
   expectSnapshot(reason: string): void {
+    if (this.status === "unverified") return; // its fault stays the reason until the snapshot
     if (this.status === "live") this.status = "stale";
     this.reason = reason;
     this.version++;

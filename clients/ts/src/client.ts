@@ -71,6 +71,9 @@ export interface ClientOptions {
   maxBookFaults?: number;
   /** Largest book accepted per side (default 10 000 levels). */
   maxLevels?: number;
+  /** Requests sent per second at most, after a burst (default 5 and 10; the server's default limit is 10/s, burst 20). */
+  requestsPerSec?: number;
+  requestBurst?: number;
 }
 
 /** A trade with its symbol's decimals. */
@@ -150,6 +153,11 @@ interface Connection {
   liveSince: number;
   lastRxMs: number;
   lastTxMs: number;
+  /** Requests waiting for the rate limiter, encoded. */
+  outbox: string[];
+  tokens: number;
+  refillMs: number;
+  drainTimer: ReturnType<typeof setTimeout> | undefined;
 }
 
 const OPEN = 1;
@@ -215,6 +223,8 @@ export class TickwireClient extends Emitter<ClientEvents> {
       maxTrades: options.maxTrades ?? 100,
       maxBookFaults: options.maxBookFaults ?? 3,
       maxLevels: options.maxLevels ?? 10_000,
+      requestsPerSec: options.requestsPerSec ?? 5,
+      requestBurst: options.requestBurst ?? 10,
     };
   }
 
@@ -342,7 +352,10 @@ export class TickwireClient extends Emitter<ClientEvents> {
     }
     ws.binaryType = "arraybuffer";
     const now = Date.now();
-    const conn: Connection = { ws, open: false, live: false, liveSince: 0, lastRxMs: now, lastTxMs: now };
+    const conn: Connection = {
+      ws, open: false, live: false, liveSince: 0, lastRxMs: now, lastTxMs: now,
+      outbox: [], tokens: this.opts.requestBurst, refillMs: now, drainTimer: undefined,
+    };
     this.conn = conn;
     ws.onopen = () => {
       if (this.conn !== conn) return;
@@ -427,7 +440,7 @@ export class TickwireClient extends Emitter<ClientEvents> {
     this.inflight.set(id, { kind: "auth", symbols: [], channels: [], resolve: () => {
       if (kind === "auth") this.goLive(conn);
     } });
-    this.rawSend(conn, { op: "auth", token, id });
+    this.rawSend(conn, { op: "auth", token, id }, true);
   }
 
   private scheduleRefresh(conn: Connection, delayMs: number): void {
@@ -459,6 +472,8 @@ export class TickwireClient extends Emitter<ClientEvents> {
 
   private afterConnection(conn: Connection): void {
     clearTimeout(this.refreshTimer);
+    clearTimeout(conn.drainTimer);
+    conn.outbox.length = 0;
     clearInterval(this.watchdog);
     this.watchdog = undefined;
     if (conn.live && Date.now() - conn.liveSince > 10_000) this.attempt = 0;
@@ -470,7 +485,10 @@ export class TickwireClient extends Emitter<ClientEvents> {
     }
     this.inflight.clear();
     this.changing.clear();
-    for (const b of this.books.values()) b.markStale("disconnected");
+    for (const b of this.books.values()) {
+      b.markStale("disconnected");
+      this.emit("update", b.getSnapshot());
+    }
     this.changed();
   }
 
@@ -520,12 +538,44 @@ export class TickwireClient extends Emitter<ClientEvents> {
     this.rawSend(conn, { op, symbols: r.symbols, channels: r.channels, id, ...extra });
   }
 
-  private rawSend(conn: Connection, msg: Record<string, unknown>): void {
-    conn.lastTxMs = Date.now();
-    try {
-      conn.ws.send(JSON.stringify(msg, (_k, v) => (typeof v === "bigint" ? Number(v) : v)));
-    } catch (e) {
-      this.report({ code: "connection_closed", message: `send failed: ${(e as Error).message}` });
+  /**
+   * Queues a request for the socket. Requests leave through a token bucket
+   * (`requestsPerSec`, `requestBurst`) kept under the server's request-rate
+   * limit (§6, default 10/s, burst 20), so that a burst of subscribes, resyncs
+   * or a reconnect's resubscriptions is never refused `rate_limited`.
+   */
+  private rawSend(conn: Connection, msg: Record<string, unknown>, first = false): void {
+    // bigints (seqs, epochs) as exact JSON numbers
+    const text = JSON.stringify(msg, (_k, v) => (typeof v === "bigint" ? `\u0000${v}` : v)).replace(
+      /"\\u0000(-?\d+)"/g,
+      "$1",
+    );
+    if (first) conn.outbox.unshift(text);
+    else conn.outbox.push(text);
+    this.drain(conn);
+  }
+
+  private drain(conn: Connection): void {
+    const now = Date.now();
+    conn.tokens = Math.min(this.opts.requestBurst, conn.tokens + ((now - conn.refillMs) / 1000) * this.opts.requestsPerSec);
+    conn.refillMs = now;
+    while (conn.outbox.length && conn.tokens >= 1) {
+      const text = conn.outbox.shift()!;
+      conn.tokens -= 1;
+      conn.lastTxMs = now;
+      try {
+        conn.ws.send(text);
+      } catch (e) {
+        this.report({ code: "connection_closed", message: `send failed: ${(e as Error).message}` });
+        return;
+      }
+    }
+    if (conn.outbox.length && !conn.drainTimer) {
+      const waitMs = Math.ceil(((1 - conn.tokens) / this.opts.requestsPerSec) * 1000);
+      conn.drainTimer = setTimeout(() => {
+        conn.drainTimer = undefined;
+        if (this.conn === conn) this.drain(conn);
+      }, Math.max(1, waitMs));
     }
   }
 
@@ -800,6 +850,16 @@ export class TickwireClient extends Emitter<ClientEvents> {
       // A refused refresh: try again with the provider's next token until the
       // old one expires (then the server closes 4004 and the client reconnects).
       this.scheduleRefresh(this.conn, 10_000);
+    }
+    if (m.code === "rate_limited" && r.kind !== "auth") {
+      // Refused for the rate, not the content: sent again in a moment, the promise kept.
+      const conn = this.conn;
+      setTimeout(() => {
+        if (this.conn === conn && conn?.live) this.send(r, r.kind === "unsubscribe" ? {} : this.resumeArg(r.symbols));
+        else if (r.kind === "subscribe") this.unsent.push(r);
+        else if (r.kind === "unsubscribe") r.resolve?.({ type: "unsubscribed", id: 0, symbols: r.symbols, channels: r.channels });
+      }, 1_000);
+      return;
     }
     if (r.kind === "subscribe" && r.before) {
       // All-or-nothing (§6): nothing changed on the server; undo the wish.

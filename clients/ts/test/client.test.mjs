@@ -180,3 +180,28 @@ test("Stale: feed_gap keeps the verified book flagged stale; slow_consumer waits
   await waitFor(() => client.book("X").status === "live" && client.book("X").seq === 1n, "resynced");
   assert.deepEqual(stale, ["feed_gap", "slow_consumer"]);
 });
+
+test("a burst of requests is paced under the server's rate limit; a rate_limited answer is retried, not rejected", async (t) => {
+  const times = [];
+  let refused = 0;
+  const server = await fakeServer((req, conn) => {
+    times.push(Date.now());
+    if (times.length === 3) {
+      refused++;
+      conn.send({ type: "error", id: req.id, code: "rate_limited", message: "slow down" });
+      return;
+    }
+    conn.send(jsonSubscribed(req));
+    conn.send(jsonSnapshot(req.symbols[0], 1, [L(1, 1)], [L(2, 1)]));
+  });
+  const client = new TickwireClient({ url: server.url, WebSocket, encoding: "json", requestsPerSec: 20, requestBurst: 5 });
+  const errors = track(t, client, server);
+  await client.connect();
+  const all = await Promise.all(Array.from({ length: 15 }, (_, i) => client.subscribe([`S${i}`])));
+  assert.equal(all.length, 15);
+  assert.equal(refused, 1);
+  assert.equal(times.length, 16);
+  // 5 at once, then 20/s: the last of 16 no sooner than ~(16 - 5) / 20 s after the first.
+  assert.ok(times.at(-1) - times[0] >= 450, `paced: ${times.at(-1) - times[0]} ms`);
+  assert.deepEqual(errors.map((e) => e.code), ["rate_limited"]);
+});
