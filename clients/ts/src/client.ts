@@ -27,6 +27,12 @@ import type {
 } from "./types.js";
 
 export type Encoding = "proto" | "json";
+/**
+ * `idle` (not connected yet), `connecting` (until the first time live, retries
+ * included), `live` (open, authenticated when a token is set), `reconnecting`
+ * (lost after being live: backing off or reopening), `closed` (by `close()`, or
+ * lost with `reconnect: false`).
+ */
 export type ConnectionStatus = "idle" | "connecting" | "live" | "reconnecting" | "closed";
 /** A token, or a function returning one (called at every connect and refresh). */
 export type TokenSource = string | (() => string | Promise<string>);
@@ -523,7 +529,7 @@ export class TickwireClient extends Emitter<ClientEvents> {
   }
 
   private scheduleReconnect(): void {
-    this.setStatus("reconnecting");
+    this.setStatus(this.everLive ? "reconnecting" : "connecting");
     const base = Math.min(this.opts.maxBackoffMs, this.opts.initialBackoffMs * 2 ** Math.min(this.attempt, 30));
     const delay = base / 2 + Math.random() * (base / 2);
     this.attempt++;
