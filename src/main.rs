@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use tickwire::auth::{AuthMode, VerifierConfig};
+use tickwire::book::resume::HistoryLimits;
 use tickwire::book::synth::SynthConfig;
 use tickwire::config::{
     AnonymousConfig, AuthConfig, BackplaneSettings, IngestConfig, MarketLimits,
@@ -116,6 +117,15 @@ struct ServeArgs {
     /// Level updates in one delta at most (updates); more: `too_many_updates`.
     #[arg(long, default_value_t = MarketLimits::default().max_delta_updates)]
     max_delta_updates: usize,
+    /// Resume history (PROTOCOL §10): messages kept per symbol's book and per symbol's trades.
+    #[arg(long, default_value_t = HistoryLimits::default().max_entries)]
+    resume_max_messages: usize,
+    /// Resume history: oldest message replayed (ms).
+    #[arg(long, default_value_t = HistoryLimits::default().max_age_ns / 1_000_000)]
+    resume_max_age_ms: u64,
+    /// Resume history: memory of all symbols together at most (bytes).
+    #[arg(long, default_value_t = HistoryLimits::default().max_total_bytes)]
+    resume_max_bytes: usize,
     /// WebSocket connections at most (503 past it).
     #[arg(long, default_value_t = ShellConfig::default().max_connections)]
     max_connections: usize,
@@ -321,6 +331,11 @@ impl ServeArgs {
                 },
                 backplane: self.backplane_settings(),
                 ..IngestConfig::default()
+            },
+            resume: HistoryLimits {
+                max_entries: self.resume_max_messages,
+                max_age_ns: self.resume_max_age_ms.saturating_mul(1_000_000),
+                max_total_bytes: self.resume_max_bytes,
             },
             listen: self.listen,
             workers: self.workers.unwrap_or(defaults.workers),

@@ -101,6 +101,8 @@ pub enum ToWorker {
         json: Option<EncodedFrame>,
         stale: Option<FeedStale>,
     },
+    /// The answer to the [`ToIngest::Resume`] with this `token`.
+    Resumed { token: u64, answer: ResumeAnswer },
     /// The ring was full: this many deltas and trades of `symbol` never reached
     /// this worker. Book subscribers must resync (Stale + snapshot).
     /// `feed_down`: a `Stale{feed_down}` was among the lost messages, so trades
@@ -112,6 +114,24 @@ pub enum ToWorker {
         trades: u64,
         feed_down: bool,
     },
+}
+
+/// The answer to [`ToIngest::Resume`] (PROTOCOL §10).
+#[derive(Debug, Clone)]
+pub enum ResumeAnswer {
+    /// Every message after the client's seq, in the client's encoding,
+    /// oldest first; the stream continues after `last` (the client's seq
+    /// when nothing was missed).
+    Hit {
+        last: u64,
+        frames: Vec<EncodedFrame>,
+    },
+    /// Not held any more (or never, or another epoch): a book resyncs with
+    /// a snapshot; trades get `Stale{slow_consumer_trades, dropped}`.
+    Miss { dropped: u64 },
+    /// The book is stale for a feed reason: the client gets that `Stale`
+    /// and the snapshot when the feed recovers.
+    Stale(FeedStale),
 }
 
 /// Worker → ingest.
@@ -127,4 +147,15 @@ pub enum ToIngest {
     Json { symbol: SymbolId, on: bool },
     /// One request per (worker, symbol) however many local clients wait.
     SnapshotRequest { symbol: SymbolId },
+    /// "Every message of `symbol`'s `lane` after `after_seq` in `epoch`"
+    /// for one client (PROTOCOL §10), answered by [`ToWorker::Resumed`]
+    /// through the same FIFO ring, so what follows it is gap-free.
+    Resume {
+        token: u64,
+        symbol: SymbolId,
+        lane: Lane,
+        epoch: u64,
+        after_seq: u64,
+        json: bool,
+    },
 }

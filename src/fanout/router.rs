@@ -31,6 +31,7 @@ use crate::wire::json::{self, Decimals};
 use crate::wire::pb;
 
 use super::derived::DerivedStats;
+use super::replay::ReplayStats;
 use super::ring::{DataKind, Lane, ToIngest, ToWorker};
 
 /// Most workers one router serves (interest sets are `u64` bitmasks).
@@ -57,6 +58,8 @@ pub struct RouterStats {
     /// The derived streams beside the router (`fanout::derived`), copied
     /// in by the sink for the metrics.
     pub derived: DerivedStats,
+    /// The resume history and answers (`fanout::replay`), likewise.
+    pub replays: ReplayStats,
 }
 
 #[derive(Default)]
@@ -154,13 +157,14 @@ impl Router {
     }
 
     /// Routes one published message; `frame` is its binary encoding.
+    /// Returns its JSON frame if some worker wanted one (rendered once).
     pub fn publish(
         &mut self,
         market: &Market,
         event: &Published,
         frame: &EncodedFrame,
         rings: &mut impl Rings,
-    ) {
+    ) -> Option<EncodedFrame> {
         let (symbol, kind, seq, msg) = match event {
             Published::Snapshot { symbol, seq, msg } => {
                 (*symbol, DataKind::BookReplaced, *seq, msg)
@@ -186,7 +190,7 @@ impl Router {
             seq,
             prev_seq: seq.saturating_sub(1),
         };
-        self.publish_stream(published, msg, frame, decimals, rings);
+        self.publish_stream(published, msg, frame, decimals, rings)
     }
 
     /// The decimals last announced for `symbol` (a derived stream renders
@@ -197,7 +201,7 @@ impl Router {
 
     /// Routes one message of a stream (a symbol, or a derived book channel
     /// of one: [`crate::fanout::derived`]) to the workers with interest in
-    /// it, rendering JSON once if some want it.
+    /// it, rendering JSON once if some want it (and returning it).
     pub fn publish_stream(
         &mut self,
         stream: Stream,
@@ -205,7 +209,7 @@ impl Router {
         frame: &EncodedFrame,
         decimals: Decimals,
         rings: &mut impl Rings,
-    ) {
+    ) -> Option<EncodedFrame> {
         let Stream {
             symbol,
             kind,
@@ -262,6 +266,7 @@ impl Router {
             };
             self.push_data(w, symbol, kind, msg, rings);
         }
+        json
     }
 
     /// Broadcasts the instrument when it is new or its decimals or epoch changed.
@@ -436,6 +441,9 @@ impl Router {
                     route.json &= !bit(w)
                 }
             }
+            // Answered beside the router, from the resume history
+            // (`fanout::replay`); a caller that passes one here gets nothing.
+            ToIngest::Resume { .. } => {}
             ToIngest::SnapshotRequest { symbol } => {
                 self.stats.snapshot_requests += 1;
                 let answer = self.snapshot_answer(w, symbol, market);
@@ -687,6 +695,7 @@ mod tests {
                     "dropped {deltas}/{trades}{}",
                     if *feed_down { " feed_down" } else { "" }
                 ),
+                ToWorker::Resumed { token, .. } => format!("resumed {token}"),
             })
             .collect()
     }

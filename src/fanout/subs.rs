@@ -28,6 +28,10 @@ pub enum SubState {
     /// Book only: told the book is stale for a feed reason; waits for the feed's
     /// next `BookReplaced` without a request of its own.
     AwaitingFeed,
+    /// Waiting for the answer to a resume request (PROTOCOL §10), or for the
+    /// other resumes of its subscribe: takes nothing until then (see
+    /// `fanout::worker::resume`).
+    Resuming,
     /// The connection is a slow consumer: `dropped` counts what it missed; the
     /// worker reports it (and, for books, resyncs) when the connection drains.
     Dropping,

@@ -14,6 +14,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{info, warn};
 
 use crate::auth::AuthMode;
+use crate::book::resume::HistoryLimits;
 use crate::config::{AuthConfig, ConfigError, IngestConfig};
 use crate::fanout::limits::IpLimitConfig;
 use crate::fanout::ring::WorkerId;
@@ -56,12 +57,16 @@ pub struct EngineConfig {
     pub pacing: PacingConfig,
     /// Client authentication and entitlements (PROTOCOL §8). Default off.
     pub auth: AuthConfig,
+    /// The resume history's bounds (PROTOCOL §10): 8,192 messages per
+    /// symbol's book and trades, 10 s, 64 MiB in all.
+    pub resume: HistoryLimits,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             ingest: IngestConfig::default(),
+            resume: HistoryLimits::default(),
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pin: true,
@@ -252,6 +257,7 @@ impl Engine {
             },
             requests,
             shared.clone(),
+            cfg.resume,
         );
         let ingest = ingest.spawn(Box::new(sink))?;
         let mut threads = Vec::new();

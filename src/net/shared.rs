@@ -15,6 +15,7 @@ use super::health::{Health, Liveness};
 use super::symbols::SymbolDirectory;
 use crate::auth::AuthResult;
 use crate::fanout::limits::{IpLimitConfig, IpLimits};
+use crate::fanout::replay::MISS_REASONS;
 use crate::fanout::router::RouterStats;
 use crate::fanout::streams::DerivedStreams;
 use crate::fanout::worker::{LagHistogram, RESYNC_LAG_BOUNDS_NS, Tier};
@@ -345,6 +346,49 @@ impl Shared {
             "tickwire_derived_snapshots_total",
             "Snapshots of derived book channels encoded.",
             router.derived.snapshots,
+        );
+        let r = &router.replays;
+        out.gauge(
+            "tickwire_resume_history_messages",
+            "Messages held by the resume history (PROTOCOL §10), all symbols.",
+            r.history.entries as u64,
+        );
+        out.gauge(
+            "tickwire_resume_history_bytes",
+            "Bytes charged by the resume history (bounded by --resume-max-bytes).",
+            r.history.bytes as u64,
+        );
+        out.labeled_counter(
+            "tickwire_resume_history_evicted_total",
+            "Messages dropped from the resume history, by cause.",
+            "cause",
+            [
+                ("count", r.history.evicted_count),
+                ("age", r.history.evicted_age),
+                ("memory", r.history.evicted_memory),
+                ("restart", r.history.evicted_restart),
+            ]
+            .into_iter(),
+        );
+        out.counter(
+            "tickwire_resume_hits_total",
+            "Resume requests answered with every message missed.",
+            r.hits,
+        );
+        out.counter(
+            "tickwire_resume_replayed_total",
+            "Messages replayed to resuming clients.",
+            r.replayed,
+        );
+        out.labeled_counter(
+            "tickwire_resume_misses_total",
+            "Resume requests the history could not serve (a snapshot or trades Stale instead), by reason.",
+            "reason",
+            MISS_REASONS
+                .iter()
+                .copied()
+                .zip(r.misses)
+                .chain([("feed_stale", r.stale)]),
         );
         type Get = fn(&WorkerCounters) -> u64;
         let per_worker: [(&str, &str, &str, Get); 23] = [

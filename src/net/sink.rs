@@ -10,7 +10,9 @@ use mio::Waker;
 
 use crate::book::SymbolId;
 use crate::book::market::{Market, Published};
+use crate::book::resume::HistoryLimits;
 use crate::fanout::derived::DerivedBooks;
+use crate::fanout::replay::{Replays, ResumeRequest};
 use crate::fanout::ring::{ToIngest, ToWorker};
 use crate::fanout::router::{Rings, Router};
 use crate::wire::EncodedFrame;
@@ -60,6 +62,8 @@ pub struct FanoutSink {
     router: Router,
     /// The derived book channels some worker holds (PROTOCOL §9).
     derived: DerivedBooks,
+    /// The resume history and its answers (PROTOCOL §10).
+    replays: Replays,
     rings: RtrbRings,
     requests: Vec<rtrb::Consumer<ToIngest>>,
     shared: Arc<Shared>,
@@ -74,10 +78,12 @@ impl FanoutSink {
         rings: RtrbRings,
         requests: Vec<rtrb::Consumer<ToIngest>>,
         shared: Arc<Shared>,
+        resume: HistoryLimits,
     ) -> FanoutSink {
         FanoutSink {
             router: Router::new(rings.producers.len()),
             derived: DerivedBooks::new(shared.streams.clone()),
+            replays: Replays::new(resume),
             rings,
             requests,
             symbols: SymbolDirectory::writer(&shared.symbols),
@@ -97,6 +103,7 @@ impl FanoutSink {
         if let Ok(mut g) = self.shared.router.lock() {
             *g = self.router.stats().clone();
             g.derived = self.derived.stats();
+            g.replays = self.replays.stats();
         }
     }
 }
@@ -119,15 +126,11 @@ impl MarketSink for FanoutSink {
             Published::Delta { symbol, seq, .. } => self.symbols.delta(*symbol, *seq),
             Published::Trade { .. } | Published::Stale { .. } => {}
         }
-        self.router.publish(market, event, frame, &mut self.rings);
-        self.derived.on_published(
-            market,
-            event,
-            frame,
-            &mut self.router,
-            &mut self.rings,
-            wall_clock_ns(),
-        );
+        let now = wall_clock_ns();
+        let json = self.router.publish(market, event, frame, &mut self.rings);
+        self.replays.record(market, event, frame, json, now);
+        self.derived
+            .on_published(market, event, frame, &mut self.router, &mut self.rings, now);
     }
 
     fn next_due_ns(&self) -> Option<u64> {
@@ -176,6 +179,26 @@ impl MarketSink for FanoutSink {
                 let followed = interest_in.map(|s| self.shared.streams.key(s).map_or(s, |k| k.0));
                 let before = followed.map(|s| self.holds(s));
                 match req {
+                    ToIngest::Resume {
+                        token,
+                        symbol,
+                        lane,
+                        epoch,
+                        after_seq,
+                        json,
+                    } => {
+                        let req = ResumeRequest {
+                            token,
+                            symbol,
+                            lane,
+                            epoch,
+                            after_seq,
+                            json,
+                        };
+                        let decimals = self.router.decimals(symbol);
+                        let answer = self.replays.answer(req, market, decimals, wall_clock_ns());
+                        self.router.answer(w, answer, &mut self.rings);
+                    }
                     ToIngest::SnapshotRequest { symbol } if symbol.is_derived() => {
                         let wants_json = self.router.wants_json(symbol, w);
                         let decimals = self
@@ -206,6 +229,7 @@ impl MarketSink for FanoutSink {
             .poll(market, &mut self.router, &mut self.rings, wall_clock_ns());
         done += self.router.do_work(&mut self.rings);
         if now_ns.saturating_sub(self.last_refresh_ns) >= SHARED_REFRESH_NS {
+            self.replays.expire(wall_clock_ns());
             self.refresh_shared();
             self.last_refresh_ns = now_ns;
         }

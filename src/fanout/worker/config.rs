@@ -71,6 +71,10 @@ pub struct WorkerStats {
     pub idle_list: usize,
     pub buffered_bytes: usize,
     pub queue_capacity_bytes: usize,
+    /// Resume requests sent to the market thread (PROTOCOL §10).
+    pub resume_requests: u64,
+    /// Channels resumed (answered with every message missed).
+    pub resumed: u64,
     /// Market-data frames queued (deltas, trades, snapshots, feed Stale).
     pub delivered_msgs: u64,
     pub delivered_bytes: u64,

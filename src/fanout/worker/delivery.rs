@@ -326,6 +326,7 @@ impl WorkerCore {
             } => {
                 self.handle_snapshot_answer(symbol, seq, bin.as_ref(), json.as_ref(), stale, now_ns)
             }
+            ToWorker::Resumed { token, answer } => self.handle_resumed(token, answer, now_ns),
             ToWorker::Dropped {
                 symbol,
                 deltas,
@@ -579,7 +580,7 @@ impl WorkerCore {
                         }
                         continue;
                     }
-                    SubState::Awaiting | SubState::AwaitingFeed => break,
+                    SubState::Awaiting | SubState::AwaitingFeed | SubState::Resuming => break,
                 }
                 if seq <= sub.seq {
                     // Older than the snapshot it holds (it took a newer one).
@@ -631,6 +632,10 @@ impl WorkerCore {
         };
         let mut sink = sink!(self);
         for sub in ss.list_mut(Lane::Trades) {
+            if sub.state == SubState::Resuming {
+                // Its resume answer holds this trade.
+                continue;
+            }
             if sub.state == SubState::Dropping {
                 sub.dropped = sub.dropped.saturating_add(1);
                 sink.stats.dropped_trades += 1;
@@ -680,7 +685,7 @@ impl WorkerCore {
             match sub.state {
                 SubState::Awaiting | SubState::AwaitingFeed => {}
                 SubState::Live if replaced => {}
-                SubState::Live => continue,
+                SubState::Live | SubState::Resuming => continue,
                 SubState::Dropping => {
                     if replaced {
                         sub.dropped = sub.dropped.saturating_add(1);
@@ -795,7 +800,9 @@ impl WorkerCore {
                 i += 1;
                 // Slow book consumers learn it through their resync's answer;
                 // trades have no resync, so even a dropping one is told.
-                if sub.state == SubState::Dropping && c == Lane::Book {
+                if sub.state == SubState::Dropping && c == Lane::Book
+                    || sub.state == SubState::Resuming
+                {
                     continue;
                 }
                 let frame = frames.get(sub.json, &fallback, &mut self.json_buf);
@@ -849,6 +856,8 @@ impl WorkerCore {
                             any_awaiting = true;
                         }
                     }
+                    // Its answer comes after the lost messages and covers them.
+                    SubState::Resuming => {}
                     SubState::Awaiting | SubState::AwaitingFeed => {
                         // What they wait for may be among the lost messages.
                         self.subs.sub_mut(symbol, Lane::Book, i - 1).state = SubState::Awaiting;

@@ -74,6 +74,7 @@ mod config;
 mod delivery;
 mod invariants;
 mod requests;
+mod resume;
 #[cfg(test)]
 mod tests;
 
@@ -197,6 +198,9 @@ pub struct WorkerCore {
     json_buf: String,
     /// Scratch for `handle_ring_batch`: the run of deltas being gathered.
     run: Vec<RunDelta>,
+    /// Subscribes waiting for their resume answers (`resume.rs`).
+    resumes: Vec<resume::PendingSubscribe>,
+    next_resume_token: u64,
     /// Each connection's tier and entitlements, and the auth deadlines
     /// for the shell's wheel (`auth.rs`).
     auth: auth::CoreAuth,
@@ -230,6 +234,8 @@ impl WorkerCore {
             stats: WorkerStats::default(),
             json_buf: String::new(),
             run: Vec::new(),
+            resumes: Vec::new(),
+            next_resume_token: 0,
             auth: auth::CoreAuth::default(),
         }
     }
@@ -434,6 +440,7 @@ impl WorkerCore {
     }
 
     pub(super) fn remove_all_subs(&mut self, conn: u32) {
+        self.forget_resumes(conn);
         let mut removed: Vec<(SymbolId, Lane, Transitions)> = Vec::new();
         self.subs
             .remove_conn(conn, |cs, t| removed.push((cs.symbol, cs.channel, t)));

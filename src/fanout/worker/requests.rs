@@ -10,7 +10,8 @@ use crate::book::SymbolId;
 use crate::fanout::limits::RateVerdict;
 use crate::fanout::outbox::FrameClass;
 use crate::fanout::request::{
-    ClientRequest, ErrorCode, Op, Request, RequestError, parse_client_request, request_id,
+    ClientRequest, ErrorCode, Op, Request, RequestError, ResumePoint, parse_client_request,
+    request_id,
 };
 use crate::fanout::ring::{Lane, ToIngest};
 use crate::fanout::subs::{SubState, Transitions};
@@ -194,26 +195,43 @@ impl WorkerCore {
             })
             .collect();
         let channels = req.channels.names();
-        let msg = pb::ServerMessage {
-            body: Some(Body::Subscribed(pb::Subscribed {
-                id: req.id,
-                symbols: req.symbols,
-                channels,
-                instruments,
-                resumed: Vec::new(),
-            })),
+        let resume: HashMap<&str, ResumePoint> =
+            req.resume.iter().map(|(s, p)| (s.as_str(), *p)).collect();
+        // PROTOCOL §10: with `resume`, `Subscribed` waits for the market
+        // thread's answers, and every subscription the request touches takes
+        // nothing until then (`resume.rs`).
+        let deferred = !resume.is_empty();
+        let answer = pb::Subscribed {
+            id: req.id,
+            symbols: req.symbols.clone(),
+            channels,
+            instruments,
+            resumed: Vec::new(),
         };
-        self.send_control(conn, &msg, now_ns);
+        if !deferred {
+            let msg = pb::ServerMessage {
+                body: Some(Body::Subscribed(answer.clone())),
+            };
+            self.send_control(conn, &msg, now_ns);
+        }
         let json = self.conns[conn as usize].encoding == Encoding::Json;
-        for (id, stream) in ids.into_iter().zip(streams) {
+        let (book_state, trades_state) = if deferred {
+            (SubState::Resuming, SubState::Resuming)
+        } else {
+            (SubState::Awaiting, SubState::Live)
+        };
+        let mut items = Vec::new();
+        for ((id, stream), name) in ids.into_iter().zip(streams).zip(&req.symbols) {
             let h = held.get(&id).copied().unwrap_or_default();
+            let point = resume.get(name.as_str()).copied();
             if let Some(stream) = stream {
-                match h.book {
+                let fresh = match h.book {
                     Some((s, pos)) if s == stream => {
                         // A client-requested resync: a fresh snapshot.
                         let sub = self.subs.sub_mut(s, Lane::Book, pos);
-                        sub.state = SubState::Awaiting;
+                        sub.state = book_state;
                         sub.dropped = 0;
+                        false
                     }
                     other => {
                         // PROTOCOL §9: another variant replaces the one held.
@@ -222,19 +240,37 @@ impl WorkerCore {
                         {
                             self.emit_transitions(old, Lane::Book, t, false);
                         }
-                        let (_, t) =
-                            self.subs
-                                .insert(conn, stream, Lane::Book, json, SubState::Awaiting);
+                        let (_, t) = self.subs.insert(conn, stream, Lane::Book, json, book_state);
                         self.emit_transitions(stream, Lane::Book, t, true);
+                        true
                     }
+                };
+                if deferred {
+                    // Only plain `book` resumes; a variant starts with its
+                    // snapshot, as does a book already held.
+                    let after = point
+                        .filter(|_| fresh && stream == id)
+                        .and_then(|p| Some((p.epoch, p.book?)));
+                    items.push(self.resume_item(conn, id, stream, Lane::Book, after, json));
+                } else {
+                    self.request_snapshot(stream);
                 }
-                self.request_snapshot(stream);
             }
             if trades && !h.trades {
-                let (_, t) = self
-                    .subs
-                    .insert(conn, id, Lane::Trades, json, SubState::Live);
+                let (_, t) = self.subs.insert(conn, id, Lane::Trades, json, trades_state);
                 self.emit_transitions(id, Lane::Trades, t, true);
+                if deferred {
+                    let after = point.and_then(|p| Some((p.epoch, p.trades?)));
+                    items.push(self.resume_item(conn, id, id, Lane::Trades, after, json));
+                }
+            }
+        }
+        if deferred {
+            let waits = items.iter().any(|it| it.token.is_some());
+            self.defer_subscribed(conn, answer, items);
+            if !waits {
+                // Nothing to ask (e.g. only variants or held channels): answer now.
+                self.finish_ready(conn, now_ns);
             }
         }
         Ok(())

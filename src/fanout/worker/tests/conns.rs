@@ -162,7 +162,7 @@ proptest! {
             let (key, on) = match m {
                 ToIngest::Interest { symbol, channel, on } => (format!("{}/{:?}", symbol.0, channel), *on),
                 ToIngest::Json { symbol, on } => (format!("{}/json", symbol.0), *on),
-                ToIngest::SnapshotRequest { .. } => continue,
+                ToIngest::SnapshotRequest { .. } | ToIngest::Resume { .. } => continue,
             };
             let prev = state.insert(key.clone(), on).unwrap_or(false);
             prop_assert_ne!(prev, on, "{} repeated", key);
