@@ -18,7 +18,7 @@ export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 export const ARTIFACTS = path.join(HERE, 'artifacts');
 
 /** Bounds (ms). Generous: the machine may be shared and slow. */
-export const T = { start: 20_000, live: 20_000, change: 10_000, reconnect: 40_000, stop: 6_000 };
+export const T = { start: 20_000, live: 20_000, change: 15_000, reconnect: 40_000, stop: 6_000 };
 
 export const sleep = ms => new Promise(r => setTimeout(r, ms));
 
