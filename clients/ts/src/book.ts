@@ -51,6 +51,7 @@ export interface BookFault {
     | "crossed_book"
     | "bad_size"
     | "too_deep"
+    | "too_many_updates"
     | "bad_decimals"
     | "unexpected_delta";
   message: string;
@@ -197,6 +198,11 @@ export class Book {
     }
     if (this.channel === "book" ? m.seq !== this.seq + 1n : m.seq <= this.seq) {
       return this.fail({ code: "seq_gap", message: `${where}: held ${this.seq}` });
+    }
+    // A side can change at most maxLevels levels' worth plus as many removals:
+    // more is hostile, and would cost O(updates × depth) to apply.
+    if (m.bids.length + m.asks.length > 4 * this.maxLevels) {
+      return this.fail({ code: "too_many_updates", message: `${where}: ${m.bids.length + m.asks.length} updates` });
     }
     for (const u of m.bids.concat(m.asks)) {
       if (u.size < 0n) return this.fail({ code: "bad_size", message: `${where}: size ${u.size} at price ${u.price}` });

@@ -27,6 +27,12 @@ import type {
 } from "./types.js";
 
 export type Encoding = "proto" | "json";
+/**
+ * `idle` (not connected yet), `connecting` (until the first time live, retries
+ * included), `live` (open, authenticated when a token is set), `reconnecting`
+ * (lost after being live: backing off or reopening), `closed` (by `close()`, or
+ * lost with `reconnect: false`).
+ */
 export type ConnectionStatus = "idle" | "connecting" | "live" | "reconnecting" | "closed";
 /** A token, or a function returning one (called at every connect and refresh). */
 export type TokenSource = string | (() => string | Promise<string>);
@@ -160,7 +166,12 @@ interface Connection {
   drainTimer: ReturnType<typeof setTimeout> | undefined;
 }
 
-const OPEN = 1;
+/**
+ * The close code the client sends when it drops a connection it no longer
+ * trusts (silent, undecodable, a book failing its checks). Browsers let a
+ * script send only 1000 or 3000-4999; the reason text says why.
+ */
+const CLIENT_CLOSE = 4000;
 
 export class TickwireClient extends Emitter<ClientEvents> {
   private readonly opts: Required<Omit<ClientOptions, "token" | "WebSocket">> & Pick<ClientOptions, "token">;
@@ -306,6 +317,10 @@ export class TickwireClient extends Emitter<ClientEvents> {
         if (c === "trades") {
           w.trades = false;
           this.lastTradeSeq.delete(s);
+          if (this.trades[s]) {
+            const { [s]: _gone, ...rest } = this.trades;
+            this.trades = rest;
+          }
         } else if (isBookChannel(c)) {
           w.book = undefined;
           this.removeBook(s);
@@ -406,7 +421,7 @@ export class TickwireClient extends Emitter<ClientEvents> {
     if (now - conn.lastRxMs >= this.opts.silenceTimeoutMs) {
       const what = conn.open ? "no message" : "not open";
       this.report({ code: "silent_connection", message: `${what} for ${now - conn.lastRxMs} ms` });
-      this.reconnectNow(4000, "silent connection");
+      this.reconnectNow(CLIENT_CLOSE, "silent connection");
       return;
     }
     if (conn.live && now - conn.lastRxMs >= this.opts.keepaliveMs && now - conn.lastTxMs >= this.opts.keepaliveMs) {
@@ -431,7 +446,7 @@ export class TickwireClient extends Emitter<ClientEvents> {
       token = typeof src === "string" ? src : await src();
     } catch (e) {
       this.report({ code: "token_error", message: `the token provider failed: ${(e as Error).message}` });
-      if (kind === "auth" && this.conn === conn) this.reconnectNow(4000, "no token");
+      if (kind === "auth" && this.conn === conn) this.reconnectNow(CLIENT_CLOSE, "no token");
       else this.scheduleRefresh(conn, 5_000);
       return;
     }
@@ -465,7 +480,11 @@ export class TickwireClient extends Emitter<ClientEvents> {
     try {
       conn.ws.close(code, reason);
     } catch {
-      // Already closed, or a code the implementation refuses: the socket is gone either way.
+      try {
+        conn.ws.close(); // a code or reason the implementation refuses
+      } catch {
+        // already closed
+      }
     }
     this.afterConnection(conn);
   }
@@ -510,7 +529,7 @@ export class TickwireClient extends Emitter<ClientEvents> {
   }
 
   private scheduleReconnect(): void {
-    this.setStatus("reconnecting");
+    this.setStatus(this.everLive ? "reconnecting" : "connecting");
     const base = Math.min(this.opts.maxBackoffMs, this.opts.initialBackoffMs * 2 ** Math.min(this.attempt, 30));
     const delay = base / 2 + Math.random() * (base / 2);
     this.attempt++;
@@ -659,14 +678,14 @@ export class TickwireClient extends Emitter<ClientEvents> {
       }
       // A message lost to an undecodable frame may be any book's: start over (resuming).
       this.report({ code: "decode_error", message: (e as Error).message });
-      this.reconnectNow(1007, "undecodable frame");
+      this.reconnectNow(CLIENT_CLOSE, "undecodable frame");
       return;
     }
     try {
       this.handleMessage(m);
     } catch (e) {
       this.report({ code: "internal_error", message: `handling ${m.type}: ${(e as Error).message}` });
-      this.reconnectNow(1011, "client error");
+      this.reconnectNow(CLIENT_CLOSE, "client error");
     }
   }
 
@@ -742,7 +761,7 @@ export class TickwireClient extends Emitter<ClientEvents> {
       this.report({ code: fault.code, symbol: b.symbol, message: fault.message });
       if (b.faults >= this.opts.maxBookFaults) {
         this.report({ code: "resync_failed", symbol: b.symbol, message: `${b.faults} failed checks in a row: reconnecting` });
-        this.reconnectNow(4000, "book keeps failing its checks");
+        this.reconnectNow(CLIENT_CLOSE, "book keeps failing its checks");
         return;
       }
       this.emit("resync", { symbol: b.symbol, channel: b.channel, reason: fault.code });

@@ -222,3 +222,24 @@ test("a silent connection is dropped and reconnected; keepalive probes are sent 
   await new Promise((r) => setTimeout(r, 1_500));
   assert.equal(server.connections.length, before, "answered probes keep the connection");
 });
+
+test("a server that accepts TCP but never answers the upgrade: bounded by the silence timeout, retried", async (t) => {
+  const { createServer } = await import("node:net");
+  const sockets = [];
+  const srv = createServer((s) => sockets.push(s)); // reads nothing, answers nothing
+  await new Promise((r) => srv.listen(0, "127.0.0.1", r));
+  const client = new TickwireClient({
+    url: `ws://127.0.0.1:${srv.address().port}/ws`, WebSocket, initialBackoffMs: 50, silenceTimeoutMs: 300,
+  });
+  const errors = [];
+  client.on("error", (e) => errors.push(e));
+  t.after(async () => {
+    client.close();
+    for (const s of sockets) s.destroy();
+    await new Promise((r) => srv.close(r));
+  });
+  void client.connect().catch(() => {});
+  await waitFor(() => sockets.length >= 2, "a second attempt", 5_000);
+  assert.ok(errors.some((e) => e.code === "silent_connection" && /not open/.test(e.message)), JSON.stringify(errors));
+  assert.equal(client.status, "connecting");
+});

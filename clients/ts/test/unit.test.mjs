@@ -122,9 +122,13 @@ test("Book refuses bad input and hides the book", () => {
     ["crossed_book", (b) => { b.applySnapshot(snap([L(99, 1)], [L(101, 1)])); return b.applyDelta(delta(2n, [L(102, 1)], [], bookChecksum([L(102, 1), L(99, 1)], [L(101, 1)]))); }],
     ["unexpected_delta", (b) => b.applyDelta(delta(2n, [], [], 0))],
     ["too_deep", (b) => new Book("X", "book.2").applySnapshot(snap([L(99, 1), L(98, 1), L(97, 1)], [L(101, 1)]))],
+    ["too_many_updates", (b) => {
+      b.applySnapshot(snap([L(99, 1)], [L(101, 1)]));
+      return b.applyDelta(delta(2n, Array.from({ length: 9 }, (_, i) => L(90 - i, 1)), [], 0));
+    }, { maxLevels: 2 }],
   ];
-  for (const [code, run] of cases) {
-    const b = new Book("X");
+  for (const [code, run, options] of cases) {
+    const b = new Book("X", "book", options);
     const f = run(b);
     assert.equal(f?.code, code, code);
     if (b.status !== "syncing") {
