@@ -21,7 +21,7 @@ use tickwire::book::market::{Market, Published};
 use tickwire::book::synth::{SynthConfig, SynthMarket};
 use tickwire::cluster::edge::{EdgeConfig, EdgeCore, Inbound};
 use tickwire::cluster::origin::OriginCore;
-use tickwire::fanout::ring::{Channel, ToIngest, ToWorker};
+use tickwire::fanout::ring::{Lane, ToIngest, ToWorker};
 use tickwire::fanout::router::{Rings, Router};
 use tickwire::wire::EncodedFrame;
 use tickwire::wire::pb::ingest_message::Body;
@@ -123,7 +123,7 @@ fn run(iters: u64) -> Duration {
             router.announce_listed(&market, id, &mut rings);
             let on = ToIngest::Interest {
                 symbol: id,
-                channel: Channel::Book,
+                channel: Lane::Book,
                 on: true,
             };
             router.handle_request(0, on, &market, &mut rings);

@@ -417,6 +417,9 @@ impl Market {
         st.exchange_ts_ns = delta.exchange_ts_ns;
         st.ingest_ts_ns = ingest_ts_ns;
         delta.seq = st.seq;
+        // PROTOCOL §9: on `book`, the previous message is the seq before.
+        delta.prev_seq = st.seq - 1;
+        delta.channel.clear();
         delta.ingest_ts_ns = ingest_ts_ns;
         delta.checksum = st.book.checksum();
         let seq = st.seq;
@@ -522,6 +525,31 @@ impl Market {
             // PROTOCOL §9: "" is `book` in protobuf.
             channel: String::new(),
         }
+    }
+
+    /// [`Self::snapshot`] without its levels and checksum: the fields a
+    /// derived channel's snapshot shares with the full book's.
+    pub fn snapshot_header(&self, id: SymbolId) -> pb::BookSnapshot {
+        let Some(st) = self.state(id) else {
+            return pb::BookSnapshot::default();
+        };
+        pb::BookSnapshot {
+            symbol: st.name.to_string(),
+            seq: st.seq,
+            price_decimals: st.price_decimals as i32,
+            size_decimals: st.size_decimals as i32,
+            exchange_ts_ns: st.exchange_ts_ns,
+            ingest_ts_ns: st.ingest_ts_ns,
+            epoch: st.epoch,
+            ..pb::BookSnapshot::default()
+        }
+    }
+
+    /// `(exchange_ts_ns, ingest_ts_ns)` of the last message applied to the
+    /// book of `id` (zeros for an unknown id).
+    pub fn timestamps(&self, id: SymbolId) -> (u64, u64) {
+        self.state(id)
+            .map_or((0, 0), |st| (st.exchange_ts_ns, st.ingest_ts_ns))
     }
 
     /// Whether `id` has a book to serve: false for an unknown id and for a

@@ -17,8 +17,48 @@ pub mod synth;
 pub use crate::wire::decimal;
 
 /// Index of a symbol in the ingest thread's table; dense, assigned on first snapshot.
+///
+/// In the fan-out (router and workers) a `SymbolId` names a *stream*: a
+/// symbol's full book and trades (the ids above), or one derived book channel
+/// of a symbol (PROTOCOL §9: `book.N`, `book@Tms`), whose ids have the top bit
+/// set and are dense among themselves ([`crate::fanout::streams`]). Tables
+/// indexed by either kind use [`SymbolId::index`], which interleaves the two
+/// dense ranges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SymbolId(pub u32);
+
+impl SymbolId {
+    const DERIVED: u32 = 1 << 31;
+
+    /// The `n`th derived stream.
+    pub fn derived(n: u32) -> SymbolId {
+        debug_assert!(n < SymbolId::DERIVED);
+        SymbolId(n | SymbolId::DERIVED)
+    }
+
+    /// Whether this names a derived book channel rather than a symbol.
+    pub fn is_derived(self) -> bool {
+        self.0 & SymbolId::DERIVED != 0
+    }
+
+    /// The position in a table holding symbols and derived streams alike:
+    /// symbol `n` at `2n`, derived stream `n` at `2n + 1`, so both dense
+    /// ranges stay dense.
+    pub fn index(self) -> usize {
+        let n = (self.0 & !SymbolId::DERIVED) as usize;
+        2 * n + usize::from(self.is_derived())
+    }
+
+    /// The id at table position `i` (the inverse of [`SymbolId::index`]).
+    pub fn from_index(i: usize) -> SymbolId {
+        let n = (i / 2) as u32;
+        if i % 2 == 1 {
+            SymbolId::derived(n)
+        } else {
+            SymbolId(n)
+        }
+    }
+}
 
 /// One feed connection. A feed is its connection (PROTOCOL §3): a reconnecting
 /// feed handler gets a new `FeedId` and owns nothing until it sends snapshots.

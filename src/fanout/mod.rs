@@ -6,6 +6,7 @@
 //!
 //! Nothing here touches sockets, `mio` or the clock: `net` drives it.
 
+pub mod derived;
 pub mod frames;
 pub mod limits;
 pub mod outbox;
@@ -13,6 +14,7 @@ pub mod pacing;
 pub mod request;
 pub mod ring;
 pub mod router;
+pub mod streams;
 pub mod subs;
 pub mod timer;
 pub mod worker;

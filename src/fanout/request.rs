@@ -11,8 +11,8 @@ use std::collections::HashSet;
 
 use sonic_rs::{JsonContainerTrait, JsonValueTrait, Value};
 
+use crate::book::derived::{Channel, ChannelError};
 use crate::book::symbol::is_valid_symbol;
-use crate::fanout::ring::Channel;
 use crate::wire::nesting::nesting_exceeds;
 
 /// What the client asks for.
@@ -22,8 +22,9 @@ pub enum Op {
     Unsubscribe,
 }
 
-/// The channels of a request, in the order the client named them, without
-/// repeats.
+/// The channels of a request: at most one book variant (PROTOCOL §9: a
+/// connection holds one book channel per symbol) and `trades`, in the order
+/// the client named them, without repeats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Channels {
     list: [Option<Channel>; 2],
@@ -33,22 +34,39 @@ impl Channels {
     /// `["book"]`, the default (PROTOCOL §6).
     pub fn book() -> Channels {
         Channels {
-            list: [Some(Channel::Book), None],
+            list: [Some(Channel::BOOK), None],
         }
     }
 
-    fn push(&mut self, c: Channel) {
+    /// Adds `c`; a second, different book variant is refused (the caller
+    /// answers `bad_request`).
+    fn push(&mut self, c: Channel) -> Result<(), Channel> {
         if self.list.contains(&Some(c)) {
-            return;
+            return Ok(());
         }
-        // Two distinct channels exist, so a free slot remains.
+        if let Some(held) = self.book_variant()
+            && c.is_book()
+        {
+            return Err(held);
+        }
+        // One book variant and `trades` at most: a free slot remains.
         if let Some(slot) = self.list.iter_mut().find(|s| s.is_none()) {
             *slot = Some(c);
         }
+        Ok(())
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Channel> + '_ {
         self.list.iter().flatten().copied()
+    }
+
+    /// The book variant named, if any.
+    pub fn book_variant(&self) -> Option<Channel> {
+        self.iter().find(|c| c.is_book())
+    }
+
+    pub fn has_trades(&self) -> bool {
+        self.list.contains(&Some(Channel::Trades))
     }
 
     pub fn len(&self) -> usize {
@@ -59,12 +77,8 @@ impl Channels {
         self.list[0].is_none()
     }
 
-    pub fn contains(&self, c: Channel) -> bool {
-        self.list.contains(&Some(c))
-    }
-
     pub fn names(&self) -> Vec<String> {
-        self.iter().map(|c| c.name().to_string()).collect()
+        self.iter().map(|c| c.to_string()).collect()
     }
 }
 
@@ -76,6 +90,20 @@ pub struct Request {
     pub id: u64,
     pub symbols: Vec<String>,
     pub channels: Channels,
+    /// PROTOCOL §10: where the client's books and trades stood, per symbol
+    /// of `symbols` (subscribe only), in the client's order.
+    pub resume: Vec<(String, ResumePoint)>,
+}
+
+/// `"resume":{"BTC-USD":{"epoch":7,"book":1234,"trades":88}}`: one symbol's
+/// entry (PROTOCOL §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumePoint {
+    pub epoch: u64,
+    /// The last book seq the client holds.
+    pub book: Option<u64>,
+    /// The last trade seq the client holds.
+    pub trades: Option<u64>,
 }
 
 /// A client request of any op: a subscription change, or `auth` (PROTOCOL §8).
@@ -208,9 +236,20 @@ pub fn parse_client_request(text: &str) -> Result<ClientRequest, RequestError> {
                 let name = item
                     .as_str()
                     .ok_or_else(|| bad(id, "channels must be an array of strings"))?;
-                let channel = Channel::parse(name)
-                    .ok_or_else(|| bad(id, format!("unknown channel {:?}", truncate(name))))?;
-                channels.push(channel);
+                let channel = Channel::parse(name).map_err(|e| match e {
+                    ChannelError::Unknown => {
+                        bad(id, format!("unknown channel {:?}", truncate(name)))
+                    }
+                    // A book variant with a bad depth or interval: the
+                    // rule, without echoing the name (messages stay short).
+                    e => bad(id, e.to_string()),
+                })?;
+                channels.push(channel).map_err(|held| {
+                    bad(
+                        id,
+                        format!("one book channel per symbol: {held} and {channel} both named"),
+                    )
+                })?;
             }
             if channels.is_empty() {
                 return Err(bad(id, "channels is empty"));
@@ -246,12 +285,82 @@ pub fn parse_client_request(text: &str) -> Result<ClientRequest, RequestError> {
             symbols.push(s.to_string());
         }
     }
+    let resume = match v.get("resume") {
+        None => Vec::new(),
+        Some(_) if op == Op::Unsubscribe => {
+            return Err(bad(id, "resume is for subscribe"));
+        }
+        Some(r) => parse_resume(id, r, &seen)?,
+    };
     Ok(ClientRequest::Subscription(Request {
         op,
         id,
         symbols,
         channels,
+        resume,
     }))
+}
+
+/// The `resume` object of a subscribe: each key a symbol the request names,
+/// each value `{"epoch":E}` with `book` and `trades` seqs, all non-negative
+/// integers; anything else is a `bad_request`.
+fn parse_resume(
+    id: u64,
+    r: &Value,
+    symbols: &HashSet<&str>,
+) -> Result<Vec<(String, ResumePoint)>, RequestError> {
+    let obj = r
+        .as_object()
+        .ok_or_else(|| bad(id, "resume must be an object of symbols"))?;
+    let mut out = Vec::with_capacity(obj.len());
+    for (symbol, point) in obj.iter() {
+        if !symbols.contains(symbol) {
+            return Err(bad(
+                id,
+                format!(
+                    "resume names {:?}, which the request does not subscribe",
+                    truncate(symbol)
+                ),
+            ));
+        }
+        let point = point
+            .as_object()
+            .ok_or_else(|| bad(id, format!("resume of {symbol:?} must be an object")))?;
+        let mut p = ResumePoint {
+            epoch: 0,
+            book: None,
+            trades: None,
+        };
+        let mut epoch = None;
+        for (k, v) in point.iter() {
+            let n = v.as_u64().ok_or_else(|| {
+                bad(
+                    id,
+                    format!(
+                        "resume {symbol:?}: {:?} must be a non-negative integer",
+                        truncate(k)
+                    ),
+                )
+            })?;
+            match k {
+                "epoch" => epoch = Some(n),
+                "book" => p.book = Some(n),
+                "trades" => p.trades = Some(n),
+                other => {
+                    return Err(bad(
+                        id,
+                        format!("resume {symbol:?}: unknown field {:?}", truncate(other)),
+                    ));
+                }
+            }
+        }
+        p.epoch = epoch.ok_or_else(|| bad(id, format!("resume {symbol:?}: epoch is missing")))?;
+        if out.iter().any(|(s, _): &(String, ResumePoint)| s == symbol) {
+            return Err(bad(id, format!("resume names {symbol:?} twice")));
+        }
+        out.push((symbol.to_string(), p));
+    }
+    Ok(out)
 }
 
 /// The `id` of a request that is refused before it is parsed (over the
@@ -299,7 +408,7 @@ mod tests {
         assert_eq!(r.symbols, vec!["BTC-USD", "ETH-USD"]);
         assert_eq!(
             r.channels.iter().collect::<Vec<_>>(),
-            vec![Channel::Book, Channel::Trades]
+            vec![Channel::BOOK, Channel::Trades]
         );
     }
 

@@ -22,25 +22,27 @@ use crate::wire::EncodedFrame;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WorkerId(pub u16);
 
-/// A subscription channel of PROTOCOL §6.
+/// Which list of a stream a subscriber is on: every book channel (a
+/// symbol's full book, or a derived stream of it, PROTOCOL §9) is `Book`;
+/// the symbol's trades are `Trades`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Channel {
+pub enum Lane {
     Book,
     Trades,
 }
 
-impl Channel {
+impl Lane {
     pub fn name(self) -> &'static str {
         match self {
-            Channel::Book => "book",
-            Channel::Trades => "trades",
+            Lane::Book => "book",
+            Lane::Trades => "trades",
         }
     }
 
-    pub fn parse(s: &str) -> Option<Channel> {
+    pub fn parse(s: &str) -> Option<Lane> {
         match s {
-            "book" => Some(Channel::Book),
-            "trades" => Some(Channel::Trades),
+            "book" => Some(Lane::Book),
+            "trades" => Some(Lane::Trades),
             _ => None,
         }
     }
@@ -74,13 +76,17 @@ pub enum ToWorker {
         /// PROTOCOL §10: the history the symbol's seq belongs to.
         epoch: u64,
     },
-    /// Published market data for a symbol this worker has interest in.
+    /// Published market data for a stream this worker has interest in.
     /// `seq` is the book seq (deltas, replaced books) or the trade seq (trades).
+    /// `prev_seq` is the seq of the stream's previous delta (PROTOCOL §9): a
+    /// subscriber holding it takes this one; on a symbol's full book it is
+    /// `seq - 1`, on a derived one the last emission's.
     /// `json` is present while the worker has JSON interest in the symbol.
     Data {
         symbol: SymbolId,
         kind: DataKind,
         seq: u64,
+        prev_seq: u64,
         ingest_ts_ns: u64,
         bin: EncodedFrame,
         json: Option<EncodedFrame>,
@@ -114,7 +120,7 @@ pub enum ToIngest {
     /// The worker's first local subscriber of `channel` on `symbol` (`on`), or its last one left.
     Interest {
         symbol: SymbolId,
-        channel: Channel,
+        channel: Lane,
         on: bool,
     },
     /// Whether the worker has any JSON-encoded subscriber of `symbol`.

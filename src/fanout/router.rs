@@ -30,7 +30,8 @@ use crate::wire::decimal::clamp_decimals;
 use crate::wire::json::{self, Decimals};
 use crate::wire::pb;
 
-use super::ring::{Channel, DataKind, ToIngest, ToWorker};
+use super::derived::DerivedStats;
+use super::ring::{DataKind, Lane, ToIngest, ToWorker};
 
 /// Most workers one router serves (interest sets are `u64` bitmasks).
 pub const MAX_WORKERS: usize = 64;
@@ -53,6 +54,9 @@ pub struct RouterStats {
     pub snapshots_encoded: u64,
     pub json_rendered: u64,
     pub backlogged: u64,
+    /// The derived streams beside the router (`fanout::derived`), copied
+    /// in by the sink for the metrics.
+    pub derived: DerivedStats,
 }
 
 #[derive(Default)]
@@ -79,6 +83,16 @@ struct WorkerLane {
     backlog: VecDeque<ToWorker>,
     /// Symbols with data dropped for this worker: what was not delivered.
     dropped: HashMap<SymbolId, Lost>,
+}
+
+/// One message of a stream, as routed (see [`Router::publish_stream`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stream {
+    pub symbol: SymbolId,
+    pub kind: DataKind,
+    pub seq: u64,
+    /// The stream's previous delta's seq (see `ToWorker::Data`).
+    pub prev_seq: u64,
 }
 
 /// Routing state of the ingest thread.
@@ -125,7 +139,7 @@ impl Router {
     }
 
     fn route(&mut self, symbol: SymbolId) -> &mut Route {
-        let i = symbol.0 as usize;
+        let i = symbol.index();
         if self.routes.len() <= i {
             self.routes.resize_with(i + 1, Route::default);
         }
@@ -135,7 +149,7 @@ impl Router {
     /// Workers with interest in `symbol` (any channel): for tests and metrics.
     pub fn interest(&self, symbol: SymbolId) -> (u64, u64, u64) {
         self.routes
-            .get(symbol.0 as usize)
+            .get(symbol.index())
             .map_or((0, 0, 0), |r| (r.book, r.trades, r.json))
     }
 
@@ -165,6 +179,39 @@ impl Router {
         if kind == DataKind::BookReplaced {
             self.announce(market, symbol, msg, rings);
         }
+        let decimals = self.route(symbol).decimals.unwrap_or_default();
+        let published = Stream {
+            symbol,
+            kind,
+            seq,
+            prev_seq: seq.saturating_sub(1),
+        };
+        self.publish_stream(published, msg, frame, decimals, rings);
+    }
+
+    /// The decimals last announced for `symbol` (a derived stream renders
+    /// its JSON with its symbol's).
+    pub fn decimals(&mut self, symbol: SymbolId) -> Decimals {
+        self.route(symbol).decimals.unwrap_or_default()
+    }
+
+    /// Routes one message of a stream (a symbol, or a derived book channel
+    /// of one: [`crate::fanout::derived`]) to the workers with interest in
+    /// it, rendering JSON once if some want it.
+    pub fn publish_stream(
+        &mut self,
+        stream: Stream,
+        msg: &pb::ServerMessage,
+        frame: &EncodedFrame,
+        decimals: Decimals,
+        rings: &mut impl Rings,
+    ) {
+        let Stream {
+            symbol,
+            kind,
+            seq,
+            prev_seq,
+        } = stream;
         let route = self.route(symbol);
         let targets = match kind {
             DataKind::Delta | DataKind::BookReplaced | DataKind::FeedStale(FeedStale::FeedGap) => {
@@ -173,7 +220,6 @@ impl Router {
             DataKind::Trade => route.trades,
             DataKind::FeedStale(FeedStale::FeedDown) => route.book | route.trades,
         };
-        let decimals = route.decimals.unwrap_or_default();
         let json = if targets & route.json != 0 {
             self.json_buf.clear();
             json::render(msg, decimals, &mut self.json_buf);
@@ -205,6 +251,7 @@ impl Router {
                 symbol,
                 kind,
                 seq,
+                prev_seq,
                 ingest_ts_ns,
                 bin: frame.clone(),
                 json: if json_mask & bit(w) != 0 {
@@ -323,6 +370,20 @@ impl Router {
         }
     }
 
+    /// Whether worker `w` has JSON subscribers of `symbol`.
+    pub fn wants_json(&mut self, symbol: SymbolId, w: usize) -> bool {
+        self.route(symbol).json & bit(w) != 0
+    }
+
+    /// Queues a must-deliver message for worker `w` (a snapshot answer made
+    /// elsewhere: [`crate::fanout::derived`]).
+    pub fn answer(&mut self, w: usize, msg: ToWorker, rings: &mut impl Rings) {
+        if w < self.lanes.len() {
+            self.stats.snapshot_requests += 1;
+            self.push_must(w, msg, rings);
+        }
+    }
+
     fn push_must(&mut self, w: usize, msg: ToWorker, rings: &mut impl Rings) {
         let lane = &mut self.lanes[w];
         if lane.backlog.is_empty() {
@@ -358,8 +419,8 @@ impl Router {
             } => {
                 let route = self.route(symbol);
                 let mask = match channel {
-                    Channel::Book => &mut route.book,
-                    Channel::Trades => &mut route.trades,
+                    Lane::Book => &mut route.book,
+                    Lane::Trades => &mut route.trades,
                 };
                 if on {
                     *mask |= bit(w)
@@ -649,7 +710,7 @@ mod tests {
             1,
             ToIngest::Interest {
                 symbol: aa,
-                channel: Channel::Book,
+                channel: Lane::Book,
                 on: true,
             },
             &m,
@@ -659,7 +720,7 @@ mod tests {
             2,
             ToIngest::Interest {
                 symbol: aa,
-                channel: Channel::Trades,
+                channel: Lane::Trades,
                 on: true,
             },
             &m,
@@ -704,7 +765,7 @@ mod tests {
             1,
             ToIngest::Interest {
                 symbol: aa,
-                channel: Channel::Book,
+                channel: Lane::Book,
                 on: false,
             },
             &m,
@@ -785,7 +846,7 @@ mod tests {
                 w,
                 ToIngest::Interest {
                     symbol: aa,
-                    channel: Channel::Book,
+                    channel: Lane::Book,
                     on: true,
                 },
                 &m,
@@ -795,7 +856,7 @@ mod tests {
                 w,
                 ToIngest::Interest {
                     symbol: aa,
-                    channel: Channel::Trades,
+                    channel: Lane::Trades,
                     on: true,
                 },
                 &m,

@@ -14,7 +14,7 @@
 //! `ToIngest::Json`.
 
 use crate::book::SymbolId;
-use crate::fanout::ring::Channel;
+use crate::fanout::ring::Lane;
 
 /// Where a subscriber stands on its symbol-channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +52,7 @@ pub struct Sub {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnSub {
     pub symbol: SymbolId,
-    pub channel: Channel,
+    pub channel: Lane,
     /// Index of the twin [`Sub`] in the symbol-channel's list.
     pos: u32,
 }
@@ -77,11 +77,11 @@ pub struct SymbolSubs {
 }
 
 impl SymbolSubs {
-    pub fn list(&self, channel: Channel) -> &[Sub] {
+    pub fn list(&self, channel: Lane) -> &[Sub] {
         &self.lists[ch(channel)]
     }
 
-    pub fn list_mut(&mut self, channel: Channel) -> &mut [Sub] {
+    pub fn list_mut(&mut self, channel: Lane) -> &mut [Sub] {
         &mut self.lists[ch(channel)]
     }
 }
@@ -122,10 +122,10 @@ pub struct SubIndex {
     conns: Vec<Vec<ConnSub>>,
 }
 
-fn ch(c: Channel) -> usize {
+fn ch(c: Lane) -> usize {
     match c {
-        Channel::Book => 0,
-        Channel::Trades => 1,
+        Lane::Book => 0,
+        Lane::Trades => 1,
     }
 }
 
@@ -141,11 +141,11 @@ impl SubIndex {
 
     /// The subscribers of `symbol`, if it ever had any.
     pub fn symbol(&self, symbol: SymbolId) -> Option<&SymbolSubs> {
-        self.symbols.get(symbol.0 as usize)
+        self.symbols.get(symbol.index())
     }
 
     pub fn symbol_mut(&mut self, symbol: SymbolId) -> Option<&mut SymbolSubs> {
-        self.symbols.get_mut(symbol.0 as usize)
+        self.symbols.get_mut(symbol.index())
     }
 
     /// The subscriptions of `conn`.
@@ -160,7 +160,7 @@ impl SubIndex {
 
     /// Position of `conn`'s entry in the symbol-channel list. Linear in the
     /// connection's subscriptions (≤ the per-connection limit): requests only.
-    pub fn find(&self, conn: u32, symbol: SymbolId, channel: Channel) -> Option<usize> {
+    pub fn find(&self, conn: u32, symbol: SymbolId, channel: Lane) -> Option<usize> {
         self.conn_subs(conn)
             .iter()
             .find(|c| c.symbol == symbol && c.channel == channel)
@@ -168,8 +168,8 @@ impl SubIndex {
     }
 
     /// The entry at `pos` of a symbol-channel list (from [`SubIndex::find`]).
-    pub fn sub_mut(&mut self, symbol: SymbolId, channel: Channel, pos: usize) -> &mut Sub {
-        &mut self.symbols[symbol.0 as usize].lists[ch(channel)][pos]
+    pub fn sub_mut(&mut self, symbol: SymbolId, channel: Lane, pos: usize) -> &mut Sub {
+        &mut self.symbols[symbol.index()].lists[ch(channel)][pos]
     }
 
     /// Adds `conn` to a symbol-channel it is not in yet. Returns the entry's
@@ -178,7 +178,7 @@ impl SubIndex {
         &mut self,
         conn: u32,
         symbol: SymbolId,
-        channel: Channel,
+        channel: Lane,
         json: bool,
         state: SubState,
     ) -> (usize, Transitions) {
@@ -186,7 +186,7 @@ impl SubIndex {
             self.find(conn, symbol, channel).is_none(),
             "one entry per symbol-channel"
         );
-        let si = symbol.0 as usize;
+        let si = symbol.index();
         if self.symbols.len() <= si {
             self.symbols.resize_with(si + 1, SymbolSubs::default);
         }
@@ -227,7 +227,7 @@ impl SubIndex {
     }
 
     /// Removes `conn` from a symbol-channel. `None` if it was not in it.
-    pub fn remove(&mut self, conn: u32, symbol: SymbolId, channel: Channel) -> Option<Transitions> {
+    pub fn remove(&mut self, conn: u32, symbol: SymbolId, channel: Lane) -> Option<Transitions> {
         let back = self
             .conn_subs(conn)
             .iter()
@@ -241,10 +241,10 @@ impl SubIndex {
         let clist = &mut self.conns[conn as usize];
         let cs = clist.swap_remove(back);
         if let Some(moved) = clist.get(back).copied() {
-            self.symbols[moved.symbol.0 as usize].lists[ch(moved.channel)][moved.pos as usize]
-                .back = back as u32;
+            self.symbols[moved.symbol.index()].lists[ch(moved.channel)][moved.pos as usize].back =
+                back as u32;
         }
-        let subs = &mut self.symbols[cs.symbol.0 as usize];
+        let subs = &mut self.symbols[cs.symbol.index()];
         let list = &mut subs.lists[ch(cs.channel)];
         let pos = cs.pos as usize;
         let gone = list.swap_remove(pos);
@@ -298,7 +298,7 @@ impl SubIndex {
     pub fn check(&self) -> Result<(), String> {
         for (si, subs) in self.symbols.iter().enumerate() {
             let mut json = 0;
-            for c in [Channel::Book, Channel::Trades] {
+            for c in [Lane::Book, Lane::Trades] {
                 for (p, sub) in subs.lists[ch(c)].iter().enumerate() {
                     json += u32::from(sub.json);
                     let twin = self
@@ -308,7 +308,7 @@ impl SubIndex {
                         .ok_or_else(|| format!("sub {si}/{c:?}/{p} has no twin"))?;
                     if *twin
                         != (ConnSub {
-                            symbol: SymbolId(si as u32),
+                            symbol: SymbolId::from_index(si),
                             channel: c,
                             pos: p as u32,
                         })
@@ -364,7 +364,7 @@ mod tests {
     fn transitions_at_zero_and_one_only() {
         let mut ix = SubIndex::new();
         let s = SymbolId(3);
-        let (_, t) = ix.insert(0, s, Channel::Book, false, SubState::Awaiting);
+        let (_, t) = ix.insert(0, s, Lane::Book, false, SubState::Awaiting);
         assert_eq!(
             t,
             Transitions {
@@ -372,7 +372,7 @@ mod tests {
                 json: false
             }
         );
-        let (_, t) = ix.insert(1, s, Channel::Book, true, SubState::Awaiting);
+        let (_, t) = ix.insert(1, s, Lane::Book, true, SubState::Awaiting);
         assert_eq!(
             t,
             Transitions {
@@ -380,7 +380,7 @@ mod tests {
                 json: true
             }
         );
-        let (_, t) = ix.insert(1, s, Channel::Trades, true, SubState::Live);
+        let (_, t) = ix.insert(1, s, Lane::Trades, true, SubState::Live);
         assert_eq!(
             t,
             Transitions {
@@ -389,22 +389,22 @@ mod tests {
             }
         );
         assert_eq!(
-            ix.remove(1, s, Channel::Book),
+            ix.remove(1, s, Lane::Book),
             Some(Transitions {
                 interest: false,
                 json: false
             })
         );
-        assert_eq!(ix.remove(1, s, Channel::Book), None);
+        assert_eq!(ix.remove(1, s, Lane::Book), None);
         assert_eq!(
-            ix.remove(1, s, Channel::Trades),
+            ix.remove(1, s, Lane::Trades),
             Some(Transitions {
                 interest: true,
                 json: true
             })
         );
         assert_eq!(
-            ix.remove(0, s, Channel::Book),
+            ix.remove(0, s, Lane::Book),
             Some(Transitions {
                 interest: true,
                 json: false
@@ -422,25 +422,25 @@ mod tests {
                 ix.insert(
                     conn,
                     SymbolId(sym),
-                    Channel::Book,
+                    Lane::Book,
                     conn % 2 == 0,
                     SubState::Live,
                 );
             }
         }
         ix.check().unwrap();
-        ix.remove(0, SymbolId(1), Channel::Book).unwrap();
+        ix.remove(0, SymbolId(1), Lane::Book).unwrap();
         ix.check().unwrap();
         let mut seen = Vec::new();
         ix.remove_conn(2, |cs, _| seen.push(cs.symbol.0));
         seen.sort();
         assert_eq!(seen, vec![0, 1, 2, 3]);
         ix.check().unwrap();
-        assert_eq!(ix.symbol(SymbolId(2)).unwrap().list(Channel::Book).len(), 4);
+        assert_eq!(ix.symbol(SymbolId(2)).unwrap().list(Lane::Book).len(), 4);
         assert!(
             ix.symbol(SymbolId(2))
                 .unwrap()
-                .list(Channel::Book)
+                .list(Lane::Book)
                 .iter()
                 .all(|s| s.conn != 2)
         );
@@ -454,7 +454,7 @@ mod tests {
             let mut ix = SubIndex::new();
             let mut model = std::collections::BTreeSet::new();
             for (op, conn, sym, trades) in ops {
-                let c = if trades { Channel::Trades } else { Channel::Book };
+                let c = if trades { Lane::Trades } else { Lane::Book };
                 let key = (conn, sym, trades);
                 match op {
                     0 if !model.contains(&key) => {

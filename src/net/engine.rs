@@ -234,6 +234,7 @@ impl Engine {
                 core: {
                     let mut core = WorkerCore::new(cfg.worker);
                     core.set_auth(auth_setup.clone());
+                    core.share_streams(shared.streams.clone());
                     core
                 },
                 ws_config: cfg.ws,

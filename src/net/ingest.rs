@@ -96,6 +96,12 @@ pub trait MarketSink: Send + 'static {
         None
     }
 
+    /// When the sink next has timed work (conflation windows), in ns since
+    /// the Unix epoch: the loop sleeps no longer.
+    fn next_due_ns(&self) -> Option<u64> {
+        None
+    }
+
     /// A symbol with no book yet (listed by its origin's heartbeat) must be
     /// known to the workers and `/symbols`.
     fn announce(&mut self, _market: &Market, _symbol: SymbolId) {}
@@ -395,6 +401,9 @@ impl IngestLoop {
             };
             if let Some(at) = self.accept_backoff.retry_at_ns() {
                 timeout = timeout.min(Duration::from_nanos(at.saturating_sub(self.mono_ns())));
+            }
+            if let Some(at) = self.sink.next_due_ns() {
+                timeout = timeout.min(Duration::from_nanos(at.saturating_sub(now_ns())));
             }
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {

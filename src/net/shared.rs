@@ -16,6 +16,7 @@ use super::symbols::SymbolDirectory;
 use crate::auth::AuthResult;
 use crate::fanout::limits::{IpLimitConfig, IpLimits};
 use crate::fanout::router::RouterStats;
+use crate::fanout::streams::DerivedStreams;
 use crate::fanout::worker::{LagHistogram, RESYNC_LAG_BOUNDS_NS, Tier};
 use crate::metrics::{IngestCounters, PromText};
 
@@ -228,6 +229,9 @@ pub struct Shared {
     pub backplane: Option<Arc<BackplaneCounters>>,
     /// Authentication (PROTOCOL §8), unless `--auth off`.
     pub auth: Option<AuthShared>,
+    /// The node's derived book channels: ids allocated by the workers,
+    /// looked up by the ingest thread (`fanout::streams`).
+    pub streams: Arc<DerivedStreams>,
 }
 
 impl Shared {
@@ -255,6 +259,7 @@ impl Shared {
             workers,
             backplane: None,
             auth: None,
+            streams: Arc::new(DerivedStreams::default()),
         }
     }
 
@@ -325,6 +330,21 @@ impl Shared {
             "tickwire_json_rendered_total",
             "Messages rendered to JSON (once each).",
             router.json_rendered,
+        );
+        out.gauge(
+            "tickwire_derived_views",
+            "Derived book channels computed now (PROTOCOL §9: book.N, book@Tms), one per (symbol, channel) some client holds.",
+            router.derived.views as u64,
+        );
+        out.counter(
+            "tickwire_derived_deltas_total",
+            "Deltas emitted by derived book channels (each encoded once).",
+            router.derived.deltas,
+        );
+        out.counter(
+            "tickwire_derived_snapshots_total",
+            "Snapshots of derived book channels encoded.",
+            router.derived.snapshots,
         );
         type Get = fn(&WorkerCounters) -> u64;
         let per_worker: [(&str, &str, &str, Get); 23] = [

@@ -10,6 +10,7 @@ use mio::Waker;
 
 use crate::book::SymbolId;
 use crate::book::market::{Market, Published};
+use crate::fanout::derived::DerivedBooks;
 use crate::fanout::ring::{ToIngest, ToWorker};
 use crate::fanout::router::{Rings, Router};
 use crate::wire::EncodedFrame;
@@ -24,6 +25,14 @@ use super::symbols::{DirectoryWriter, SymbolDirectory};
 const REQUESTS_PER_TURN: usize = 4096;
 /// How often the router stats are published for scrapes, ns.
 const SHARED_REFRESH_NS: u64 = 250_000_000;
+
+/// Now, in ns since the Unix epoch: the clock of conflation windows (the
+/// ingest thread's `now` for its sink).
+fn wall_clock_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
 
 /// The ingest → worker rings with their wakers.
 pub struct RtrbRings {
@@ -49,6 +58,8 @@ impl Rings for RtrbRings {
 
 pub struct FanoutSink {
     router: Router,
+    /// The derived book channels some worker holds (PROTOCOL §9).
+    derived: DerivedBooks,
     rings: RtrbRings,
     requests: Vec<rtrb::Consumer<ToIngest>>,
     shared: Arc<Shared>,
@@ -66,6 +77,7 @@ impl FanoutSink {
     ) -> FanoutSink {
         FanoutSink {
             router: Router::new(rings.producers.len()),
+            derived: DerivedBooks::new(shared.streams.clone()),
             rings,
             requests,
             symbols: SymbolDirectory::writer(&shared.symbols),
@@ -75,9 +87,16 @@ impl FanoutSink {
         }
     }
 
+    /// Whether some worker holds any channel of `symbol`, derived ones included.
+    fn holds(&self, symbol: SymbolId) -> bool {
+        let (book, trades, _) = self.router.interest(symbol);
+        book | trades != 0 || self.derived.holds(symbol)
+    }
+
     fn refresh_shared(&mut self) {
         if let Ok(mut g) = self.shared.router.lock() {
             *g = self.router.stats().clone();
+            g.derived = self.derived.stats();
         }
     }
 }
@@ -101,6 +120,18 @@ impl MarketSink for FanoutSink {
             Published::Trade { .. } | Published::Stale { .. } => {}
         }
         self.router.publish(market, event, frame, &mut self.rings);
+        self.derived.on_published(
+            market,
+            event,
+            frame,
+            &mut self.router,
+            &mut self.rings,
+            wall_clock_ns(),
+        );
+    }
+
+    fn next_due_ns(&self) -> Option<u64> {
+        self.derived.next_due_ns()
     }
 
     fn has_pending(&self) -> bool {
@@ -136,18 +167,33 @@ impl MarketSink for FanoutSink {
                 let Ok(req) = self.requests[w].pop() else {
                     break;
                 };
+                // Interest in a derived stream is interest in its symbol
+                // for an edge (which follows symbols, not channels).
                 let interest_in = match &req {
                     ToIngest::Interest { symbol, .. } => Some(*symbol),
                     _ => None,
                 };
-                let held = |r: &Router, s| {
-                    let (book, trades, _) = r.interest(s);
-                    book | trades != 0
-                };
-                let before = interest_in.map(|s| held(&self.router, s));
-                self.router.handle_request(w, req, market, &mut self.rings);
-                if let (Some(s), Some(before)) = (interest_in, before) {
-                    let after = held(&self.router, s);
+                let followed = interest_in.map(|s| self.shared.streams.key(s).map_or(s, |k| k.0));
+                let before = followed.map(|s| self.holds(s));
+                match req {
+                    ToIngest::SnapshotRequest { symbol } if symbol.is_derived() => {
+                        let wants_json = self.router.wants_json(symbol, w);
+                        let decimals = self
+                            .router
+                            .decimals(self.shared.streams.key(symbol).map_or(symbol, |k| k.0));
+                        let answer = self
+                            .derived
+                            .snapshot_answer(symbol, wants_json, market, decimals);
+                        self.router.answer(w, answer, &mut self.rings);
+                    }
+                    req => self.router.handle_request(w, req, market, &mut self.rings),
+                }
+                if let Some(s) = interest_in.filter(|s| s.is_derived()) {
+                    let held = self.router.interest(s).0 != 0;
+                    self.derived.set_interest(s, held, market, wall_clock_ns());
+                }
+                if let (Some(s), Some(before)) = (followed, before) {
+                    let after = self.holds(s);
                     if after != before {
                         self.interest_changes.push_back((s, after));
                     }
@@ -155,6 +201,9 @@ impl MarketSink for FanoutSink {
                 done += 1;
             }
         }
+        done += self
+            .derived
+            .poll(market, &mut self.router, &mut self.rings, wall_clock_ns());
         done += self.router.do_work(&mut self.rings);
         if now_ns.saturating_sub(self.last_refresh_ns) >= SHARED_REFRESH_NS {
             self.refresh_shared();

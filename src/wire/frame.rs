@@ -127,6 +127,15 @@ pub fn encode_delta_body(d: &pb::BookDelta, out: &mut Vec<u8>) {
         out.push(0x30);
         encode_varint(u64::from(d.checksum), out);
     }
+    if d.prev_seq != 0 {
+        out.push(0x38);
+        encode_varint(d.prev_seq, out);
+    }
+    if !d.channel.is_empty() {
+        out.push(0x42);
+        encode_varint(d.channel.len() as u64, out);
+        out.extend_from_slice(d.channel.as_bytes());
+    }
 }
 
 /// A complete WebSocket frame (header + payload), immutable and shared.
@@ -294,6 +303,8 @@ mod tests {
             updates in proptest::collection::vec(
                 (-3i32..4, proptest::prelude::any::<i64>(), proptest::prelude::any::<i64>()), 0..200),
             ts in proptest::prelude::any::<(u64, u64, u32)>(),
+            prev_seq in proptest::prelude::any::<u64>(),
+            channel in "(book(\\.[0-9]{1,3})?(@[0-9]{1,4}ms)?)?",
         ) {
             let d = pb::BookDelta {
                 symbol,
@@ -301,7 +312,10 @@ mod tests {
                 updates: updates.into_iter().map(|(side, price, size)| pb::LevelUpdate { side, price, size }).collect(),
                 exchange_ts_ns: ts.0,
                 ingest_ts_ns: ts.1,
-                checksum: ts.2, channel: String::new(), prev_seq: 0, };
+                checksum: ts.2,
+                prev_seq,
+                channel,
+            };
             let msg = pb::ServerMessage { body: Some(pb::server_message::Body::Delta(d)) };
             let frame = EncodedFrame::binary(&msg);
             proptest::prop_assert_eq!(frame.as_bytes(), &generic_frame(&msg)[..]);

@@ -82,6 +82,16 @@ fn write_updates(out: &mut String, updates: &[pb::LevelUpdate], side: pb::Side, 
     out.push(']');
 }
 
+/// A book message's channel: its full name in JSON, where protobuf's ""
+/// means `book` (PROTOCOL §9).
+fn write_channel(out: &mut String, channel: &str) {
+    if channel.is_empty() {
+        out.push_str("\"book\"");
+    } else {
+        write_json_str(out, channel);
+    }
+}
+
 fn side_name(side: i32) -> &'static str {
     match pb::Side::try_from(side) {
         Ok(pb::Side::Bid) => "bid",
@@ -108,7 +118,7 @@ pub fn render(msg: &pb::ServerMessage, decimals: Decimals, out: &mut String) {
             write_levels(out, &s.asks, d);
             let _ = write!(
                 out,
-                ",\"price_decimals\":{},\"size_decimals\":{},\"exchange_ts_ns\":{},\"ingest_ts_ns\":{},\"checksum\":{},\"epoch\":{}}}",
+                ",\"price_decimals\":{},\"size_decimals\":{},\"exchange_ts_ns\":{},\"ingest_ts_ns\":{},\"checksum\":{},\"epoch\":{},\"channel\":",
                 s.price_decimals,
                 s.size_decimals,
                 s.exchange_ts_ns,
@@ -116,6 +126,8 @@ pub fn render(msg: &pb::ServerMessage, decimals: Decimals, out: &mut String) {
                 s.checksum,
                 s.epoch
             );
+            write_channel(out, &s.channel);
+            out.push('}');
         }
         Some(Body::Delta(dl)) => {
             out.push_str("{\"type\":\"delta\",\"symbol\":");
@@ -126,9 +138,11 @@ pub fn render(msg: &pb::ServerMessage, decimals: Decimals, out: &mut String) {
             write_updates(out, &dl.updates, pb::Side::Ask, decimals);
             let _ = write!(
                 out,
-                ",\"exchange_ts_ns\":{},\"ingest_ts_ns\":{},\"checksum\":{}}}",
-                dl.exchange_ts_ns, dl.ingest_ts_ns, dl.checksum
+                ",\"exchange_ts_ns\":{},\"ingest_ts_ns\":{},\"checksum\":{},\"prev_seq\":{},\"channel\":",
+                dl.exchange_ts_ns, dl.ingest_ts_ns, dl.checksum, dl.prev_seq
             );
+            write_channel(out, &dl.channel);
+            out.push('}');
         }
         Some(Body::Trade(t)) => {
             out.push_str("{\"type\":\"trade\",\"symbol\":");
@@ -169,7 +183,9 @@ pub fn render(msg: &pb::ServerMessage, decimals: Decimals, out: &mut String) {
                     ins.price_decimals, ins.size_decimals, ins.epoch
                 );
             }
-            out.push_str("]}");
+            out.push_str("],\"resumed\":");
+            write_str_array(out, &s.resumed);
+            out.push('}');
         }
         Some(Body::Unsubscribed(u)) => {
             let _ = write!(
@@ -241,7 +257,7 @@ mod tests {
         );
         assert_eq!(
             s,
-            r#"{"type":"snapshot","symbol":"BTC-USD","seq":42,"bids":[["30000.50","1.2500"]],"asks":[["30001.00","0.5000"]],"price_decimals":2,"size_decimals":4,"exchange_ts_ns":1,"ingest_ts_ns":2,"checksum":7,"epoch":0}"#
+            r#"{"type":"snapshot","symbol":"BTC-USD","seq":42,"bids":[["30000.50","1.2500"]],"asks":[["30001.00","0.5000"]],"price_decimals":2,"size_decimals":4,"exchange_ts_ns":1,"ingest_ts_ns":2,"checksum":7,"epoch":0,"channel":"book"}"#
         );
         sonic_rs::from_str::<sonic_rs::Value>(&s).expect("valid JSON");
     }
@@ -279,7 +295,7 @@ mod tests {
         );
         assert_eq!(
             s,
-            r#"{"type":"delta","symbol":"ETH-USD","seq":9,"bids":[["-1.50","0"],["1.00","10"]],"asks":[["2.00","3"]],"exchange_ts_ns":5,"ingest_ts_ns":6,"checksum":8}"#
+            r#"{"type":"delta","symbol":"ETH-USD","seq":9,"bids":[["-1.50","0"],["1.00","10"]],"asks":[["2.00","3"]],"exchange_ts_ns":5,"ingest_ts_ns":6,"checksum":8,"prev_seq":0,"channel":"book"}"#
         );
     }
 
@@ -336,7 +352,7 @@ mod tests {
         );
         assert_eq!(
             sub,
-            r#"{"type":"subscribed","id":7,"symbols":["BTC-USD"],"channels":["book","trades"],"instruments":[{"symbol":"BTC-USD","price_decimals":2,"size_decimals":4,"epoch":0}]}"#
+            r#"{"type":"subscribed","id":7,"symbols":["BTC-USD"],"channels":["book","trades"],"instruments":[{"symbol":"BTC-USD","price_decimals":2,"size_decimals":4,"epoch":0}],"resumed":[]}"#
         );
         let st = render_str(
             Body::Stale(pb::Stale {

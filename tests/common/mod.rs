@@ -44,6 +44,8 @@ pub struct ClientBook {
     pub last_trade_seq: u64,
     /// The epoch of the last snapshot (PROTOCOL §10).
     pub epoch: u64,
+    /// The book channel of the last snapshot ("" for plain `book`).
+    pub channel: String,
 }
 
 pub struct Client {
@@ -73,6 +75,15 @@ fn rand_bytes(seed: u64) -> [u8; 16] {
         chunk.copy_from_slice(&x.to_le_bytes());
     }
     out
+}
+
+/// A JSON channel name as protobuf carries it: plain `book` is "".
+fn plain_book(channel: String) -> String {
+    if channel == "book" {
+        String::new()
+    } else {
+        channel
+    }
 }
 
 /// How the client's socket is made.
@@ -452,7 +463,7 @@ impl Client {
                         .violations
                         .push(format!("{}: bad snapshot levels {e}", s.symbol)),
                 }
-                if s.seq < b.seq && s.epoch == b.epoch {
+                if s.seq < b.seq && s.epoch == b.epoch && s.channel == b.channel {
                     self.violations.push(format!(
                         "{}: snapshot seq {} went back from {}",
                         s.symbol, s.seq, b.seq
@@ -466,6 +477,7 @@ impl Client {
                 }
                 b.seq = s.seq;
                 b.epoch = s.epoch;
+                b.channel = s.channel.clone();
                 b.awaiting = false;
                 b.snapshots += 1;
             }
@@ -482,9 +494,29 @@ impl Client {
                     ));
                     return;
                 }
-                if d.seq != b.seq + 1 {
+                // PROTOCOL §9: every delta says the seq it follows; on
+                // plain `book` that is always the seq before.
+                if d.prev_seq != b.seq {
+                    self.violations.push(format!(
+                        "{}: delta {} has prev_seq {}, the client holds {}",
+                        d.symbol, d.seq, d.prev_seq, b.seq
+                    ));
+                }
+                if d.channel.is_empty() && d.seq != b.seq + 1 {
                     self.violations
                         .push(format!("{}: delta seq {} after {}", d.symbol, d.seq, b.seq));
+                }
+                if !d.channel.is_empty() && d.seq <= b.seq {
+                    self.violations.push(format!(
+                        "{}: {} delta seq {} not after {}",
+                        d.symbol, d.channel, d.seq, b.seq
+                    ));
+                }
+                if d.channel != b.channel {
+                    self.violations.push(format!(
+                        "{}: delta of channel {:?} on a book of {:?}",
+                        d.symbol, d.channel, b.channel
+                    ));
                 }
                 for u in &d.updates {
                     match Side::from_pb(u.side) {
@@ -572,7 +604,7 @@ impl Client {
                         })
                     })
                     .collect::<Option<_>>()?,
-                resumed: Vec::new(),
+                resumed: strs("resumed")?,
             }),
             "unsubscribed" => Body::Unsubscribed(pb::Unsubscribed {
                 id: n("id")?,
@@ -614,7 +646,7 @@ impl Client {
                     ingest_ts_ns: n("ingest_ts_ns")?,
                     checksum: n("checksum")? as u32,
                     epoch: n("epoch").unwrap_or(0),
-                    channel: String::new(),
+                    channel: plain_book(s("channel")?),
                 })
             }
             "delta" => {
@@ -637,8 +669,10 @@ impl Client {
                     exchange_ts_ns: n("exchange_ts_ns")?,
                     ingest_ts_ns: n("ingest_ts_ns")?,
                     checksum: n("checksum")? as u32,
-                    channel: String::new(),
-                    prev_seq: 0,
+                    // Always present in JSON (PROTOCOL §6, §9); "book" is
+                    // protobuf's "".
+                    channel: plain_book(s("channel")?),
+                    prev_seq: n("prev_seq")?,
                 })
             }
             "trade" => {

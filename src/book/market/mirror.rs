@@ -237,6 +237,10 @@ impl Market {
         st.exchange_ts_ns = delta.exchange_ts_ns;
         st.ingest_ts_ns = delta.ingest_ts_ns;
         let seq = st.seq;
+        let mut delta = delta;
+        // PROTOCOL §9: on `book`, the previous message is the seq before.
+        delta.prev_seq = seq.saturating_sub(1);
+        delta.channel.clear();
         out.push(Published::Delta {
             symbol: id,
             seq,

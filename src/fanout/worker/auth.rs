@@ -21,9 +21,10 @@ use std::sync::Arc;
 use super::{ConnId, ConnState, WorkerCore};
 use crate::auth::{AuthMode, AuthResult, ChannelSpec, Claims, Entitlements, Verifier};
 use crate::book::SymbolId;
+use crate::book::derived::Channel;
 use crate::fanout::limits::{Rate, RequestLimits};
 use crate::fanout::request::{ErrorCode, RequestError};
-use crate::fanout::ring::Channel;
+use crate::fanout::ring::Lane;
 use crate::wire::close::CloseCode;
 use crate::wire::pb::{self, server_message::Body};
 
@@ -144,11 +145,15 @@ impl CoreAuth {
     }
 }
 
-/// The entitlement check's view of an engine channel (its §9 name).
+/// The entitlement check's view of a channel.
 fn spec(c: Channel) -> ChannelSpec {
-    // Every channel the engine serves has a §9 name; were one not to, the
-    // richest view is what it is checked as (refused unless `book` is allowed).
-    ChannelSpec::parse(c.name()).unwrap_or(ChannelSpec::BOOK)
+    match c {
+        Channel::Trades => ChannelSpec::Trades,
+        Channel::Book { depth, interval } => ChannelSpec::Book {
+            depth: depth.map(|d| d.get() as u32),
+            interval_ms: interval.map_or(0, |i| i.ms()),
+        },
+    }
 }
 
 fn unauthorized(id: u64, message: impl Into<String>) -> RequestError {
@@ -351,7 +356,7 @@ impl WorkerCore {
         };
         for c in channels {
             if !e.allows_channel(spec(c)) {
-                return Err(forbidden(id, format!("channel {:?} not allowed", c.name())));
+                return Err(forbidden(id, format!("channel \"{c}\" not allowed")));
             }
         }
         for s in symbols {
@@ -462,23 +467,24 @@ impl WorkerCore {
         let Some(e) = self.entitlements(conn).cloned() else {
             return;
         };
-        let held: Vec<(SymbolId, Channel)> = self
+        let held: Vec<(SymbolId, Lane)> = self
             .subs
             .conn_subs(conn)
             .iter()
             .map(|c| (c.symbol, c.channel))
             .collect();
-        let mut ended: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
-        for (symbol, channel) in held {
+        let mut ended: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (symbol, lane) in held {
             let name = self.name_of(symbol);
+            let channel = self.channel_of(symbol, lane);
             if e.allows_channel(spec(channel)) && e.allows_symbol(&name) {
                 continue;
             }
-            if let Some(t) = self.subs.remove(conn, symbol, channel) {
-                self.emit_transitions(symbol, channel, t, false);
+            if let Some(t) = self.subs.remove(conn, symbol, lane) {
+                self.emit_transitions(symbol, lane, t, false);
             }
             ended
-                .entry(channel.name())
+                .entry(channel.to_string())
                 .or_default()
                 .push(name.to_string());
         }

@@ -5,7 +5,7 @@
 use super::delivery::{encode_control, stale_msg};
 use super::{ConnId, ConnState, Encoding, WorkerCore};
 use crate::fanout::outbox::{Admit, Consumed, FrameClass};
-use crate::fanout::ring::Channel;
+use crate::fanout::ring::Lane;
 use crate::fanout::subs::SubState;
 use crate::wire::{CloseCode, StaleReason};
 
@@ -250,8 +250,8 @@ impl WorkerCore {
                 continue;
             }
             let reason = match cs.channel {
-                Channel::Book => StaleReason::SlowConsumer,
-                Channel::Trades => StaleReason::SlowConsumerTrades,
+                Lane::Book => StaleReason::SlowConsumer,
+                Lane::Trades => StaleReason::SlowConsumerTrades,
             };
             let msg = stale_msg(&self.name_of(cs.symbol), u64::from(sub.dropped), reason);
             let frame = encode_control(json, &msg, &mut self.json_buf);
@@ -262,11 +262,11 @@ impl WorkerCore {
             let s = self.subs.sub_mut(cs.symbol, cs.channel, cs.pos());
             s.dropped = 0;
             match cs.channel {
-                Channel::Book => {
+                Lane::Book => {
                     s.state = SubState::Awaiting;
                     self.request_snapshot(cs.symbol);
                 }
-                Channel::Trades => {
+                Lane::Trades => {
                     s.state = SubState::Live;
                     s.seq = 0;
                 }

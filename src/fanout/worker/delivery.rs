@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use super::{Conn, ConnState, Instrument, WorkerCore, WorkerStats};
 use crate::book::SymbolId;
+use crate::book::derived::Channel;
 use crate::book::market::FeedStale;
 use crate::fanout::frames::{FrameId, Frames};
 use crate::fanout::outbox::{Admit, FrameClass, OutboxLimits};
-use crate::fanout::ring::{Channel, DataKind, ToWorker};
+use crate::fanout::ring::{DataKind, Lane, ToWorker};
 use crate::fanout::subs::SubState;
 use crate::wire::json::{Decimals, render};
 use crate::wire::pb::{self, server_message::Body};
@@ -59,6 +60,7 @@ pub(super) fn stale_msg(symbol: &str, dropped: u64, reason: StaleReason) -> pb::
 #[derive(Debug, Clone, Copy)]
 pub(super) struct RunDelta {
     seq: u64,
+    prev_seq: u64,
     bin: FrameId,
     json: Option<FrameId>,
 }
@@ -298,12 +300,13 @@ impl WorkerCore {
                 symbol,
                 kind,
                 seq,
+                prev_seq,
                 ingest_ts_ns: _,
                 bin,
                 json,
             } => match kind {
                 DataKind::Delta => {
-                    let delta = self.run_delta(seq, bin, json, now_ns);
+                    let delta = self.run_delta(seq, prev_seq, bin, json, now_ns);
                     self.deliver_deltas(symbol, &[delta], now_ns)
                 }
                 DataKind::Trade => self.deliver_trade(symbol, seq, &bin, json.as_ref(), now_ns),
@@ -355,6 +358,7 @@ impl WorkerCore {
                 symbol,
                 kind: DataKind::Delta,
                 seq,
+                prev_seq,
                 bin,
                 json,
                 ..
@@ -363,7 +367,7 @@ impl WorkerCore {
                 self.handle_ring(msg, now_ns);
                 continue;
             };
-            run.push(self.run_delta(seq, bin, json, now_ns));
+            run.push(self.run_delta(seq, prev_seq, bin, json, now_ns));
             while let Some(ToWorker::Data {
                 symbol: next,
                 kind: DataKind::Delta,
@@ -371,8 +375,15 @@ impl WorkerCore {
             }) = msgs.peek()
                 && *next == symbol
             {
-                if let Some(ToWorker::Data { seq, bin, json, .. }) = msgs.next() {
-                    run.push(self.run_delta(seq, bin, json, now_ns));
+                if let Some(ToWorker::Data {
+                    seq,
+                    prev_seq,
+                    bin,
+                    json,
+                    ..
+                }) = msgs.next()
+                {
+                    run.push(self.run_delta(seq, prev_seq, bin, json, now_ns));
                 }
             }
             self.deliver_deltas(symbol, &run, now_ns);
@@ -387,12 +398,14 @@ impl WorkerCore {
     fn run_delta(
         &mut self,
         seq: u64,
+        prev_seq: u64,
         bin: EncodedFrame,
         json: Option<EncodedFrame>,
         now_ns: u64,
     ) -> RunDelta {
         RunDelta {
             seq,
+            prev_seq,
             bin: self.frames.insert(bin, now_ns),
             json: json.map(|j| self.frames.insert(j, now_ns)),
         }
@@ -406,7 +419,7 @@ impl WorkerCore {
         size_decimals: u32,
         epoch: u64,
     ) {
-        let i = symbol.0 as usize;
+        let i = symbol.index();
         if self.instruments.len() <= i {
             self.instruments.resize_with(i + 1, || None);
         }
@@ -417,16 +430,69 @@ impl WorkerCore {
         }
         self.by_name.insert(name.clone(), symbol);
         self.instruments[i] = Some(Instrument {
-            name,
+            name: name.clone(),
             price_decimals,
             size_decimals,
             epoch,
+            derived: None,
         });
+        // Its derived streams follow (decimals and epoch changes are rare:
+        // a scan of the directory is fine).
+        for ins in self.instruments.iter_mut().flatten() {
+            if ins.derived.is_some_and(|(s, _)| s == symbol) {
+                ins.name = name.clone();
+                ins.price_decimals = price_decimals;
+                ins.size_decimals = size_decimals;
+                ins.epoch = epoch;
+            }
+        }
+    }
+
+    /// The directory entry of a derived stream, copied from its symbol's,
+    /// made when a local client first subscribes to it.
+    pub(super) fn register_stream(&mut self, stream: SymbolId, symbol: SymbolId, channel: Channel) {
+        let Some(base) = self
+            .instruments
+            .get(symbol.index())
+            .and_then(|i| i.as_ref())
+        else {
+            return;
+        };
+        let ins = Instrument {
+            name: base.name.clone(),
+            price_decimals: base.price_decimals,
+            size_decimals: base.size_decimals,
+            epoch: base.epoch,
+            derived: Some((symbol, channel)),
+        };
+        let i = stream.index();
+        if self.instruments.len() <= i {
+            self.instruments.resize_with(i + 1, || None);
+        }
+        self.instruments[i] = Some(ins);
+    }
+
+    /// The symbol a stream belongs to and its book channel: a derived
+    /// stream's, or the symbol itself with plain `book`.
+    pub(super) fn stream_key(&self, stream: SymbolId) -> (SymbolId, Channel) {
+        self.instruments
+            .get(stream.index())
+            .and_then(|i| i.as_ref())
+            .and_then(|i| i.derived)
+            .unwrap_or((stream, Channel::BOOK))
+    }
+
+    /// The channel a subscription on `lane` of `stream` is (PROTOCOL §9).
+    pub(super) fn channel_of(&self, stream: SymbolId, lane: Lane) -> Channel {
+        match lane {
+            Lane::Trades => Channel::Trades,
+            Lane::Book => self.stream_key(stream).1,
+        }
     }
 
     pub(super) fn name_of(&self, symbol: SymbolId) -> Arc<str> {
         self.instruments
-            .get(symbol.0 as usize)
+            .get(symbol.index())
             .and_then(|i| i.as_ref())
             .map_or_else(|| Arc::from(""), |i| i.name.clone())
     }
@@ -469,17 +535,18 @@ impl WorkerCore {
         let mut sink = sink!(self);
         let mut resync = false;
         let mut joined = JoinedRun::default();
+        // The run's first delta follows `first` (its prev_seq); it ends at `last`.
         let (first, last) = match run {
-            [first, .., last] => (first.seq, last.seq),
+            [first, .., last] => (first.prev_seq, last.seq),
             _ => (0, 0),
         };
-        for sub in ss.list_mut(Channel::Book) {
+        for sub in ss.list_mut(Lane::Book) {
             // A live subscriber that holds the seq before the run takes it
             // whole, as one frame, when the policy would take or refuse
             // every delta of it alike (`Sink::takes_alike`).
-            if first != 0
+            if last != 0
                 && sub.state == SubState::Live
-                && sub.seq + 1 == first
+                && sub.seq == first
                 && let Some((frame, prefix)) = joined.frame(sub.json, run, sink.frames, now_ns)
                 && sink.takes_alike(sub.conn, prefix)
             {
@@ -495,7 +562,13 @@ impl WorkerCore {
                 }
                 continue;
             }
-            for &RunDelta { seq, bin, json } in run {
+            for &RunDelta {
+                seq,
+                prev_seq,
+                bin,
+                json,
+            } in run
+            {
                 match sub.state {
                     SubState::Live => {}
                     SubState::Dropping => {
@@ -518,7 +591,7 @@ impl WorkerCore {
                     resync = true;
                     break;
                 };
-                if seq != sub.seq + 1 {
+                if prev_seq != sub.seq {
                     // Never send a gap: count the bug and resync this client.
                     sink.stats.contiguity_violations += 1;
                     sub.state = SubState::Awaiting;
@@ -527,7 +600,7 @@ impl WorkerCore {
                 }
                 match sink.admit_id(sub.conn, frame, FrameClass::Stream, now_ns) {
                     Admit::Queue => {
-                        debug_assert_eq!(seq, sub.seq + 1, "queued deltas are contiguous");
+                        debug_assert_eq!(prev_seq, sub.seq, "queued deltas are contiguous");
                         sub.seq = seq;
                     }
                     Admit::DropStale => {
@@ -557,7 +630,7 @@ impl WorkerCore {
             return;
         };
         let mut sink = sink!(self);
-        for sub in ss.list_mut(Channel::Trades) {
+        for sub in ss.list_mut(Lane::Trades) {
             if sub.state == SubState::Dropping {
                 sub.dropped = sub.dropped.saturating_add(1);
                 sink.stats.dropped_trades += 1;
@@ -603,7 +676,7 @@ impl WorkerCore {
         };
         let mut sink = sink!(self);
         let mut rerequest = false;
-        for sub in ss.list_mut(Channel::Book) {
+        for sub in ss.list_mut(Lane::Book) {
             match sub.state {
                 SubState::Awaiting | SubState::AwaitingFeed => {}
                 SubState::Live if replaced => {}
@@ -664,7 +737,7 @@ impl WorkerCore {
                 while let Some(sub) = self
                     .subs
                     .symbol(symbol)
-                    .and_then(|ss| ss.list(Channel::Book).get(i))
+                    .and_then(|ss| ss.list(Lane::Book).get(i))
                     .copied()
                 {
                     i += 1;
@@ -677,8 +750,7 @@ impl WorkerCore {
                         .admit(sub.conn, &frame, FrameClass::Resync, now_ns)
                         == Admit::Queue
                     {
-                        self.subs.sub_mut(symbol, Channel::Book, i - 1).state =
-                            SubState::AwaitingFeed;
+                        self.subs.sub_mut(symbol, Lane::Book, i - 1).state = SubState::AwaitingFeed;
                     }
                 }
             }
@@ -708,9 +780,9 @@ impl WorkerCore {
             bin: Some(bin.clone()),
             json: json.cloned(),
         };
-        let channels: &[Channel] = match reason {
-            FeedStale::FeedGap => &[Channel::Book],
-            FeedStale::FeedDown => &[Channel::Book, Channel::Trades],
+        let channels: &[Lane] = match reason {
+            FeedStale::FeedGap => &[Lane::Book],
+            FeedStale::FeedDown => &[Lane::Book, Lane::Trades],
         };
         for &c in channels {
             let mut i = 0;
@@ -723,7 +795,7 @@ impl WorkerCore {
                 i += 1;
                 // Slow book consumers learn it through their resync's answer;
                 // trades have no resync, so even a dropping one is told.
-                if sub.state == SubState::Dropping && c == Channel::Book {
+                if sub.state == SubState::Dropping && c == Lane::Book {
                     continue;
                 }
                 let frame = frames.get(sub.json, &fallback, &mut self.json_buf);
@@ -731,7 +803,7 @@ impl WorkerCore {
                     .sink()
                     .admit(sub.conn, &frame, FrameClass::Resync, now_ns)
                     == Admit::Queue
-                    && c == Channel::Book
+                    && c == Lane::Book
                 {
                     self.subs.sub_mut(symbol, c, i - 1).state = SubState::AwaitingFeed;
                 }
@@ -757,13 +829,13 @@ impl WorkerCore {
             while let Some(sub) = self
                 .subs
                 .symbol(symbol)
-                .and_then(|ss| ss.list(Channel::Book).get(i))
+                .and_then(|ss| ss.list(Lane::Book).get(i))
                 .copied()
             {
                 i += 1;
                 match sub.state {
                     SubState::Dropping => {
-                        let s = self.subs.sub_mut(symbol, Channel::Book, i - 1);
+                        let s = self.subs.sub_mut(symbol, Lane::Book, i - 1);
                         s.dropped = s.dropped.saturating_add(deltas.min(u32::MAX as u64) as u32);
                     }
                     SubState::Live => {
@@ -773,14 +845,13 @@ impl WorkerCore {
                             .admit(sub.conn, &frame, FrameClass::Resync, now_ns)
                             == Admit::Queue
                         {
-                            self.subs.sub_mut(symbol, Channel::Book, i - 1).state =
-                                SubState::Awaiting;
+                            self.subs.sub_mut(symbol, Lane::Book, i - 1).state = SubState::Awaiting;
                             any_awaiting = true;
                         }
                     }
                     SubState::Awaiting | SubState::AwaitingFeed => {
                         // What they wait for may be among the lost messages.
-                        self.subs.sub_mut(symbol, Channel::Book, i - 1).state = SubState::Awaiting;
+                        self.subs.sub_mut(symbol, Lane::Book, i - 1).state = SubState::Awaiting;
                         any_awaiting = true;
                     }
                 }
@@ -796,12 +867,12 @@ impl WorkerCore {
             while let Some(sub) = self
                 .subs
                 .symbol(symbol)
-                .and_then(|ss| ss.list(Channel::Trades).get(i))
+                .and_then(|ss| ss.list(Lane::Trades).get(i))
                 .copied()
             {
                 i += 1;
                 if sub.state == SubState::Dropping {
-                    let s = self.subs.sub_mut(symbol, Channel::Trades, i - 1);
+                    let s = self.subs.sub_mut(symbol, Lane::Trades, i - 1);
                     s.dropped = s.dropped.saturating_add(trades.min(u32::MAX as u64) as u32);
                     continue;
                 }
@@ -812,7 +883,7 @@ impl WorkerCore {
                     == Admit::Queue
                 {
                     // The trade stream restarts with the next trade.
-                    self.subs.sub_mut(symbol, Channel::Trades, i - 1).seq = 0;
+                    self.subs.sub_mut(symbol, Lane::Trades, i - 1).seq = 0;
                 }
             }
         }
@@ -828,7 +899,7 @@ impl WorkerCore {
         while let Some(sub) = self
             .subs
             .symbol(symbol)
-            .and_then(|ss| ss.list(Channel::Trades).get(i))
+            .and_then(|ss| ss.list(Lane::Trades).get(i))
             .copied()
         {
             i += 1;

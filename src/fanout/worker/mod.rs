@@ -56,10 +56,12 @@ use std::io::IoSlice;
 use std::sync::Arc;
 
 use crate::book::SymbolId;
+use crate::book::derived::Channel;
 use crate::fanout::frames::Frames;
 use crate::fanout::limits::RequestLimiter;
 use crate::fanout::outbox::{FrameClass, Outbox, OutboxLimits};
-use crate::fanout::ring::{Channel, ToIngest};
+use crate::fanout::ring::{Lane, ToIngest};
+use crate::fanout::streams::DerivedStreams;
 use crate::fanout::subs::{ConnSub, SubIndex, SubState, Transitions};
 use crate::wire::{CloseCode, EncodedFrame};
 
@@ -135,10 +137,13 @@ pub const CONN_STATE_BYTES: usize =
 
 #[derive(Debug)]
 struct Instrument {
+    /// The symbol's name (a derived stream's is its symbol's).
     name: Arc<str>,
     price_decimals: u32,
     size_decimals: u32,
     epoch: u64,
+    /// For a derived stream: its symbol and book channel (PROTOCOL §9).
+    derived: Option<(SymbolId, Channel)>,
 }
 
 /// The sans-IO core of one worker. See the module doc for the loop turn.
@@ -158,7 +163,11 @@ pub struct WorkerCore {
     cfg: WorkerConfig,
     limits: OutboxLimits,
     by_name: HashMap<Arc<str>, SymbolId>,
+    /// Symbols and derived streams, at [`SymbolId::index`].
     instruments: Vec<Option<Instrument>>,
+    /// The node's derived stream ids, shared with every worker and the
+    /// market thread (see [`WorkerCore::share_streams`]).
+    streams: Arc<DerivedStreams>,
     subs: SubIndex,
     conns: Vec<Conn>,
     /// The frames the outboxes hold (see `frames.rs`).
@@ -202,6 +211,7 @@ impl WorkerCore {
             cfg,
             by_name: HashMap::new(),
             instruments: Vec::new(),
+            streams: Arc::new(DerivedStreams::default()),
             subs: SubIndex::new(),
             conns: Vec::new(),
             frames: Frames::new(),
@@ -226,6 +236,12 @@ impl WorkerCore {
 
     pub fn config(&self) -> &WorkerConfig {
         &self.cfg
+    }
+
+    /// Uses the node's table of derived streams (one per engine, shared by
+    /// every worker and the market thread) instead of a private one.
+    pub fn share_streams(&mut self, streams: Arc<DerivedStreams>) {
+        self.streams = streams;
     }
 
     /// Reserves room for `n` connections in every per-connection table, so
@@ -405,10 +421,10 @@ impl WorkerCore {
         s.queue_capacity_bytes = self.conns.iter().map(|c| c.outbox.capacity_bytes()).sum();
         s.live_frames = self.frames.live();
         s.tiers = self.tier_counts();
-        s.awaiting_subs = (0..self.instruments.len() as u32)
-            .filter_map(|i| self.subs.symbol(SymbolId(i)))
+        s.awaiting_subs = (0..self.instruments.len())
+            .filter_map(|i| self.subs.symbol(SymbolId::from_index(i)))
             .map(|ss| {
-                ss.list(Channel::Book)
+                ss.list(Lane::Book)
                     .iter()
                     .filter(|s| matches!(s.state, SubState::Awaiting | SubState::AwaitingFeed))
                     .count()
@@ -418,7 +434,7 @@ impl WorkerCore {
     }
 
     pub(super) fn remove_all_subs(&mut self, conn: u32) {
-        let mut removed: Vec<(SymbolId, Channel, Transitions)> = Vec::new();
+        let mut removed: Vec<(SymbolId, Lane, Transitions)> = Vec::new();
         self.subs
             .remove_conn(conn, |cs, t| removed.push((cs.symbol, cs.channel, t)));
         for (symbol, channel, t) in removed {

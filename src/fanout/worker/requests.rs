@@ -1,7 +1,7 @@
 //! Client requests (PROTOCOL §6): the rate limit, subscribe and unsubscribe,
 //! the answers, and what they ask of the ingest thread (interest, snapshots).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::delivery::encode_control;
@@ -12,10 +12,18 @@ use crate::fanout::outbox::FrameClass;
 use crate::fanout::request::{
     ClientRequest, ErrorCode, Op, Request, RequestError, parse_client_request, request_id,
 };
-use crate::fanout::ring::{Channel, ToIngest};
+use crate::fanout::ring::{Lane, ToIngest};
 use crate::fanout::subs::{SubState, Transitions};
 use crate::wire::CloseCode;
 use crate::wire::pb::{self, server_message::Body};
+
+/// What a connection holds of one symbol (see `held_by_symbol`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Held {
+    /// The book stream held and the entry's position in its list.
+    book: Option<(SymbolId, usize)>,
+    trades: bool,
+}
 
 impl WorkerCore {
     /// One client request (PROTOCOL §6, §8). Answers are queued on the
@@ -103,46 +111,78 @@ impl WorkerCore {
         self.by_name.get(name).copied()
     }
 
+    /// What `conn` holds, per symbol: its book stream (plain `book` or a
+    /// derived one) with the entry's position, and whether it holds trades.
+    /// One pass over its subscriptions, so a request of many symbols costs
+    /// O(symbols + held), never symbols × held.
+    fn held_by_symbol(&self, conn: u32) -> HashMap<SymbolId, Held> {
+        let mut held: HashMap<SymbolId, Held> = HashMap::new();
+        for c in self.subs.conn_subs(conn) {
+            let (symbol, _) = self.stream_key(c.symbol);
+            let h = held.entry(symbol).or_default();
+            match c.channel {
+                Lane::Book => h.book = Some((c.symbol, c.pos())),
+                Lane::Trades => h.trades = true,
+            }
+        }
+        held
+    }
+
     fn subscribe(&mut self, conn: u32, req: Request, now_ns: u64) -> Result<(), RequestError> {
         // PROTOCOL §8: forbidden after bad_request (the parser's), before the rest.
         self.check_entitlements(conn, req.id, &req.symbols, req.channels.iter())?;
         // too_many_subscriptions before unknown_symbol (PROTOCOL §6): an unknown
-        // symbol counts as new.
-        // What the connection holds, by (symbol, channel): one pass over its
-        // subscriptions per request, so a request of many symbols costs
-        // O(symbols + held), never symbols × held.
-        let held_at: HashMap<(SymbolId, Channel), usize> = self
-            .subs
-            .conn_subs(conn)
-            .iter()
-            .map(|c| ((c.symbol, c.channel), c.pos()))
-            .collect();
-        let held = held_at.len();
+        // symbol counts as new. A book variant replacing the one held adds nothing.
+        let held = self.held_by_symbol(conn);
+        let held_count = self.subs.conn_count(conn);
+        let book = req.channels.book_variant();
+        let trades = req.channels.has_trades();
         let mut added = 0usize;
         for name in &req.symbols {
-            let id = self.lookup(name);
-            for c in req.channels.iter() {
-                if id.is_none_or(|id| !held_at.contains_key(&(id, c))) {
-                    added += 1;
-                }
-            }
+            let h = self.lookup(name).and_then(|id| held.get(&id)).copied();
+            let h = h.unwrap_or_default();
+            added += usize::from(book.is_some() && h.book.is_none());
+            added += usize::from(trades && !h.trades);
         }
         let max = self.max_subscriptions(conn);
-        if held + added > max {
+        if held_count + added > max {
             return Err(RequestError {
                 id: req.id,
                 code: ErrorCode::TooManySubscriptions,
                 message: format!(
-                    "{held} symbol-channels held, {added} more requested, limit {max}"
+                    "{held_count} symbol-channels held, {added} more requested, limit {max}"
                 ),
             });
         }
         let ids = self.resolve(&req)?;
+        // The stream of the requested book variant, per symbol.
+        let mut streams = Vec::with_capacity(ids.len());
+        for &id in &ids {
+            let stream = match book {
+                Some(c) if c.is_derived_book() => {
+                    let Some(stream) = self.streams.get_or_insert(id, c) else {
+                        return Err(RequestError {
+                            id: req.id,
+                            code: ErrorCode::TooManySubscriptions,
+                            message: format!(
+                                "this node serves at most {} derived book channels",
+                                self.streams.len()
+                            ),
+                        });
+                    };
+                    self.register_stream(stream, id, c);
+                    Some(stream)
+                }
+                Some(_) => Some(id),
+                None => None,
+            };
+            streams.push(stream);
+        }
         let instruments = ids
             .iter()
             .map(|id| {
                 // `resolve` only returns ids present in the directory.
-                let ins = self.instruments[id.0 as usize]
+                let ins = self.instruments[id.index()]
                     .as_ref()
                     .expect("resolved id is known");
                 pb::Instrument {
@@ -165,52 +205,64 @@ impl WorkerCore {
         };
         self.send_control(conn, &msg, now_ns);
         let json = self.conns[conn as usize].encoding == Encoding::Json;
-        for id in ids {
-            for c in req.channels.iter() {
-                match held_at.get(&(id, c)).copied() {
-                    None => {
-                        let state = if c == Channel::Book {
-                            SubState::Awaiting
-                        } else {
-                            SubState::Live
-                        };
-                        let (_, t) = self.subs.insert(conn, id, c, json, state);
-                        self.emit_transitions(id, c, t, true);
+        for (id, stream) in ids.into_iter().zip(streams) {
+            let h = held.get(&id).copied().unwrap_or_default();
+            if let Some(stream) = stream {
+                match h.book {
+                    Some((s, pos)) if s == stream => {
+                        // A client-requested resync: a fresh snapshot.
+                        let sub = self.subs.sub_mut(s, Lane::Book, pos);
+                        sub.state = SubState::Awaiting;
+                        sub.dropped = 0;
                     }
-                    Some(pos) => {
-                        if c == Channel::Book {
-                            // A client-requested resync: a fresh snapshot.
-                            let sub = self.subs.sub_mut(id, c, pos);
-                            sub.state = SubState::Awaiting;
-                            sub.dropped = 0;
+                    other => {
+                        // PROTOCOL §9: another variant replaces the one held.
+                        if let Some((old, _)) = other
+                            && let Some(t) = self.subs.remove(conn, old, Lane::Book)
+                        {
+                            self.emit_transitions(old, Lane::Book, t, false);
                         }
+                        let (_, t) =
+                            self.subs
+                                .insert(conn, stream, Lane::Book, json, SubState::Awaiting);
+                        self.emit_transitions(stream, Lane::Book, t, true);
                     }
                 }
-                if c == Channel::Book {
-                    self.request_snapshot(id);
-                }
+                self.request_snapshot(stream);
+            }
+            if trades && !h.trades {
+                let (_, t) = self
+                    .subs
+                    .insert(conn, id, Lane::Trades, json, SubState::Live);
+                self.emit_transitions(id, Lane::Trades, t, true);
             }
         }
         Ok(())
     }
 
+    /// Ends what is held of the named channels; `book` (any variant) ends
+    /// whichever book variant is held (PROTOCOL §9).
     fn unsubscribe(&mut self, conn: u32, req: Request, now_ns: u64) -> Result<(), RequestError> {
         let ids = self.resolve(&req)?;
         // Only what is held is looked for (a request may name 10,000 symbols).
-        let held: HashSet<(SymbolId, Channel)> = self
-            .subs
-            .conn_subs(conn)
-            .iter()
-            .map(|c| (c.symbol, c.channel))
-            .collect();
+        let held = self.held_by_symbol(conn);
+        let book = req.channels.book_variant().is_some();
+        let trades = req.channels.has_trades();
         for id in ids {
-            for c in req.channels.iter() {
-                if !held.contains(&(id, c)) {
-                    continue;
-                }
-                if let Some(t) = self.subs.remove(conn, id, c) {
-                    self.emit_transitions(id, c, t, false);
-                }
+            let Some(h) = held.get(&id) else {
+                continue;
+            };
+            if book
+                && let Some((stream, _)) = h.book
+                && let Some(t) = self.subs.remove(conn, stream, Lane::Book)
+            {
+                self.emit_transitions(stream, Lane::Book, t, false);
+            }
+            if trades
+                && h.trades
+                && let Some(t) = self.subs.remove(conn, id, Lane::Trades)
+            {
+                self.emit_transitions(id, Lane::Trades, t, false);
             }
         }
         let msg = pb::ServerMessage {
@@ -240,7 +292,7 @@ impl WorkerCore {
     pub(super) fn emit_transitions(
         &mut self,
         symbol: SymbolId,
-        channel: Channel,
+        channel: Lane,
         t: Transitions,
         on: bool,
     ) {
@@ -250,7 +302,7 @@ impl WorkerCore {
                 channel,
                 on,
             });
-            if !on && channel == Channel::Book {
+            if !on && channel == Lane::Book {
                 // Answers to requests made before this point predate a gap in
                 // the data the worker receives: ignore them, ask afresh later.
                 if let Some(ss) = self.subs.symbol_mut(symbol)

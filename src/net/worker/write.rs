@@ -336,6 +336,7 @@ mod tests {
                     symbol: sym,
                     kind: DataKind::Delta,
                     seq,
+                    prev_seq: seq - 1,
                     ingest_ts_ns: 0,
                     bin: frame(Body::Delta(delta)),
                     json: None,

@@ -11,7 +11,7 @@ use super::harness::*;
 use crate::auth::verify::tests::{NOW, SECRET, hs};
 use crate::auth::{AuthMode, AuthResult, Entitlements, KeySet, Verifier, VerifierConfig};
 use crate::fanout::limits::{Rate, RequestLimits};
-use crate::fanout::ring::Channel;
+use crate::fanout::ring::Lane;
 use crate::fanout::subs::IndexSizes;
 use crate::fanout::worker::{AuthSetup, ConnId, Encoding, Tier, WorkerConfig};
 use crate::wire::close::CloseCode;
@@ -272,10 +272,10 @@ fn refresh_widens_and_narrows() {
         ]
     );
     let to_ingest = h.drain_to_ingest();
-    assert!(to_ingest.contains(&interest(BTC, Channel::Book, false)));
-    assert!(to_ingest.contains(&interest(ETH, Channel::Book, false)));
-    assert!(to_ingest.contains(&interest(BTC, Channel::Trades, false)));
-    assert!(!to_ingest.contains(&interest(ETH, Channel::Trades, false)));
+    assert!(to_ingest.contains(&interest(BTC, Lane::Book, false)));
+    assert!(to_ingest.contains(&interest(ETH, Lane::Book, false)));
+    assert!(to_ingest.contains(&interest(BTC, Lane::Trades, false)));
+    assert!(!to_ingest.contains(&interest(ETH, Lane::Trades, false)));
     // Nothing more of what ended arrives; ETH trades still do.
     h.delta(BTC);
     h.delta(ETH);

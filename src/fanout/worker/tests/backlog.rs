@@ -4,7 +4,7 @@
 use super::harness::*;
 use crate::book::SymbolId;
 use crate::fanout::outbox::Consumed;
-use crate::fanout::ring::{Channel, ToIngest};
+use crate::fanout::ring::{Lane, ToIngest};
 use crate::fanout::worker::{Encoding, WorkerConfig};
 use crate::wire::{CloseCode, EncodedFrame};
 
@@ -57,7 +57,7 @@ fn slow_consumer_drops_above_high_water_and_resyncs_below_low_water() {
         h.text(&slow, &sub_text(&["SOL-USD"], &["trades"], 5));
         assert_eq!(
             h.drain_to_ingest()[0],
-            interest(SymbolId(2), Channel::Trades, true)
+            interest(SymbolId(2), Lane::Trades, true)
         );
         assert!(h.core.outbox(slow.conn).buffered_bytes() > 2_000);
         // Draining 300 bytes per step: no resync until below low-water.
@@ -138,7 +138,7 @@ fn hard_limit_closes_with_4001_and_leaves_no_trace() {
     let (id, code, _) = h.core.poll_close().expect("closed above the hard limit");
     assert_eq!((id, code), (c.conn, CloseCode(4001)));
     assert!(h.core.outbox(c.conn).buffered_bytes() <= 20_000);
-    assert_eq!(polled.last(), Some(&interest(BTC, Channel::Book, false)));
+    assert_eq!(polled.last(), Some(&interest(BTC, Lane::Book, false)));
     // Closing frames still go out, then the shell forgets the connection.
     h.core.queue_control(
         c.conn,

@@ -12,7 +12,7 @@ use sonic_rs::{JsonContainerTrait, JsonValueTrait, Value};
 use crate::book::SymbolId;
 use crate::book::market::FeedStale;
 use crate::fanout::limits::RequestLimits;
-use crate::fanout::ring::{Channel, DataKind, ToIngest, ToWorker};
+use crate::fanout::ring::{DataKind, Lane, ToIngest, ToWorker};
 use crate::fanout::worker::delivery::stale_msg;
 use crate::fanout::worker::{ConnId, Encoding, WorkerConfig, WorkerCore};
 use crate::wire::EncodedFrame;
@@ -63,6 +63,7 @@ fn data(symbol: SymbolId, kind: DataKind, seq: u64, m: &pb::ServerMessage) -> To
         symbol,
         kind,
         seq,
+        prev_seq: seq.saturating_sub(1),
         ingest_ts_ns: 0,
         bin,
         json: Some(json),
@@ -582,7 +583,7 @@ pub(super) fn unsub_text(symbols: &[&str], channels: &[&str], id: u64) -> String
     sub_text(symbols, channels, id).replace("\"subscribe\"", "\"unsubscribe\"")
 }
 
-pub(super) fn interest(symbol: SymbolId, channel: Channel, on: bool) -> ToIngest {
+pub(super) fn interest(symbol: SymbolId, channel: Lane, on: bool) -> ToIngest {
     ToIngest::Interest {
         symbol,
         channel,

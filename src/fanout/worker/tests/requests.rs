@@ -3,7 +3,7 @@
 
 use super::harness::*;
 use crate::fanout::limits::RequestLimits;
-use crate::fanout::ring::{Channel, ToIngest};
+use crate::fanout::ring::{Lane, ToIngest};
 use crate::fanout::subs::IndexSizes;
 use crate::fanout::worker::{Encoding, WorkerConfig};
 use crate::wire::CloseCode;
@@ -15,7 +15,7 @@ fn subscribe_gives_subscribed_then_snapshot_then_contiguous_deltas() {
         let mut c = h.client(encoding);
         h.text(&c, &sub_text(&["BTC-USD"], &["book"], 7));
         let polled = h.drain_to_ingest();
-        let mut want = vec![interest(BTC, Channel::Book, true)];
+        let mut want = vec![interest(BTC, Lane::Book, true)];
         if encoding == Encoding::Json {
             want.push(ToIngest::Json {
                 symbol: BTC,
@@ -281,9 +281,9 @@ fn unsubscribe_stops_data_and_interest_follows_zero_one_transitions() {
     assert_eq!(
         h.serve(),
         vec![
-            interest(BTC, Channel::Book, true),
+            interest(BTC, Lane::Book, true),
             ToIngest::SnapshotRequest { symbol: BTC },
-            interest(BTC, Channel::Trades, true),
+            interest(BTC, Lane::Trades, true),
             ToIngest::Json {
                 symbol: BTC,
                 on: true
@@ -322,7 +322,7 @@ fn unsubscribe_stops_data_and_interest_follows_zero_one_transitions() {
     assert_eq!(
         h.drain_to_ingest(),
         vec![
-            interest(BTC, Channel::Book, false),
+            interest(BTC, Lane::Book, false),
             ToIngest::Json {
                 symbol: BTC,
                 on: false
@@ -332,7 +332,7 @@ fn unsubscribe_stops_data_and_interest_follows_zero_one_transitions() {
     h.core.close_conn(a.conn);
     assert_eq!(
         h.drain_to_ingest(),
-        vec![interest(BTC, Channel::Trades, false)]
+        vec![interest(BTC, Lane::Trades, false)]
     );
     b.read_all(&mut h.core, h.now_ns);
     assert_eq!(
