@@ -10,12 +10,8 @@ import { randomBytes } from 'node:crypto';
 import { after, test } from 'node:test';
 import { ARTIFACTS, T, freePort, jwtHs256, openBrowser, startEngine, tempDir, until } from './harness.js';
 
-/** The page's default book variant (PROTOCOL §9). */
-const DEFAULT = { depth: 10, interval: 100, name: 'book.10@100ms' };
-/** Whether the engine under test serves the §9 variants (book.N, @Tms). Until
- *  it does, the default is refused (the cards say so) and the tests hold `book`. */
-const VARIANTS = false;
-const CHANNEL = VARIANTS ? DEFAULT : { depth: 0, interval: 0, name: 'book' };
+/** The page's default book variant (PROTOCOL §9), which the tests hold unless they pick another. */
+const CHANNEL = { depth: 10, interval: 100, name: 'book.10@100ms' };
 
 const cleanups = [];
 after(async () => { for (const f of cleanups.reverse()) await f(); });
@@ -52,7 +48,7 @@ function cards(page) {
 }
 
 /** Unticks everything, then ticks `syms` in the symbol list. */
-async function pick(page, syms, state = 'live') {
+async function pick(page, syms) {
   await page.locator('#symlist input[type=checkbox]').first().waitFor({ timeout: T.live });
   await page.click('#selnone');
   for (const s of syms) await page.check(`#symlist input[value="${s}"]`, { timeout: T.live });
@@ -60,15 +56,7 @@ async function pick(page, syms, state = 'live') {
     const got = (await cards(page)).map(c => c.symbol).sort();
     return JSON.stringify(got) === JSON.stringify([...syms].sort());
   });
-  // A fresh profile shows the default variant; a card remembers its pick.
-  const onDefault = (await cards(page)).filter(c => c.channel !== CHANNEL.name).map(c => c.symbol);
-  for (const c of await cards(page)) assert.ok([DEFAULT.name, CHANNEL.name].includes(c.channel), c.channel);
-  if (!onDefault.length) return;
-  if (!VARIANTS && state === 'live') {
-    await until('the default variant refused by this engine', async () =>
-      (await cards(page)).filter(c => onDefault.includes(c.symbol)).every(c => c.state === 'refused'), T.change);
-  }
-  for (const s of onDefault) await choose(page, s, CHANNEL);
+  for (const c of await cards(page)) assert.equal(c.channel, CHANNEL.name, 'a new card holds the default variant');
 }
 
 /** Sets a card's depth and interval pickers. */
@@ -121,7 +109,7 @@ test('the page loads without console errors; picked symbols show moving books, e
   assert.deepEqual(browser.problems, []);
 });
 
-test('depth and interval pickers change each card\'s channel; books stay verified', { skip: !VARIANTS && 'the engine does not serve PROTOCOL §9 variants yet' }, async () => {
+test('depth and interval pickers change each card\'s channel; books stay verified', async () => {
   const { engine, browser, page } = await setup();
   const [a, b] = (await symbolsOf(engine)).slice(0, 2);
   await page.goto(engine.url, { timeout: T.live });
@@ -165,7 +153,7 @@ test('an engine killed and restarted on the same port: disconnected banner, then
   assert.deepEqual(problems, []);
 });
 
-test('--auth required: the page works with a token from ?token= (sent in {"op":"auth"}), not without', async () => {
+test('--auth required: the page works with a token from ?token= (sent in {"op":"auth"}), not without; a variant the token forbids is refused on its card', async () => {
   const dir = tempDir('tickwire-browser-auth-');
   cleanups.push(() => fs.rmSync(dir, { recursive: true, force: true }));
   const secret = randomBytes(32).toString('hex');
@@ -175,12 +163,12 @@ test('--auth required: the page works with a token from ?token= (sent in {"op":"
 
   // Without a token: no books, the page asks for one.
   await page.goto(engine.url, { timeout: T.live });
-  await pick(page, syms, 'unauthorized');
+  await pick(page, syms);
   await until('a token prompt', async () => (await page.$eval('#toasts', n => /requires a token/.test(n.textContent))) &&
     (await cards(page)).every(c => c.state === 'unauthorized'), T.change);
 
   const now = Math.floor(Date.now() / 1000);
-  const token = jwtHs256(secret, { sub: 'browser-test', exp: now + 600 });
+  const token = jwtHs256(secret, { sub: 'browser-test', exp: now + 600, tw: { max_depth: 10, min_interval_ms: 100 } });
   const wsUrls = [];
   page.on('websocket', ws => wsUrls.push(ws.url()));
   await page.goto(engine.url + '?token=' + encodeURIComponent(token), { timeout: T.live });
@@ -189,5 +177,17 @@ test('--auth required: the page works with a token from ?token= (sent in {"op":"
   assert.equal(await page.evaluate(() => location.search), '', 'the token is taken out of the address bar');
   assert.ok(wsUrls.length > 0 && wsUrls.every(u => !u.includes(token)), `the token stays out of the WebSocket URL: ${wsUrls}`);
   assert.match(await page.$eval('#token', n => n.title), /authenticated as browser-test/);
+
+  // Deeper than the token's max_depth: refused (forbidden), said on the card, the other card live.
+  const [a, b] = syms;
+  await choose(page, a, { depth: 20, interval: 100 });
+  await until('book.20@100ms refused on its card', async () => {
+    const c = (await cards(page)).find(c => c.symbol === a);
+    return c.state === 'refused' && c.channel === 'book.20@100ms' &&
+      (await page.$eval(`article.card[data-symbol="${a}"] .stale`, n => !n.hidden && /refused \(forbidden/.test(n.textContent)));
+  }, T.change);
+  await live(page, [b], CHANNEL.name);
+  await choose(page, a, { depth: 5, interval: 250 });
+  await booksMove(page, [a], 'book.5@250ms');
   assert.deepEqual(browser.problems, []);
 });
