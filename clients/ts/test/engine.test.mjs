@@ -78,6 +78,33 @@ for (const encoding of ["proto", "json"]) {
   });
 }
 
+test("derived channels (§9): book.N, book.N@Tms and book@Tms books equal the reference's top N, prev_seq checked on each", { timeout: 60_000 }, async (t) => {
+  const { engine, feed, ref } = await setup(t);
+  const cases = [
+    { channel: "book.5", depth: 5, encoding: "proto" },
+    { channel: "book.3@50ms", depth: 3, encoding: "json" },
+    { channel: "book@100ms", depth: Infinity, encoding: "proto" },
+    { channel: "book.20@20ms", depth: 20, encoding: "json" },
+  ];
+  const clients = [];
+  for (const c of cases) {
+    const { client, seen } = newClient(t, engine.url, { encoding: c.encoding });
+    await client.connect();
+    const ok = await subscribeWhenKnown(client, [c.channel]);
+    assert.deepEqual(ok.channels, [c.channel]);
+    clients.push({ ...c, client, seen });
+  }
+  for (const c of clients) await waitFor(() => sameBook(c.client.book(SYM), ref, c.depth), `${c.channel} snapshot`);
+  for (let round = 0; round < 3; round++) {
+    await sendDeltas(feed, ref, 300);
+    for (const c of clients) {
+      await waitFor(() => sameBook(c.client.book(SYM), ref, c.depth), `${c.channel} after round ${round}`, 20_000);
+      assert.equal(c.client.book(SYM).channel, c.channel);
+      assert.deepEqual(c.seen.errors, [], c.channel);
+    }
+  }
+});
+
 test("a feed gap: Stale{feed_gap}, the book shown stale, then live again from the new snapshot", { timeout: 60_000 }, async (t) => {
   const { engine, feed, ref } = await setup(t);
   const { client, seen } = newClient(t, engine.url);

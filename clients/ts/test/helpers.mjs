@@ -231,9 +231,9 @@ export class RefBook {
   }
 }
 
-/** Whether a client's view equals the reference book. */
-export function sameBook(view, ref) {
+/** Whether a client's view equals the reference book (its top `depth` levels per side when given). */
+export function sameBook(view, ref, depth = Infinity) {
   if (!view || view.status !== "live") return false;
   const eq = (a, b) => a.length === b.length && a.every((l, i) => l.price === b[i].price && l.size === b[i].size);
-  return eq(view.bids, ref.levels("bids")) && eq(view.asks, ref.levels("asks"));
+  return eq(view.bids, ref.levels("bids").slice(0, depth)) && eq(view.asks, ref.levels("asks").slice(0, depth));
 }
