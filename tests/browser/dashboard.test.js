@@ -164,7 +164,8 @@ test('--auth required: the page works with a token from ?token= (sent in {"op":"
   // Without a token: no books, the page asks for one.
   await page.goto(engine.url, { timeout: T.live });
   await pick(page, syms);
-  await until('a token prompt', async () => (await page.$eval('#toasts', n => /requires a token/.test(n.textContent))) &&
+  await until('cards unauthorized, the token field asking for one', async () =>
+    (await page.$eval('#token', n => n.classList.contains('needed') && /requires a token/.test(n.title))) &&
     (await cards(page)).every(c => c.state === 'unauthorized'), T.change);
 
   const now = Math.floor(Date.now() / 1000);
