@@ -125,6 +125,89 @@ test('depth and interval pickers change each card\'s channel; books stay verifie
   assert.deepEqual(browser.problems, []);
 });
 
+/** A copy of a protobuf `ServerMessage` frame holding a `BookDelta` (field 2)
+ *  with its checksum (field 6, a varint) changed, or null if it has none. */
+function corruptChecksum(frame) {
+  const m = Buffer.from(frame);
+  let pos = 0;
+  const varint = () => { let v = 0, mul = 1, b; do { b = m[pos++]; v += (b & 0x7f) * mul; mul *= 128; } while (b & 0x80); return v; };
+  if (varint() !== 0x12) return null;
+  const end = varint() + pos;
+  while (pos < end) {
+    const tag = varint(), field = tag >>> 3, wt = tag & 7;
+    if (wt === 0) {
+      if (field === 6) { m[pos] ^= 0x01; return m; }   // the low bit of the first byte: another value, same length
+      varint();
+    } else if (wt === 2) {
+      const n = varint();   // not `pos += varint()`: that adds to pos as it was before the length
+      pos += n;
+    }
+    else if (wt === 1) pos += 8;
+    else if (wt === 5) pos += 4;
+    else return null;
+  }
+  return null;
+}
+
+test('a delta with a wrong checksum, then a lost delta: the card says so while it resyncs, then is verified again with its resyncs counted', async () => {
+  const { engine, browser, page } = await setup();
+  const [sym] = await symbolsOf(engine);
+  // Between the page and the engine: `fault` spoils the next delta, then the
+  // engine's answers are held back 1.5 s so that the resyncing state shows.
+  let fault = null, held = null;
+  const hold = ws => {
+    held = [];
+    setTimeout(() => { for (const x of held) ws.send(x); held = null; }, 1500);
+  };
+  await page.routeWebSocket(/\/ws$/, ws => {
+    const server = ws.connectToServer();
+    ws.onMessage(m => server.send(m));
+    server.onMessage(m => {
+      const delta = typeof m !== 'string' && m[0] === 0x12;
+      if (held) { held.push(m); return; }
+      if (delta && fault === 'checksum') {
+        const bad = corruptChecksum(m);
+        if (bad) { fault = null; ws.send(bad); hold(ws); return; }
+      } else if (delta && fault === 'drop') {
+        fault = 'after-drop';
+        return;
+      } else if (delta && fault === 'after-drop') {
+        fault = null;
+        ws.send(m);
+        hold(ws);
+        return;
+      }
+      ws.send(m);
+    });
+  });
+  await page.goto(engine.url, { timeout: T.live });
+  await pick(page, [sym]);
+  await live(page, [sym], CHANNEL.name);
+  const card = async () => (await cards(page))[0];
+  const attr = name => page.$eval(`article.card[data-symbol="${sym}"]`, (n, k) => n.dataset[k], name);
+
+  fault = 'checksum';
+  await until('checksum mismatch -> resyncing shown', async () => {
+    const c = await card();
+    return c.checksum === 'mismatch' && c.ckText === 'checksum mismatch → resyncing' && c.state === 'resyncing' && c.levels.length === 0;
+  }, T.change, 50);
+  await live(page, [sym], CHANNEL.name);
+  assert.equal(await attr('mismatches'), '1');
+  assert.equal(await attr('resyncs'), '1');
+  assert.match((await card()).contText, /^prev_seq ok · 1 resync$/);
+
+  fault = 'drop';
+  await until('prev_seq gap -> resyncing shown', async () => {
+    const c = await card();
+    return c.continuity === 'gap' && c.contText === 'prev_seq gap → resyncing' && c.state === 'resyncing';
+  }, T.change, 50);
+  const [c] = await booksMove(page, [sym], CHANNEL.name);
+  assert.equal(c.ckText, 'checksum verified');
+  assert.equal(c.contText, 'prev_seq ok · 2 resyncs');
+  assert.equal(await attr('gaps'), '1');
+  assert.deepEqual(browser.problems, []);
+});
+
 test('an engine killed and restarted on the same port: disconnected banner, then live again', async () => {
   const port = await freePort();
   let engine = await startEngine({ port });
