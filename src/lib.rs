@@ -53,6 +53,8 @@
 //! - [`net`]: the only module that touches sockets, `mio`, threads and wakers.
 //! - [`metrics`]: counters and Prometheus text.
 //! - [`config`]: typed configuration, every default with its unit.
+//! - [`config_file`]: `--config FILE`: every long flag is a key of the TOML
+//!   file; the command line overrides it.
 //!
 //! ## Invariants index
 //!
@@ -96,6 +98,7 @@ pub mod auth;
 pub mod book;
 pub mod cluster;
 pub mod config;
+pub mod config_file;
 pub mod fanout;
 pub mod metrics;
 pub mod net;

@@ -69,6 +69,10 @@ enum Command {
 
 #[derive(Args, Debug, Clone)]
 struct ServeArgs {
+    /// A TOML file of settings: every long flag below is a key (`max-feeds =
+    /// 1024`); flags given here override it (tuning/tickwire.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Client port: WebSocket (/ws) and HTTP (/, /healthz, /metrics, /symbols).
     #[arg(long, default_value_t = EngineConfig::default().listen)]
     listen: SocketAddr,
@@ -421,7 +425,7 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli: Cli = tickwire::config_file::parse()?;
     match cli.command {
         Command::Serve(args) => {
             let stop = stop_flag()?;
@@ -491,4 +495,102 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use clap::CommandFactory;
+
+    use super::*;
+
+    const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tuning/tickwire.toml");
+
+    /// The keys the annotated example shows, set or commented out (`# key = `).
+    fn example_keys(text: &str) -> BTreeSet<String> {
+        text.lines()
+            .filter_map(|l| {
+                let (key, _) = l.trim_start_matches("# ").split_once(" = ")?;
+                key.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    .then(|| key.to_owned())
+            })
+            .collect()
+    }
+
+    fn serve(argv: &[&str]) -> ServeArgs {
+        let cli: Cli =
+            tickwire::config_file::try_parse_from(["tickwire", "serve"].iter().chain(argv))
+                .unwrap();
+        match cli.command {
+            Command::Serve(args) => args,
+            other => unreachable!("parsed serve: {other:?}"),
+        }
+    }
+
+    /// A flag added to `serve` without a line in tuning/tickwire.toml fails
+    /// here (it is a key of the file anyway: the keys are the flags).
+    #[test]
+    fn every_serve_flag_is_a_key_of_the_annotated_example() {
+        let cli = Cli::command();
+        let flags: BTreeSet<String> =
+            tickwire::config_file::key_names(cli.find_subcommand("serve").unwrap())
+                .into_iter()
+                .collect();
+        assert!(flags.contains("max-feeds") && flags.contains("jwt-leeway-secs"));
+        assert!(!flags.contains("config") && !flags.contains("help"));
+        let shown = example_keys(&std::fs::read_to_string(EXAMPLE).unwrap());
+        let missing: Vec<_> = flags.difference(&shown).collect();
+        let not_flags: Vec<_> = shown.difference(&flags).collect();
+        assert!(missing.is_empty(), "flags not in the example: {missing:?}");
+        assert!(
+            not_flags.is_empty(),
+            "example keys that are no flag: {not_flags:?}"
+        );
+    }
+
+    /// The example loads and validates, and its values are the built-in
+    /// defaults but for the two lines it marks "production".
+    #[test]
+    fn the_annotated_example_states_the_defaults() {
+        let from_file = serve(&["--config", EXAMPLE]).engine_config();
+        from_file.validate().unwrap();
+        let by_flags = serve(&["--pin", "--max-connections", "1000000"]).engine_config();
+        assert_eq!(format!("{from_file:?}"), format!("{by_flags:?}"));
+        assert_ne!(
+            format!("{from_file:?}"),
+            format!("{:?}", serve(&[]).engine_config())
+        );
+    }
+
+    /// The commented-out examples have the right types too.
+    #[test]
+    fn the_examples_commented_out_parse() {
+        let text = std::fs::read_to_string(EXAMPLE).unwrap();
+        let keys = example_keys(&text);
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest
+                        .split_once(" = ")
+                        .is_some_and(|(k, _)| keys.contains(k)) =>
+                {
+                    format!("{rest}\n")
+                }
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        let path = std::env::temp_dir().join(format!(
+            "tickwire-example-uncommented-{}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, uncommented).unwrap();
+        let args = serve(&["--config", path.to_str().unwrap()]);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(args.workers, Some(8));
+        assert_eq!(args.echo_path.as_deref(), Some("/echo"));
+        assert_eq!(args.auth.anonymous_requests_per_sec, Some(5));
+    }
 }
