@@ -75,6 +75,12 @@ export interface ClientOptions {
   maxTrades?: number;
   /** A book failing its checks this many times in a row costs a reconnect instead of a resubscribe (default 3). */
   maxBookFaults?: number;
+  /**
+   * A snapshot the server owes (after a subscribe, a resync or a slow-consumer
+   * `Stale`) and has not sent within this long is asked for again (default 10 s;
+   * not after `feed_gap`/`feed_down`, which wait for the feed).
+   */
+  snapshotTimeoutMs?: number;
   /** Largest book accepted per side (default 10 000 levels). */
   maxLevels?: number;
   /** Requests sent per second at most, after a burst (default 5 and 10; the server's default limit is 10/s, burst 20). */
@@ -200,6 +206,8 @@ export class TickwireClient extends Emitter<ClientEvents> {
   /** Symbols with a subscribe/unsubscribe in flight: their stray messages are expected. */
   private changing = new Map<string, number>();
   private lastError: ClientError | undefined;
+  /** Books whose snapshot the server owes, by symbol: since when (ms). */
+  private readonly owed = new Map<string, number>();
 
   private storeListeners = new Set<() => void>();
   private snapshot: ClientSnapshot | undefined;
@@ -234,6 +242,7 @@ export class TickwireClient extends Emitter<ClientEvents> {
       maxTrades: options.maxTrades ?? 100,
       maxBookFaults: options.maxBookFaults ?? 3,
       maxLevels: options.maxLevels ?? 10_000,
+      snapshotTimeoutMs: options.snapshotTimeoutMs ?? 10_000,
       requestsPerSec: options.requestsPerSec ?? 5,
       requestBurst: options.requestBurst ?? 10,
     };
@@ -424,9 +433,24 @@ export class TickwireClient extends Emitter<ClientEvents> {
       this.reconnectNow(CLIENT_CLOSE, "silent connection");
       return;
     }
+    if (conn.live) this.checkOwedSnapshots(now);
     if (conn.live && now - conn.lastRxMs >= this.opts.keepaliveMs && now - conn.lastTxMs >= this.opts.keepaliveMs) {
       // An empty unsubscribe changes nothing and is answered (Unsubscribed or Error): proof of life.
       this.send({ kind: "probe", symbols: [], channels: ["trades"] });
+    }
+  }
+
+  private checkOwedSnapshots(now: number): void {
+    for (const [symbol, since] of this.owed) {
+      if (now - since < this.opts.snapshotTimeoutMs) continue;
+      const b = this.books.get(symbol);
+      if (!b) {
+        this.owed.delete(symbol);
+        continue;
+      }
+      b.faults++;
+      this.fault(b, { code: "snapshot_timeout", message: `no snapshot for ${symbol} ${b.channel} within ${now - since} ms` });
+      if (!this.conn) return; // the fault cost a reconnect
     }
   }
 
@@ -504,6 +528,7 @@ export class TickwireClient extends Emitter<ClientEvents> {
     }
     this.inflight.clear();
     this.changing.clear();
+    this.owed.clear();
     for (const b of this.books.values()) {
       b.markStale("disconnected");
       this.emit("update", b.getSnapshot());
@@ -745,30 +770,40 @@ export class TickwireClient extends Emitter<ClientEvents> {
       symbol: m.symbol, priceDecimals: m.priceDecimals, sizeDecimals: m.sizeDecimals, epoch: m.epoch,
     });
     if (inst && inst.epoch !== m.epoch) this.lastTradeSeq.delete(m.symbol);
+    this.owed.delete(m.symbol);
     this.afterBookMessage(b, b.applySnapshot(m));
   }
 
   private onDelta(m: DeltaMessage): void {
     const b = this.bookFor(m.symbol, m.channel, "delta");
     if (!b) return;
-    // A resync is on its way: deltas before its snapshot are expected and dropped.
-    if (b.status === "unverified") return;
+    // Not live: a snapshot is coming (resync, slow consumer, resubscribe) or the
+    // feed is down; deltas before it may predate it and are dropped (appendix A).
+    if (b.status !== "live") return;
     this.afterBookMessage(b, b.applyDelta(m));
   }
 
   private afterBookMessage(b: Book, fault: BookFault | undefined): void {
-    if (fault) {
-      this.report({ code: fault.code, symbol: b.symbol, message: fault.message });
-      if (b.faults >= this.opts.maxBookFaults) {
-        this.report({ code: "resync_failed", symbol: b.symbol, message: `${b.faults} failed checks in a row: reconnecting` });
-        this.reconnectNow(CLIENT_CLOSE, "book keeps failing its checks");
-        return;
-      }
-      this.emit("resync", { symbol: b.symbol, channel: b.channel, reason: fault.code });
-      this.send({ kind: "resync", symbols: [b.symbol], channels: [b.channel] });
-    }
+    if (fault && !this.fault(b, fault)) return;
     this.changed();
     this.emit("update", b.getSnapshot());
+  }
+
+  /**
+   * A book failed a check (or its snapshot is overdue): resubscribe it, or
+   * reconnect when it keeps failing. Returns false when it cost a reconnect.
+   */
+  private fault(b: Book, fault: { code: string; message: string }): boolean {
+    this.report({ code: fault.code, symbol: b.symbol, message: fault.message });
+    if (b.faults >= this.opts.maxBookFaults) {
+      this.report({ code: "resync_failed", symbol: b.symbol, message: `${b.faults} failed checks in a row: reconnecting` });
+      this.reconnectNow(CLIENT_CLOSE, "book keeps failing its checks");
+      return false;
+    }
+    this.emit("resync", { symbol: b.symbol, channel: b.channel, reason: fault.code });
+    this.owed.set(b.symbol, Date.now());
+    this.send({ kind: "resync", symbols: [b.symbol], channels: [b.channel] });
+    return true;
   }
 
   private onTrade(m: TradeMessage): void {
@@ -819,14 +854,17 @@ export class TickwireClient extends Emitter<ClientEvents> {
         if (isBookChannel(c)) {
           if (w?.book !== c) continue; // replaced or dropped since: its answer is moot
           let b = this.books.get(s);
+          const isResumed = !!b && b.channel === c && resumed.has(`${s}:${c}`);
           if (!b || b.channel !== c) {
             b = new Book(s, c, { maxLevels: this.opts.maxLevels });
             this.books.set(s, b);
-          } else if (resumed.has(`${s}:${c}`)) {
+          } else if (isResumed) {
             b.resume();
           } else {
             b.expectSnapshot("subscribed");
           }
+          if (isResumed) this.owed.delete(s);
+          else if (!this.owed.has(s)) this.owed.set(s, Date.now());
         } else if (c === "trades" && !resumed.has(`${s}:trades`)) {
           this.lastTradeSeq.delete(s);
         }
@@ -918,8 +956,14 @@ export class TickwireClient extends Emitter<ClientEvents> {
     if (m.reason === "slow_consumer_trades") {
       this.lastTradeSeq.delete(m.symbol);
     } else if (b) {
-      if (m.reason === "slow_consumer") b.expectSnapshot(m.reason);
-      else b.markStale(m.reason);
+      if (m.reason === "slow_consumer") {
+        b.expectSnapshot(m.reason);
+        this.owed.set(m.symbol, Date.now());
+      } else {
+        // feed_gap, feed_down: the snapshot comes when the feed recovers; not ours to ask.
+        b.markStale(m.reason);
+        this.owed.delete(m.symbol);
+      }
       this.emit("update", b.getSnapshot());
     }
     this.changed();
@@ -929,6 +973,7 @@ export class TickwireClient extends Emitter<ClientEvents> {
   // ---- store ----
 
   private removeBook(symbol: string): void {
+    this.owed.delete(symbol);
     if (this.books.delete(symbol)) this.changed();
   }
 

@@ -154,13 +154,13 @@ test("store: immutable snapshots, stable identity between changes, unchanged boo
   assert.equal(bookChecksum(s2.books["A"].bids, s2.books["A"].asks), s2.books["A"].checksum);
 });
 
-test("Stale: feed_gap keeps the verified book flagged stale; slow_consumer waits for its snapshot; deltas before it are refused", async (t) => {
+test("Stale: feed_gap keeps the verified book flagged stale (no request); slow_consumer waits for its snapshot, drops deltas before it, asks again when it is overdue", async (t) => {
   const server = await fakeServer((req, conn) => {
     if (req.op !== "subscribe") return;
     conn.send(jsonSubscribed(req));
     conn.send(jsonSnapshot("X", 1, [L(1, 1)], [L(2, 1)]));
   });
-  const client = new TickwireClient({ url: server.url, WebSocket, encoding: "json" });
+  const client = new TickwireClient({ url: server.url, WebSocket, encoding: "json", snapshotTimeoutMs: 500 });
   const errors = track(t, client, server);
   const stale = [];
   client.on("stale", (s) => stale.push(s.reason));
@@ -175,10 +175,15 @@ test("Stale: feed_gap keeps the verified book flagged stale; slow_consumer waits
   c.send(jsonSnapshot("X", 5, [L(1, 3)], [L(2, 1)]));
   await waitFor(() => client.book("X").status === "live" && client.book("X").seq === 5n, "live again");
   c.send({ type: "stale", symbol: "X", dropped: 7, reason: "slow_consumer" });
+  // A delta before the owed snapshot is dropped (it may predate it); the book is not touched.
   c.send(jsonDelta("X", 6, [L(1, 4)], [], { bids: [L(1, 4)], asks: [L(2, 1)] }));
-  await waitFor(() => errors.some((e) => e.code === "unexpected_delta"), "the delta refused");
+  await waitFor(() => client.book("X").status === "stale" && client.book("X").reason === "slow_consumer", "awaiting");
+  assert.deepEqual(client.book("X").bids, [L(1, 3)]);
+  // This server never sends the owed snapshot: asked for again after snapshotTimeoutMs.
   await waitFor(() => client.book("X").status === "live" && client.book("X").seq === 1n, "resynced");
   assert.deepEqual(stale, ["feed_gap", "slow_consumer"]);
+  assert.deepEqual(errors.map((e) => e.code), ["snapshot_timeout"]);
+  assert.equal(server.requests.filter((r) => r.op === "subscribe").length, 2);
 });
 
 test("a burst of requests is paced under the server's rate limit; a rate_limited answer is retried, not rejected", async (t) => {
