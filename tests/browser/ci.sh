@@ -3,7 +3,8 @@
 # binary: $TICKWIRE_BIN, else <repo>/target/release/tickwire (build it first:
 # cargo build --release). Uses the system Chromium (installed from apt when
 # /usr/bin/chromium is absent; set CHROMIUM to use another), never a browser
-# downloaded by a tool. Leaves a screenshot in tests/browser/artifacts/.
+# downloaded by a tool. Leaves a screenshot and the TAP report in
+# tests/browser/artifacts/.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -27,4 +28,6 @@ fi
 cd "$here"
 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund
 mkdir -p artifacts
-exec node --test --test-concurrency=1 --test-timeout=180000 "$@"
+exec node --test --test-concurrency=1 --test-timeout=180000 \
+    --test-reporter=spec --test-reporter-destination=stdout \
+    --test-reporter=tap --test-reporter-destination=artifacts/report.tap "$@"
