@@ -1,5 +1,5 @@
 //! The README's first command: `tickwire demo` starts on its own, serves the
-//! dashboard and live symbols, and exits cleanly on SIGTERM.
+//! dashboard (and the SDK bundle it imports) and live symbols, and exits cleanly on SIGTERM.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -56,6 +56,13 @@ fn demo_serves_the_dashboard_and_live_symbols() {
     assert!(
         page.contains("<title>") && page.contains("/ws"),
         "the dashboard page"
+    );
+    // The TypeScript SDK bundle the page imports, served by the binary itself.
+    let (status, sdk) = get(addr, "/tickwire.js");
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("from '/tickwire.js'") && sdk.contains("TickwireClient"),
+        "the dashboard imports the SDK bundle"
     );
     // Symbols appear and their sequences move: the synthetic feed is live.
     let deadline = Instant::now() + Duration::from_secs(20);

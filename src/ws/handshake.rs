@@ -36,6 +36,8 @@ pub fn accept_key(key: &str) -> String {
 pub enum Endpoint {
     /// `/`: the dashboard page.
     Root,
+    /// `/tickwire.js`: the TypeScript SDK's browser bundle, which the dashboard imports.
+    Sdk,
     /// `/ws`: the tickwire WebSocket.
     Ws,
     /// `/healthz`.
@@ -133,6 +135,7 @@ impl Router {
         }
         match path {
             "/" => Some(Endpoint::Root),
+            "/tickwire.js" => Some(Endpoint::Sdk),
             "/ws" => Some(Endpoint::Ws),
             "/healthz" => Some(Endpoint::Healthz),
             "/metrics" => Some(Endpoint::Metrics),
@@ -448,6 +451,7 @@ mod tests {
         );
         for (path, ep) in [
             ("/", Endpoint::Root),
+            ("/tickwire.js", Endpoint::Sdk),
             ("/healthz", Endpoint::Healthz),
             ("/metrics", Endpoint::Metrics),
             ("/symbols?x=1", Endpoint::Symbols),

@@ -1,11 +1,16 @@
 //! HTTP answers: the routes of the client port (`/ws` upgrades under the
-//! connection and per-IP limits, the dashboard, `/healthz`, `/metrics`,
+//! connection and per-IP limits, the dashboard and its SDK bundle, `/healthz`, `/metrics`,
 //! `/symbols`, the echo endpoint).
 
 use super::*;
 
 /// The dashboard page served at `GET /` (embedded; no build step).
 pub const DASHBOARD_HTML: &str = include_str!("../dashboard.html");
+
+/// The TypeScript SDK's self-contained browser ES module, served at
+/// `GET /tickwire.js` for the dashboard's `import` (checked in, built by
+/// `npm run bundle` in `clients/ts`; users need no build step).
+pub const SDK_JS: &str = include_str!("../../../clients/ts/dist/tickwire.browser.js");
 
 /// `Retry-After` of a 503 (global cap) or a 429 for the per-IP connection cap.
 const RETRY_AFTER_SECS: u32 = 1;
@@ -102,6 +107,7 @@ impl Worker {
                 self.me.counters.http_requests.inc();
                 let resp = match endpoint {
                     Endpoint::Root => ws::Response::ok("text/html; charset=utf-8", DASHBOARD_HTML),
+                    Endpoint::Sdk => ws::Response::ok("text/javascript; charset=utf-8", SDK_JS),
                     Endpoint::Healthz => match self.shared.health.check(now) {
                         Ok(()) => ws::Response::ok("text/plain; charset=utf-8", "ok"),
                         Err(why) => ws::Response::unhealthy(&why),
