@@ -11,6 +11,10 @@
 //! changes a level of the top 10 (the O(N) diff and the §5 checksum of the
 //! 20 levels run every time).
 //!
+//! And the dashboard pair, `book.10` and `book.10@100ms` fed together
+//! (`apply_top10_and_top10_at_100ms`): issue 15's target is under 1 µs per
+//! delta for the two views, i.e. this minus `apply`.
+//!
 //! Run: `cargo bench --bench derived`.
 
 use std::hint::black_box;
@@ -20,7 +24,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 use tickwire::book::book::{OrderBook, Side, UpdateScratch};
-use tickwire::book::derived::{Depth, LevelChanges, TopN};
+use tickwire::book::derived::{ConflatedTopN, Depth, Interval, LevelChanges, TopN};
 use tickwire::book::synth::{Rng, SynthConfig, SynthMarket};
 use tickwire::wire::pb;
 use tickwire::wire::pb::ingest_message::Body;
@@ -89,6 +93,10 @@ enum Work {
     Apply,
     ApplyTop10,
     CaptureApply,
+    /// The dashboard pair of issue 15: `book.10` and `book.10@100ms` views
+    /// both fed, the clock advancing 100 µs per delta (10,000 deltas/s on
+    /// the symbol: one conflated emission per 1,000 deltas).
+    ApplyTop10AndConflated,
 }
 
 /// Times `iters` deltas of `stream`.
@@ -98,6 +106,8 @@ fn run(stream: &Stream, work: Work, iters: u64) -> Duration {
     let mut changes = LevelChanges::new();
     let depth = Depth::new(10).expect("1..=100");
     let mut view = TopN::new(depth, 1, &book);
+    let mut conflated = ConflatedTopN::new(depth, Interval::Ms100, 1, &book, 0);
+    let mut now_ns = 0u64;
     let mut seq = 1;
     let mut done = 0u64;
     let mut elapsed = Duration::ZERO;
@@ -115,12 +125,19 @@ fn run(stream: &Stream, work: Work, iters: u64) -> Duration {
             if work == Work::ApplyTop10 {
                 black_box(view.handle_delta(seq, updates, &book));
             }
+            if work == Work::ApplyTop10AndConflated {
+                now_ns += 100_000;
+                black_box(view.handle_delta(seq, updates, &book));
+                conflated.handle_delta(seq);
+                black_box(conflated.poll_emit(now_ns, &book));
+            }
         }
         elapsed += start.elapsed();
         done += n as u64;
         // Replay from the start (untimed).
         book = stream.start.clone();
         view.reset(seq, &book);
+        conflated.reset(seq, &book, now_ns);
     }
     black_box(&book);
     elapsed
@@ -133,6 +150,7 @@ fn derived(c: &mut Criterion) {
             ("apply", Work::Apply),
             ("apply_top10", Work::ApplyTop10),
             ("capture_apply", Work::CaptureApply),
+            ("apply_top10_and_top10_at_100ms", Work::ApplyTop10AndConflated),
         ] {
             g.bench_function(format!("{name}_{work_name}"), |b| {
                 b.iter_custom(|n| run(stream, work, n))
