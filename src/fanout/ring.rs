@@ -31,23 +31,6 @@ pub enum Lane {
     Trades,
 }
 
-impl Lane {
-    pub fn name(self) -> &'static str {
-        match self {
-            Lane::Book => "book",
-            Lane::Trades => "trades",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Lane> {
-        match s {
-            "book" => Some(Lane::Book),
-            "trades" => Some(Lane::Trades),
-            _ => None,
-        }
-    }
-}
-
 /// One published message and how a worker routes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataKind {
