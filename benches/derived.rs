@@ -150,7 +150,10 @@ fn derived(c: &mut Criterion) {
             ("apply", Work::Apply),
             ("apply_top10", Work::ApplyTop10),
             ("capture_apply", Work::CaptureApply),
-            ("apply_top10_and_top10_at_100ms", Work::ApplyTop10AndConflated),
+            (
+                "apply_top10_and_top10_at_100ms",
+                Work::ApplyTop10AndConflated,
+            ),
         ] {
             g.bench_function(format!("{name}_{work_name}"), |b| {
                 b.iter_custom(|n| run(stream, work, n))

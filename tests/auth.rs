@@ -579,10 +579,22 @@ fn anonymous_tier() {
     assert_eq!(sub(&mut c, &["BTC-USD"], &["trades"], 3), "subscribed");
     // The variants it allows and the coarser ones are served (PROTOCOL §9);
     // finer ones are not.
-    assert_eq!(sub(&mut c, &["BTC-USD"], &["book.10@100ms"], 6), "forbidden");
-    assert_eq!(sub(&mut c, &["BTC-USD"], &["book.20@1000ms"], 7), "forbidden");
-    assert_eq!(sub(&mut c, &["BTC-USD"], &["book.10@1000ms"], 8), "subscribed");
-    assert_eq!(sub(&mut c, &["BTC-USD"], &["book.5@5000ms"], 9), "subscribed");
+    assert_eq!(
+        sub(&mut c, &["BTC-USD"], &["book.10@100ms"], 6),
+        "forbidden"
+    );
+    assert_eq!(
+        sub(&mut c, &["BTC-USD"], &["book.20@1000ms"], 7),
+        "forbidden"
+    );
+    assert_eq!(
+        sub(&mut c, &["BTC-USD"], &["book.10@1000ms"], 8),
+        "subscribed"
+    );
+    assert_eq!(
+        sub(&mut c, &["BTC-USD"], &["book.5@5000ms"], 9),
+        "subscribed"
+    );
     // A token at the upgrade still counts, and a bad one is still 401.
     assert_eq!(upgrade(&e, 2, "/ws", &[&bearer("x.y.z")]).0, 401);
     let mut u = connect(

@@ -895,3 +895,58 @@ fn origin_and_edge_authenticate_alike_with_max_connections_per_node() {
     drop(held);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// PROTOCOL §10 across nodes: a client of one edge that reconnects to
+/// another edge of the same origin (same epoch) resumes there, gap-free,
+/// from that node's history, with no snapshot.
+#[test]
+fn a_client_resumes_on_another_edge_of_the_same_epoch() {
+    let nats = start_single();
+    let o = origin(&nats.url(), "venue-a");
+    let e1 = edge(&nats.url());
+    let e2 = edge(&nats.url());
+    let mut feed = TcpStream::connect(o.ingest.proto_addr).unwrap();
+    feed.write_all(&proto(&[snap("X", 1, 100, 110)])).unwrap();
+    wait_listed(&e1, 1);
+    wait_listed(&e2, 1);
+    // Some client of e2 holds X, so e2 follows it (and records its history).
+    let mut watcher = Client::connect(e2.ws_addr, Enc::Proto, 9);
+    watcher.subscribe(&["X"], &["book"], 1);
+    let mut c = Client::connect(e1.ws_addr, Enc::JsonProtocol, 1);
+    c.subscribe(&["X"], &["book"], 1);
+    for cl in [&mut c, &mut watcher] {
+        assert!(cl.read_until_seqs(WAIT, &HashMap::from([("X".to_string(), 1)])));
+    }
+    for i in 2..12 {
+        feed.write_all(&proto(&[delta("X", i, 90 + (i as i64 % 7), i as i64)]))
+            .unwrap();
+    }
+    assert!(c.read_until_seqs(WAIT, &HashMap::from([("X".to_string(), 11)])));
+    let held = c.books["X"].clone();
+    drop(c);
+    for i in 12..30 {
+        feed.write_all(&proto(&[delta("X", i, 90 + (i as i64 % 7), i as i64)]))
+            .unwrap();
+    }
+    wait_until("e2 has it all", || {
+        books(&e2).get("X").is_some_and(|b| b.0 == 29)
+    });
+    let mut back = Client::connect(e2.ws_addr, Enc::JsonProtocol, 2);
+    back.books.insert("X".into(), held.clone());
+    back.send(&format!(
+        r#"{{"op":"subscribe","symbols":["X"],"channels":["book"],"id":5,"resume":{{"X":{{"epoch":{},"book":{}}}}}}}"#,
+        held.epoch, held.seq
+    ));
+    let Some(Body::Subscribed(s)) = back.read_until(WAIT, |b| matches!(b, Body::Subscribed(_)))
+    else {
+        panic!("no Subscribed: {:?}", back.log);
+    };
+    assert_eq!(s.resumed, vec!["X:book"], "same epoch on every node");
+    assert!(back.read_until_seqs(WAIT, &HashMap::from([("X".to_string(), 29)])));
+    assert!(
+        !back.log.iter().any(|b| matches!(b, Body::Snapshot(_))),
+        "resumed, no snapshot"
+    );
+    assert_eq!(back.books["X"].book.checksum(), books(&o)["X"].1);
+    assert!(back.violations.is_empty(), "{:?}", back.violations);
+}
