@@ -30,9 +30,11 @@
 //! (one more apply of each delta, for those symbols only).
 //!
 //! Never: blocks, or does work per subscriber. Per delta: O(views of the
-//! symbol); per loop turn: O(live views) to find those due.
+//! symbol); per loop turn: O(log V) per conflated view due (a heap of due
+//! times), nothing for the others.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
 use crate::book::SymbolId;
@@ -64,6 +66,10 @@ pub struct DerivedBooks {
     /// By derived stream number: the view of each stream a worker holds.
     live: Vec<Option<LiveView>>,
     by_symbol: HashMap<SymbolId, SymbolViews>,
+    /// Conflated views with a merged delta waiting, by due time (stream
+    /// number): the loop finds those due without scanning every view.
+    /// Entries of views dropped or emitted since are skipped when popped.
+    due: BinaryHeap<Reverse<(u64, usize)>>,
     changes: LevelChanges,
     scratch: UpdateScratch,
     json_buf: String,
@@ -84,6 +90,8 @@ struct LiveView {
     view: BookView,
     /// The encoded snapshot at `seq`, until the view's next message.
     cache: Option<(u64, EncodedFrame, Option<EncodedFrame>)>,
+    /// An entry of `due` stands for this view's waiting delta.
+    queued: bool,
 }
 
 fn number(stream: SymbolId) -> Option<usize> {
@@ -96,6 +104,7 @@ impl DerivedBooks {
             streams,
             live: Vec::new(),
             by_symbol: HashMap::new(),
+            due: BinaryHeap::new(),
             changes: LevelChanges::new(),
             scratch: UpdateScratch::default(),
             json_buf: String::new(),
@@ -138,6 +147,7 @@ impl DerivedBooks {
                 name: channel.name(),
                 view,
                 cache: None,
+                queued: false,
             });
             self.stats.views += 1;
         } else {
@@ -191,7 +201,10 @@ impl DerivedBooks {
                     self.changes.clear();
                 }
                 for &stream in &sv.streams {
-                    let Some(lv) = number(stream).and_then(|n| self.live[n].as_mut()) else {
+                    let Some(n) = number(stream) else {
+                        continue;
+                    };
+                    let Some(lv) = self.live[n].as_mut() else {
                         continue;
                     };
                     if let Some(vd) = lv.view.handle_delta(*seq, &d.updates, &self.changes, book) {
@@ -212,6 +225,13 @@ impl DerivedBooks {
                             decimals,
                             rings,
                         );
+                    }
+                    // A conflated view now waiting for its window is queued.
+                    if !lv.queued
+                        && let Some(due) = lv.view.poll_timeout()
+                    {
+                        lv.queued = true;
+                        self.due.push(Reverse((due, n)));
                     }
                 }
             }
@@ -257,7 +277,9 @@ impl DerivedBooks {
     }
 
     /// Emits what conflated views have due at `now_ns` (books stale for a
-    /// feed reason wait for their snapshot). Returns the number emitted.
+    /// feed reason wait for their snapshot, which resets their views).
+    /// Returns the number emitted. O(log V) per view due, nothing for the
+    /// others.
     pub fn poll(
         &mut self,
         market: &Market,
@@ -266,13 +288,25 @@ impl DerivedBooks {
         now_ns: u64,
     ) -> usize {
         let mut emitted = 0;
-        for (n, slot) in self.live.iter_mut().enumerate() {
-            let Some(lv) = slot.as_mut() else {
+        while let Some(&Reverse((due, n))) = self.due.peek() {
+            if due > now_ns {
+                break;
+            }
+            self.due.pop();
+            let Some(lv) = self.live.get_mut(n).and_then(Option::as_mut) else {
                 continue;
             };
-            if lv.view.poll_timeout().is_none_or(|due| due > now_ns)
-                || market.stale_reason(lv.symbol).is_some()
-            {
+            lv.queued = false;
+            match lv.view.poll_timeout() {
+                None => continue,
+                Some(d) if d > now_ns => {
+                    lv.queued = true;
+                    self.due.push(Reverse((d, n)));
+                    continue;
+                }
+                Some(_) => {}
+            }
+            if market.stale_reason(lv.symbol).is_some() {
                 continue;
             }
             let book = market.book(lv.symbol);
@@ -306,13 +340,9 @@ impl DerivedBooks {
         self.by_symbol.contains_key(&symbol)
     }
 
-    /// The earliest time a conflated view has something due.
+    /// The earliest time a conflated view may have something due.
     pub fn next_due_ns(&self) -> Option<u64> {
-        self.live
-            .iter()
-            .flatten()
-            .filter_map(|lv| lv.view.poll_timeout())
-            .min()
+        self.due.peek().map(|Reverse((due, _))| *due)
     }
 
     /// The answer to worker `w`'s snapshot request for a derived `stream`:
