@@ -2,7 +2,8 @@
 # CI for the TypeScript SDK (clients/ts): install from the lockfile, check the
 # generated protobuf code and the checked-in browser bundle against fresh
 # builds, build, type-check the React example, run every test (unit, hostile
-# fake server, real engine).
+# fake server, real engine), then build the React example page with Vite and
+# check it live in headless Chromium (examples/react/ci.sh).
 #
 # The engine tests spawn TICKWIRE_BIN, else ${CARGO_TARGET_DIR:-<repo>/target}/release/tickwire,
 # built here with `cargo build --release` when missing.
@@ -39,3 +40,6 @@ fi
 
 echo "== tests (node --test) against $TICKWIRE_BIN"
 npm test
+
+echo "== React example page (examples/react/ci.sh)"
+examples/react/ci.sh

@@ -4,7 +4,7 @@
 import { useEffect, useSyncExternalStore } from "react";
 import { formatDecimal, formatLevels } from "@tickwire/client";
 import type { BookView, TickwireClient } from "@tickwire/client";
-import { useBook, useStatus, useTrades } from "./store.js";
+import { DEFAULT_CHANNEL, useBook, useStatus, useTrades } from "./store.js";
 import type { MarketStore } from "./store.js";
 
 function Levels({ view, side }: { view: BookView; side: "bids" | "asks" }) {
@@ -22,30 +22,47 @@ function Levels({ view, side }: { view: BookView; side: "bids" | "asks" }) {
   );
 }
 
-export function OrderBook({ store, symbol }: { store: MarketStore; symbol: string }) {
+/** The card's badge: verified (live, or stale but as verified at `seq`) or not. */
+function Verified({ view }: { view: BookView | undefined }) {
+  const verified = view?.status === "live" || view?.status === "stale";
+  const label = verified ? `verified${view!.status === "stale" ? " (stale)" : ""}` : view?.status === "unverified" ? "unverified" : "syncing";
+  return <span className={`badge ${verified ? "verified" : "unverified"}`}>{label}</span>;
+}
+
+export function OrderBook({ store, symbol, channel = DEFAULT_CHANNEL }: { store: MarketStore; symbol: string; channel?: string }) {
   const status = useStatus(store);
   const book = useBook(store, symbol);
   const trades = useTrades(store, symbol) ?? [];
   useEffect(() => {
-    void store.getState().watch(symbol);
+    void store.getState().watch(symbol, channel);
     return () => void store.getState().unwatch(symbol);
-  }, [store, symbol]);
+  }, [store, symbol, channel]);
 
-  if (!book) return <p>{symbol}: {status}</p>;
+  const verified = book?.status === "live" || book?.status === "stale";
   return (
-    <section>
+    <section className="card" data-symbol={symbol} data-status={book?.status ?? "none"} data-verified={String(verified)}>
       <h2>
-        {symbol} <small>{book.channel} seq {book.seq.toString()} · {book.status}{book.reason && ` (${book.reason})`}</small>
+        {symbol} <Verified view={book} />
       </h2>
-      {book.status === "live" || book.status === "stale" ? (
-        <div style={{ display: "flex", gap: "2em", opacity: book.status === "stale" ? 0.5 : 1 }}>
-          <Levels view={book} side="bids" />
-          <Levels view={book} side="asks" />
-        </div>
+      {!book ? (
+        <p>connection: {status}</p>
       ) : (
-        <p>waiting for a verified snapshot…</p>
+        <>
+          <small>
+            {book.channel} seq {book.seq.toString()} · {book.status}
+            {book.reason && ` (${book.reason})`}
+          </small>
+          {verified ? (
+            <div className="levels" style={{ opacity: book.status === "stale" ? 0.5 : 1 }}>
+              <Levels view={book} side="bids" />
+              <Levels view={book} side="asks" />
+            </div>
+          ) : (
+            <p>waiting for a verified snapshot…</p>
+          )}
+        </>
       )}
-      <ul>
+      <ul className="trades">
         {trades.slice(0, 10).map((t) => (
           <li key={t.seq.toString()}>
             {t.aggressor} {formatDecimal(t.size, t.sizeDecimals)} @ {formatDecimal(t.price, t.priceDecimals)}

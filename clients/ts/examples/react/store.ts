@@ -6,6 +6,9 @@ import { useStore } from "zustand";
 import { TickwireClient } from "@tickwire/client";
 import type { BookView, ClientSnapshot, ConnectionStatus, TradeEvent } from "@tickwire/client";
 
+/** Top 10 levels per side, at most one update per 100 ms (docs/protocol.md §9). */
+export const DEFAULT_CHANNEL = "book.10@100ms";
+
 export interface MarketState {
   client: TickwireClient;
   market: ClientSnapshot;
@@ -18,10 +21,11 @@ export function createMarketStore(url: string, token?: () => Promise<string>) {
   const store = createStore<MarketState>()(() => ({
     client,
     market: client.store.getSnapshot(),
-    watch: async (symbol, channel = "book.20") => {
+    watch: async (symbol, channel = DEFAULT_CHANNEL) => {
       await client.subscribe([symbol], [channel, "trades"]);
     },
     unwatch: async (symbol) => {
+      // "book" ends whichever book channel the symbol holds (§9).
       await client.unsubscribe([symbol], ["book", "trades"]);
     },
   }));
