@@ -295,3 +295,86 @@ fn bad_resume_objects_are_bad_requests_and_change_nothing() {
     assert!(s.resumed.is_empty());
     assert!(c.violations.is_empty(), "{:?}", c.violations);
 }
+
+/// One subscribe resumes at most `MAX_RESUMES_PER_REQUEST` channels; the
+/// others of its `resume` start with a snapshot, and every book is whole.
+#[test]
+fn one_request_resumes_a_bounded_number_of_channels() {
+    use tickwire::fanout::worker::MAX_RESUMES_PER_REQUEST;
+    let (e, mut feed) = start(config(1));
+    let names: Vec<String> = (0..MAX_RESUMES_PER_REQUEST + 6)
+        .map(|i| format!("S{i:03}"))
+        .collect();
+    let snaps: Vec<_> = names.iter().map(|n| snap(n, 1, 100, 101)).collect();
+    feed.write_all(&proto(&snaps)).unwrap();
+    wait_until("all known", || {
+        e.ingest.with_market(WAIT, |m| m.symbols().len()).unwrap() == names.len() + 1
+    });
+    let epoch = e
+        .ingest
+        .with_market(WAIT, |m| m.symbols().next().unwrap().epoch)
+        .unwrap();
+    let list: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+    // A first connection's books: what the resuming client holds.
+    let mut first = Client::connect(e.ws_addr, Enc::Proto, 2);
+    loop {
+        first.send(&format!(
+            r#"{{"op":"subscribe","symbols":[{}],"channels":["book"],"id":1}}"#,
+            list.join(",")
+        ));
+        match first
+            .read_until(WAIT, |m| matches!(m, Body::Subscribed(_) | Body::Error(_)))
+            .expect("an answer")
+        {
+            Body::Subscribed(_) => break,
+            Body::Error(e) if e.code == "unknown_symbol" => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    wait_until("first books", || {
+        first.read_for(Duration::from_millis(10));
+        names
+            .iter()
+            .all(|n| first.books.get(n).is_some_and(|b| b.seq == 1))
+    });
+    let mut c = Client::connect(e.ws_addr, Enc::Proto, 1);
+    c.books = first.books.clone();
+    let resume: Vec<String> = names
+        .iter()
+        .map(|n| format!("\"{n}\":{{\"epoch\":{epoch},\"book\":1}}"))
+        .collect();
+    let request = format!(
+        r#"{{"op":"subscribe","symbols":[{}],"channels":["book"],"id":4,"resume":{{{}}}}}"#,
+        list.join(","),
+        resume.join(",")
+    );
+    let s = loop {
+        c.send(&request);
+        match c
+            .read_until(WAIT, |m| matches!(m, Body::Subscribed(_) | Body::Error(_)))
+            .expect("an answer")
+        {
+            Body::Subscribed(s) => break s,
+            Body::Error(e) if e.code == "unknown_symbol" => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(s.resumed.len(), MAX_RESUMES_PER_REQUEST);
+    wait_until("every book whole", || {
+        c.read_for(Duration::from_millis(10));
+        names
+            .iter()
+            .all(|n| c.books.get(n).is_some_and(|b| b.seq == 1 && !b.awaiting))
+    });
+    let snapshots = c
+        .log
+        .iter()
+        .filter(|m| matches!(m, Body::Snapshot(_)))
+        .count();
+    assert_eq!(snapshots, 6, "the channels past the bound");
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+}

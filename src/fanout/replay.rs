@@ -35,15 +35,29 @@ pub struct ReplayStats {
     pub hits: u64,
     /// Messages replayed by hits.
     pub replayed: u64,
-    /// Misses by reason: no history, another epoch, a seq in the future,
-    /// the history restarted after it, evicted.
-    pub misses: [u64; 5],
+    /// Misses by reason ([`MISS_REASONS`]): no history, another epoch, a
+    /// seq in the future, the history restarted after it, evicted, more
+    /// than [`MAX_REPLAY_BYTES`] to replay.
+    pub misses: [u64; 6],
     /// Answered with the book's feed-stale reason.
     pub stale: u64,
 }
 
 /// Labels of [`ReplayStats::misses`], in order.
-pub const MISS_REASONS: [&str; 5] = ["no_history", "epoch", "future", "replaced", "evicted"];
+pub const MISS_REASONS: [&str; 6] = [
+    "no_history",
+    "epoch",
+    "future",
+    "replaced",
+    "evicted",
+    "too_long",
+];
+
+/// Most frame bytes one answer replays (4× the default high-water mark): a
+/// client that missed more would only be dropped as a slow consumer while
+/// taking it, so it gets the snapshot at once, and no request can make the
+/// market thread gather an unbounded answer.
+pub const MAX_REPLAY_BYTES: usize = 1 << 20;
 
 pub struct Replays {
     history: ResumeHistory<Recorded>,
@@ -134,6 +148,17 @@ impl Replays {
         } else {
             match self.history.query(now_ns, key, req.epoch, req.after_seq) {
                 Resume::Hit(replay) => {
+                    let bytes: usize = replay.clone().map(|e| e.bytes).sum();
+                    if bytes > MAX_REPLAY_BYTES {
+                        self.stats.misses[5] += 1;
+                        let last = replay.last().map_or(req.after_seq, |e| e.seq);
+                        return ToWorker::Resumed {
+                            token: req.token,
+                            answer: ResumeAnswer::Miss {
+                                dropped: last.saturating_sub(req.after_seq),
+                            },
+                        };
+                    }
                     let mut last = req.after_seq;
                     let mut frames = Vec::with_capacity(replay.len());
                     for e in replay {
@@ -179,4 +204,106 @@ fn render_json(bin: &EncodedFrame, decimals: Decimals, buf: &mut String) -> Enco
     buf.clear();
     json::render(&msg, decimals, buf);
     EncodedFrame::text(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::book::FeedId;
+
+    fn published(market: &mut Market, msg: pb::ingest_message::Body) -> Vec<Published> {
+        let mut out = Vec::new();
+        match msg {
+            pb::ingest_message::Body::Snapshot(s) => {
+                market.handle_snapshot(FeedId(1), s, 1, &mut out).unwrap();
+            }
+            pb::ingest_message::Body::Delta(d) => {
+                market.handle_delta(FeedId(1), d, 1, &mut out).unwrap();
+            }
+            _ => unreachable!(),
+        }
+        out
+    }
+
+    fn ask(market: &mut Market, replays: &mut Replays, after_seq: u64, json: bool) -> ResumeAnswer {
+        let symbol = market.symbol_id("AAA").unwrap();
+        let req = ResumeRequest {
+            token: 1,
+            symbol,
+            lane: Lane::Book,
+            epoch: market.symbol_epoch(symbol),
+            after_seq,
+            json,
+        };
+        match replays.answer(req, market, Decimals::default(), 10) {
+            ToWorker::Resumed { answer, .. } => answer,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Every message after the client's seq, in its encoding (JSON rendered
+    /// on demand when nobody wanted it at publish time); more than
+    /// `MAX_REPLAY_BYTES` is a miss, counted as `too_long`.
+    #[test]
+    fn replays_what_was_missed_within_the_byte_bound() {
+        let mut market = Market::new();
+        let mut replays = Replays::new(HistoryLimits::default());
+        let mut record = |market: &mut Market, body| {
+            for ev in published(market, body) {
+                let frame = EncodedFrame::binary(ev.msg());
+                replays.record(market, &ev, &frame, None, 5);
+            }
+        };
+        record(
+            &mut market,
+            pb::ingest_message::Body::Snapshot(pb::BookSnapshot {
+                symbol: "AAA".into(),
+                seq: 1,
+                bids: vec![pb::Level { price: 1, size: 1 }],
+                ..Default::default()
+            }),
+        );
+        // Deltas with many updates: a few hundred bytes each.
+        for seq in 2..=4_000u64 {
+            // 40 updates: about 440 bytes a frame, 1.7 MB in all.
+            let updates = (0..40)
+                .map(|i| pb::LevelUpdate {
+                    side: pb::Side::Ask as i32,
+                    price: 1_000 + i,
+                    size: seq as i64,
+                })
+                .collect();
+            record(
+                &mut market,
+                pb::ingest_message::Body::Delta(pb::BookDelta {
+                    symbol: "AAA".into(),
+                    seq,
+                    updates,
+                    ..Default::default()
+                }),
+            );
+        }
+        match ask(&mut market, &mut replays, 3_990, true) {
+            ResumeAnswer::Hit { last, frames } => {
+                assert_eq!(last, 4_000);
+                assert_eq!(frames.len(), 10);
+                let text = std::str::from_utf8(frames[0].payload()).unwrap();
+                assert!(
+                    text.contains("\"seq\":3991") && text.contains("\"prev_seq\":3990"),
+                    "{text}"
+                );
+            }
+            ResumeAnswer::Miss { dropped } => panic!("a miss, {dropped} dropped"),
+            ResumeAnswer::Stale(r) => panic!("{r:?}"),
+        }
+        match ask(&mut market, &mut replays, 1, false) {
+            ResumeAnswer::Miss { dropped } => assert_eq!(dropped, 3_999),
+            ResumeAnswer::Hit { frames, .. } => {
+                panic!("over the byte bound, {} frames replayed", frames.len())
+            }
+            ResumeAnswer::Stale(r) => panic!("{r:?}"),
+        }
+        assert_eq!(replays.stats().misses[5], 1);
+        assert_eq!(replays.stats().hits, 1);
+    }
 }

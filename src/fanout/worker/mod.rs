@@ -81,6 +81,7 @@ mod tests;
 pub use crate::wire::Encoding;
 pub use auth::{AuthSetup, Tier, UpgradeRefusal};
 pub use config::{LagHistogram, RESYNC_LAG_BOUNDS_NS, WorkerConfig, WorkerStats};
+pub use requests::MAX_RESUMES_PER_REQUEST;
 
 /// A connection of this worker: a dense slot index chosen by the core, reused
 /// after [`WorkerCore::close_conn`].

@@ -18,6 +18,12 @@ use crate::fanout::subs::{SubState, Transitions};
 use crate::wire::CloseCode;
 use crate::wire::pb::{self, server_message::Body};
 
+/// Most channels one subscribe resumes (PROTOCOL §10); the rest of its
+/// `resume` start with a snapshot (trades: with the next trade). Bounds what
+/// one request makes the market thread gather (each answer is itself bounded
+/// by `fanout::replay::MAX_REPLAY_BYTES`).
+pub const MAX_RESUMES_PER_REQUEST: usize = 64;
+
 /// What a connection holds of one symbol (see `held_by_symbol`).
 #[derive(Debug, Clone, Copy, Default)]
 struct Held {
@@ -221,6 +227,7 @@ impl WorkerCore {
             (SubState::Awaiting, SubState::Live)
         };
         let mut items = Vec::new();
+        let mut asked = 0usize;
         for ((id, stream), name) in ids.into_iter().zip(streams).zip(&req.symbols) {
             let h = held.get(&id).copied().unwrap_or_default();
             let point = resume.get(name.as_str()).copied();
@@ -249,8 +256,9 @@ impl WorkerCore {
                     // Only plain `book` resumes; a variant starts with its
                     // snapshot, as does a book already held.
                     let after = point
-                        .filter(|_| fresh && stream == id)
+                        .filter(|_| fresh && stream == id && asked < MAX_RESUMES_PER_REQUEST)
                         .and_then(|p| Some((p.epoch, p.book?)));
+                    asked += usize::from(after.is_some());
                     items.push(self.resume_item(conn, id, stream, Lane::Book, after, json));
                 } else {
                     self.request_snapshot(stream);
@@ -260,7 +268,10 @@ impl WorkerCore {
                 let (_, t) = self.subs.insert(conn, id, Lane::Trades, json, trades_state);
                 self.emit_transitions(id, Lane::Trades, t, true);
                 if deferred {
-                    let after = point.and_then(|p| Some((p.epoch, p.trades?)));
+                    let after = point
+                        .filter(|_| asked < MAX_RESUMES_PER_REQUEST)
+                        .and_then(|p| Some((p.epoch, p.trades?)));
+                    asked += usize::from(after.is_some());
                     items.push(self.resume_item(conn, id, id, Lane::Trades, after, json));
                 }
             }
