@@ -36,6 +36,13 @@ impl SymbolId {
         SymbolId(n | SymbolId::DERIVED)
     }
 
+    /// The number `n` of a derived stream (`SymbolId::derived(n)`); `None`
+    /// for a symbol.
+    pub fn derived_number(self) -> Option<usize> {
+        self.is_derived()
+            .then_some((self.0 & !SymbolId::DERIVED) as usize)
+    }
+
     /// Whether this names a derived book channel rather than a symbol.
     pub fn is_derived(self) -> bool {
         self.0 & SymbolId::DERIVED != 0

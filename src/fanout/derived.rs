@@ -94,10 +94,6 @@ struct LiveView {
     queued: bool,
 }
 
-fn number(stream: SymbolId) -> Option<usize> {
-    stream.is_derived().then(|| stream.index() / 2)
-}
-
 impl DerivedBooks {
     pub fn new(streams: Arc<DerivedStreams>) -> DerivedBooks {
         DerivedBooks {
@@ -119,7 +115,7 @@ impl DerivedBooks {
     /// Whether some worker holds `stream`, now (`held`): its view is made
     /// from the symbol's book at once, or dropped.
     pub fn set_interest(&mut self, stream: SymbolId, held: bool, market: &Market, now_ns: u64) {
-        let Some(n) = number(stream) else {
+        let Some(n) = stream.derived_number() else {
             return;
         };
         if self.live.len() <= n {
@@ -161,7 +157,7 @@ impl DerivedBooks {
                 if sv.streams.is_empty() {
                     self.by_symbol.remove(&lv.symbol);
                 } else if !sv.streams.iter().any(|&s| {
-                    number(s)
+                    s.derived_number()
                         .and_then(|n| live[n].as_ref())
                         .is_some_and(|l| l.view.needs_changes())
                 }) {
@@ -201,7 +197,7 @@ impl DerivedBooks {
                     self.changes.clear();
                 }
                 for &stream in &sv.streams {
-                    let Some(n) = number(stream) else {
+                    let Some(n) = stream.derived_number() else {
                         continue;
                     };
                     let Some(lv) = self.live[n].as_mut() else {
@@ -240,7 +236,8 @@ impl DerivedBooks {
                     shadow.clone_from(book);
                 }
                 for &stream in &sv.streams {
-                    let Some(lv) = number(stream).and_then(|n| self.live[n].as_mut()) else {
+                    let Some(lv) = stream.derived_number().and_then(|n| self.live[n].as_mut())
+                    else {
                         continue;
                     };
                     lv.view.reset(*seq, book, now_ns);
@@ -260,7 +257,8 @@ impl DerivedBooks {
             }
             Published::Stale { reason, msg, .. } => {
                 for &stream in &sv.streams {
-                    let Some(lv) = number(stream).and_then(|n| self.live[n].as_ref()) else {
+                    let Some(lv) = stream.derived_number().and_then(|n| self.live[n].as_ref())
+                    else {
                         continue;
                     };
                     let s = Stream {
@@ -363,7 +361,10 @@ impl DerivedBooks {
             json: None,
             stale,
         };
-        let Some(lv) = number(stream).and_then(|n| self.live.get_mut(n)?.as_mut()) else {
+        let Some(lv) = stream
+            .derived_number()
+            .and_then(|n| self.live.get_mut(n)?.as_mut())
+        else {
             return none(0, None);
         };
         let seq = lv.view.seq();
@@ -373,19 +374,22 @@ impl DerivedBooks {
         if !market.has_book(lv.symbol) {
             return none(0, None);
         }
-        if lv.cache.as_ref().is_none_or(|c| c.0 != seq) {
+        let fresh = lv.cache.as_ref().is_some_and(|c| c.0 == seq);
+        let needs_json = wants_json && !lv.cache.as_ref().is_some_and(|c| fresh && c.2.is_some());
+        if !fresh || needs_json {
+            // The variant's snapshot, built once for whichever encoding is missing.
             let book = market.book(lv.symbol);
             let msg = snapshot_msg(market, lv.symbol, &lv.name, lv.view.snapshot(book));
-            lv.cache = Some((seq, EncodedFrame::binary(&msg), None));
-            self.stats.snapshots += 1;
-        }
-        if wants_json && lv.cache.as_ref().is_some_and(|c| c.2.is_none()) {
-            let book = market.book(lv.symbol);
-            let msg = snapshot_msg(market, lv.symbol, &lv.name, lv.view.snapshot(book));
-            self.json_buf.clear();
-            json::render(&msg, decimals, &mut self.json_buf);
-            if let Some(c) = lv.cache.as_mut() {
-                c.2 = Some(EncodedFrame::text(&self.json_buf));
+            if !fresh {
+                lv.cache = Some((seq, EncodedFrame::binary(&msg), None));
+                self.stats.snapshots += 1;
+            }
+            if needs_json {
+                self.json_buf.clear();
+                json::render(&msg, decimals, &mut self.json_buf);
+                if let Some(c) = lv.cache.as_mut() {
+                    c.2 = Some(EncodedFrame::text(&self.json_buf));
+                }
             }
         }
         // Filled just above.

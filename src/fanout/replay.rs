@@ -150,12 +150,12 @@ impl Replays {
                 Resume::Hit(replay) => {
                     let bytes: usize = replay.clone().map(|e| e.bytes).sum();
                     if bytes > MAX_REPLAY_BYTES {
+                        // Gap-free: every message held after the client's seq.
                         self.stats.misses[5] += 1;
-                        let last = replay.last().map_or(req.after_seq, |e| e.seq);
                         return ToWorker::Resumed {
                             token: req.token,
                             answer: ResumeAnswer::Miss {
-                                dropped: last.saturating_sub(req.after_seq),
+                                dropped: replay.len() as u64,
                             },
                         };
                     }

@@ -71,10 +71,7 @@ impl DerivedStreams {
 
     /// The symbol and channel of a derived stream id.
     pub fn key(&self, id: SymbolId) -> Option<(SymbolId, Channel)> {
-        if !id.is_derived() {
-            return None;
-        }
-        let n = (id.index() - 1) / 2;
+        let n = id.derived_number()?;
         self.lock().keys.get(n).copied()
     }
 

@@ -209,17 +209,21 @@ impl WorkerCore {
         let deferred = !resume.is_empty();
         let answer = pb::Subscribed {
             id: req.id,
-            symbols: req.symbols.clone(),
+            symbols: req.symbols,
             channels,
             instruments,
             resumed: Vec::new(),
         };
-        if !deferred {
+        // Sent now, or held for the resume answers.
+        let held_answer = if deferred {
+            Some(answer)
+        } else {
             let msg = pb::ServerMessage {
-                body: Some(Body::Subscribed(answer.clone())),
+                body: Some(Body::Subscribed(answer)),
             };
             self.send_control(conn, &msg, now_ns);
-        }
+            None
+        };
         let json = self.conns[conn as usize].encoding == Encoding::Json;
         let (book_state, trades_state) = if deferred {
             (SubState::Resuming, SubState::Resuming)
@@ -228,9 +232,13 @@ impl WorkerCore {
         };
         let mut items = Vec::new();
         let mut asked = 0usize;
-        for ((id, stream), name) in ids.into_iter().zip(streams).zip(&req.symbols) {
+        for (id, stream) in ids.into_iter().zip(streams) {
             let h = held.get(&id).copied().unwrap_or_default();
-            let point = resume.get(name.as_str()).copied();
+            let point = if deferred {
+                resume.get(&*self.name_of(id)).copied()
+            } else {
+                None
+            };
             if let Some(stream) = stream {
                 let fresh = match h.book {
                     Some((s, pos)) if s == stream => {
@@ -259,7 +267,7 @@ impl WorkerCore {
                         .filter(|_| fresh && stream == id && asked < MAX_RESUMES_PER_REQUEST)
                         .and_then(|p| Some((p.epoch, p.book?)));
                     asked += usize::from(after.is_some());
-                    items.push(self.resume_item(conn, id, stream, Lane::Book, after, json));
+                    items.push(self.resume_item(id, stream, Lane::Book, after, json));
                 } else {
                     self.request_snapshot(stream);
                 }
@@ -272,11 +280,11 @@ impl WorkerCore {
                         .filter(|_| asked < MAX_RESUMES_PER_REQUEST)
                         .and_then(|p| Some((p.epoch, p.trades?)));
                     asked += usize::from(after.is_some());
-                    items.push(self.resume_item(conn, id, id, Lane::Trades, after, json));
+                    items.push(self.resume_item(id, id, Lane::Trades, after, json));
                 }
             }
         }
-        if deferred {
+        if let Some(answer) = held_answer {
             let waits = items.iter().any(|it| it.token.is_some());
             self.defer_subscribed(conn, answer, items);
             if !waits {

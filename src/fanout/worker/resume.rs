@@ -105,7 +105,6 @@ impl WorkerCore {
     /// request sent when `after` (epoch, seq) is given.
     pub(super) fn resume_item(
         &mut self,
-        _conn: u32,
         symbol: SymbolId,
         stream: SymbolId,
         lane: Lane,
