@@ -13,7 +13,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::harness::{WAIT, config, delta, metric, proto, snap, wait_until};
-use common::{Client, Enc};
+use common::{Client, Enc, request_text};
 use tickwire::book::book::OrderBook;
 use tickwire::book::synth::{SynthConfig, SynthMarket};
 use tickwire::net::engine::Engine;
@@ -78,7 +78,7 @@ fn every_variant_keeps_a_verified_top_n_book_equal_to_the_feeds() {
         let mut c = Client::connect(e.ws_addr, enc, 100 + i as u64);
         let symbol = names[i % names.len()].clone();
         let channel = VARIANTS[i % VARIANTS.len()].to_string();
-        subscribe_when_known(&mut c, &[&symbol], &[&channel], i as u64);
+        subscribe_and_snapshot(&mut c, &[&symbol], &[&channel], i as u64);
         (c, symbol, channel)
     };
     for i in 0..16 {
@@ -162,26 +162,11 @@ fn every_variant_keeps_a_verified_top_n_book_equal_to_the_feeds() {
     });
 }
 
-/// Subscribes, again while the answer is `unknown_symbol` (the workers
-/// learn a new symbol through their rings, a moment after the market).
-fn subscribe_when_known(c: &mut Client, symbols: &[&str], channels: &[&str], id: u64) {
+/// Subscribes ([`Client::subscribe_when_known`]) and waits for the snapshot
+/// of a book channel.
+fn subscribe_and_snapshot(c: &mut Client, symbols: &[&str], channels: &[&str], id: u64) {
+    c.subscribe_when_known(&request_text("subscribe", symbols, channels, id), id);
     let deadline = Instant::now() + WAIT;
-    loop {
-        c.subscribe(symbols, channels, id);
-        let answer = c
-            .read_until(WAIT, |m| {
-                matches!(m, Body::Subscribed(s) if s.id == id)
-                    || matches!(m, Body::Error(e) if e.id == id)
-            })
-            .expect("an answer");
-        match answer {
-            Body::Subscribed(_) => break,
-            Body::Error(e) if e.code == "unknown_symbol" && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            other => panic!("subscribe {channels:?}: {other:?}"),
-        }
-    }
     // The snapshot of a book channel follows.
     if channels.iter().any(|ch| ch.starts_with("book")) {
         for s in symbols {
@@ -213,8 +198,8 @@ fn feed_gaps_and_replaced_books_reach_derived_subscribers_as_their_variant() {
     let mut c = Client::connect(e.ws_addr, Enc::JsonQuery, 1);
     let mut p = Client::connect(e.ws_addr, Enc::Proto, 2);
     wait_until("symbol known", || truth(&e).contains_key("AAA"));
-    subscribe_when_known(&mut c, &["AAA"], &["book.1"], 1);
-    subscribe_when_known(&mut p, &["AAA"], &["book.1"], 1);
+    subscribe_and_snapshot(&mut c, &["AAA"], &["book.1"], 1);
+    subscribe_and_snapshot(&mut p, &["AAA"], &["book.1"], 1);
     // A bid below the best changes nothing in the top 1; then a better bid does.
     feed.write_all(&proto(&[delta("AAA", 2, 99, 5), delta("AAA", 3, 100, 7)]))
         .unwrap();
@@ -257,7 +242,7 @@ fn feed_gaps_and_replaced_books_reach_derived_subscribers_as_their_variant() {
     }
     // The plain book's deltas say prev_seq = seq - 1 and channel "book".
     let mut full = Client::connect(e.ws_addr, Enc::JsonQuery, 3);
-    subscribe_when_known(&mut full, &["AAA"], &["book"], 1);
+    subscribe_and_snapshot(&mut full, &["AAA"], &["book"], 1);
     feed.write_all(&proto(&[delta("AAA", 21, 150, 3)])).unwrap();
     assert!(
         full.read_until(WAIT, |m| matches!(m, Body::Delta(_)))
@@ -279,7 +264,7 @@ fn bad_channel_names_and_variant_replacement() {
     feed.write_all(&proto(&[snap("AAA", 1, 100, 101)])).unwrap();
     wait_until("symbol known", || truth(&e).contains_key("AAA"));
     let mut c = Client::connect(e.ws_addr, Enc::JsonQuery, 1);
-    subscribe_when_known(&mut c, &["AAA"], &["trades"], 99);
+    subscribe_and_snapshot(&mut c, &["AAA"], &["trades"], 99);
     let bad = [
         r#"["book.0"]"#,
         r#"["book.101"]"#,

@@ -5,12 +5,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
+use common::harness::serve_refused;
 use common::{SocketOpts, try_upgrade};
 
 /// A config file in the temp directory, removed when dropped.
@@ -58,39 +58,6 @@ fn start(args: &[&str]) -> (Child, SocketAddr) {
     };
     std::thread::spawn(move || lines.for_each(drop));
     (child, addr)
-}
-
-/// `tickwire serve ARGS` must exit on its own, non-zero; returns its stderr.
-fn refused(args: &[&str]) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tickwire"))
-        .arg("serve")
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            let _ = child.wait();
-            panic!("tickwire serve {args:?} started");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(!status.success(), "{status}: {err}");
-    err
 }
 
 /// The statuses of `n` WebSocket upgrades held open together.
@@ -150,7 +117,7 @@ fn the_annotated_example_starts() {
 #[test]
 fn an_unknown_key_is_refused_by_name_and_line() {
     let file = TempFile::new("unknown", &format!("{LOOPBACK}max-conections = 1\n"));
-    let err = refused(&["--config", file.path()]);
+    let err = serve_refused(&["--config", file.path()]);
     assert!(
         err.contains(&format!("{}:6: unknown key `max-conections`", file.path())),
         "{err}"
@@ -160,7 +127,7 @@ fn an_unknown_key_is_refused_by_name_and_line() {
 #[test]
 fn a_value_of_the_wrong_type_is_refused() {
     let file = TempFile::new("type", &format!("{LOOPBACK}max-connections = \"lots\"\n"));
-    let err = refused(&["--config", file.path()]);
+    let err = serve_refused(&["--config", file.path()]);
     assert!(
         err.contains(":6: `max-connections` = \"lots\": invalid digit found in string"),
         "{err}"
@@ -169,13 +136,13 @@ fn a_value_of_the_wrong_type_is_refused() {
         "type2",
         &format!("{LOOPBACK}allowed-origin = \"https://a\"\n"),
     );
-    let err = refused(&["--config", file.path()]);
+    let err = serve_refused(&["--config", file.path()]);
     assert!(err.contains(":6: `allowed-origin` takes an array"), "{err}");
 }
 
 #[test]
 fn a_missing_file_is_refused_by_name() {
-    let err = refused(&["--config", "/nonexistent/tickwire.toml"]);
+    let err = serve_refused(&["--config", "/nonexistent/tickwire.toml"]);
     assert!(
         err.contains("config file /nonexistent/tickwire.toml: No such file"),
         "{err}"
@@ -188,7 +155,7 @@ fn inconsistent_values_from_the_file_are_a_config_error() {
         "inconsistent",
         &format!("{LOOPBACK}low-water-bytes = 100000\nhigh-water-bytes = 100000\n"),
     );
-    let err = refused(&["--config", file.path()]);
+    let err = serve_refused(&["--config", file.path()]);
     assert!(err.contains("invalid configuration"), "{err}");
     assert!(
         err.contains("low-water (100000) must be below high-water (100000)"),

@@ -11,7 +11,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::harness::{
-    WAIT, config, delta, http_get, metric, metric_with, proto, rejections, snap, wait_until,
+    WAIT, config, delta, http_get, metric, metric_with, proto, rejections, serve_refused, snap,
+    wait_until,
 };
 use common::{Client, Enc, SocketOpts, tcp_connect, try_upgrade};
 use tickwire::net::engine::Engine;
@@ -404,49 +405,21 @@ fn help_hides_the_token_and_an_open_origin_policy_is_warned() {
 /// a non-zero status and a message naming them (`EngineConfig::validate`).
 #[test]
 fn inconsistent_water_marks_exit_non_zero_with_a_clear_message() {
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tickwire"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--ingest",
-            "127.0.0.1:0",
-            "--ingest-json",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-            "--no-pin",
-            "--low-water-bytes",
-            "100000",
-            "--high-water-bytes",
-            "100000",
-        ])
-        .env("RUST_BACKTRACE", "0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            let _ = child.wait();
-            panic!("tickwire serve started with low-water = high-water");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(!status.success(), "{status}: {err}");
+    let err = serve_refused(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--ingest",
+        "127.0.0.1:0",
+        "--ingest-json",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--no-pin",
+        "--low-water-bytes",
+        "100000",
+        "--high-water-bytes",
+        "100000",
+    ]);
     assert!(err.contains("invalid configuration"), "{err}");
     assert!(
         err.contains("low-water (100000) must be below high-water (100000)"),

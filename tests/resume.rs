@@ -44,24 +44,12 @@ fn start(cfg: EngineConfig) -> (Engine, TcpStream) {
 /// Subscribes `c` to AAA book and trades, retrying while the workers do
 /// not know the symbol yet; returns the `Subscribed`.
 fn subscribe(c: &mut Client, extra: &str, id: u64) -> pb::Subscribed {
-    loop {
-        c.send(&format!(
+    c.subscribe_when_known(
+        &format!(
             r#"{{"op":"subscribe","symbols":["AAA"],"channels":["book","trades"],"id":{id}{extra}}}"#
-        ));
-        match c
-            .read_until(WAIT, |m| {
-                matches!(m, Body::Subscribed(s) if s.id == id)
-                    || matches!(m, Body::Error(e) if e.id == id)
-            })
-            .expect("an answer")
-        {
-            Body::Subscribed(s) => return s,
-            Body::Error(e) if e.code == "unknown_symbol" => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            other => panic!("subscribe: {other:?}"),
-        }
-    }
+        ),
+        id,
+    )
 }
 
 /// Feeds deltas `from..to` (feed seqs) and a trade after each.
@@ -317,22 +305,13 @@ fn one_request_resumes_a_bounded_number_of_channels() {
     let list: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
     // A first connection's books: what the resuming client holds.
     let mut first = Client::connect(e.ws_addr, Enc::Proto, 2);
-    loop {
-        first.send(&format!(
+    first.subscribe_when_known(
+        &format!(
             r#"{{"op":"subscribe","symbols":[{}],"channels":["book"],"id":1}}"#,
             list.join(",")
-        ));
-        match first
-            .read_until(WAIT, |m| matches!(m, Body::Subscribed(_) | Body::Error(_)))
-            .expect("an answer")
-        {
-            Body::Subscribed(_) => break,
-            Body::Error(e) if e.code == "unknown_symbol" => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            other => panic!("{other:?}"),
-        }
-    }
+        ),
+        1,
+    );
     wait_until("first books", || {
         first.read_for(Duration::from_millis(10));
         names
@@ -350,19 +329,7 @@ fn one_request_resumes_a_bounded_number_of_channels() {
         list.join(","),
         resume.join(",")
     );
-    let s = loop {
-        c.send(&request);
-        match c
-            .read_until(WAIT, |m| matches!(m, Body::Subscribed(_) | Body::Error(_)))
-            .expect("an answer")
-        {
-            Body::Subscribed(s) => break s,
-            Body::Error(e) if e.code == "unknown_symbol" => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            other => panic!("{other:?}"),
-        }
-    };
+    let s = c.subscribe_when_known(&request, 4);
     assert_eq!(s.resumed.len(), MAX_RESUMES_PER_REQUEST);
     wait_until("every book whole", || {
         c.read_for(Duration::from_millis(10));

@@ -157,3 +157,37 @@ pub fn http_get(addr: SocketAddr, path: &str, method: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// `tickwire serve ARGS` must exit on its own, non-zero; returns its stderr.
+pub fn serve_refused(args: &[&str]) -> String {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tickwire"))
+        .arg("serve")
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let _ = child.wait();
+            panic!("tickwire serve {args:?} started");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!status.success(), "{status}: {err}");
+    err
+}

@@ -77,6 +77,22 @@ fn rand_bytes(seed: u64) -> [u8; 16] {
     out
 }
 
+/// The text of a subscription request (PROTOCOL §6).
+pub fn request_text(op: &str, symbols: &[&str], channels: &[&str], id: u64) -> String {
+    let list = |items: &[&str]| {
+        items
+            .iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    format!(
+        r#"{{"op":"{op}","symbols":[{}],"channels":[{}],"id":{id}}}"#,
+        list(symbols),
+        list(channels)
+    )
+}
+
 /// A JSON channel name as protobuf carries it: plain `book` is "".
 fn plain_book(channel: String) -> String {
     if channel == "book" {
@@ -274,25 +290,35 @@ impl Client {
         self.request("subscribe", symbols, channels, id);
     }
 
+    /// Sends the subscribe `request` (whose id is `id`) until it is answered
+    /// with `Subscribed` rather than `unknown_symbol` (the workers learn a
+    /// new symbol through their rings, a moment after the market), at most
+    /// [`harness::WAIT`]; any other answer fails the test.
+    pub fn subscribe_when_known(&mut self, request: &str, id: u64) -> pb::Subscribed {
+        let deadline = Instant::now() + harness::WAIT;
+        loop {
+            self.send(request);
+            let answer = self.read_until(harness::WAIT, |m| {
+                matches!(m, Body::Subscribed(s) if s.id == id)
+                    || matches!(m, Body::Error(e) if e.id == id)
+            });
+            match answer {
+                Some(Body::Subscribed(s)) => return s,
+                Some(Body::Error(e)) if e.code == "unknown_symbol" && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => panic!("{request}: {other:?}"),
+            }
+        }
+    }
+
     pub fn unsubscribe(&mut self, symbols: &[&str], channels: &[&str], id: u64) {
         self.request("unsubscribe", symbols, channels, id);
     }
 
     /// Sends `{"op":op,"symbols":[…],"channels":[…],"id":id}` (PROTOCOL §6).
     fn request(&mut self, op: &str, symbols: &[&str], channels: &[&str], id: u64) {
-        let list = |items: &[&str]| {
-            items
-                .iter()
-                .map(|s| format!("\"{s}\""))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        let req = format!(
-            r#"{{"op":"{op}","symbols":[{}],"channels":[{}],"id":{id}}}"#,
-            list(symbols),
-            list(channels)
-        );
-        self.send(&req);
+        self.send(&request_text(op, symbols, channels, id));
     }
 
     fn flush(&mut self) {
