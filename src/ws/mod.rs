@@ -12,6 +12,8 @@
 //! - [`deflate`]: permessage-deflate (RFC 7692): negotiation, compression,
 //!   bounded inflation.
 //! - [`conn`]: [`Conn`], one connection's state machine.
+//! - [`sse`]: Server-Sent Events (PROTOCOL §11): the `/sse` request, the
+//!   stream's head and events, the resume token of `Last-Event-ID`.
 //!
 //! Run by whichever thread owns the connection (a worker, the echo server, a
 //! load-generator task). This module never touches sockets or `mio`, never
@@ -57,6 +59,7 @@ pub mod frame;
 pub mod handshake;
 pub mod http;
 pub mod lazy_buf;
+pub mod sse;
 pub mod utf8;
 
 pub use crate::wire::frame::Opcode;
