@@ -17,6 +17,7 @@ use sha1::{Digest, Sha1};
 
 use super::deflate::{self, Deflate};
 use super::http::{Request, Response, ResponseHead, Version};
+use super::sse::{self, SseOpen};
 pub use crate::wire::encoding::{Encoding, PROTOCOL_JSON, PROTOCOL_PROTO};
 
 /// RFC 6455 §1.3: the GUID appended to the client's key.
@@ -48,6 +49,8 @@ pub enum Endpoint {
     Symbols,
     /// The conformance echo WebSocket (off unless configured).
     Echo,
+    /// `/sse`: Server-Sent Events (PROTOCOL §11).
+    Sse,
 }
 
 impl Endpoint {
@@ -90,7 +93,12 @@ pub enum Route {
     Upgrade(Upgrade),
     /// A plain GET of a known endpoint: the caller builds the 200 (or 503…).
     Get(Endpoint),
-    /// Answer this error response and close.
+    /// A valid `GET /sse` (PROTOCOL §11): the caller checks the token and
+    /// entitlements, then answers [`sse::response_head`] and streams.
+    Sse(SseOpen),
+    /// Answer this error response and close. A refused `/sse` request is
+    /// here too, as its [`sse::SseRefusal::response`] (400 with a JSON
+    /// `Error` body): the caller answers every refusal alike.
     Reject(Response),
 }
 
@@ -101,6 +109,9 @@ pub enum Route {
 /// RFC 6455 §4.2.1, in this order: HTTP/1.1 and a `Host` (400), version 13
 /// (426 with `Sec-WebSocket-Version: 13`), a valid key (400), an allowed
 /// `Origin` (403), a valid `?encoding=` (400).
+///
+/// `GET /sse`: the same `Origin` check (403), then [`sse::parse_open`] on the
+/// query and `Last-Event-ID` (400 with a JSON `Error` body).
 #[derive(Debug, Clone, Default)]
 pub struct Router {
     echo_path: Option<String>,
@@ -108,7 +119,8 @@ pub struct Router {
 }
 
 impl Router {
-    /// Known paths: `/`, `/ws`, `/healthz`, `/metrics`, `/symbols`. Any origin.
+    /// Known paths: `/`, `/tickwire.js`, `/ws`, `/sse`, `/healthz`,
+    /// `/metrics`, `/symbols`. Any origin.
     pub fn new() -> Router {
         Router::default()
     }
@@ -119,7 +131,7 @@ impl Router {
         self
     }
 
-    /// Accept upgrades only from these origins (compared ASCII
+    /// Accept upgrades and SSE streams only from these origins (compared ASCII
     /// case-insensitively). Without a list any origin is accepted; a request
     /// without an `Origin` header (not a browser) is always accepted.
     pub fn with_allowed_origins(mut self, origins: Vec<String>) -> Router {
@@ -137,6 +149,7 @@ impl Router {
             "/" => Some(Endpoint::Root),
             "/tickwire.js" => Some(Endpoint::Sdk),
             "/ws" => Some(Endpoint::Ws),
+            "/sse" => Some(Endpoint::Sse),
             "/healthz" => Some(Endpoint::Healthz),
             "/metrics" => Some(Endpoint::Metrics),
             "/symbols" => Some(Endpoint::Symbols),
@@ -152,12 +165,35 @@ impl Router {
         if req.method != "GET" {
             return Route::Reject(Response::method_not_allowed());
         }
+        if endpoint == Endpoint::Sse {
+            return self.check_sse(req);
+        }
         if !endpoint.is_websocket() {
             return Route::Get(endpoint);
         }
         match self.check_upgrade(endpoint, req) {
             Ok(up) => Route::Upgrade(up),
             Err(resp) => Route::Reject(resp),
+        }
+    }
+
+    /// Whether `req` may proceed under the `Origin` allow-list: no list, no
+    /// `Origin` header, or a listed origin.
+    fn origin_allowed(&self, req: &Request) -> bool {
+        match (&self.allowed_origins, req.header("Origin")) {
+            (Some(list), Some(origin)) => list.iter().any(|o| o.eq_ignore_ascii_case(origin)),
+            _ => true,
+        }
+    }
+
+    /// PROTOCOL §11: the WebSocket upgrade's Origin check, then the query.
+    fn check_sse(&self, req: &Request) -> Route {
+        if !self.origin_allowed(req) {
+            return Route::Reject(Response::forbidden());
+        }
+        match sse::parse_open(req.query.as_deref(), req.header("Last-Event-ID")) {
+            Ok(open) => Route::Sse(open),
+            Err(refusal) => Route::Reject(refusal.response()),
         }
     }
 
@@ -185,9 +221,7 @@ impl Router {
             ));
         }
         // §10.2: the Origin check that protects browsers (PROTOCOL §6: 403).
-        if let (Some(list), Some(origin)) = (&self.allowed_origins, req.header("Origin"))
-            && !list.iter().any(|o| o.eq_ignore_ascii_case(origin))
-        {
+        if !self.origin_allowed(req) {
             return Err(Response::forbidden());
         }
         let (encoding, protocol) = match endpoint {
@@ -363,7 +397,7 @@ mod tests {
     fn status(route: Route) -> u16 {
         match route {
             Route::Upgrade(_) => 101,
-            Route::Get(_) => 200,
+            Route::Get(_) | Route::Sse(_) => 200,
             Route::Reject(r) => r.status(),
         }
     }
@@ -465,6 +499,62 @@ mod tests {
             panic!("426 expected");
         };
         assert_eq!(resp.header("Upgrade"), Some("websocket"));
+    }
+
+    #[test]
+    fn sse_is_routed_with_origin_check_and_json_refusals() {
+        let r = Router::new().with_allowed_origins(vec!["https://dash.example".into()]);
+        let sse = |target: &str, extra: &str| {
+            r.route(&req(&format!(
+                "GET {target} HTTP/1.1\r\nHost: h\r\n{extra}\r\n"
+            )))
+        };
+        let Route::Sse(open) = sse(
+            "/sse?symbols=BTC-USD,ETH-USD&channels=trades",
+            "Origin: https://DASH.example\r\n",
+        ) else {
+            panic!("an SSE route expected");
+        };
+        assert_eq!(open.symbols, ["BTC-USD", "ETH-USD"]);
+        assert_eq!(open.channels, ["trades"]);
+        // Last-Event-ID reaches the parser.
+        let token = sse::ResumeToken {
+            digest: 9,
+            positions: vec![(1, 2)],
+        }
+        .encode();
+        let Route::Sse(open) = sse(
+            "/sse?symbols=A&channels=book",
+            &format!("Last-Event-ID: {token}\r\n"),
+        ) else {
+            panic!("an SSE route expected");
+        };
+        assert_eq!(open.last_event_id.map(|t| t.positions), Some(vec![(1, 2)]));
+        // Origin outside the list: the upgrades' 403, before the query.
+        assert_eq!(
+            sse(
+                "/sse?symbols=A&channels=book",
+                "Origin: https://evil.example\r\n"
+            ),
+            Route::Reject(Response::forbidden())
+        );
+        // A refused query: 400 with the JSON Error body.
+        let Route::Reject(resp) = sse("/sse?symbols=A", "") else {
+            panic!("a refusal expected");
+        };
+        assert_eq!(resp.status(), 400);
+        assert_eq!(resp.header("Content-Type"), Some("application/json"));
+        assert_eq!(
+            resp.body(),
+            br#"{"type":"error","id":0,"code":"bad_request","message":"missing channels"}"#
+        );
+        let Route::Reject(resp) = sse("/sse?symbols=A&channels=book", "Last-Event-ID: x\r\n")
+        else {
+            panic!("a refusal expected");
+        };
+        assert_eq!(resp.status(), 400);
+        assert_eq!(status(r.route(&req("POST /sse HTTP/1.1\r\n\r\n"))), 405);
+        assert_eq!(r.endpoint("/sse"), Some(Endpoint::Sse));
     }
 
     #[test]

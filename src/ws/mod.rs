@@ -39,6 +39,7 @@
 //!                 Route::Upgrade(up) => conn.accept(&up), // 101; `up.encoding`: proto or json
 //!                 Route::Get(_endpoint) => conn.respond(now, &Response::ok("text/plain", "ok")),
 //!                 Route::Reject(resp) => conn.respond(now, &resp), // 400/403/404/405/426
+//!                 Route::Sse(_open) => { /* answer ws::sse::response_head and stream */ }
 //!             },
 //!             Event::Text(_request) => { /* subscribe / unsubscribe */ }
 //!             Event::Binary(_) | Event::Close { .. } | Event::ProtocolError(_) | Event::BadRequest(_) => {}

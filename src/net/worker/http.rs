@@ -121,9 +121,18 @@ impl Worker {
                         self.shared.symbols.render_json().into_bytes(),
                     ),
                     Endpoint::Ws | Endpoint::Echo => ws::Response::upgrade_required(),
+                    // The router answers /sse with Route::Sse or a refusal, never Get.
+                    Endpoint::Sse => ws::Response::not_found(),
                 };
                 if let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) {
                     c.ws.respond(now, &resp);
+                }
+            }
+            // wired by the SSE worker change
+            Route::Sse(_) => {
+                self.me.counters.http_requests.inc();
+                if let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) {
+                    c.ws.respond(now, &ws::Response::service_unavailable(1));
                 }
             }
             Route::Reject(resp) => {
