@@ -126,6 +126,9 @@ struct ServeArgs {
     /// Resume history: memory of all symbols together at most (bytes).
     #[arg(long, default_value_t = HistoryLimits::default().max_total_bytes)]
     resume_max_bytes: usize,
+    /// permessage-deflate (PROTOCOL §12): messages shorter than this go uncompressed (bytes).
+    #[arg(long, default_value_t = ws::Config::default().deflate_threshold_bytes)]
+    deflate_threshold_bytes: u32,
     /// WebSocket connections at most (503 past it).
     #[arg(long, default_value_t = ShellConfig::default().max_connections)]
     max_connections: usize,
@@ -169,6 +172,9 @@ struct ServeArgs {
     /// A connection silent for ping interval + this (ms) is closed with 4003.
     #[arg(long, default_value_t = ShellConfig::default().pong_timeout_ms)]
     pong_timeout_ms: u64,
+    /// SSE streams (PROTOCOL §11): period of the `: ping` comment line (ms); 0: none.
+    #[arg(long, default_value_t = ShellConfig::default().sse_ping_interval_ms)]
+    sse_ping_interval_ms: u64,
     /// On SIGTERM/SIGINT: time to flush and finish close handshakes (ms).
     #[arg(long, default_value_t = ShellConfig::default().shutdown_timeout_ms)]
     shutdown_timeout_ms: u64,
@@ -361,6 +367,7 @@ impl ServeArgs {
             },
             ws: ws::Config {
                 max_message_bytes: self.max_message_bytes,
+                deflate_threshold_bytes: self.deflate_threshold_bytes,
                 ..ws::Config::default()
             },
             allowed_origins: self.allowed_origins.clone(),
@@ -368,6 +375,7 @@ impl ServeArgs {
             shell: ShellConfig {
                 max_connections: self.max_connections,
                 ping_interval_ms: self.ping_interval_ms,
+                sse_ping_interval_ms: self.sse_ping_interval_ms,
                 pong_timeout_ms: self.pong_timeout_ms,
                 shutdown_timeout_ms: self.shutdown_timeout_ms,
                 socket_send_buffer_bytes: self.socket_send_buffer_bytes,

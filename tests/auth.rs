@@ -933,3 +933,38 @@ fn sighup_reloads_keys_and_secrets_stay_secret() {
         );
     }
 }
+
+/// PROTOCOL §11 under §8: an SSE stream takes its token in `?token=` (an
+/// `EventSource` sets no header). Without one (`required`), or with a bad
+/// one: 401; outside its entitlements: 403; both with a JSON `Error` body
+/// and before anything is streamed. With a good one, the stream is served.
+#[test]
+fn sse_streams_are_authenticated_and_entitled() {
+    let k = Keys::new("sse");
+    let (e, _feed) = engine(&k, AuthMode::Required, 2, |_| {});
+    let path =
+        |token: &str, symbols: &str| format!("/sse?symbols={symbols}&channels=book&token={token}");
+    let btc_only = k.hs(&user("s", 600, json!({"symbols": ["BTC-*"]})));
+    let cases = [
+        (
+            "/sse?symbols=BTC-USD&channels=book".to_string(),
+            401,
+            "unauthorized",
+        ),
+        (path("not.a.jwt", "BTC-USD"), 401, "unauthorized"),
+        (path(&btc_only, "BTC-USD,ETH-USD"), 403, "forbidden"),
+    ];
+    for (p, status, code) in &cases {
+        let (got, head, body) = common::http_request(e.ws_addr, p, &[], SHORT);
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(got, *status, "{p}: {head}\n{body}");
+        let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        assert_eq!(v["code"], *code, "{p}: {body}");
+    }
+    let mut c = Client::connect_sse(e.ws_addr, &path(&btc_only, "BTC-USD"), None);
+    wait_until("snapshot", || {
+        c.read_for(Duration::from_millis(10));
+        c.books.get("BTC-USD").is_some_and(|b| b.seq == 1)
+    });
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+}

@@ -11,6 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::harness::{metric, metric_with};
 use common::{Client, Enc};
 use tickwire::book::decode::encode_proto;
 use tickwire::book::synth::{Rng, SynthConfig, SynthMarket};
@@ -74,20 +75,6 @@ fn http_get(addr: SocketAddr, path: &str, method: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
-}
-
-fn metric(e: &Engine, name: &str) -> u64 {
-    let text = e.shared.render_metrics();
-    text.lines()
-        .filter(|l| {
-            l.starts_with(name)
-                && (l.len() == name.len()
-                    || l.as_bytes()[name.len()] == b'{'
-                    || l.as_bytes()[name.len()] == b' ')
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
 }
 
 /// 60 clients of both encodings subscribe to random subsets, a third of them
@@ -203,7 +190,10 @@ fn many_clients_get_gap_free_books_equal_to_the_feed() {
 
 /// PROTOCOL §12: a client that offers permessage-deflate and one that does
 /// not, on the same symbols, both get gap-free books equal to the feed's (the
-/// first through its inflating codec; market data may come with RSV1 clear).
+/// first through its inflating codec, which checks every message). The
+/// snapshots (over the 256-byte threshold) come compressed, built once per
+/// rendering however many clients take them; the short deltas come with RSV1
+/// clear.
 #[test]
 fn deflate_and_plain_clients_on_the_same_symbols_get_the_same_books() {
     let e = engine();
@@ -258,6 +248,30 @@ fn deflate_and_plain_clients_on_the_same_symbols_get_the_same_books() {
             assert_eq!(c.books[s].snapshots, 1, "client {i} {s}");
         }
     }
+    // Each snapshot compressed once per deflate rendering, and it paid off.
+    let rendered = |r| metric_with(&e, "tickwire_rendered_total", &format!("rendering=\"{r}\""));
+    // (The metrics are refreshed from the market thread a few times a second.)
+    wait_until("deflate counted", || {
+        rendered("proto_deflate") >= names.len() as u64
+            && rendered("json_deflate") >= names.len() as u64
+    });
+    let deflated = |d| metric_with(&e, "tickwire_deflate_bytes_total", &format!("dir=\"{d}\""));
+    assert!(
+        deflated("out") < deflated("in") && deflated("out") > 0,
+        "{} of {} bytes",
+        deflated("out"),
+        deflated("in")
+    );
+    assert!(
+        metric(&e, "tickwire_deflate_skipped_total") > 0,
+        "short deltas go uncompressed"
+    );
+    assert!(
+        zipped.wire_bytes < plain.wire_bytes,
+        "compressed {} vs plain {} bytes",
+        zipped.wire_bytes,
+        plain.wire_bytes
+    );
 }
 
 fn snap(symbol: &str, seq: u64, bid: i64, ask: i64) -> pb::IngestMessage {

@@ -23,8 +23,9 @@ use tickwire::fanout::request::{MAX_SYMBOLS_PER_REQUEST, parse_request};
 use tickwire::book::market::FeedStale;
 use tickwire::fanout::ring::{ResumeAnswer, ToIngest, ToWorker};
 use tickwire::fanout::worker::{Encoding, WorkerConfig, WorkerCore};
-use tickwire::wire::EncodedFrame;
-use tickwire::wire::json::{Decimals, render};
+use tickwire::fanout::render::{Rendered, Renderer};
+use tickwire::wire::json::Decimals;
+use tickwire::wire::{EncodedFrame, Rendering, Renderings};
 use tickwire::wire::pb::{self, server_message::Body};
 
 const NAMES: [&str; 3] = ["BTC-USD", "ETH-USD", "SOL-USD"];
@@ -167,14 +168,18 @@ fn answer_snapshots(core: &mut WorkerCore, now_ns: u64) {
                 ..Default::default()
             })),
         };
-        let mut json = String::new();
-        render(&msg, Decimals { price: 2, size: 4 }, &mut json);
+        // Every rendering, as the market thread builds them.
+        let mut frames = Rendered::proto(EncodedFrame::binary(&msg));
+        let mut all = Renderings::NONE;
+        for r in Rendering::ALL {
+            all.insert(r);
+        }
+        Renderer::new(256).complete(&mut frames, all, Decimals { price: 2, size: 4 }, Some(&msg));
         core.handle_ring(
             ToWorker::Snapshot {
                 symbol,
                 seq: 1,
-                bin: Some(EncodedFrame::binary(&msg)),
-                json: Some(EncodedFrame::text(&json)),
+                frames: Some(frames),
                 stale: None,
             },
             now_ns,

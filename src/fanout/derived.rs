@@ -41,10 +41,11 @@ use crate::book::SymbolId;
 use crate::book::book::{OrderBook, UpdateScratch};
 use crate::book::derived::{BookView, ChannelName, LevelChanges, ViewDelta, ViewSnapshot};
 use crate::book::market::{Market, Published};
-use crate::wire::EncodedFrame;
-use crate::wire::json::{self, Decimals};
+use crate::wire::json::Decimals;
 use crate::wire::pb::{self, server_message::Body};
+use crate::wire::{EncodedFrame, Renderings};
 
+use super::render::{Rendered, Renderer};
 use super::ring::{DataKind, ToWorker};
 use super::router::{Rings, Router, Stream};
 use super::streams::DerivedStreams;
@@ -72,7 +73,6 @@ pub struct DerivedBooks {
     due: BinaryHeap<Reverse<(u64, usize)>>,
     changes: LevelChanges,
     scratch: UpdateScratch,
-    json_buf: String,
     stats: DerivedStats,
 }
 
@@ -89,7 +89,7 @@ struct LiveView {
     name: ChannelName,
     view: BookView,
     /// The encoded snapshot at `seq`, until the view's next message.
-    cache: Option<(u64, EncodedFrame, Option<EncodedFrame>)>,
+    cache: Option<(u64, Rendered)>,
     /// An entry of `due` stands for this view's waiting delta.
     queued: bool,
 }
@@ -103,7 +103,6 @@ impl DerivedBooks {
             due: BinaryHeap::new(),
             changes: LevelChanges::new(),
             scratch: UpdateScratch::default(),
-            json_buf: String::new(),
             stats: DerivedStats::default(),
         }
     }
@@ -243,8 +242,6 @@ impl DerivedBooks {
                     lv.view.reset(*seq, book, now_ns);
                     let snap = lv.view.snapshot(book);
                     let msg = snapshot_msg(market, symbol, &lv.name, snap);
-                    let bin = EncodedFrame::binary(&msg);
-                    lv.cache = Some((lv.view.seq(), bin.clone(), None));
                     self.stats.snapshots += 1;
                     let s = Stream {
                         symbol: stream,
@@ -252,7 +249,14 @@ impl DerivedBooks {
                         seq: lv.view.seq(),
                         prev_seq: 0,
                     };
-                    router.publish_stream(s, &msg, &bin, decimals, rings);
+                    let frames = router.publish_stream(
+                        s,
+                        &msg,
+                        &EncodedFrame::binary(&msg),
+                        decimals,
+                        rings,
+                    );
+                    lv.cache = Some((lv.view.seq(), frames));
                 }
             }
             Published::Stale { reason, msg, .. } => {
@@ -350,15 +354,15 @@ impl DerivedBooks {
     pub fn snapshot_answer(
         &mut self,
         stream: SymbolId,
-        wants_json: bool,
+        wanted: Renderings,
         market: &Market,
         decimals: Decimals,
+        renderer: &mut Renderer,
     ) -> ToWorker {
         let none = |seq, stale| ToWorker::Snapshot {
             symbol: stream,
             seq,
-            bin: None,
-            json: None,
+            frames: None,
             stale,
         };
         let Some(lv) = stream
@@ -374,31 +378,23 @@ impl DerivedBooks {
         if !market.has_book(lv.symbol) {
             return none(0, None);
         }
-        let fresh = lv.cache.as_ref().is_some_and(|c| c.0 == seq);
-        let needs_json = wants_json && !lv.cache.as_ref().is_some_and(|c| fresh && c.2.is_some());
-        if !fresh || needs_json {
-            // The variant's snapshot, built once for whichever encoding is missing.
-            let book = market.book(lv.symbol);
-            let msg = snapshot_msg(market, lv.symbol, &lv.name, lv.view.snapshot(book));
-            if !fresh {
-                lv.cache = Some((seq, EncodedFrame::binary(&msg), None));
+        let cache = match &mut lv.cache {
+            Some((s, frames)) if *s == seq => frames,
+            stale_or_none => {
+                let book = market.book(lv.symbol);
+                let msg = snapshot_msg(market, lv.symbol, &lv.name, lv.view.snapshot(book));
                 self.stats.snapshots += 1;
+                &mut stale_or_none
+                    .insert((seq, Rendered::proto(EncodedFrame::binary(&msg))))
+                    .1
             }
-            if needs_json {
-                self.json_buf.clear();
-                json::render(&msg, decimals, &mut self.json_buf);
-                if let Some(c) = lv.cache.as_mut() {
-                    c.2 = Some(EncodedFrame::text(&self.json_buf));
-                }
-            }
-        }
-        // Filled just above.
-        let (_, bin, json) = lv.cache.clone().expect("snapshot cache filled above");
+        };
+        // The variant's snapshot, each rendering built once per seq.
+        renderer.complete(cache, wanted, decimals, None);
         ToWorker::Snapshot {
             symbol: stream,
             seq,
-            bin: Some(bin),
-            json: if wants_json { json } else { None },
+            frames: Some(cache.only(wanted)),
             stale: None,
         }
     }

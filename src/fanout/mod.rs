@@ -11,6 +11,7 @@ pub mod frames;
 pub mod limits;
 pub mod outbox;
 pub mod pacing;
+pub mod render;
 pub mod replay;
 pub mod request;
 pub mod ring;

@@ -14,18 +14,18 @@
 use crate::book::SymbolId;
 use crate::book::market::{Market, Published};
 use crate::book::resume::{HistoryCounters, HistoryLimits, Resume, ResumeHistory, StreamKey};
-use crate::wire::EncodedFrame;
-use crate::wire::json::{self, Decimals};
-use crate::wire::pb;
+use crate::wire::json::Decimals;
+use crate::wire::{EncodedFrame, Rendering, Renderings};
 
+use super::render::{Rendered, Renderer};
 use super::ring::{Lane, ResumeAnswer, ToWorker};
 
-/// One recorded message in both encodings (JSON only if some worker had
-/// JSON interest when it was published; rendered on demand otherwise).
+/// One recorded message: its protobuf frame, and its JSON one if some
+/// worker had JSON interest when it was published (other renderings are
+/// built on demand by the answer, not kept).
 #[derive(Debug, Clone)]
 pub struct Recorded {
-    bin: EncodedFrame,
-    json: Option<EncodedFrame>,
+    frames: Rendered,
 }
 
 /// Counters of resume requests, for the metrics.
@@ -62,7 +62,6 @@ pub const MAX_REPLAY_BYTES: usize = 1 << 20;
 pub struct Replays {
     history: ResumeHistory<Recorded>,
     stats: ReplayStats,
-    json_buf: String,
 }
 
 /// One worker's request (the fields of `ToIngest::Resume`).
@@ -73,7 +72,7 @@ pub struct ResumeRequest {
     pub lane: Lane,
     pub epoch: u64,
     pub after_seq: u64,
-    pub json: bool,
+    pub rendering: Rendering,
 }
 
 impl Replays {
@@ -81,7 +80,6 @@ impl Replays {
         Replays {
             history: ResumeHistory::new(limits),
             stats: ReplayStats::default(),
-            json_buf: String::new(),
         }
     }
 
@@ -92,17 +90,10 @@ impl Replays {
         }
     }
 
-    /// Records one published message (`frame` its binary encoding, `json`
-    /// its JSON one if it was rendered). A replaced book restarts the
-    /// symbol's book history at its seq.
-    pub fn record(
-        &mut self,
-        market: &Market,
-        event: &Published,
-        frame: &EncodedFrame,
-        json: Option<EncodedFrame>,
-        now_ns: u64,
-    ) {
+    /// Records one published message (`frames`: the renderings the router
+    /// built for it). A replaced book restarts the symbol's book history at
+    /// its seq.
+    pub fn record(&mut self, market: &Market, event: &Published, frames: &Rendered, now_ns: u64) {
         let symbol = event.symbol();
         let epoch = market.symbol_epoch(symbol);
         let (key, seq) = match event {
@@ -114,11 +105,9 @@ impl Replays {
             Published::Trade { seq, .. } => (StreamKey::trades(symbol), *seq),
             Published::Stale { .. } => return,
         };
-        let bytes = frame.len() + json.as_ref().map_or(0, EncodedFrame::len);
-        let recorded = Recorded {
-            bin: frame.clone(),
-            json,
-        };
+        let kept = frames.only(Renderings::of(Rendering::Json));
+        let bytes = kept.len();
+        let recorded = Recorded { frames: kept };
         self.history.push(now_ns, key, epoch, seq, recorded, bytes);
     }
 
@@ -127,12 +116,13 @@ impl Replays {
         self.history.expire(now_ns);
     }
 
-    /// The answer to one resume request.
+    /// The answer to one resume request, in the requester's rendering.
     pub fn answer(
         &mut self,
         req: ResumeRequest,
         market: &Market,
         decimals: Decimals,
+        renderer: &mut Renderer,
         now_ns: u64,
     ) -> ToWorker {
         let key = match req.lane {
@@ -163,15 +153,12 @@ impl Replays {
                     let mut frames = Vec::with_capacity(replay.len());
                     for e in replay {
                         last = e.seq;
-                        let f = if req.json {
-                            match &e.frame.json {
-                                Some(j) => j.clone(),
-                                None => render_json(&e.frame.bin, decimals, &mut self.json_buf),
-                            }
-                        } else {
-                            e.frame.bin.clone()
-                        };
-                        frames.push(f);
+                        frames.push(rendered_as(
+                            &e.frame.frames,
+                            req.rendering,
+                            decimals,
+                            renderer,
+                        ));
                     }
                     self.stats.hits += 1;
                     self.stats.replayed += frames.len() as u64;
@@ -196,20 +183,27 @@ impl Replays {
     }
 }
 
-/// The JSON frame of a recorded binary frame (its JSON was not rendered
-/// when it was published: no worker had JSON interest then).
-fn render_json(bin: &EncodedFrame, decimals: Decimals, buf: &mut String) -> EncodedFrame {
-    use prost::Message;
-    let msg = pb::ServerMessage::decode(bin.payload()).unwrap_or_default();
-    buf.clear();
-    json::render(&msg, decimals, buf);
-    EncodedFrame::text(buf)
+/// A recorded message in `rendering`: the frame kept, or one built now
+/// (shared by nobody else: a replay is one client's).
+fn rendered_as(
+    kept: &Rendered,
+    rendering: Rendering,
+    decimals: Decimals,
+    renderer: &mut Renderer,
+) -> EncodedFrame {
+    if let Some(f) = kept.get(rendering) {
+        return f.clone();
+    }
+    let mut frames = kept.clone();
+    renderer.complete(&mut frames, Renderings::of(rendering), decimals, None);
+    frames.get(rendering).unwrap_or(kept.proto_frame()).clone()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::book::FeedId;
+    use crate::wire::pb;
 
     fn published(market: &mut Market, msg: pb::ingest_message::Body) -> Vec<Published> {
         let mut out = Vec::new();
@@ -225,7 +219,12 @@ mod tests {
         out
     }
 
-    fn ask(market: &mut Market, replays: &mut Replays, after_seq: u64, json: bool) -> ResumeAnswer {
+    fn ask(
+        market: &mut Market,
+        replays: &mut Replays,
+        after_seq: u64,
+        rendering: Rendering,
+    ) -> ResumeAnswer {
         let symbol = market.symbol_id("AAA").unwrap();
         let req = ResumeRequest {
             token: 1,
@@ -233,9 +232,10 @@ mod tests {
             lane: Lane::Book,
             epoch: market.symbol_epoch(symbol),
             after_seq,
-            json,
+            rendering,
         };
-        match replays.answer(req, market, Decimals::default(), 10) {
+        let mut renderer = Renderer::new(256);
+        match replays.answer(req, market, Decimals::default(), &mut renderer, 10) {
             ToWorker::Resumed { answer, .. } => answer,
             other => panic!("{other:?}"),
         }
@@ -251,7 +251,7 @@ mod tests {
         let mut record = |market: &mut Market, body| {
             for ev in published(market, body) {
                 let frame = EncodedFrame::binary(ev.msg());
-                replays.record(market, &ev, &frame, None, 5);
+                replays.record(market, &ev, &Rendered::proto(frame), 5);
             }
         };
         record(
@@ -283,7 +283,7 @@ mod tests {
                 }),
             );
         }
-        match ask(&mut market, &mut replays, 3_990, true) {
+        match ask(&mut market, &mut replays, 3_990, Rendering::Json) {
             ResumeAnswer::Hit { last, frames } => {
                 assert_eq!(last, 4_000);
                 assert_eq!(frames.len(), 10);
@@ -296,7 +296,22 @@ mod tests {
             ResumeAnswer::Miss { dropped } => panic!("a miss, {dropped} dropped"),
             ResumeAnswer::Stale(r) => panic!("{r:?}"),
         }
-        match ask(&mut market, &mut replays, 1, false) {
+        // A deflate client gets the same messages compressed (each over the
+        // 256-byte threshold), inflating to the protobuf frames.
+        match ask(&mut market, &mut replays, 3_998, Rendering::ProtoDeflate) {
+            ResumeAnswer::Hit { frames, .. } => {
+                assert_eq!(frames.len(), 2);
+                for f in &frames {
+                    assert!(f.is_deflated());
+                    let mut out = Vec::new();
+                    crate::ws::deflate::inflate(f.payload(), 1 << 20, &mut out).unwrap();
+                    let msg = <pb::ServerMessage as prost::Message>::decode(&out[..]).unwrap();
+                    assert!(matches!(msg.body, Some(pb::server_message::Body::Delta(_))));
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+        match ask(&mut market, &mut replays, 1, Rendering::Proto) {
             ResumeAnswer::Miss { dropped } => assert_eq!(dropped, 3_999),
             ResumeAnswer::Hit { frames, .. } => {
                 panic!("over the byte bound, {} frames replayed", frames.len())
@@ -304,6 +319,6 @@ mod tests {
             ResumeAnswer::Stale(r) => panic!("{r:?}"),
         }
         assert_eq!(replays.stats().misses[5], 1);
-        assert_eq!(replays.stats().hits, 1);
+        assert_eq!(replays.stats().hits, 2);
     }
 }

@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use crate::book::SymbolId;
 use crate::book::market::FeedStale;
-use crate::wire::EncodedFrame;
+use crate::wire::{EncodedFrame, Rendering};
+
+use super::render::Rendered;
 
 /// Index of a worker thread (`worker-N`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -64,15 +66,15 @@ pub enum ToWorker {
     /// `prev_seq` is the seq of the stream's previous delta (PROTOCOL §9): a
     /// subscriber holding it takes this one; on a symbol's full book it is
     /// `seq - 1`, on a derived one the last emission's.
-    /// `json` is present while the worker has JSON interest in the symbol.
+    /// `frames` holds the protobuf frame and each rendering the worker has
+    /// interest in for the stream (`ToIngest::Rendering`).
     Data {
         symbol: SymbolId,
         kind: DataKind,
         seq: u64,
         prev_seq: u64,
         ingest_ts_ns: u64,
-        bin: EncodedFrame,
-        json: Option<EncodedFrame>,
+        frames: Rendered,
     },
     /// The answer to [`ToIngest::SnapshotRequest`]: the current book at `seq`,
     /// or, if the book is stale for a feed reason, `stale` and no frames (the
@@ -80,8 +82,7 @@ pub enum ToWorker {
     Snapshot {
         symbol: SymbolId,
         seq: u64,
-        bin: Option<EncodedFrame>,
-        json: Option<EncodedFrame>,
+        frames: Option<Rendered>,
         stale: Option<FeedStale>,
     },
     /// The answer to the [`ToIngest::Resume`] with this `token`.
@@ -102,7 +103,7 @@ pub enum ToWorker {
 /// The answer to [`ToIngest::Resume`] (PROTOCOL §10).
 #[derive(Debug, Clone)]
 pub enum ResumeAnswer {
-    /// Every message after the client's seq, in the client's encoding,
+    /// Every message after the client's seq, in the client's rendering,
     /// oldest first; the stream continues after `last` (the client's seq
     /// when nothing was missed).
     Hit {
@@ -126,8 +127,13 @@ pub enum ToIngest {
         channel: Lane,
         on: bool,
     },
-    /// Whether the worker has any JSON-encoded subscriber of `symbol`.
-    Json { symbol: SymbolId, on: bool },
+    /// Whether the worker has any subscriber of `symbol` (a stream) that
+    /// takes `rendering` (never sent for protobuf, which every message has).
+    Rendering {
+        symbol: SymbolId,
+        rendering: Rendering,
+        on: bool,
+    },
     /// One request per (worker, symbol) however many local clients wait.
     SnapshotRequest { symbol: SymbolId },
     /// "Every message of `symbol`'s `lane` after `after_seq` in `epoch`"
@@ -139,6 +145,6 @@ pub enum ToIngest {
         lane: Lane,
         epoch: u64,
         after_seq: u64,
-        json: bool,
+        rendering: Rendering,
     },
 }

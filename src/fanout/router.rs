@@ -2,8 +2,8 @@
 //!
 //! Run by the ingest thread, the single writer of all of this state. For each
 //! published message it picks the workers with interest in the symbol and that
-//! channel, attaches the JSON frame (rendered once) only when some of them want
-//! JSON, and pushes. It answers workers' snapshot requests from a per-symbol
+//! channel, attaches each other rendering (JSON, compressed, SSE: built once
+//! by [`Renderer`]) only for the workers that want it, and pushes. It answers workers' snapshot requests from a per-symbol
 //! cache of the encoded snapshot, valid until the book changes.
 //!
 //! It never blocks on a worker. A full ring drops data for that worker alone and
@@ -25,12 +25,12 @@ use std::sync::Arc;
 
 use crate::book::SymbolId;
 use crate::book::market::{FeedStale, Market, Published};
-use crate::wire::EncodedFrame;
 use crate::wire::decimal::clamp_decimals;
-use crate::wire::json::{self, Decimals};
-use crate::wire::pb;
+use crate::wire::json::Decimals;
+use crate::wire::{EncodedFrame, Rendering, Renderings, pb};
 
 use super::derived::DerivedStats;
+use super::render::{RenderStats, Rendered, Renderer};
 use super::replay::ReplayStats;
 use super::ring::{DataKind, Lane, ToIngest, ToWorker};
 
@@ -53,8 +53,9 @@ pub struct RouterStats {
     pub drop_markers: u64,
     pub snapshot_requests: u64,
     pub snapshots_encoded: u64,
-    pub json_rendered: u64,
     pub backlogged: u64,
+    /// The renderings built (`fanout::render`).
+    pub render: RenderStats,
     /// The derived streams beside the router (`fanout::derived`), copied
     /// in by the sink for the metrics.
     pub derived: DerivedStats,
@@ -66,7 +67,9 @@ pub struct RouterStats {
 struct Route {
     book: u64,
     trades: u64,
-    json: u64,
+    /// Workers with interest per rendering ([`Rendering::index`]; protobuf's
+    /// slot is unused: every worker gets it).
+    renderings: [u64; Rendering::COUNT],
     decimals: Option<Decimals>,
     /// The epoch last announced with the decimals.
     epoch: u64,
@@ -76,8 +79,7 @@ struct Route {
 
 struct CachedSnapshot {
     seq: u64,
-    bin: EncodedFrame,
-    json: Option<EncodedFrame>,
+    frames: Rendered,
 }
 
 #[derive(Default)]
@@ -103,11 +105,22 @@ pub struct Router {
     routes: Vec<Route>,
     lanes: Vec<WorkerLane>,
     stats: RouterStats,
-    json_buf: String,
+    renderer: Renderer,
 }
 
 fn bit(worker: usize) -> u64 {
     1u64 << worker
+}
+
+/// The renderings some worker of `workers` wants, given per-rendering masks.
+fn wanted_by(masks: &[u64; Rendering::COUNT], workers: u64) -> Renderings {
+    let mut s = Renderings::NONE;
+    for r in Rendering::ALL {
+        if r != Rendering::Proto && masks[r.index()] & workers != 0 {
+            s.insert(r);
+        }
+    }
+    s
 }
 
 /// What a worker missed of one symbol while its ring was full.
@@ -120,18 +133,29 @@ struct Lost {
 }
 
 impl Router {
-    pub fn new(workers: usize) -> Router {
+    /// `deflate_threshold_bytes`: PROTOCOL §12's threshold under which a
+    /// message goes uncompressed.
+    pub fn new(workers: usize, deflate_threshold_bytes: usize) -> Router {
         assert!(workers <= MAX_WORKERS, "at most {MAX_WORKERS} workers");
         Router {
             routes: Vec::new(),
             lanes: (0..workers).map(|_| WorkerLane::default()).collect(),
             stats: RouterStats::default(),
-            json_buf: String::new(),
+            renderer: Renderer::new(deflate_threshold_bytes),
         }
     }
 
-    pub fn stats(&self) -> &RouterStats {
-        &self.stats
+    pub fn stats(&self) -> RouterStats {
+        RouterStats {
+            render: self.renderer.stats(),
+            ..self.stats.clone()
+        }
+    }
+
+    /// The renderer, for renderings made beside the router (derived
+    /// snapshots, resume answers).
+    pub fn renderer(&mut self) -> &mut Renderer {
+        &mut self.renderer
     }
 
     /// Whether backlogs or drop markers wait for ring room (poll again soon).
@@ -149,22 +173,22 @@ impl Router {
         &mut self.routes[i]
     }
 
-    /// Workers with interest in `symbol` (any channel): for tests and metrics.
-    pub fn interest(&self, symbol: SymbolId) -> (u64, u64, u64) {
-        self.routes
-            .get(symbol.index())
-            .map_or((0, 0, 0), |r| (r.book, r.trades, r.json))
+    /// Workers with interest in `symbol`: book, trades, and `rendering`.
+    pub fn interest(&self, symbol: SymbolId, rendering: Rendering) -> (u64, u64, u64) {
+        self.routes.get(symbol.index()).map_or((0, 0, 0), |r| {
+            (r.book, r.trades, r.renderings[rendering.index()])
+        })
     }
 
     /// Routes one published message; `frame` is its binary encoding.
-    /// Returns its JSON frame if some worker wanted one (rendered once).
+    /// Returns it in every rendering built for it.
     pub fn publish(
         &mut self,
         market: &Market,
         event: &Published,
         frame: &EncodedFrame,
         rings: &mut impl Rings,
-    ) -> Option<EncodedFrame> {
+    ) -> Rendered {
         let (symbol, kind, seq, msg) = match event {
             Published::Snapshot { symbol, seq, msg } => {
                 (*symbol, DataKind::BookReplaced, *seq, msg)
@@ -201,7 +225,8 @@ impl Router {
 
     /// Routes one message of a stream (a symbol, or a derived book channel
     /// of one: [`crate::fanout::derived`]) to the workers with interest in
-    /// it, rendering JSON once if some want it (and returning it).
+    /// it, each other rendering built once if some want it. Returns it in
+    /// every rendering built.
     pub fn publish_stream(
         &mut self,
         stream: Stream,
@@ -209,7 +234,7 @@ impl Router {
         frame: &EncodedFrame,
         decimals: Decimals,
         rings: &mut impl Rings,
-    ) -> Option<EncodedFrame> {
+    ) -> Rendered {
         let Stream {
             symbol,
             kind,
@@ -224,28 +249,25 @@ impl Router {
             DataKind::Trade => route.trades,
             DataKind::FeedStale(FeedStale::FeedDown) => route.book | route.trades,
         };
-        let json = if targets & route.json != 0 {
-            self.json_buf.clear();
-            json::render(msg, decimals, &mut self.json_buf);
-            self.stats.json_rendered += 1;
-            Some(EncodedFrame::text(&self.json_buf))
-        } else {
-            None
-        };
+        let masks = route.renderings;
+        let wanted = wanted_by(&masks, targets);
+        let mut frames = Rendered::proto(frame.clone());
+        if !wanted.is_empty() {
+            self.renderer
+                .complete(&mut frames, wanted, decimals, Some(msg));
+        }
         let route = self.route(symbol);
         match kind {
             // The replaced book is the snapshot at `seq`: cache it for requests.
             DataKind::BookReplaced => {
                 route.cache = Some(CachedSnapshot {
                     seq,
-                    bin: frame.clone(),
-                    json: json.clone(),
+                    frames: frames.clone(),
                 });
             }
             DataKind::Delta => route.cache = None,
             _ => {}
         }
-        let json_mask = route.json;
         let ingest_ts_ns = ingest_ts(msg);
         let mut mask = targets;
         while mask != 0 {
@@ -257,16 +279,11 @@ impl Router {
                 seq,
                 prev_seq,
                 ingest_ts_ns,
-                bin: frame.clone(),
-                json: if json_mask & bit(w) != 0 {
-                    json.clone()
-                } else {
-                    None
-                },
+                frames: frames.only(wanted_by(&masks, bit(w))),
             };
             self.push_data(w, symbol, kind, msg, rings);
         }
-        json
+        frames
     }
 
     /// Broadcasts the instrument when it is new or its decimals or epoch changed.
@@ -375,9 +392,9 @@ impl Router {
         }
     }
 
-    /// Whether worker `w` has JSON subscribers of `symbol`.
-    pub fn wants_json(&mut self, symbol: SymbolId, w: usize) -> bool {
-        self.route(symbol).json & bit(w) != 0
+    /// The renderings worker `w`'s subscribers of `symbol` take.
+    pub fn wanted(&mut self, symbol: SymbolId, w: usize) -> Renderings {
+        wanted_by(&self.route(symbol).renderings, bit(w))
     }
 
     /// Queues a must-deliver message for worker `w` (a snapshot answer made
@@ -433,12 +450,16 @@ impl Router {
                     *mask &= !bit(w)
                 }
             }
-            ToIngest::Json { symbol, on } => {
-                let route = self.route(symbol);
+            ToIngest::Rendering {
+                symbol,
+                rendering,
+                on,
+            } => {
+                let mask = &mut self.route(symbol).renderings[rendering.index()];
                 if on {
-                    route.json |= bit(w)
+                    *mask |= bit(w)
                 } else {
-                    route.json &= !bit(w)
+                    *mask &= !bit(w)
                 }
             }
             // Answered beside the router, from the resume history
@@ -459,65 +480,42 @@ impl Router {
             return ToWorker::Snapshot {
                 symbol,
                 seq: 0,
-                bin: None,
-                json: None,
+                frames: None,
                 stale: None,
             };
         }
+        let seq = market.snapshot_seq(symbol);
         if let Some(reason) = market.stale_reason(symbol) {
-            let seq = market.snapshot_seq(symbol);
             return ToWorker::Snapshot {
                 symbol,
                 seq,
-                bin: None,
-                json: None,
+                frames: None,
                 stale: Some(reason),
             };
         }
-        let seq = market.snapshot_seq(symbol);
-        let wants_json = self.route(symbol).json & bit(w) != 0;
-        let fresh = matches!(&self.route(symbol).cache, Some(c) if c.seq == seq);
-        if !fresh {
-            let msg = pb::ServerMessage {
-                body: Some(pb::server_message::Body::Snapshot(market.snapshot(symbol))),
-            };
-            let bin = EncodedFrame::binary(&msg);
-            self.stats.snapshots_encoded += 1;
-            self.route(symbol).cache = Some(CachedSnapshot {
-                seq,
-                bin,
-                json: None,
-            });
-        }
-        if wants_json
-            && self
-                .route(symbol)
-                .cache
-                .as_ref()
-                .is_some_and(|c| c.json.is_none())
-        {
-            let msg = pb::ServerMessage {
-                body: Some(pb::server_message::Body::Snapshot(market.snapshot(symbol))),
-            };
-            self.json_buf.clear();
-            json::render(&msg, Decimals::default(), &mut self.json_buf);
-            self.stats.json_rendered += 1;
-            let text = EncodedFrame::text(&self.json_buf);
-            if let Some(c) = self.route(symbol).cache.as_mut() {
-                c.json = Some(text);
+        let wanted = self.wanted(symbol, w);
+        let decimals = self.decimals(symbol);
+        let route = &mut self.routes[symbol.index()];
+        let cache = match &mut route.cache {
+            Some(c) if c.seq == seq => c,
+            stale_or_none => {
+                let msg = pb::ServerMessage {
+                    body: Some(pb::server_message::Body::Snapshot(market.snapshot(symbol))),
+                };
+                self.stats.snapshots_encoded += 1;
+                stale_or_none.insert(CachedSnapshot {
+                    seq,
+                    frames: Rendered::proto(EncodedFrame::binary(&msg)),
+                })
             }
-        }
-        // The cache was filled just above.
-        let c = self
-            .route(symbol)
-            .cache
-            .as_ref()
-            .expect("snapshot cache filled above");
+        };
+        // Each rendering a subscriber waits for, built once per book seq.
+        self.renderer
+            .complete(&mut cache.frames, wanted, decimals, None);
         ToWorker::Snapshot {
             symbol,
             seq,
-            bin: Some(c.bin.clone()),
-            json: if wants_json { c.json.clone() } else { None },
+            frames: Some(cache.frames.only(wanted)),
             stale: None,
         }
     }
@@ -665,24 +663,31 @@ mod tests {
         }
     }
 
+    /// The renderings beyond protobuf, as ` +json` etc.
+    fn extra(frames: Option<&Rendered>) -> String {
+        frames
+            .into_iter()
+            .flat_map(|f| f.renderings().iter())
+            .filter(|r| *r != Rendering::Proto)
+            .map(|r| format!(" +{}", r.as_str()))
+            .collect()
+    }
+
     fn kinds(msgs: &[ToWorker]) -> Vec<String> {
         msgs.iter()
             .map(|m| match m {
                 ToWorker::Instrument { name, .. } => format!("instrument {name}"),
                 ToWorker::Data {
-                    kind, seq, json, ..
+                    kind, seq, frames, ..
                 } => {
-                    format!(
-                        "{kind:?} {seq}{}",
-                        if json.is_some() { " +json" } else { "" }
-                    )
+                    format!("{kind:?} {seq}{}", extra(Some(frames)))
                 }
                 ToWorker::Snapshot {
-                    seq, json, stale, ..
+                    seq, frames, stale, ..
                 } => {
                     format!(
                         "snapshot {seq}{}{}",
-                        if json.is_some() { " +json" } else { "" },
+                        extra(frames.as_ref()),
                         stale.map_or("", |s| StaleReason::from(s).as_str())
                     )
                 }
@@ -702,7 +707,8 @@ mod tests {
 
     #[test]
     fn data_goes_only_to_interested_workers_and_json_only_when_wanted() {
-        let (mut m, mut r, mut rings) = (Market::new(), Router::new(3), FakeRings::new(3, 100));
+        let (mut m, mut r, mut rings) =
+            (Market::new(), Router::new(3, 256), FakeRings::new(3, 100));
         let feed = FeedId(1);
         publish(&mut m, &mut r, &mut rings, |m, out| {
             drop(m.handle_snapshot(feed, snapshot("AA"), 1, out))
@@ -737,8 +743,9 @@ mod tests {
         );
         r.handle_request(
             2,
-            ToIngest::Json {
+            ToIngest::Rendering {
                 symbol: aa,
+                rendering: Rendering::Json,
                 on: true,
             },
             &m,
@@ -754,7 +761,7 @@ mod tests {
             "trades-only worker gets no deltas"
         );
         assert_eq!(
-            r.stats().json_rendered,
+            r.stats().render.rendered[Rendering::Json.index()],
             0,
             "nobody wanted JSON for the delta"
         );
@@ -768,7 +775,7 @@ mod tests {
             drop(m.handle_trade(feed, trade, 3, out))
         });
         assert_eq!(kinds(&rings.drain(2)), vec!["Trade 1 +json"]);
-        assert_eq!(r.stats().json_rendered, 1);
+        assert_eq!(r.stats().render.rendered[Rendering::Json.index()], 1);
         // Interest off: nothing more.
         r.handle_request(
             1,
@@ -784,12 +791,13 @@ mod tests {
             drop(m.handle_delta(feed, delta("AA", 3, 6), 4, out))
         });
         assert!(rings.drain(1).is_empty());
-        assert_eq!(r.interest(aa), (0, 0b100, 0b100));
+        assert_eq!(r.interest(aa, Rendering::Json), (0, 0b100, 0b100));
     }
 
     #[test]
     fn snapshot_answers_are_cached_until_the_book_changes() {
-        let (mut m, mut r, mut rings) = (Market::new(), Router::new(2), FakeRings::new(2, 100));
+        let (mut m, mut r, mut rings) =
+            (Market::new(), Router::new(2, 256), FakeRings::new(2, 100));
         let feed = FeedId(1);
         publish(&mut m, &mut r, &mut rings, |m, out| {
             drop(m.handle_snapshot(feed, snapshot("AA"), 1, out))
@@ -803,8 +811,9 @@ mod tests {
         r.handle_request(0, ToIngest::SnapshotRequest { symbol: aa }, &m, &mut rings);
         r.handle_request(
             1,
-            ToIngest::Json {
+            ToIngest::Rendering {
                 symbol: aa,
+                rendering: Rendering::Json,
                 on: true,
             },
             &m,
@@ -830,10 +839,15 @@ mod tests {
         );
         // The answer decodes to the market's book at that seq.
         r.handle_request(0, ToIngest::SnapshotRequest { symbol: aa }, &m, &mut rings);
-        let Some(ToWorker::Snapshot { bin: Some(bin), .. }) = rings.drain(0).pop() else {
+        let Some(ToWorker::Snapshot {
+            frames: Some(frames),
+            ..
+        }) = rings.drain(0).pop()
+        else {
             panic!()
         };
-        let msg = <pb::ServerMessage as prost::Message>::decode(bin.payload()).unwrap();
+        let msg =
+            <pb::ServerMessage as prost::Message>::decode(frames.proto_frame().payload()).unwrap();
         assert_eq!(msg.body, Some(Body::Snapshot(m.snapshot(aa))));
         // A stale book answers with the reason and no frames.
         m.handle_feed_down(feed, &mut Vec::new());
@@ -843,7 +857,7 @@ mod tests {
 
     #[test]
     fn a_full_ring_drops_for_that_worker_only_then_sends_a_marker_first() {
-        let (mut m, mut r, mut rings) = (Market::new(), Router::new(2), FakeRings::new(2, 3));
+        let (mut m, mut r, mut rings) = (Market::new(), Router::new(2, 256), FakeRings::new(2, 3));
         let feed = FeedId(1);
         publish(&mut m, &mut r, &mut rings, |m, out| {
             drop(m.handle_snapshot(feed, snapshot("AA"), 1, out))
@@ -938,7 +952,7 @@ mod tests {
 
     #[test]
     fn must_deliver_messages_wait_in_order_behind_a_full_ring() {
-        let (mut m, mut r, mut rings) = (Market::new(), Router::new(1), FakeRings::new(1, 1));
+        let (mut m, mut r, mut rings) = (Market::new(), Router::new(1, 256), FakeRings::new(1, 1));
         let feed = FeedId(1);
         publish(&mut m, &mut r, &mut rings, |m, out| {
             drop(m.handle_snapshot(feed, snapshot("AA"), 1, out))

@@ -15,6 +15,7 @@
 
 use crate::book::SymbolId;
 use crate::fanout::ring::Lane;
+use crate::wire::Rendering;
 
 /// Where a subscriber stands on its symbol-channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,9 +48,9 @@ pub struct Sub {
     pub seq: u64,
     pub dropped: u32,
     pub state: SubState,
-    /// The connection's encoding is JSON (cached here: the delivery loop picks
+    /// The connection's rendering (cached here: the delivery loop picks
     /// the frame without touching the connection).
-    pub json: bool,
+    pub rendering: Rendering,
 }
 
 /// One subscription of a connection.
@@ -72,7 +73,8 @@ impl ConnSub {
 #[derive(Debug, Default)]
 pub struct SymbolSubs {
     lists: [Vec<Sub>; 2],
-    json_entries: u32,
+    /// Entries per rendering ([`Rendering::index`]).
+    rendering_entries: [u32; Rendering::COUNT],
     /// A `SnapshotRequest` for this symbol is on its way and not yet answered.
     pub snapshot_outstanding: bool,
     /// Answers still to come for requests made before the book interest last
@@ -95,8 +97,9 @@ impl SymbolSubs {
 pub struct Transitions {
     /// The symbol-channel's local count went 0→1 (insert) or 1→0 (remove).
     pub interest: bool,
-    /// The symbol's JSON entries went 0→1 or 1→0.
-    pub json: bool,
+    /// The symbol's entries of this rendering went 0→1 or 1→0 (never
+    /// reported for protobuf, which every message has).
+    pub rendering: Option<Rendering>,
 }
 
 /// Sizes of every index, to prove that nothing survives a close.
@@ -105,7 +108,8 @@ pub struct IndexSizes {
     pub book_entries: usize,
     pub trades_entries: usize,
     pub conn_entries: usize,
-    pub json_entries: usize,
+    /// Entries of a rendering other than protobuf.
+    pub rendering_entries: usize,
     pub symbols_with_interest: usize,
     pub snapshots_outstanding: usize,
 }
@@ -119,7 +123,8 @@ pub struct IndexSizes {
 ///   such a twin (checked by [`SubIndex::check`] in tests and by
 ///   `debug_assert!`s on every removal).
 /// - A connection holds at most one entry per symbol-channel.
-/// - `json_entries` of a symbol is the number of its entries with `json`.
+/// - `rendering_entries[r]` of a symbol is the number of its entries with
+///   rendering `r`.
 #[derive(Debug, Default)]
 pub struct SubIndex {
     symbols: Vec<SymbolSubs>,
@@ -183,7 +188,7 @@ impl SubIndex {
         conn: u32,
         symbol: SymbolId,
         channel: Lane,
-        json: bool,
+        rendering: Rendering,
         state: SubState,
     ) -> (usize, Transitions) {
         debug_assert!(
@@ -207,7 +212,7 @@ impl SubIndex {
             seq: 0,
             dropped: 0,
             state,
-            json,
+            rendering,
         });
         if clist.capacity() == 0 {
             // Most connections hold one symbol-channel: room for exactly one
@@ -219,14 +224,12 @@ impl SubIndex {
             channel,
             pos: pos as u32,
         });
-        let mut t = Transitions {
+        let n = &mut subs.rendering_entries[rendering.index()];
+        *n += 1;
+        let t = Transitions {
             interest: pos == 0,
-            json: false,
+            rendering: (*n == 1 && rendering != Rendering::Proto).then_some(rendering),
         };
-        if json {
-            subs.json_entries += 1;
-            t.json = subs.json_entries == 1;
-        }
         (pos, t)
     }
 
@@ -260,15 +263,12 @@ impl SubIndex {
         if let Some(moved) = list.get(pos).copied() {
             self.conns[moved.conn as usize][moved.back as usize].pos = pos as u32;
         }
-        let mut t = Transitions {
+        let n = &mut subs.rendering_entries[gone.rendering.index()];
+        *n -= 1;
+        Transitions {
             interest: list.is_empty(),
-            json: false,
-        };
-        if gone.json {
-            subs.json_entries -= 1;
-            t.json = subs.json_entries == 0;
+            rendering: (*n == 0 && gone.rendering != Rendering::Proto).then_some(gone.rendering),
         }
-        t
     }
 
     /// Removes every subscription of `conn`, calling `on_removed` for each, and
@@ -289,7 +289,7 @@ impl SubIndex {
         for subs in &self.symbols {
             s.book_entries += subs.lists[0].len();
             s.trades_entries += subs.lists[1].len();
-            s.json_entries += subs.json_entries as usize;
+            s.rendering_entries += subs.rendering_entries[1..].iter().sum::<u32>() as usize;
             s.symbols_with_interest +=
                 usize::from(!subs.lists[0].is_empty() || !subs.lists[1].is_empty());
             s.snapshots_outstanding += usize::from(subs.snapshot_outstanding);
@@ -301,10 +301,10 @@ impl SubIndex {
     /// Verifies every invariant of the type. O(index); tests and debugging only.
     pub fn check(&self) -> Result<(), String> {
         for (si, subs) in self.symbols.iter().enumerate() {
-            let mut json = 0;
+            let mut counts = [0u32; Rendering::COUNT];
             for c in [Lane::Book, Lane::Trades] {
                 for (p, sub) in subs.lists[ch(c)].iter().enumerate() {
-                    json += u32::from(sub.json);
+                    counts[sub.rendering.index()] += 1;
                     let twin = self
                         .conns
                         .get(sub.conn as usize)
@@ -321,10 +321,10 @@ impl SubIndex {
                     }
                 }
             }
-            if json != subs.json_entries {
+            if counts != subs.rendering_entries {
                 return Err(format!(
-                    "symbol {si}: json_entries {} != {json}",
-                    subs.json_entries
+                    "symbol {si}: rendering_entries {:?} != {counts:?}",
+                    subs.rendering_entries
                 ));
             }
         }
@@ -368,35 +368,35 @@ mod tests {
     fn transitions_at_zero_and_one_only() {
         let mut ix = SubIndex::new();
         let s = SymbolId(3);
-        let (_, t) = ix.insert(0, s, Lane::Book, false, SubState::Awaiting);
+        let (_, t) = ix.insert(0, s, Lane::Book, Rendering::Proto, SubState::Awaiting);
         assert_eq!(
             t,
             Transitions {
                 interest: true,
-                json: false
+                rendering: None
             }
         );
-        let (_, t) = ix.insert(1, s, Lane::Book, true, SubState::Awaiting);
+        let (_, t) = ix.insert(1, s, Lane::Book, Rendering::Json, SubState::Awaiting);
         assert_eq!(
             t,
             Transitions {
                 interest: false,
-                json: true
+                rendering: Some(Rendering::Json)
             }
         );
-        let (_, t) = ix.insert(1, s, Lane::Trades, true, SubState::Live);
+        let (_, t) = ix.insert(1, s, Lane::Trades, Rendering::Json, SubState::Live);
         assert_eq!(
             t,
             Transitions {
                 interest: true,
-                json: false
+                rendering: None
             }
         );
         assert_eq!(
             ix.remove(1, s, Lane::Book),
             Some(Transitions {
                 interest: false,
-                json: false
+                rendering: None
             })
         );
         assert_eq!(ix.remove(1, s, Lane::Book), None);
@@ -404,14 +404,14 @@ mod tests {
             ix.remove(1, s, Lane::Trades),
             Some(Transitions {
                 interest: true,
-                json: true
+                rendering: Some(Rendering::Json)
             })
         );
         assert_eq!(
             ix.remove(0, s, Lane::Book),
             Some(Transitions {
                 interest: true,
-                json: false
+                rendering: None
             })
         );
         assert_eq!(ix.sizes(), IndexSizes::default());
@@ -427,7 +427,7 @@ mod tests {
                     conn,
                     SymbolId(sym),
                     Lane::Book,
-                    conn % 2 == 0,
+                    Rendering::ALL[conn as usize % Rendering::COUNT],
                     SubState::Live,
                 );
             }
@@ -463,7 +463,7 @@ mod tests {
                 match op {
                     0 if !model.contains(&key) => {
                         let before = model.iter().filter(|(_, s, t)| *s == sym && *t == trades).count();
-                        let (_, t) = ix.insert(conn, SymbolId(sym), c, conn % 2 == 1, SubState::Live);
+                        let (_, t) = ix.insert(conn, SymbolId(sym), c, Rendering::ALL[conn as usize % Rendering::COUNT], SubState::Live);
                         prop_assert_eq!(t.interest, before == 0);
                         model.insert(key);
                     }

@@ -258,6 +258,9 @@ impl Engine {
             requests,
             shared.clone(),
             cfg.resume,
+            // One threshold for the shared market-data renderings and the
+            // codec's own messages (PROTOCOL §12).
+            cfg.ws.deflate_threshold_bytes as usize,
         );
         let ingest = ingest.spawn(Box::new(sink))?;
         let mut threads = Vec::new();

@@ -20,6 +20,7 @@ use crate::fanout::router::RouterStats;
 use crate::fanout::streams::DerivedStreams;
 use crate::fanout::worker::{LagHistogram, RESYNC_LAG_BOUNDS_NS, Tier};
 use crate::metrics::{IngestCounters, PromText};
+use crate::wire::Rendering;
 
 /// Why a connection or request was refused or a connection closed by the
 /// server, as counted in `tickwire_rejections_total{reason}`.
@@ -124,6 +125,8 @@ pub struct WorkerCounters {
     pub connections_open: crate::metrics::Gauge,
     pub connections_accepted: crate::metrics::Counter,
     pub http_requests: crate::metrics::Counter,
+    /// SSE streams opened (PROTOCOL §11; also counted open connections).
+    pub sse_opened: crate::metrics::Counter,
     pub subscriptions: crate::metrics::Gauge,
     /// Connections the core holds (published once a second, for leak checks).
     pub core_connections: crate::metrics::Gauge,
@@ -327,10 +330,29 @@ impl Shared {
             "Snapshots encoded (cache misses).",
             router.snapshots_encoded,
         );
+        let render = &router.render;
+        out.labeled_counter(
+            "tickwire_rendered_total",
+            "Market-data messages rendered beyond protobuf, once each and only while some connection takes that rendering, by rendering.",
+            "rendering",
+            Rendering::ALL[1..]
+                .iter()
+                .map(|r| (r.as_str(), render.rendered[r.index()])),
+        );
+        out.labeled_counter(
+            "tickwire_deflate_bytes_total",
+            "permessage-deflate (PROTOCOL §12): payload bytes of the messages sent compressed, before (in) and after (out).",
+            "dir",
+            [
+                ("in", render.deflate_in_bytes),
+                ("out", render.deflate_out_bytes),
+            ]
+            .into_iter(),
+        );
         out.counter(
-            "tickwire_json_rendered_total",
-            "Messages rendered to JSON (once each).",
-            router.json_rendered,
+            "tickwire_deflate_skipped_total",
+            "Messages of a deflate rendering sent uncompressed: under the threshold, or not made shorter.",
+            render.deflate_skipped,
         );
         out.gauge(
             "tickwire_derived_views",
@@ -391,7 +413,7 @@ impl Shared {
                 .chain([("feed_stale", r.stale)]),
         );
         type Get = fn(&WorkerCounters) -> u64;
-        let per_worker: [(&str, &str, &str, Get); 23] = [
+        let per_worker: [(&str, &str, &str, Get); 24] = [
             (
                 "tickwire_worker_connections",
                 "gauge",
@@ -421,6 +443,12 @@ impl Shared {
                 "counter",
                 "Plain HTTP requests served.",
                 |c| c.http_requests.get(),
+            ),
+            (
+                "tickwire_sse_opened_total",
+                "counter",
+                "Server-Sent Events streams opened (PROTOCOL §11); refusals are answered 400/401/403 and counted as rejected requests.",
+                |c| c.sse_opened.get(),
             ),
             (
                 "tickwire_subscriptions",

@@ -15,8 +15,8 @@ use crate::fanout::derived::DerivedBooks;
 use crate::fanout::replay::{Replays, ResumeRequest};
 use crate::fanout::ring::{ToIngest, ToWorker};
 use crate::fanout::router::{Rings, Router};
-use crate::wire::EncodedFrame;
 use crate::wire::pb::server_message::Body;
+use crate::wire::{EncodedFrame, Rendering};
 
 use super::ingest::MarketSink;
 use super::ring_wake::must_wake;
@@ -79,9 +79,10 @@ impl FanoutSink {
         requests: Vec<rtrb::Consumer<ToIngest>>,
         shared: Arc<Shared>,
         resume: HistoryLimits,
+        deflate_threshold_bytes: usize,
     ) -> FanoutSink {
         FanoutSink {
-            router: Router::new(rings.producers.len()),
+            router: Router::new(rings.producers.len(), deflate_threshold_bytes),
             derived: DerivedBooks::new(shared.streams.clone()),
             replays: Replays::new(resume),
             rings,
@@ -95,7 +96,7 @@ impl FanoutSink {
 
     /// Whether some worker holds any channel of `symbol`, derived ones included.
     fn holds(&self, symbol: SymbolId) -> bool {
-        let (book, trades, _) = self.router.interest(symbol);
+        let (book, trades, _) = self.router.interest(symbol, Rendering::Proto);
         book | trades != 0 || self.derived.holds(symbol)
     }
 
@@ -127,8 +128,8 @@ impl MarketSink for FanoutSink {
             Published::Trade { .. } | Published::Stale { .. } => {}
         }
         let now = wall_clock_ns();
-        let json = self.router.publish(market, event, frame, &mut self.rings);
-        self.replays.record(market, event, frame, json, now);
+        let frames = self.router.publish(market, event, frame, &mut self.rings);
+        self.replays.record(market, event, &frames, now);
         self.derived
             .on_published(market, event, frame, &mut self.router, &mut self.rings, now);
     }
@@ -185,7 +186,7 @@ impl MarketSink for FanoutSink {
                         lane,
                         epoch,
                         after_seq,
-                        json,
+                        rendering,
                     } => {
                         let req = ResumeRequest {
                             token,
@@ -193,26 +194,36 @@ impl MarketSink for FanoutSink {
                             lane,
                             epoch,
                             after_seq,
-                            json,
+                            rendering,
                         };
                         let decimals = self.router.decimals(symbol);
-                        let answer = self.replays.answer(req, market, decimals, wall_clock_ns());
+                        let answer = self.replays.answer(
+                            req,
+                            market,
+                            decimals,
+                            self.router.renderer(),
+                            wall_clock_ns(),
+                        );
                         self.router.answer(w, answer, &mut self.rings);
                     }
                     ToIngest::SnapshotRequest { symbol } if symbol.is_derived() => {
-                        let wants_json = self.router.wants_json(symbol, w);
+                        let wanted = self.router.wanted(symbol, w);
                         let decimals = self
                             .router
                             .decimals(self.shared.streams.key(symbol).map_or(symbol, |k| k.0));
-                        let answer = self
-                            .derived
-                            .snapshot_answer(symbol, wants_json, market, decimals);
+                        let answer = self.derived.snapshot_answer(
+                            symbol,
+                            wanted,
+                            market,
+                            decimals,
+                            self.router.renderer(),
+                        );
                         self.router.answer(w, answer, &mut self.rings);
                     }
                     req => self.router.handle_request(w, req, market, &mut self.rings),
                 }
                 if let Some(s) = interest_in.filter(|s| s.is_derived()) {
-                    let held = self.router.interest(s).0 != 0;
+                    let held = self.router.interest(s, Rendering::Proto).0 != 0;
                     self.derived.set_interest(s, held, market, wall_clock_ns());
                 }
                 if let (Some(s), Some(before)) = (followed, before) {

@@ -40,6 +40,9 @@ impl Opcode {
     }
 }
 
+/// RSV1 of a frame's first byte: the message is compressed (RFC 7692 §6).
+pub const RSV1: u8 = 0x40;
+
 /// Largest server frame header: 2 bytes + 8-byte extended length, no mask.
 pub const MAX_SERVER_HEADER_LEN: usize = 10;
 
@@ -224,6 +227,32 @@ impl EncodedFrame {
         let mut buf = Vec::with_capacity(server_header_len(json.len()) + json.len());
         write_server_frame(&mut buf, Opcode::Text, json.as_bytes());
         EncodedFrame(buf.into())
+    }
+
+    /// A frame of `opcode` whose payload is a message compressed with
+    /// permessage-deflate (RFC 7692 §6: RSV1 set on the first frame).
+    pub fn deflated(opcode: Opcode, compressed: &[u8]) -> EncodedFrame {
+        let mut buf = Vec::with_capacity(server_header_len(compressed.len()) + compressed.len());
+        write_server_frame(&mut buf, opcode, compressed);
+        buf[0] |= RSV1;
+        EncodedFrame(buf.into())
+    }
+
+    /// Bytes that go on the wire as they are, with no WebSocket header (an
+    /// SSE event, PROTOCOL §11).
+    pub fn raw(bytes: &[u8]) -> EncodedFrame {
+        EncodedFrame(bytes.into())
+    }
+
+    /// The opcode of a WebSocket frame (`None` for [`EncodedFrame::raw`]
+    /// bytes that do not start like one).
+    pub fn opcode(&self) -> Option<Opcode> {
+        Opcode::from_u8(self.0.first()? & 0x0f)
+    }
+
+    /// Whether RSV1 is set: a compressed message (RFC 7692).
+    pub fn is_deflated(&self) -> bool {
+        self.0.first().is_some_and(|b| b & RSV1 != 0)
     }
 
     /// Wraps bytes that already form one complete frame.

@@ -102,6 +102,18 @@ fn side_name(side: i32) -> &'static str {
 
 /// Appends the JSON rendering of `msg`. `decimals` are the symbol's, used for
 /// deltas and trades (a snapshot carries its own); ignored for control messages.
+/// The `"type"` of a JSON object made by [`render`] (its first member):
+/// the SSE event name (PROTOCOL §11). `"message"` for anything else.
+pub fn type_of(json: &[u8]) -> &str {
+    json.strip_prefix(b"{\"type\":\"")
+        .and_then(|rest| {
+            let end = rest.iter().position(|&b| b == b'"')?;
+            std::str::from_utf8(&rest[..end]).ok()
+        })
+        .filter(|t| !t.is_empty())
+        .unwrap_or("message")
+}
+
 pub fn render(msg: &pb::ServerMessage, decimals: Decimals, out: &mut String) {
     // Writing to a String cannot fail: the `let _ =` below discard `Ok(())`.
     match &msg.body {

@@ -12,6 +12,7 @@ pub mod encoding;
 pub mod frame;
 pub mod json;
 pub mod nesting;
+pub mod rendering;
 pub mod stale;
 pub mod varint;
 
@@ -24,4 +25,5 @@ pub mod pb {
 pub use close::CloseCode;
 pub use encoding::Encoding;
 pub use frame::{EncodedFrame, Opcode};
+pub use rendering::{Rendering, Renderings};
 pub use stale::StaleReason;

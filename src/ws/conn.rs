@@ -81,6 +81,10 @@ pub enum State {
     Handshake,
     /// Messages flow both ways.
     Open,
+    /// Server role: the request was answered with a response whose body the
+    /// owner writes for as long as it lasts (an SSE stream, PROTOCOL §11):
+    /// no frames, no deadline, the peer's further bytes are discarded.
+    Streaming,
     /// We sent a close frame and wait for the peer's (until [`Conn::poll_timeout`]).
     Closing,
     /// Done: write what [`Conn::poll_transmit`] still holds, then close the
@@ -128,6 +132,7 @@ enum Phase {
     ReadingRequest,
     AwaitingAnswer,
     Open,
+    Streaming,
     Closing,
     Closed,
 }
@@ -248,6 +253,7 @@ impl Conn {
         match self.phase {
             Phase::ReadingRequest | Phase::AwaitingAnswer => State::Handshake,
             Phase::Open => State::Open,
+            Phase::Streaming => State::Streaming,
             Phase::Closing => State::Closing,
             Phase::Closed => State::Closed,
         }
@@ -260,6 +266,11 @@ impl Conn {
 
     pub fn is_closed(&self) -> bool {
         self.phase == Phase::Closed
+    }
+
+    /// Whether the owner streams a response body ([`Conn::stream_response`]).
+    pub fn is_streaming(&self) -> bool {
+        self.phase == Phase::Streaming
     }
 
     /// permessage-deflate as negotiated, if it was (PROTOCOL §12).
@@ -294,7 +305,9 @@ impl Conn {
                     self.process_pending(now);
                 }
             }
-            Phase::Closed => {}
+            // Nothing is read from a streamed response's peer (an
+            // `EventSource` sends nothing after its request).
+            Phase::Streaming | Phase::Closed => {}
         }
     }
 
@@ -369,6 +382,19 @@ impl Conn {
         // Frames that came with the request are decoded by the next poll_event.
     }
 
+    /// Takes the request as answered by a streamed response (an SSE
+    /// stream, PROTOCOL §11): the owner writes its head and body; the
+    /// handshake deadline ends; input that came with the request is dropped.
+    pub fn stream_response(&mut self) {
+        if self.phase == Phase::AwaitingAnswer {
+            self.phase = Phase::Streaming;
+            self.deadline = None;
+            self.http = None;
+            self.pending.free();
+            self.pending_pos = 0;
+        }
+    }
+
     /// Answers the request with `response` (a plain endpoint or an error) and
     /// closes: one request per connection.
     pub fn respond(&mut self, now: Instant, response: &Response) {
@@ -384,7 +410,10 @@ impl Conn {
     pub fn close(&mut self, now: Instant, code: CloseCode, reason: &str) {
         match self.phase {
             Phase::Open => self.start_closing(now, code, reason),
-            Phase::ReadingRequest | Phase::AwaitingAnswer => self.set_closed(Some(now)),
+            // A streamed response just ends (what is queued is still written).
+            Phase::ReadingRequest | Phase::AwaitingAnswer | Phase::Streaming => {
+                self.set_closed(Some(now))
+            }
             Phase::Closing | Phase::Closed => {}
         }
     }

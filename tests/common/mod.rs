@@ -63,6 +63,118 @@ pub struct Client {
     pub cursor: usize,
     /// permessage-deflate as the server's 101 accepted it (PROTOCOL §12).
     pub deflate: Option<ws::deflate::Deflate>,
+    /// Bytes read from the socket after the handshake.
+    pub wire_bytes: u64,
+    /// An SSE stream (PROTOCOL §11) instead of a WebSocket: its events are
+    /// parsed here and verified like JSON messages.
+    pub sse: Option<SseReader>,
+}
+
+/// The reading side of an `EventSource` (the HTML event-stream format, as
+/// far as PROTOCOL §11 uses it): `event:`, `data:`, `id:` fields, comment
+/// lines, a blank line dispatching the event.
+#[derive(Debug, Default)]
+pub struct SseReader {
+    buf: Vec<u8>,
+    event: String,
+    data: Option<String>,
+    id_seen: bool,
+    /// The last event ID (what a browser would send as `Last-Event-ID`).
+    pub last_event_id: Option<String>,
+    /// Every event dispatched: (type, data, whether it had an `id:` line).
+    pub events: Vec<(String, String, bool)>,
+    /// Comment lines (`: ping`).
+    pub comments: usize,
+    /// `retry:` fields.
+    pub retry: Option<u64>,
+}
+
+impl SseReader {
+    /// Bytes of the body; returns the data of the events dispatched.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<String> {
+        self.buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=nl).collect();
+            let line = String::from_utf8(line[..line.len() - 1].to_vec()).expect("UTF-8 stream");
+            if line.is_empty() {
+                if let Some(data) = self.data.take() {
+                    let ev = std::mem::take(&mut self.event);
+                    self.events.push((ev, data.clone(), self.id_seen));
+                    out.push(data);
+                }
+                self.event.clear();
+                self.id_seen = false;
+                continue;
+            }
+            if line.starts_with(':') {
+                self.comments += 1;
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((&line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "event" => self.event = value.to_string(),
+                "data" => match &mut self.data {
+                    Some(d) => {
+                        d.push('\n');
+                        d.push_str(value);
+                    }
+                    None => self.data = Some(value.to_string()),
+                },
+                "id" => {
+                    self.last_event_id = Some(value.to_string());
+                    self.id_seen = true;
+                }
+                "retry" => self.retry = value.parse().ok(),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// `GET path` (with `headers`) on a fresh connection: the status, the head
+/// and whatever of the body came within `wait` (an SSE refusal's body, or
+/// the start of a stream).
+pub fn http_request(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[&str],
+    wait: Duration,
+) -> (u16, String, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).unwrap();
+    let deadline = Instant::now() + wait;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    while Instant::now() < deadline {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => {}
+        }
+    }
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    (status, head, buf[end + 4..].to_vec())
 }
 
 fn rand_bytes(seed: u64) -> [u8; 16] {
@@ -276,6 +388,8 @@ impl Client {
             closed: None,
             cursor: 0,
             deflate: agreed,
+            wire_bytes: rest.len() as u64,
+            sse: None,
         };
         c.collect_events();
         c
@@ -363,6 +477,79 @@ impl Client {
         self.flush();
     }
 
+    /// Opens `GET path` as an `EventSource` would (with `Last-Event-ID`
+    /// when given); panics unless the answer is a `text/event-stream` 200.
+    pub fn connect_sse(addr: SocketAddr, path: &str, last_event_id: Option<&str>) -> Client {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n"
+        );
+        if let Some(id) = last_event_id {
+            req.push_str(&format!("Last-Event-ID: {id}\r\n"));
+        }
+        req.push_str("\r\n");
+        stream.write_all(req.as_bytes()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            let n = stream.read(&mut chunk).expect("response read");
+            assert!(
+                n > 0,
+                "server closed before its head: {}",
+                String::from_utf8_lossy(&buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        assert!(
+            head.starts_with("HTTP/1.1 200"),
+            "{head}\n{}",
+            String::from_utf8_lossy(&buf[end..])
+        );
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: text/event-stream"),
+            "{head}"
+        );
+        let mut c = Client {
+            stream,
+            conn: ws::Conn::client(ws::Config::default(), 1),
+            json: true,
+            pending: Vec::new(),
+            decimals: HashMap::new(),
+            books: HashMap::new(),
+            log: Vec::new(),
+            violations: Vec::new(),
+            closed: None,
+            cursor: 0,
+            deflate: None,
+            wire_bytes: 0,
+            sse: Some(SseReader::default()),
+        };
+        let rest = buf[end + 4..].to_vec();
+        c.collect_sse(&rest);
+        c
+    }
+
+    fn collect_sse(&mut self, bytes: &[u8]) {
+        let Some(sse) = self.sse.as_mut() else {
+            return;
+        };
+        for data in sse.feed(bytes) {
+            match self.json_to_body(&data) {
+                Some(body) => self.pending.push(body),
+                None => self.violations.push(format!("bad JSON event: {data}")),
+            }
+        }
+    }
+
     /// Reads for at most `wait`, returning the messages that arrived (also verified and logged).
     pub fn read_for(&mut self, wait: Duration) -> Vec<Body> {
         let deadline = Instant::now() + wait;
@@ -391,8 +578,13 @@ impl Client {
                     }
                 }
                 Ok(n) => {
-                    self.conn.handle_read(Instant::now(), &buf[..n]);
-                    self.collect_events();
+                    self.wire_bytes += n as u64;
+                    if self.sse.is_some() {
+                        self.collect_sse(&buf[..n]);
+                    } else {
+                        self.conn.handle_read(Instant::now(), &buf[..n]);
+                        self.collect_events();
+                    }
                 }
                 Err(e)
                     if matches!(

@@ -25,6 +25,7 @@ use crate::book::derived::Channel;
 use crate::fanout::limits::{Rate, RequestLimits};
 use crate::fanout::request::{ErrorCode, RequestError};
 use crate::fanout::ring::Lane;
+use crate::wire::Rendering;
 use crate::wire::close::CloseCode;
 use crate::wire::pb::{self, server_message::Body};
 
@@ -205,11 +206,11 @@ impl WorkerCore {
     /// is optional, and authenticating (5 s) when it is required.
     pub fn open_conn_with(
         &mut self,
-        encoding: super::Encoding,
+        rendering: impl Into<Rendering>,
         claims: Option<Claims>,
         now_ns: u64,
     ) -> ConnId {
-        let id = self.alloc_conn(encoding);
+        let id = self.alloc_conn(rendering.into());
         let state = match (claims, self.auth.setup.mode) {
             (Some(c), _) => {
                 let user = self.auth.user(c);

@@ -3,7 +3,7 @@
 //! episode ends, the slow-consumer closes (4001), and the periodic duties.
 
 use super::delivery::{encode_control, stale_msg};
-use super::{ConnId, ConnState, Encoding, WorkerCore};
+use super::{ConnId, ConnState, WorkerCore};
 use crate::fanout::outbox::{Admit, Consumed, FrameClass};
 use crate::fanout::ring::Lane;
 use crate::fanout::subs::SubState;
@@ -241,7 +241,7 @@ impl WorkerCore {
     /// A dropping episode of `conn` ended: report every dropped symbol-channel
     /// (books resync through the coalesced snapshot path).
     pub(super) fn resync_dropped(&mut self, conn: u32, now_ns: u64) {
-        let json = self.conns[conn as usize].encoding == Encoding::Json;
+        let rendering = self.conns[conn as usize].rendering;
         let mut i = 0;
         while let Some(cs) = self.subs.conn_subs(conn).get(i).copied() {
             i += 1;
@@ -254,7 +254,7 @@ impl WorkerCore {
                 Lane::Trades => StaleReason::SlowConsumerTrades,
             };
             let msg = stale_msg(&self.name_of(cs.symbol), u64::from(sub.dropped), reason);
-            let frame = encode_control(json, &msg, &mut self.json_buf);
+            let frame = encode_control(rendering, &msg, &mut self.json_buf);
             if self.sink().admit(conn, &frame, FrameClass::Resync, now_ns) != Admit::Queue {
                 return;
             }

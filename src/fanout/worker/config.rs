@@ -90,8 +90,12 @@ pub struct WorkerStats {
     pub snapshot_requests_coalesced: u64,
     pub snapshot_answers_ignored: u64,
     pub contiguity_violations: u64,
-    pub missing_json: u64,
+    /// A frame lacked a subscriber's rendering (its interest had not yet
+    /// reached the market thread): the subscriber resynced.
+    pub missing_rendering: u64,
     pub requests_ok: u64,
+    /// SSE streams opened (PROTOCOL §11; refusals count as rejected requests).
+    pub sse_opened: u64,
     /// Every refused request (the sum of the `rejected_*` below).
     pub requests_rejected: u64,
     pub rejected_bad_request: u64,

@@ -5,44 +5,64 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use super::sse::SseStreams;
 use super::{Conn, ConnState, Instrument, WorkerCore, WorkerStats};
 use crate::book::SymbolId;
 use crate::book::derived::Channel;
 use crate::book::market::FeedStale;
 use crate::fanout::frames::{FrameId, Frames};
 use crate::fanout::outbox::{Admit, FrameClass, OutboxLimits};
+use crate::fanout::render::Rendered;
 use crate::fanout::ring::{DataKind, Lane, ToWorker};
 use crate::fanout::subs::SubState;
-use crate::wire::json::{Decimals, render};
+use crate::wire::json::{self, Decimals, render};
 use crate::wire::pb::{self, server_message::Body};
-use crate::wire::{EncodedFrame, StaleReason};
+use crate::wire::{EncodedFrame, Rendering, StaleReason};
+use crate::ws::sse::write_event;
 
-/// A control message rendered at most once per encoding for one event.
+/// A control message rendered at most once per rendering for one event.
 #[derive(Default)]
-struct FramePair {
-    bin: Option<EncodedFrame>,
-    json: Option<EncodedFrame>,
-}
+struct ControlFrames([Option<EncodedFrame>; Rendering::COUNT]);
 
-impl FramePair {
-    fn get(&mut self, json: bool, msg: &pb::ServerMessage, buf: &mut String) -> EncodedFrame {
-        let slot = if json { &mut self.json } else { &mut self.bin };
-        slot.get_or_insert_with(|| encode_control(json, msg, buf))
+impl ControlFrames {
+    /// Starts with the frames a ring message brought.
+    fn from_rendered(frames: &Rendered) -> ControlFrames {
+        let mut c = ControlFrames::default();
+        for r in frames.renderings().iter() {
+            c.0[r.index()] = frames.get(r).cloned();
+        }
+        c
+    }
+
+    fn get(&mut self, r: Rendering, msg: &pb::ServerMessage, buf: &mut String) -> EncodedFrame {
+        self.0[r.index()]
+            .get_or_insert_with(|| encode_control(r, msg, buf))
             .clone()
     }
 }
 
+/// A control message (an answer, a notice) for one connection in its
+/// rendering. Never compressed: these are short (RSV1 clear is always
+/// allowed, RFC 7692 §6). An SSE event is complete (no `id:` line).
 pub(super) fn encode_control(
-    json: bool,
+    rendering: Rendering,
     msg: &pb::ServerMessage,
     buf: &mut String,
 ) -> EncodedFrame {
-    if json {
-        buf.clear();
-        render(msg, Decimals::default(), buf);
-        EncodedFrame::text(buf)
-    } else {
-        EncodedFrame::binary(msg)
+    match rendering {
+        Rendering::Proto | Rendering::ProtoDeflate => EncodedFrame::binary(msg),
+        Rendering::Json | Rendering::JsonDeflate => {
+            buf.clear();
+            render(msg, Decimals::default(), buf);
+            EncodedFrame::text(buf)
+        }
+        Rendering::Sse => {
+            buf.clear();
+            render(msg, Decimals::default(), buf);
+            let mut bytes = Vec::with_capacity(buf.len() + 32);
+            write_event(json::type_of(buf.as_bytes()), buf.as_bytes(), &mut bytes);
+            EncodedFrame::raw(&bytes)
+        }
     }
 }
 
@@ -56,13 +76,13 @@ pub(super) fn stale_msg(symbol: &str, dropped: u64, reason: StaleReason) -> pb::
     }
 }
 
-/// A delta of a run being delivered: its seq and its frames in the table.
+/// A delta of a run being delivered: its seq and its frames in the table,
+/// by [`Rendering::index`] (protobuf always there).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct RunDelta {
     seq: u64,
     prev_seq: u64,
-    bin: FrameId,
-    json: Option<FrameId>,
+    ids: [Option<FrameId>; Rendering::COUNT],
 }
 
 /// A run of deltas joined into one frame per encoding, built the first time a
@@ -72,71 +92,51 @@ pub(super) struct RunDelta {
 /// frames divides the per-subscriber cost of delivery (queue, iovecs, counts)
 /// by k; the bytes on the wire are the same k WebSocket frames. Measured with
 /// the side-by-side benchmark, `tuning/CAPACITY.md` §9.
+///
+/// Per rendering: `None` not built yet, `Some(None)` some delta of the run
+/// lacks that rendering (or it is SSE, whose every event takes its own `id:`
+/// line), `Some(Some((frame, bytes of all its deltas but the last)))`.
 #[derive(Default)]
-struct JoinedRun {
-    /// The frame, and the bytes of all its deltas but the last.
-    bin: Option<(FrameId, usize)>,
-    /// `Some(None)`: some delta of the run has no JSON rendering.
-    json: Option<Option<(FrameId, usize)>>,
-}
+struct JoinedRun([Option<Option<(FrameId, usize)>>; Rendering::COUNT]);
 
 impl JoinedRun {
     fn frame(
         &mut self,
-        json: bool,
+        rendering: Rendering,
         run: &[RunDelta],
         frames: &mut Frames,
         now_ns: u64,
     ) -> Option<(FrameId, usize)> {
-        // One allocation per run, shared by every subscriber that takes it.
-        let join = |frames: &mut Frames, pick: fn(&RunDelta) -> Option<FrameId>| {
+        let r = rendering.index();
+        *self.0[r].get_or_insert_with(|| {
+            if rendering == Rendering::Sse || run.iter().any(|d| d.ids[r].is_none()) {
+                return None;
+            }
+            // One allocation per run, shared by every subscriber that takes it.
             let len = run
                 .iter()
-                .filter_map(pick)
+                .filter_map(|d| d.ids[r])
                 .map(|id| frames.get(id).len())
                 .sum();
             let mut bytes = Vec::with_capacity(len);
             let mut prefix = 0;
-            for id in run.iter().filter_map(pick) {
+            for id in run.iter().filter_map(|d| d.ids[r]) {
                 prefix = bytes.len();
                 bytes.extend_from_slice(frames.get(id).as_bytes());
             }
-            (
+            Some((
                 frames.insert(EncodedFrame::from_frame_bytes(bytes), now_ns),
                 prefix,
-            )
-        };
-        if json {
-            *self.json.get_or_insert_with(|| {
-                run.iter()
-                    .all(|d| d.json.is_some())
-                    .then(|| join(frames, |d| d.json))
-            })
-        } else {
-            Some(
-                *self
-                    .bin
-                    .get_or_insert_with(|| join(frames, |d| Some(d.bin))),
-            )
-        }
+            ))
+        })
     }
 
     /// Gives back the table's count of each joined frame built.
     fn release(self, frames: &mut Frames) {
-        if let Some((id, _)) = self.bin {
-            frames.release(id);
-        }
-        if let Some(Some((id, _))) = self.json {
+        for (id, _) in self.0.into_iter().flatten().flatten() {
             frames.release(id);
         }
     }
-}
-
-/// The frame a subscriber takes: the JSON rendering for JSON subscribers,
-/// `None` when it is missing (encoded before this worker's JSON interest
-/// reached the ingest thread).
-fn frame_for<F>(json_subscriber: bool, bin: F, json: Option<F>) -> Option<F> {
-    if json_subscriber { json } else { Some(bin) }
 }
 
 /// Borrows the [`Sink`] fields of a `WorkerCore` (disjoint from `subs`, so a
@@ -154,6 +154,8 @@ macro_rules! sink {
             limits: &$core.limits,
             delivered_msgs: 0,
             delivered_bytes: 0,
+            sse: &mut $core.sse,
+            event: None,
         }
     };
 }
@@ -173,6 +175,11 @@ pub(super) struct Sink<'a> {
     /// Counted locally in the delivery loop, added to `stats` on drop.
     delivered_msgs: u64,
     delivered_bytes: u64,
+    /// SSE connections' positions (their events' `id:` lines).
+    sse: &'a mut SseStreams,
+    /// The stream, lane and seq of the market-data message being admitted,
+    /// for SSE positions (`None`: a notice that moves no position).
+    pub(super) event: Option<(SymbolId, Lane, u64)>,
 }
 
 impl Drop for Sink<'_> {
@@ -231,11 +238,15 @@ impl Sink<'_> {
                     c.dirty = true;
                     self.dirty.push_back(conn);
                 }
+                let sse = c.rendering == Rendering::Sse;
                 if class == FrameClass::Control {
                     self.stats.control_frames += 1;
                 } else {
                     self.delivered_msgs += msgs;
                     self.delivered_bytes += self.frames.get(id).len() as u64;
+                    if sse {
+                        self.end_sse_event(conn, id, now_ns);
+                    }
                 }
             }
             Admit::DropStale => {
@@ -247,6 +258,34 @@ impl Sink<'_> {
             Admit::Close => self.schedule_close(conn),
         }
         admit
+    }
+
+    /// After a market-data event queued for an SSE connection: its `id:`
+    /// line, with the connection's positions including this event, and the
+    /// blank line that ends it (PROTOCOL §11). Queued as control (never
+    /// dropped: it belongs to an event already queued). An event rendered
+    /// complete (a notice made for this connection) needs none.
+    fn end_sse_event(&mut self, conn: u32, body: FrameId, now_ns: u64) {
+        if self.frames.get(body).as_bytes().ends_with(b"\n\n") {
+            return;
+        }
+        let Some(stream) = self.sse.get_mut(&conn) else {
+            return;
+        };
+        if let Some((symbol, lane, seq)) = self.event {
+            stream.advance(symbol, lane, seq);
+        }
+        let mut line = Vec::with_capacity(64);
+        stream.id_line(&mut line);
+        let id = self.frames.insert(EncodedFrame::raw(&line), now_ns);
+        let c = &mut self.conns[conn as usize];
+        let admit = c
+            .outbox
+            .admit(self.frames, id, FrameClass::Control, self.limits, now_ns);
+        self.frames.release(id);
+        if admit == Admit::Close {
+            self.schedule_close(conn);
+        }
     }
 
     /// `frame`'s id in the table: the current one when it is the same frame
@@ -302,30 +341,24 @@ impl WorkerCore {
                 seq,
                 prev_seq,
                 ingest_ts_ns: _,
-                bin,
-                json,
+                frames,
             } => match kind {
                 DataKind::Delta => {
-                    let delta = self.run_delta(seq, prev_seq, bin, json, now_ns);
+                    let delta = self.run_delta(seq, prev_seq, &frames, now_ns);
                     self.deliver_deltas(symbol, &[delta], now_ns)
                 }
-                DataKind::Trade => self.deliver_trade(symbol, seq, &bin, json.as_ref(), now_ns),
-                DataKind::BookReplaced => {
-                    self.deliver_snapshot(symbol, seq, &bin, json.as_ref(), true, now_ns)
-                }
+                DataKind::Trade => self.deliver_trade(symbol, seq, &frames, now_ns),
+                DataKind::BookReplaced => self.deliver_snapshot(symbol, seq, &frames, true, now_ns),
                 DataKind::FeedStale(reason) => {
-                    self.deliver_feed_stale(symbol, reason, &bin, json.as_ref(), now_ns)
+                    self.deliver_feed_stale(symbol, reason, &frames, now_ns)
                 }
             },
             ToWorker::Snapshot {
                 symbol,
                 seq,
-                bin,
-                json,
+                frames,
                 stale,
-            } => {
-                self.handle_snapshot_answer(symbol, seq, bin.as_ref(), json.as_ref(), stale, now_ns)
-            }
+            } => self.handle_snapshot_answer(symbol, seq, frames.as_ref(), stale, now_ns),
             ToWorker::Resumed { token, answer } => self.handle_resumed(token, answer, now_ns),
             ToWorker::Dropped {
                 symbol,
@@ -360,15 +393,14 @@ impl WorkerCore {
                 kind: DataKind::Delta,
                 seq,
                 prev_seq,
-                bin,
-                json,
+                frames,
                 ..
             } = msg
             else {
                 self.handle_ring(msg, now_ns);
                 continue;
             };
-            run.push(self.run_delta(seq, prev_seq, bin, json, now_ns));
+            run.push(self.run_delta(seq, prev_seq, &frames, now_ns));
             while let Some(ToWorker::Data {
                 symbol: next,
                 kind: DataKind::Delta,
@@ -379,12 +411,11 @@ impl WorkerCore {
                 if let Some(ToWorker::Data {
                     seq,
                     prev_seq,
-                    bin,
-                    json,
+                    frames,
                     ..
                 }) = msgs.next()
                 {
-                    run.push(self.run_delta(seq, prev_seq, bin, json, now_ns));
+                    run.push(self.run_delta(seq, prev_seq, &frames, now_ns));
                 }
             }
             self.deliver_deltas(symbol, &run, now_ns);
@@ -396,20 +427,14 @@ impl WorkerCore {
 
     /// A delta about to be delivered, its frames in the table (one count each,
     /// given back by `deliver_deltas`).
-    fn run_delta(
-        &mut self,
-        seq: u64,
-        prev_seq: u64,
-        bin: EncodedFrame,
-        json: Option<EncodedFrame>,
-        now_ns: u64,
-    ) -> RunDelta {
-        RunDelta {
-            seq,
-            prev_seq,
-            bin: self.frames.insert(bin, now_ns),
-            json: json.map(|j| self.frames.insert(j, now_ns)),
+    fn run_delta(&mut self, seq: u64, prev_seq: u64, frames: &Rendered, now_ns: u64) -> RunDelta {
+        let mut ids = [None; Rendering::COUNT];
+        for r in frames.renderings().iter() {
+            if let Some(f) = frames.get(r) {
+                ids[r.index()] = Some(self.frames.insert(f.clone(), now_ns));
+            }
         }
+        RunDelta { seq, prev_seq, ids }
     }
 
     fn handle_instrument(
@@ -510,11 +535,8 @@ impl WorkerCore {
     /// would. Gives back the run's counts in the frame table.
     fn deliver_deltas(&mut self, symbol: SymbolId, run: &[RunDelta], now_ns: u64) {
         let resync = self.deliver_deltas_to_subscribers(symbol, run, now_ns);
-        for d in run {
-            self.frames.release(d.bin);
-            if let Some(j) = d.json {
-                self.frames.release(j);
-            }
+        for id in run.iter().flat_map(|d| d.ids).flatten() {
+            self.frames.release(id);
         }
         if resync {
             self.request_snapshot(symbol);
@@ -548,7 +570,7 @@ impl WorkerCore {
             if last != 0
                 && sub.state == SubState::Live
                 && sub.seq == first
-                && let Some((frame, prefix)) = joined.frame(sub.json, run, sink.frames, now_ns)
+                && let Some((frame, prefix)) = joined.frame(sub.rendering, run, sink.frames, now_ns)
                 && sink.takes_alike(sub.conn, prefix)
             {
                 let k = run.len() as u64;
@@ -563,13 +585,7 @@ impl WorkerCore {
                 }
                 continue;
             }
-            for &RunDelta {
-                seq,
-                prev_seq,
-                bin,
-                json,
-            } in run
-            {
+            for &RunDelta { seq, prev_seq, ids } in run {
                 match sub.state {
                     SubState::Live => {}
                     SubState::Dropping => {
@@ -586,8 +602,10 @@ impl WorkerCore {
                     // Older than the snapshot it holds (it took a newer one).
                     continue;
                 }
-                let Some(frame) = frame_for(sub.json, bin, json) else {
-                    sink.stats.missing_json += 1;
+                let Some(frame) = ids[sub.rendering.index()] else {
+                    // Encoded before this worker's interest in the rendering
+                    // reached the market thread: resync with a snapshot.
+                    sink.stats.missing_rendering += 1;
                     sub.state = SubState::Awaiting;
                     resync = true;
                     break;
@@ -599,6 +617,7 @@ impl WorkerCore {
                     resync = true;
                     break;
                 }
+                sink.event = Some((symbol, Lane::Book, seq));
                 match sink.admit_id(sub.conn, frame, FrameClass::Stream, now_ns) {
                     Admit::Queue => {
                         debug_assert_eq!(prev_seq, sub.seq, "queued deltas are contiguous");
@@ -618,19 +637,13 @@ impl WorkerCore {
         resync
     }
 
-    fn deliver_trade(
-        &mut self,
-        symbol: SymbolId,
-        seq: u64,
-        bin: &EncodedFrame,
-        json: Option<&EncodedFrame>,
-        now_ns: u64,
-    ) {
+    fn deliver_trade(&mut self, symbol: SymbolId, seq: u64, frames: &Rendered, now_ns: u64) {
         let Some(ss) = self.subs.symbol_mut(symbol) else {
             self.stats.unrouted += 1;
             return;
         };
         let mut sink = sink!(self);
+        sink.event = Some((symbol, Lane::Trades, seq));
         for sub in ss.list_mut(Lane::Trades) {
             if sub.state == SubState::Resuming {
                 // Its resume answer holds this trade.
@@ -642,10 +655,10 @@ impl WorkerCore {
                 sink.check_lag(sub.conn, now_ns);
                 continue;
             }
-            let Some(frame) = frame_for(sub.json, bin, json) else {
+            let Some(frame) = frames.get(sub.rendering) else {
                 // Trades cannot be recovered; a stream not yet started
                 // simply starts with the next trade.
-                sink.stats.missing_json += 1;
+                sink.stats.missing_rendering += 1;
                 continue;
             };
             if sub.seq != 0 && seq != sub.seq + 1 {
@@ -670,8 +683,7 @@ impl WorkerCore {
         &mut self,
         symbol: SymbolId,
         seq: u64,
-        bin: &EncodedFrame,
-        json: Option<&EncodedFrame>,
+        frames: &Rendered,
         replaced: bool,
         now_ns: u64,
     ) {
@@ -680,6 +692,7 @@ impl WorkerCore {
             return;
         };
         let mut sink = sink!(self);
+        sink.event = Some((symbol, Lane::Book, seq));
         let mut rerequest = false;
         for sub in ss.list_mut(Lane::Book) {
             match sub.state {
@@ -693,10 +706,10 @@ impl WorkerCore {
                     continue;
                 }
             }
-            let Some(frame) = frame_for(sub.json, bin, json) else {
-                // Encoded before this worker's JSON interest reached the
-                // ingest thread: ask again, the next answer carries JSON.
-                sink.stats.missing_json += 1;
+            let Some(frame) = frames.get(sub.rendering) else {
+                // Encoded before this worker's interest in the rendering
+                // reached the market thread: ask again, the next answer has it.
+                sink.stats.missing_rendering += 1;
                 sub.state = SubState::Awaiting;
                 rerequest = true;
                 continue;
@@ -717,8 +730,7 @@ impl WorkerCore {
         &mut self,
         symbol: SymbolId,
         seq: u64,
-        bin: Option<&EncodedFrame>,
-        json: Option<&EncodedFrame>,
+        frames: Option<&Rendered>,
         stale: Option<FeedStale>,
         now_ns: u64,
     ) {
@@ -732,12 +744,12 @@ impl WorkerCore {
             return;
         }
         ss.snapshot_outstanding = false;
-        match (stale, bin) {
+        match (stale, frames) {
             (Some(reason), _) => {
                 // PROTOCOL §4: Subscribed, then that Stale at once, then the
                 // snapshot when the feed recovers (as BookReplaced).
                 let msg = stale_msg(&self.name_of(symbol), 0, reason.into());
-                let mut frames = FramePair::default();
+                let mut frames = ControlFrames::default();
                 let mut i = 0;
                 while let Some(sub) = self
                     .subs
@@ -749,7 +761,7 @@ impl WorkerCore {
                     if sub.state != SubState::Awaiting {
                         continue;
                     }
-                    let frame = frames.get(sub.json, &msg, &mut self.json_buf);
+                    let frame = frames.get(sub.rendering, &msg, &mut self.json_buf);
                     if self
                         .sink()
                         .admit(sub.conn, &frame, FrameClass::Resync, now_ns)
@@ -759,7 +771,7 @@ impl WorkerCore {
                     }
                 }
             }
-            (None, Some(bin)) => self.deliver_snapshot(symbol, seq, bin, json, false, now_ns),
+            (None, Some(frames)) => self.deliver_snapshot(symbol, seq, frames, false, now_ns),
             (None, None) => {
                 // Neither a book nor a reason: nothing to deliver; awaiting
                 // subscribers are left for the next request or BookReplaced.
@@ -772,8 +784,7 @@ impl WorkerCore {
         &mut self,
         symbol: SymbolId,
         reason: FeedStale,
-        bin: &EncodedFrame,
-        json: Option<&EncodedFrame>,
+        rendered: &Rendered,
         now_ns: u64,
     ) {
         if self.subs.symbol(symbol).is_none() {
@@ -781,10 +792,7 @@ impl WorkerCore {
             return;
         }
         let fallback = stale_msg(&self.name_of(symbol), 0, reason.into());
-        let mut frames = FramePair {
-            bin: Some(bin.clone()),
-            json: json.cloned(),
-        };
+        let mut frames = ControlFrames::from_rendered(rendered);
         let channels: &[Lane] = match reason {
             FeedStale::FeedGap => &[Lane::Book],
             FeedStale::FeedDown => &[Lane::Book, Lane::Trades],
@@ -805,7 +813,7 @@ impl WorkerCore {
                 {
                     continue;
                 }
-                let frame = frames.get(sub.json, &fallback, &mut self.json_buf);
+                let frame = frames.get(sub.rendering, &fallback, &mut self.json_buf);
                 if self
                     .sink()
                     .admit(sub.conn, &frame, FrameClass::Resync, now_ns)
@@ -830,7 +838,7 @@ impl WorkerCore {
         let name = self.name_of(symbol);
         if deltas > 0 {
             let msg = stale_msg(&name, deltas, StaleReason::SlowConsumer);
-            let mut frames = FramePair::default();
+            let mut frames = ControlFrames::default();
             let mut any_awaiting = false;
             let mut i = 0;
             while let Some(sub) = self
@@ -846,7 +854,7 @@ impl WorkerCore {
                         s.dropped = s.dropped.saturating_add(deltas.min(u32::MAX as u64) as u32);
                     }
                     SubState::Live => {
-                        let frame = frames.get(sub.json, &msg, &mut self.json_buf);
+                        let frame = frames.get(sub.rendering, &msg, &mut self.json_buf);
                         if self
                             .sink()
                             .admit(sub.conn, &frame, FrameClass::Resync, now_ns)
@@ -871,7 +879,7 @@ impl WorkerCore {
         }
         if trades > 0 {
             let msg = stale_msg(&name, trades, StaleReason::SlowConsumerTrades);
-            let mut frames = FramePair::default();
+            let mut frames = ControlFrames::default();
             let mut i = 0;
             while let Some(sub) = self
                 .subs
@@ -885,7 +893,7 @@ impl WorkerCore {
                     s.dropped = s.dropped.saturating_add(trades.min(u32::MAX as u64) as u32);
                     continue;
                 }
-                let frame = frames.get(sub.json, &msg, &mut self.json_buf);
+                let frame = frames.get(sub.rendering, &msg, &mut self.json_buf);
                 if self
                     .sink()
                     .admit(sub.conn, &frame, FrameClass::Resync, now_ns)
@@ -903,7 +911,7 @@ impl WorkerCore {
     /// answer, which carries the stale reason).
     fn tell_trades_feed_down(&mut self, symbol: SymbolId, now_ns: u64) {
         let msg = stale_msg(&self.name_of(symbol), 0, StaleReason::FeedDown);
-        let mut frames = FramePair::default();
+        let mut frames = ControlFrames::default();
         let mut i = 0;
         while let Some(sub) = self
             .subs
@@ -912,7 +920,7 @@ impl WorkerCore {
             .copied()
         {
             i += 1;
-            let frame = frames.get(sub.json, &msg, &mut self.json_buf);
+            let frame = frames.get(sub.rendering, &msg, &mut self.json_buf);
             self.sink()
                 .admit(sub.conn, &frame, FrameClass::Resync, now_ns);
         }

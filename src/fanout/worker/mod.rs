@@ -63,7 +63,7 @@ use crate::fanout::outbox::{FrameClass, Outbox, OutboxLimits};
 use crate::fanout::ring::{Lane, ToIngest};
 use crate::fanout::streams::DerivedStreams;
 use crate::fanout::subs::{ConnSub, SubIndex, SubState, Transitions};
-use crate::wire::{CloseCode, EncodedFrame};
+use crate::wire::{CloseCode, EncodedFrame, Rendering};
 
 use backlog::KernelBacklog;
 use delivery::RunDelta;
@@ -75,6 +75,7 @@ mod delivery;
 mod invariants;
 mod requests;
 mod resume;
+mod sse;
 #[cfg(test)]
 mod tests;
 
@@ -82,6 +83,7 @@ pub use crate::wire::Encoding;
 pub use auth::{AuthSetup, Tier, UpgradeRefusal};
 pub use config::{LagHistogram, RESYNC_LAG_BOUNDS_NS, WorkerConfig, WorkerStats};
 pub use requests::MAX_RESUMES_PER_REQUEST;
+pub use sse::SseStart;
 
 /// A connection of this worker: a dense slot index chosen by the core, reused
 /// after [`WorkerCore::close_conn`].
@@ -107,7 +109,7 @@ enum ConnState {
 #[repr(align(64))]
 struct Conn {
     outbox: Outbox,
-    encoding: Encoding,
+    rendering: Rendering,
     state: ConnState,
     dirty: bool,
     in_dropping_list: bool,
@@ -118,10 +120,10 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(encoding: Encoding) -> Conn {
+    fn new(rendering: Rendering) -> Conn {
         Conn {
             outbox: Outbox::new(),
-            encoding,
+            rendering,
             state: ConnState::Open,
             dirty: false,
             in_dropping_list: false,
@@ -205,6 +207,8 @@ pub struct WorkerCore {
     /// Each connection's tier and entitlements, and the auth deadlines
     /// for the shell's wheel (`auth.rs`).
     auth: auth::CoreAuth,
+    /// The SSE connections' resume positions (`sse.rs`).
+    sse: sse::SseStreams,
 }
 
 static EMPTY_OUTBOX: Outbox = Outbox::new();
@@ -238,6 +242,7 @@ impl WorkerCore {
             resumes: Vec::new(),
             next_resume_token: 0,
             auth: auth::CoreAuth::default(),
+            sse: sse::SseStreams::new(),
         }
     }
 
@@ -268,21 +273,22 @@ impl WorkerCore {
     }
 
     /// A new connection, after its WebSocket upgrade, that presented no
-    /// token there ([`WorkerCore::open_conn_with`]).
-    pub fn open_conn(&mut self, encoding: Encoding) -> ConnId {
-        self.open_conn_with(encoding, None, 0)
+    /// token there ([`WorkerCore::open_conn_with`]). An [`Encoding`] is
+    /// its uncompressed WebSocket rendering.
+    pub fn open_conn(&mut self, rendering: impl Into<Rendering>) -> ConnId {
+        self.open_conn_with(rendering.into(), None, 0)
     }
 
     /// A connection slot with fresh state (reused when one is free).
-    fn alloc_conn(&mut self, encoding: Encoding) -> ConnId {
+    fn alloc_conn(&mut self, rendering: Rendering) -> ConnId {
         if let Some(slot) = self.free.pop() {
-            self.conns[slot as usize] = Conn::new(encoding);
+            self.conns[slot as usize] = Conn::new(rendering);
             self.limiters[slot as usize] = RequestLimiter::default();
             self.kernel[slot as usize] = KernelBacklog::default();
             self.auth.conns[slot as usize] = auth::ConnAuth::default();
             return ConnId(slot);
         }
-        self.conns.push(Conn::new(encoding));
+        self.conns.push(Conn::new(rendering));
         self.limiters.push(RequestLimiter::default());
         self.kernel.push(KernelBacklog::default());
         self.auth.conns.push(auth::ConnAuth::default());
@@ -309,6 +315,7 @@ impl WorkerCore {
         self.remove_all_subs(conn.0);
         self.closes.retain(|(id, _, _)| *id != conn);
         self.auth.conns[conn.0 as usize] = auth::ConnAuth::default();
+        self.sse.remove(&conn.0);
         self.free.push(conn.0);
     }
 

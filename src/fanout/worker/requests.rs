@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::delivery::encode_control;
-use super::{ConnId, ConnState, Encoding, WorkerCore};
+use super::{ConnId, ConnState, WorkerCore};
 use crate::book::SymbolId;
 use crate::fanout::limits::RateVerdict;
 use crate::fanout::outbox::FrameClass;
@@ -95,15 +95,7 @@ impl WorkerCore {
 
     /// Counts a refused request and queues its `Error` answer.
     pub(super) fn answer_error(&mut self, conn: u32, e: RequestError, now_ns: u64) {
-        self.stats.requests_rejected += 1;
-        match e.code {
-            ErrorCode::BadRequest => self.stats.rejected_bad_request += 1,
-            ErrorCode::TooManySubscriptions => self.stats.rejected_too_many_subscriptions += 1,
-            ErrorCode::UnknownSymbol => self.stats.rejected_unknown_symbol += 1,
-            ErrorCode::RateLimited => self.stats.rejected_rate_limited += 1,
-            ErrorCode::Forbidden => self.stats.rejected_forbidden += 1,
-            ErrorCode::Unauthorized => self.stats.rejected_unauthorized += 1,
-        }
+        self.count_rejection(e.code);
         let msg = pb::ServerMessage {
             body: Some(Body::Error(pb::Error {
                 id: e.id,
@@ -112,6 +104,19 @@ impl WorkerCore {
             })),
         };
         self.send_control(conn, &msg, now_ns);
+    }
+
+    /// Counts a refused request by its code.
+    pub(super) fn count_rejection(&mut self, code: ErrorCode) {
+        self.stats.requests_rejected += 1;
+        match code {
+            ErrorCode::BadRequest => self.stats.rejected_bad_request += 1,
+            ErrorCode::TooManySubscriptions => self.stats.rejected_too_many_subscriptions += 1,
+            ErrorCode::UnknownSymbol => self.stats.rejected_unknown_symbol += 1,
+            ErrorCode::RateLimited => self.stats.rejected_rate_limited += 1,
+            ErrorCode::Forbidden => self.stats.rejected_forbidden += 1,
+            ErrorCode::Unauthorized => self.stats.rejected_unauthorized += 1,
+        }
     }
 
     pub(super) fn lookup(&self, name: &str) -> Option<SymbolId> {
@@ -135,7 +140,12 @@ impl WorkerCore {
         held
     }
 
-    fn subscribe(&mut self, conn: u32, req: Request, now_ns: u64) -> Result<(), RequestError> {
+    pub(super) fn subscribe(
+        &mut self,
+        conn: u32,
+        req: Request,
+        now_ns: u64,
+    ) -> Result<(), RequestError> {
         // PROTOCOL §8: forbidden after bad_request (the parser's), before the rest.
         self.check_entitlements(conn, req.id, &req.symbols, req.channels.iter())?;
         // too_many_subscriptions before unknown_symbol (PROTOCOL §6): an unknown
@@ -224,7 +234,7 @@ impl WorkerCore {
             self.send_control(conn, &msg, now_ns);
             None
         };
-        let json = self.conns[conn as usize].encoding == Encoding::Json;
+        let rendering = self.conns[conn as usize].rendering;
         let (book_state, trades_state) = if deferred {
             (SubState::Resuming, SubState::Resuming)
         } else {
@@ -255,7 +265,9 @@ impl WorkerCore {
                         {
                             self.emit_transitions(old, Lane::Book, t, false);
                         }
-                        let (_, t) = self.subs.insert(conn, stream, Lane::Book, json, book_state);
+                        let (_, t) =
+                            self.subs
+                                .insert(conn, stream, Lane::Book, rendering, book_state);
                         self.emit_transitions(stream, Lane::Book, t, true);
                         true
                     }
@@ -267,20 +279,22 @@ impl WorkerCore {
                         .filter(|_| fresh && stream == id && asked < MAX_RESUMES_PER_REQUEST)
                         .and_then(|p| Some((p.epoch, p.book?)));
                     asked += usize::from(after.is_some());
-                    items.push(self.resume_item(id, stream, Lane::Book, after, json));
+                    items.push(self.resume_item(id, stream, Lane::Book, after, rendering));
                 } else {
                     self.request_snapshot(stream);
                 }
             }
             if trades && !h.trades {
-                let (_, t) = self.subs.insert(conn, id, Lane::Trades, json, trades_state);
+                let (_, t) = self
+                    .subs
+                    .insert(conn, id, Lane::Trades, rendering, trades_state);
                 self.emit_transitions(id, Lane::Trades, t, true);
                 if deferred {
                     let after = point
                         .filter(|_| asked < MAX_RESUMES_PER_REQUEST)
                         .and_then(|p| Some((p.epoch, p.trades?)));
                     asked += usize::from(after.is_some());
-                    items.push(self.resume_item(id, id, Lane::Trades, after, json));
+                    items.push(self.resume_item(id, id, Lane::Trades, after, rendering));
                 }
             }
         }
@@ -368,14 +382,18 @@ impl WorkerCore {
                 }
             }
         }
-        if t.json {
-            self.to_ingest.push_back(ToIngest::Json { symbol, on });
+        if let Some(rendering) = t.rendering {
+            self.to_ingest.push_back(ToIngest::Rendering {
+                symbol,
+                rendering,
+                on,
+            });
         }
     }
 
     pub(super) fn send_control(&mut self, conn: u32, msg: &pb::ServerMessage, now_ns: u64) {
-        let json = self.conns[conn as usize].encoding == Encoding::Json;
-        let frame = encode_control(json, msg, &mut self.json_buf);
+        let rendering = self.conns[conn as usize].rendering;
+        let frame = encode_control(rendering, msg, &mut self.json_buf);
         self.sink().admit(conn, &frame, FrameClass::Control, now_ns);
     }
 

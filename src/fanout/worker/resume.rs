@@ -16,8 +16,8 @@ use crate::book::SymbolId;
 use crate::fanout::outbox::{Admit, FrameClass};
 use crate::fanout::ring::{Lane, ResumeAnswer, ToIngest};
 use crate::fanout::subs::SubState;
-use crate::wire::StaleReason;
 use crate::wire::pb::{self, server_message::Body};
+use crate::wire::{Rendering, StaleReason};
 
 /// A subscribe waiting for its resume answers.
 #[derive(Debug)]
@@ -64,7 +64,7 @@ impl WorkerCore {
         lane: Lane,
         epoch: u64,
         after_seq: u64,
-        json: bool,
+        rendering: Rendering,
     ) {
         self.stats.resume_requests += 1;
         self.to_ingest.push_back(ToIngest::Resume {
@@ -73,7 +73,7 @@ impl WorkerCore {
             lane,
             epoch,
             after_seq,
-            json,
+            rendering,
         });
     }
 
@@ -109,11 +109,11 @@ impl WorkerCore {
         stream: SymbolId,
         lane: Lane,
         after: Option<(u64, u64)>,
-        json: bool,
+        rendering: Rendering,
     ) -> Item {
         let token = after.map(|(epoch, seq)| {
             let token = self.resume_token();
-            self.request_resume(token, symbol, lane, epoch, seq, json);
+            self.request_resume(token, symbol, lane, epoch, seq, rendering);
             token
         });
         Item {
@@ -165,7 +165,7 @@ impl WorkerCore {
             },
             now_ns,
         );
-        let json = self.conns[conn as usize].encoding == super::Encoding::Json;
+        let rendering = self.conns[conn as usize].rendering;
         for it in items {
             let Some(pos) = self.subs.find(conn, it.stream, it.lane) else {
                 continue; // Unsubscribed meanwhile.
@@ -177,12 +177,16 @@ impl WorkerCore {
                 (_, Some(ResumeAnswer::Hit { last, frames })) => {
                     self.stats.resumed += 1;
                     let mut dropped = 0u32;
-                    for f in &frames {
+                    // Replayed seqs are contiguous: the k-th of n is `last - (n - 1 - k)`.
+                    let first = last + 1 - frames.len() as u64;
+                    for (k, f) in frames.iter().enumerate() {
                         if dropped > 0 {
                             dropped += 1;
                             continue;
                         }
-                        match self.sink().admit(conn, f, FrameClass::Stream, now_ns) {
+                        let mut sink = self.sink();
+                        sink.event = Some((it.stream, it.lane, first + k as u64));
+                        match sink.admit(conn, f, FrameClass::Stream, now_ns) {
                             Admit::Queue => {}
                             Admit::DropStale => dropped = 1,
                             Admit::Close => return,
@@ -201,13 +205,13 @@ impl WorkerCore {
                 }
                 (Lane::Book, Some(ResumeAnswer::Stale(reason))) => {
                     let msg = stale_msg(&it.name, 0, reason.into());
-                    let frame = encode_control(json, &msg, &mut self.json_buf);
+                    let frame = encode_control(rendering, &msg, &mut self.json_buf);
                     self.sink().admit(conn, &frame, FrameClass::Resync, now_ns);
                     self.subs.sub_mut(it.stream, it.lane, pos).state = SubState::AwaitingFeed;
                 }
                 (Lane::Trades, Some(ResumeAnswer::Miss { dropped })) => {
                     let msg = stale_msg(&it.name, dropped, StaleReason::SlowConsumerTrades);
-                    let frame = encode_control(json, &msg, &mut self.json_buf);
+                    let frame = encode_control(rendering, &msg, &mut self.json_buf);
                     self.sink().admit(conn, &frame, FrameClass::Resync, now_ns);
                     let sub = self.subs.sub_mut(it.stream, it.lane, pos);
                     sub.state = SubState::Live;

@@ -3,6 +3,9 @@
 //! `/symbols`, the echo endpoint).
 
 use super::*;
+use crate::fanout::request::ErrorCode;
+use crate::fanout::worker::SseStart;
+use crate::wire::Rendering;
 
 /// The dashboard page served at `GET /` (embedded; no build step).
 pub const DASHBOARD_HTML: &str = include_str!("../dashboard.html");
@@ -39,6 +42,100 @@ impl Worker {
             return Some(ws::Response::service_unavailable(RETRY_AFTER_SECS));
         }
         None
+    }
+
+    /// `GET /sse` (PROTOCOL §11): under the same connection limits and
+    /// authentication as an upgrade, the core opens the stream (its
+    /// subscribe checked as a WebSocket one) or refuses it; a refusal is the
+    /// HTTP error with the JSON `Error` body.
+    fn open_sse(
+        &mut self,
+        slot: usize,
+        req: &ws::Request,
+        open: &ws::sse::SseOpen,
+        ip: IpAddr,
+        now: Instant,
+        now_ns: u64,
+    ) {
+        self.me.counters.http_requests.inc();
+        let respond = |w: &mut Worker, resp: &ws::Response| {
+            if let Some(c) = w.clients.get_mut(slot).and_then(Option::as_mut) {
+                c.ws.respond(now, resp);
+            }
+        };
+        if let Some(resp) = self.check_limits(ip, now_ns) {
+            respond(self, &resp);
+            return;
+        }
+        let mut claims = None;
+        if self.auth_on() {
+            match self.upgrade_auth(req, now_ns) {
+                Ok(c) => claims = c,
+                Err(resp) => {
+                    self.shared.ws_open.fetch_sub(1, Ordering::Relaxed);
+                    let resp = if resp.status() == 401 {
+                        ws::sse::SseRefusal::unauthorized("unauthorized", "invalid token")
+                            .response()
+                    } else {
+                        resp
+                    };
+                    respond(self, &resp);
+                    return;
+                }
+            }
+        }
+        let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
+            self.shared.ws_open.fetch_sub(1, Ordering::Relaxed);
+            return;
+        };
+        if let Some(cl) = &claims {
+            // Counted in the per-user table: released with the client.
+            c.auth.get_or_insert_default().user = Some(cl.sub.clone());
+        }
+        let mut head = ws::sse::response_head(req.header("Origin"));
+        head.extend_from_slice(ws::sse::RETRY);
+        let start = SseStart {
+            symbols: &open.symbols,
+            channels: &open.channels,
+            last_event_id: open.last_event_id.as_ref(),
+            head: &head,
+        };
+        match self.core.open_sse(start, claims, now_ns) {
+            Ok(id) => {
+                c.ws.stream_response();
+                c.upgraded = true;
+                c.last_read_ns = now_ns;
+                c.last_ping_ns = now_ns;
+                c.core = Some(id);
+                self.me.counters.connections_open.inc();
+                self.me.counters.sse_opened.inc();
+                let i = id.0 as usize;
+                if self.by_core.len() <= i {
+                    self.by_core.resize(i + 1, u32::MAX);
+                }
+                self.by_core[i] = slot as u32;
+                self.sync_codec_timer(slot);
+                self.schedule_heartbeat(slot);
+                self.sync_auth_deadlines();
+            }
+            Err(e) => {
+                self.shared.ws_open.fetch_sub(1, Ordering::Relaxed);
+                let refusal = match e.code {
+                    ErrorCode::Unauthorized => {
+                        ws::sse::SseRefusal::unauthorized(e.code.as_str(), e.message)
+                    }
+                    ErrorCode::Forbidden => {
+                        ws::sse::SseRefusal::forbidden(e.code.as_str(), e.message)
+                    }
+                    _ => ws::sse::SseRefusal {
+                        status: 400,
+                        code: e.code.as_str(),
+                        message: e.message,
+                    },
+                };
+                c.ws.respond(now, &refusal.response());
+            }
+        }
     }
 
     pub(super) fn handle_request(
@@ -92,7 +189,12 @@ impl Worker {
                     if let Some(cl) = &claims {
                         c.auth.get_or_insert_default().user = Some(cl.sub.clone());
                     }
-                    let id = self.core.open_conn_with(up.encoding, claims, now_ns);
+                    // Compressed market data only under a full window: a
+                    // client that narrowed the server's window takes the
+                    // shared frames uncompressed (RSV1 clear, RFC 7692 §6).
+                    let deflate = up.deflate.is_some_and(|d| d.fits_window(usize::MAX));
+                    let rendering = Rendering::websocket(up.encoding, deflate);
+                    let id = self.core.open_conn_with(rendering, claims, now_ns);
                     c.core = Some(id);
                     let i = id.0 as usize;
                     if self.by_core.len() <= i {
@@ -128,13 +230,7 @@ impl Worker {
                     c.ws.respond(now, &resp);
                 }
             }
-            // wired by the SSE worker change
-            Route::Sse(_) => {
-                self.me.counters.http_requests.inc();
-                if let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) {
-                    c.ws.respond(now, &ws::Response::service_unavailable(1));
-                }
-            }
+            Route::Sse(open) => self.open_sse(slot, req, &open, ip, now, now_ns),
             Route::Reject(resp) => {
                 self.me.counters.http_requests.inc();
                 if resp.status() == 403 {

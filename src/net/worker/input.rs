@@ -200,6 +200,7 @@ impl Worker {
         };
         if let Some(id) = c.core
             && !c.ws.is_open()
+            && !c.ws.is_streaming()
         {
             self.core.handle_closing(id);
         }

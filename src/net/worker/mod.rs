@@ -130,6 +130,9 @@ pub struct ShellConfig {
     pub ping_interval_ms: u64,
     /// With the ping interval: a connection silent for both is closed 4003.
     pub pong_timeout_ms: u64,
+    /// An SSE stream's comment line (`: ping`) period (PROTOCOL §11: 15 s).
+    /// 0: none.
+    pub sse_ping_interval_ms: u64,
     /// Graceful shutdown: time to flush and finish close handshakes.
     pub shutdown_timeout_ms: u64,
     /// `SO_SNDBUF` of client sockets; 0: the kernel's (autotuned).
@@ -148,6 +151,7 @@ impl Default for ShellConfig {
             max_connections: 100_000,
             ping_interval_ms: 30_000,
             pong_timeout_ms: 10_000,
+            sse_ping_interval_ms: ws::sse::PING_INTERVAL_NS / 1_000_000,
             shutdown_timeout_ms: 5_000,
             socket_send_buffer_bytes: 0,
             kernel_unsent_bytes: 16 * 1024,

@@ -53,25 +53,27 @@ impl Worker {
         }
     }
 
-    pub(super) fn heartbeat_on(&self) -> bool {
-        self.cfg.ping_interval_ms > 0
-    }
-
     /// Schedules the next heartbeat check of an open connection: the next
     /// ping, or the end of its allowed silence, whichever comes first.
     pub(super) fn schedule_heartbeat(&mut self, slot: usize) {
-        if !self.heartbeat_on() {
-            return;
-        }
         let ping_ns = self.cfg.ping_interval_ms * 1_000_000;
         let silence_ns = ping_ns + self.cfg.pong_timeout_ms * 1_000_000;
+        let sse_ping_ns = self.cfg.sse_ping_interval_ms * 1_000_000;
         let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
         if let Some(h) = c.heartbeat_timer.take() {
             self.timers.cancel(h);
         }
-        let at = (c.last_ping_ns + ping_ns).min(c.last_read_ns + silence_ns);
+        // An SSE stream gets a comment line every 15 s and answers nothing
+        // (PROTOCOL §11): no silence limit; a dead peer shows as a write error
+        // or a slow consumer.
+        let at = match c.ws.is_streaming() {
+            true if sse_ping_ns == 0 => return,
+            true => c.last_ping_ns + sse_ping_ns,
+            false if ping_ns == 0 => return,
+            false => (c.last_ping_ns + ping_ns).min(c.last_read_ns + silence_ns),
+        };
         let key = TimerKey {
             slot: slot as u32,
             generation: c.generation,
@@ -153,6 +155,15 @@ impl Worker {
         let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
+        if c.ws.is_streaming() {
+            c.last_ping_ns = now_ns;
+            if let Some(id) = c.core {
+                self.core
+                    .queue_control(id, EncodedFrame::raw(ws::sse::PING));
+            }
+            self.schedule_heartbeat(slot);
+            return;
+        }
         if !c.ws.is_open() {
             // Closing: the close-handshake deadline takes over.
             return;
@@ -188,7 +199,7 @@ impl Worker {
             (i.book_entries
                 + i.trades_entries
                 + i.conn_entries
-                + i.json_entries
+                + i.rendering_entries
                 + i.symbols_with_interest) as u64,
         );
         for (r, v) in [

@@ -245,6 +245,7 @@ impl Worker {
 mod tests {
     use super::*;
     use crate::book::SymbolId;
+    use crate::fanout::render::Rendered;
     use crate::fanout::ring::DataKind;
     use crate::wire::pb::{self, server_message::Body};
 
@@ -312,8 +313,7 @@ mod tests {
             ToWorker::Snapshot {
                 symbol: sym,
                 seq: 10,
-                bin: Some(frame(Body::Snapshot(snapshot))),
-                json: None,
+                frames: Some(Rendered::proto(frame(Body::Snapshot(snapshot)))),
                 stale: None,
             },
             0,
@@ -338,8 +338,7 @@ mod tests {
                     seq,
                     prev_seq: seq - 1,
                     ingest_ts_ns: 0,
-                    bin: frame(Body::Delta(delta)),
-                    json: None,
+                    frames: Rendered::proto(frame(Body::Delta(delta))),
                 },
                 0,
             );

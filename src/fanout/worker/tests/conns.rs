@@ -152,7 +152,7 @@ proptest! {
         }
         polled.extend(h.drain_to_ingest());
         let s = h.core.stats();
-        prop_assert_eq!(s.index.book_entries + s.index.trades_entries + s.index.conn_entries + s.index.json_entries, 0);
+        prop_assert_eq!(s.index.book_entries + s.index.trades_entries + s.index.conn_entries + s.index.rendering_entries, 0);
         prop_assert_eq!(s.index.symbols_with_interest, 0);
         prop_assert_eq!((s.connections, s.dirty_pending, s.buffered_bytes, s.awaiting_subs, s.live_frames), (0, 0, 0, 0, 0));
         prop_assert_eq!(s.contiguity_violations, 0);
@@ -161,7 +161,7 @@ proptest! {
         for m in &polled {
             let (key, on) = match m {
                 ToIngest::Interest { symbol, channel, on } => (format!("{}/{:?}", symbol.0, channel), *on),
-                ToIngest::Json { symbol, on } => (format!("{}/json", symbol.0), *on),
+                ToIngest::Rendering { symbol, rendering, on } => (format!("{}/{}", symbol.0, rendering.as_str()), *on),
                 ToIngest::SnapshotRequest { .. } | ToIngest::Resume { .. } => continue,
             };
             let prev = state.insert(key.clone(), on).unwrap_or(false);

@@ -11,6 +11,7 @@ use crate::book::SymbolId;
 use crate::book::market::FeedStale;
 use crate::fanout::ring::{ToIngest, ToWorker};
 use crate::fanout::worker::{ConnId, Encoding, WorkerConfig, WorkerCore};
+use crate::wire::{Rendering, Renderings};
 
 #[test]
 fn feed_gap_then_book_replaced() {
@@ -69,8 +70,7 @@ fn feed_down_reaches_trades_and_new_subscribers_wait_for_the_feed() {
     h.ring(ToWorker::Snapshot {
         symbol: BTC,
         seq: 1,
-        bin: None,
-        json: None,
+        frames: None,
         stale: Some(FeedStale::FeedDown),
     });
     h.delta(BTC); // cannot happen while stale, but must not reach anyone waiting
@@ -245,14 +245,18 @@ fn json_client_joining_a_proto_request_asks_again_for_json() {
     let polled = h.drain_to_ingest();
     assert_eq!(
         polled.last(),
-        Some(&ToIngest::Json {
+        Some(&ToIngest::Rendering {
             symbol: BTC,
-            on: true
+            rendering: Rendering::Json,
+            on: true,
         })
     );
     // The answer was encoded before the Json interest arrived.
     let ToWorker::Snapshot {
-        symbol, seq, bin, ..
+        symbol,
+        seq,
+        frames: Some(frames),
+        ..
     } = h.ing.answer(BTC)
     else {
         unreachable!()
@@ -260,8 +264,7 @@ fn json_client_joining_a_proto_request_asks_again_for_json() {
     h.ring(ToWorker::Snapshot {
         symbol,
         seq,
-        bin,
-        json: None,
+        frames: Some(frames.only(Renderings::NONE)),
         stale: None,
     });
     assert_eq!(h.serve(), vec![ToIngest::SnapshotRequest { symbol: BTC }]);

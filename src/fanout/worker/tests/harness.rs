@@ -12,12 +12,13 @@ use sonic_rs::{JsonContainerTrait, JsonValueTrait, Value};
 use crate::book::SymbolId;
 use crate::book::market::FeedStale;
 use crate::fanout::limits::RequestLimits;
+use crate::fanout::render::{Rendered, Renderer};
 use crate::fanout::ring::{DataKind, Lane, ToIngest, ToWorker};
 use crate::fanout::worker::delivery::stale_msg;
 use crate::fanout::worker::{ConnId, Encoding, WorkerConfig, WorkerCore};
-use crate::wire::EncodedFrame;
-use crate::wire::json::{Decimals, render};
+use crate::wire::json::Decimals;
 use crate::wire::pb::{self, server_message::Body};
+use crate::wire::{EncodedFrame, Rendering, Renderings};
 
 pub(super) const BTC: SymbolId = SymbolId(0);
 pub(super) const ETH: SymbolId = SymbolId(1);
@@ -49,24 +50,28 @@ fn msg(body: Body) -> pb::ServerMessage {
     pb::ServerMessage { body: Some(body) }
 }
 
-pub(super) fn frames(m: &pb::ServerMessage) -> (EncodedFrame, EncodedFrame) {
-    let mut s = String::new();
-    render(m, Decimals::default(), &mut s);
-    (EncodedFrame::binary(m), EncodedFrame::text(&s))
+/// `m` in every rendering, as the market thread builds them for workers
+/// with interest in each.
+pub(super) fn frames(m: &pb::ServerMessage) -> Rendered {
+    let mut all = Renderings::NONE;
+    for r in Rendering::ALL {
+        all.insert(r);
+    }
+    let mut f = Rendered::proto(EncodedFrame::binary(m));
+    Renderer::new(256).complete(&mut f, all, Decimals::default(), Some(m));
+    f
 }
 
 /// A ring data message carrying `m` in both encodings, as the ingest
 /// thread sends it.
 fn data(symbol: SymbolId, kind: DataKind, seq: u64, m: &pb::ServerMessage) -> ToWorker {
-    let (bin, json) = frames(m);
     ToWorker::Data {
         symbol,
         kind,
         seq,
         prev_seq: seq.saturating_sub(1),
         ingest_ts_ns: 0,
-        bin,
-        json: Some(json),
+        frames: frames(m),
     }
 }
 
@@ -142,12 +147,10 @@ impl Ingest {
     }
 
     pub(super) fn answer(&self, id: SymbolId) -> ToWorker {
-        let (bin, json) = frames(&self.snapshot_msg(id));
         ToWorker::Snapshot {
             symbol: id,
             seq: self.books[id.0 as usize].seq,
-            bin: Some(bin),
-            json: Some(json),
+            frames: Some(frames(&self.snapshot_msg(id))),
             stale: None,
         }
     }

@@ -6,7 +6,7 @@ use crate::fanout::limits::RequestLimits;
 use crate::fanout::ring::{Lane, ToIngest};
 use crate::fanout::subs::IndexSizes;
 use crate::fanout::worker::{Encoding, WorkerConfig};
-use crate::wire::CloseCode;
+use crate::wire::{CloseCode, Rendering};
 
 #[test]
 fn subscribe_gives_subscribed_then_snapshot_then_contiguous_deltas() {
@@ -17,8 +17,9 @@ fn subscribe_gives_subscribed_then_snapshot_then_contiguous_deltas() {
         let polled = h.drain_to_ingest();
         let mut want = vec![interest(BTC, Lane::Book, true)];
         if encoding == Encoding::Json {
-            want.push(ToIngest::Json {
+            want.push(ToIngest::Rendering {
                 symbol: BTC,
+                rendering: Rendering::Json,
                 on: true,
             });
         }
@@ -284,9 +285,10 @@ fn unsubscribe_stops_data_and_interest_follows_zero_one_transitions() {
             interest(BTC, Lane::Book, true),
             ToIngest::SnapshotRequest { symbol: BTC },
             interest(BTC, Lane::Trades, true),
-            ToIngest::Json {
+            ToIngest::Rendering {
                 symbol: BTC,
-                on: true
+                rendering: Rendering::Json,
+                on: true,
             },
         ]
     );
@@ -323,9 +325,10 @@ fn unsubscribe_stops_data_and_interest_follows_zero_one_transitions() {
         h.drain_to_ingest(),
         vec![
             interest(BTC, Lane::Book, false),
-            ToIngest::Json {
+            ToIngest::Rendering {
                 symbol: BTC,
-                on: false
+                rendering: Rendering::Json,
+                on: false,
             }
         ]
     );
