@@ -376,6 +376,33 @@ fn main() {
     arbitrary_seeds();
     backplane_seeds();
     auth_token_seeds();
+    sse_open_seeds();
+}
+
+/// `GET /sse` queries (PROTOCOL §11), the second with a `Last-Event-ID`
+/// after the `\n`, the third a percent-encoded browser query.
+fn sse_open_seeds() {
+    use tickwire::ws::sse::{ResumeToken, epoch_digest};
+    write(
+        "sse_open",
+        "protocol-example",
+        b"symbols=BTC-USD,ETH-USD&channels=book.10@1000ms,trades&encoding=json",
+    );
+    let token = ResumeToken {
+        digest: epoch_digest([("BTC-USD", 7), ("ETH-USD", 7)]),
+        positions: vec![(1234, 88), (0, 300)],
+    }
+    .encode();
+    write(
+        "sse_open",
+        "resume",
+        format!("symbols=BTC-USD,ETH-USD&channels=book,trades&token=a.b.c\n{token}").as_bytes(),
+    );
+    write(
+        "sse_open",
+        "url-search-params",
+        b"symbols=BTC-USD%2CETH-USD&channels=book%4050ms%2Ctrades&_=1712",
+    );
 }
 
 /// The secret of the `auth_token` target (its HS256 key).
