@@ -12,7 +12,8 @@
 //! - The query is split on `&` into `key=value` pairs (a pair without `=` has
 //!   an empty value; empty pairs such as `a=1&&b=2` are skipped). Keys and
 //!   values are percent-decoded (`%XX`, either case of hex); a `%` not followed
-//!   by two hex digits, or a decoded value that is not UTF-8, is `bad_request`.
+//!   by two hex digits, or a decoded key or value that is not UTF-8, is
+//!   `bad_request`, also in a pair whose key is unknown.
 //!   `+` stays a literal `+` (symbols never contain spaces).
 //! - A query longer than [`MAX_QUERY_BYTES`] (8 KiB) is `bad_request`.
 //! - `symbols` (required): comma-separated after decoding (browsers'
@@ -187,7 +188,7 @@ pub fn parse_open(query: Option<&str>, last_event_id: Option<&str>) -> Result<Ss
     let mut token = None;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let key = percent_decode(key)?;
+        let (key, value) = (percent_decode(key)?, percent_decode(value)?);
         let slot = match key.as_str() {
             "symbols" => &mut symbols,
             "channels" => &mut channels,
@@ -198,7 +199,7 @@ pub fn parse_open(query: Option<&str>, last_event_id: Option<&str>) -> Result<Ss
         if slot.is_some() {
             return Err(SseRefusal::bad_request(format!("{key} given twice")));
         }
-        *slot = Some(percent_decode(value)?);
+        *slot = Some(value);
     }
     if let Some(enc) = encoding
         && enc != "json"
@@ -209,9 +210,9 @@ pub fn parse_open(query: Option<&str>, last_event_id: Option<&str>) -> Result<Ss
     }
     let symbols = symbols.ok_or_else(|| SseRefusal::bad_request("missing symbols"))?;
     let symbols = split_list("symbols", &symbols)?;
-    if let Some(long) = symbols.iter().find(|s| s.len() > MAX_SYMBOL_BYTES) {
+    if symbols.iter().any(|s| s.len() > MAX_SYMBOL_BYTES) {
         return Err(SseRefusal::bad_request(format!(
-            "symbol longer than {MAX_SYMBOL_BYTES} bytes: {long}"
+            "symbol longer than {MAX_SYMBOL_BYTES} bytes"
         )));
     }
     let channels = channels.ok_or_else(|| SseRefusal::bad_request("missing channels"))?;
@@ -502,6 +503,15 @@ mod tests {
         }
         assert_eq!(
             refused("symbols=X&channels=book&token=%ff"),
+            (400, "bad_request")
+        );
+        // Also in pairs that are otherwise ignored.
+        assert_eq!(
+            refused("symbols=X&channels=book&x=%zz"),
+            (400, "bad_request")
+        );
+        assert_eq!(
+            refused("symbols=X&channels=book&%zz=1"),
             (400, "bad_request")
         );
     }
