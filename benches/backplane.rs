@@ -110,7 +110,7 @@ fn run(iters: u64) -> Duration {
     while done < iters {
         let mut market = Market::new();
         let mut edge = EdgeCore::new(EdgeConfig::default(), 1);
-        let mut router = Router::new(1, 256);
+        let mut router = Router::new(1, tickwire::fanout::render::Renderer::new(256));
         let mut rings = Sink(0);
         let mut out: Vec<Published> = Vec::new();
         for hb in &s.heartbeats {

@@ -17,6 +17,7 @@ use tickwire::config::{
 };
 use tickwire::fanout::limits::{IpLimitConfig, Rate, RequestLimits};
 use tickwire::fanout::pacing::PacingConfig;
+use tickwire::fanout::render::DeflateBudget;
 use tickwire::fanout::worker::WorkerConfig;
 use tickwire::net::demo::{self, DemoFeedConfig};
 use tickwire::net::engine::{Engine, EngineConfig};
@@ -129,6 +130,9 @@ struct ServeArgs {
     /// permessage-deflate (PROTOCOL §12): messages shorter than this go uncompressed (bytes).
     #[arg(long, default_value_t = ws::Config::default().deflate_threshold_bytes)]
     deflate_threshold_bytes: u32,
+    /// permessage-deflate: market-thread time spent compressing per second at most (ms); past it, uncompressed; 0: never compress.
+    #[arg(long, default_value_t = EngineConfig::default().deflate_budget.per_second_ns / 1_000_000)]
+    deflate_budget_ms: u64,
     /// WebSocket connections at most (503 past it).
     #[arg(long, default_value_t = ShellConfig::default().max_connections)]
     max_connections: usize,
@@ -342,6 +346,9 @@ impl ServeArgs {
                 max_entries: self.resume_max_messages,
                 max_age_ns: self.resume_max_age_ms.saturating_mul(1_000_000),
                 max_total_bytes: self.resume_max_bytes,
+            },
+            deflate_budget: DeflateBudget {
+                per_second_ns: self.deflate_budget_ms.saturating_mul(1_000_000),
             },
             listen: self.listen,
             workers: self.workers.unwrap_or(defaults.workers),

@@ -17,6 +17,17 @@
 //! than the threshold (default 256 bytes) goes uncompressed, RSV1 clear, as
 //! does one that deflate would not make shorter; the "compressed" rendering
 //! is then the uncompressed frame itself (the same shared bytes).
+//!
+//! NB: compression is bounded by a time budget per second of the market
+//! thread (default 100 ms, [`DeflateBudget`]); past it, messages go
+//! uncompressed until the next second (RFC 7692 §6 lets any message go with
+//! RSV1 clear), counted as `budget`. The reason is the cost: each message
+//! is compressed on its own (no context takeover), and resetting the
+//! compressor's tables costs ~7–20 µs whatever the message's size
+//! (`benches/render.rs`), while every browser offers permessage-deflate: a
+//! few dashboards on busy full-depth JSON books would otherwise put
+//! compression ahead of every book on the thread that owns them. The
+//! budget keeps deflate best-effort and the books fresh.
 
 use prost::Message;
 
@@ -114,11 +125,44 @@ pub struct RenderStats {
     /// Messages of a deflate rendering sent uncompressed: under the
     /// threshold, or not made shorter.
     pub deflate_skipped: u64,
+    /// ... and because the second's compression budget was spent.
+    pub deflate_over_budget: u64,
+    /// Nanoseconds spent compressing.
+    pub deflate_ns: u64,
+}
+
+/// How much of each second the market thread may spend compressing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeflateBudget {
+    /// Per second, at most (ns); 0: never compress.
+    pub per_second_ns: u64,
+}
+
+impl Default for DeflateBudget {
+    fn default() -> DeflateBudget {
+        DeflateBudget {
+            per_second_ns: 100_000_000,
+        }
+    }
+}
+
+/// Monotonic nanoseconds since the first call (the renderer's clock).
+pub fn monotonic_ns() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
 }
 
 /// Builds renderings on the market thread.
 pub struct Renderer {
     threshold: usize,
+    budget: DeflateBudget,
+    /// Reads monotonic ns around each compression (injected by tests).
+    clock: fn() -> u64,
+    /// The current second of the budget: its start and the ns spent.
+    window: (u64, u64),
     compressor: Compressor,
     json: String,
     bytes: Vec<u8>,
@@ -126,10 +170,27 @@ pub struct Renderer {
 }
 
 impl Renderer {
-    /// `deflate_threshold_bytes`: payloads shorter than this go uncompressed.
+    /// `deflate_threshold_bytes`: payloads shorter than this go
+    /// uncompressed; the default compression budget.
     pub fn new(deflate_threshold_bytes: usize) -> Renderer {
+        Renderer::with_budget(
+            deflate_threshold_bytes,
+            DeflateBudget::default(),
+            monotonic_ns,
+        )
+    }
+
+    /// With a compression budget and the clock that measures it.
+    pub fn with_budget(
+        deflate_threshold_bytes: usize,
+        budget: DeflateBudget,
+        clock: fn() -> u64,
+    ) -> Renderer {
         Renderer {
             threshold: deflate_threshold_bytes,
+            budget,
+            clock,
+            window: (0, 0),
             compressor: Compressor::new(),
             json: String::new(),
             bytes: Vec::new(),
@@ -199,8 +260,19 @@ impl Renderer {
             self.stats.deflate_skipped += 1;
             return frame.clone();
         }
+        let start = (self.clock)();
+        if start.saturating_sub(self.window.0) >= 1_000_000_000 {
+            self.window = (start, 0);
+        }
+        if self.window.1 >= self.budget.per_second_ns {
+            self.stats.deflate_over_budget += 1;
+            return frame.clone();
+        }
         self.bytes.clear();
         self.compressor.compress(payload, &mut self.bytes);
+        let spent = (self.clock)().saturating_sub(start);
+        self.window.1 += spent;
+        self.stats.deflate_ns += spent;
         let Some(opcode) = frame.opcode().filter(|_| self.bytes.len() < payload.len()) else {
             self.stats.deflate_skipped += 1;
             return frame.clone();
@@ -281,6 +353,44 @@ mod tests {
         assert_eq!(r.stats(), before);
         assert_eq!(before.rendered, [0, 1, 1, 1, 1]);
         assert!(before.deflate_out_bytes < before.deflate_in_bytes);
+    }
+
+    /// Past the second's budget, messages go uncompressed (the same shared
+    /// frame) until the next second.
+    #[test]
+    fn compression_stops_at_the_budget_until_the_next_second() {
+        thread_local! {
+            static NOW: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+        }
+        // Each read of the clock advances it 1 ms: a compression costs 1 ms.
+        fn clock() -> u64 {
+            NOW.with(|n| {
+                n.set(n.get() + 1_000_000);
+                n.get()
+            })
+        }
+        let budget = DeflateBudget {
+            per_second_ns: 3_000_000,
+        };
+        let mut r = Renderer::with_budget(256, budget, clock);
+        let msg = delta(100);
+        let compressed = |r: &mut Renderer| {
+            let mut f = Rendered::proto(EncodedFrame::binary(&msg));
+            r.complete(
+                &mut f,
+                Renderings::of(Rendering::ProtoDeflate),
+                Decimals::default(),
+                None,
+            );
+            f.get(Rendering::ProtoDeflate).unwrap().is_deflated()
+        };
+        let first: Vec<bool> = (0..5).map(|_| compressed(&mut r)).collect();
+        assert_eq!(first, [true, true, true, false, false]);
+        assert_eq!(r.stats().deflate_over_budget, 2);
+        NOW.with(|n| n.set(n.get() + 1_000_000_000));
+        assert!(compressed(&mut r), "a new second, a new budget");
+        let mut never = Renderer::with_budget(256, DeflateBudget { per_second_ns: 0 }, clock);
+        assert!(!compressed(&mut never), "a zero budget never compresses");
     }
 
     #[test]

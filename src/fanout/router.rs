@@ -133,15 +133,15 @@ struct Lost {
 }
 
 impl Router {
-    /// `deflate_threshold_bytes`: PROTOCOL §12's threshold under which a
-    /// message goes uncompressed.
-    pub fn new(workers: usize, deflate_threshold_bytes: usize) -> Router {
+    /// `renderer` builds the renderings beyond protobuf (with PROTOCOL
+    /// §12's threshold and the compression budget).
+    pub fn new(workers: usize, renderer: Renderer) -> Router {
         assert!(workers <= MAX_WORKERS, "at most {MAX_WORKERS} workers");
         Router {
             routes: Vec::new(),
             lanes: (0..workers).map(|_| WorkerLane::default()).collect(),
             stats: RouterStats::default(),
-            renderer: Renderer::new(deflate_threshold_bytes),
+            renderer,
         }
     }
 
@@ -707,8 +707,11 @@ mod tests {
 
     #[test]
     fn data_goes_only_to_interested_workers_and_json_only_when_wanted() {
-        let (mut m, mut r, mut rings) =
-            (Market::new(), Router::new(3, 256), FakeRings::new(3, 100));
+        let (mut m, mut r, mut rings) = (
+            Market::new(),
+            Router::new(3, Renderer::new(256)),
+            FakeRings::new(3, 100),
+        );
         let feed = FeedId(1);
         publish(&mut m, &mut r, &mut rings, |m, out| {
             drop(m.handle_snapshot(feed, snapshot("AA"), 1, out))
@@ -796,8 +799,11 @@ mod tests {
 
     #[test]
     fn snapshot_answers_are_cached_until_the_book_changes() {
-        let (mut m, mut r, mut rings) =
-            (Market::new(), Router::new(2, 256), FakeRings::new(2, 100));
+        let (mut m, mut r, mut rings) = (
+            Market::new(),
+            Router::new(2, Renderer::new(256)),
+            FakeRings::new(2, 100),
+        );
         let feed = FeedId(1);
         publish(&mut m, &mut r, &mut rings, |m, out| {
             drop(m.handle_snapshot(feed, snapshot("AA"), 1, out))
@@ -857,7 +863,11 @@ mod tests {
 
     #[test]
     fn a_full_ring_drops_for_that_worker_only_then_sends_a_marker_first() {
-        let (mut m, mut r, mut rings) = (Market::new(), Router::new(2, 256), FakeRings::new(2, 3));
+        let (mut m, mut r, mut rings) = (
+            Market::new(),
+            Router::new(2, Renderer::new(256)),
+            FakeRings::new(2, 3),
+        );
         let feed = FeedId(1);
         publish(&mut m, &mut r, &mut rings, |m, out| {
             drop(m.handle_snapshot(feed, snapshot("AA"), 1, out))
@@ -952,7 +962,11 @@ mod tests {
 
     #[test]
     fn must_deliver_messages_wait_in_order_behind_a_full_ring() {
-        let (mut m, mut r, mut rings) = (Market::new(), Router::new(1, 256), FakeRings::new(1, 1));
+        let (mut m, mut r, mut rings) = (
+            Market::new(),
+            Router::new(1, Renderer::new(256)),
+            FakeRings::new(1, 1),
+        );
         let feed = FeedId(1);
         publish(&mut m, &mut r, &mut rings, |m, out| {
             drop(m.handle_snapshot(feed, snapshot("AA"), 1, out))

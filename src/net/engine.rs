@@ -17,6 +17,7 @@ use crate::auth::AuthMode;
 use crate::book::resume::HistoryLimits;
 use crate::config::{AuthConfig, ConfigError, IngestConfig};
 use crate::fanout::limits::IpLimitConfig;
+use crate::fanout::render::{DeflateBudget, Renderer, monotonic_ns};
 use crate::fanout::ring::WorkerId;
 use crate::fanout::worker::{AuthSetup, WorkerConfig, WorkerCore};
 use crate::ws;
@@ -60,6 +61,9 @@ pub struct EngineConfig {
     /// The resume history's bounds (PROTOCOL §10): 8,192 messages per
     /// symbol's book and trades, 10 s, 64 MiB in all.
     pub resume: HistoryLimits,
+    /// permessage-deflate: how much of each second the market thread may
+    /// spend compressing (PROTOCOL §12, `fanout::render`). Default 100 ms.
+    pub deflate_budget: DeflateBudget,
 }
 
 impl Default for EngineConfig {
@@ -67,6 +71,7 @@ impl Default for EngineConfig {
         EngineConfig {
             ingest: IngestConfig::default(),
             resume: HistoryLimits::default(),
+            deflate_budget: DeflateBudget::default(),
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pin: true,
@@ -260,7 +265,11 @@ impl Engine {
             cfg.resume,
             // One threshold for the shared market-data renderings and the
             // codec's own messages (PROTOCOL §12).
-            cfg.ws.deflate_threshold_bytes as usize,
+            Renderer::with_budget(
+                cfg.ws.deflate_threshold_bytes as usize,
+                cfg.deflate_budget,
+                monotonic_ns,
+            ),
         );
         let ingest = ingest.spawn(Box::new(sink))?;
         let mut threads = Vec::new();

@@ -349,10 +349,20 @@ impl Shared {
             ]
             .into_iter(),
         );
-        out.counter(
+        out.labeled_counter(
             "tickwire_deflate_skipped_total",
-            "Messages of a deflate rendering sent uncompressed: under the threshold, or not made shorter.",
-            render.deflate_skipped,
+            "Messages of a deflate rendering sent uncompressed, by reason: small (under the threshold, or not made shorter), budget (the second's compression budget was spent).",
+            "reason",
+            [
+                ("small", render.deflate_skipped),
+                ("budget", render.deflate_over_budget),
+            ]
+            .into_iter(),
+        );
+        out.counter(
+            "tickwire_deflate_microseconds_total",
+            "Market-thread time spent compressing (PROTOCOL §12), bounded by --deflate-budget-ms per second.",
+            render.deflate_ns / 1_000,
         );
         out.gauge(
             "tickwire_derived_views",

@@ -12,6 +12,7 @@ use crate::book::SymbolId;
 use crate::book::market::{Market, Published};
 use crate::book::resume::HistoryLimits;
 use crate::fanout::derived::DerivedBooks;
+use crate::fanout::render::Renderer;
 use crate::fanout::replay::{Replays, ResumeRequest};
 use crate::fanout::ring::{ToIngest, ToWorker};
 use crate::fanout::router::{Rings, Router};
@@ -79,10 +80,10 @@ impl FanoutSink {
         requests: Vec<rtrb::Consumer<ToIngest>>,
         shared: Arc<Shared>,
         resume: HistoryLimits,
-        deflate_threshold_bytes: usize,
+        renderer: Renderer,
     ) -> FanoutSink {
         FanoutSink {
-            router: Router::new(rings.producers.len(), deflate_threshold_bytes),
+            router: Router::new(rings.producers.len(), renderer),
             derived: DerivedBooks::new(shared.streams.clone()),
             replays: Replays::new(resume),
             rings,
