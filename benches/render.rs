@@ -9,6 +9,8 @@
 //! message once however many connections take it, so this is the whole
 //! cost of compression for a message.
 //!
+//! And what an SSE connection adds to each event it takes: its `id:` line.
+//!
 //! Run: `cargo bench --bench render`.
 
 use std::hint::black_box;
@@ -16,10 +18,11 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 use tickwire::book::synth::{SynthConfig, SynthMarket};
-use tickwire::fanout::render::{Rendered, Renderer};
+use tickwire::fanout::render::{DeflateBudget, Rendered, Renderer, monotonic_ns};
 use tickwire::wire::json::Decimals;
 use tickwire::wire::pb::{self, ingest_message, server_message};
 use tickwire::wire::{EncodedFrame, Rendering, Renderings};
+use tickwire::ws::sse::ResumeToken;
 
 const THRESHOLD: usize = 256;
 
@@ -130,7 +133,12 @@ fn bench(c: &mut Criterion) {
             );
             f
         };
-        let mut r = Renderer::new(THRESHOLD);
+        // No budget: every iteration compresses (the engine's default budget
+        // would make most of them the uncompressed fallback).
+        let unlimited = DeflateBudget {
+            per_second_ns: u64::MAX,
+        };
+        let mut r = Renderer::with_budget(THRESHOLD, unlimited, monotonic_ns);
         g.bench_function(name, |b| {
             b.iter(|| {
                 let mut f = json.clone();
@@ -143,6 +151,24 @@ fn bench(c: &mut Criterion) {
                 black_box(f)
             })
         });
+    }
+    g.finish();
+    // What an SSE connection adds per event: its `id:` line (PROTOCOL §11).
+    let mut g = c.benchmark_group("sse_id_line");
+    for n in [1usize, 5, 50] {
+        let positions: Vec<(u64, u64)> =
+            (0..n as u64).map(|i| (1_000_000 + i, 50_000 + i)).collect();
+        let mut out = Vec::with_capacity(1024);
+        g.bench_function(format!("{n}_symbols"), |b| {
+            b.iter(|| {
+                out.clear();
+                ResumeToken::write_id_line(black_box(0x1234_5678_9abc_def0), &positions, &mut out);
+                black_box(out.len())
+            })
+        });
+        out.clear();
+        ResumeToken::write_id_line(0, &positions, &mut out);
+        println!("sse id line, {n} symbols: {} bytes", out.len());
     }
     g.finish();
 }

@@ -26,7 +26,9 @@
 //! 2. **Book**: [`book::market::Market`] applies the delta to its
 //!    [`book::Book`], assigns the seq and checksum, or marks the book stale.
 //! 3. **Encode once**: [`wire::EncodedFrame`] builds the whole WebSocket frame
-//!    (and the JSON rendering only while some worker has JSON subscribers).
+//!    and [`fanout::render`] builds each other rendering (JSON, compressed,
+//!    SSE: [`wire::Rendering`]) once, only while some worker has
+//!    subscribers that take it.
 //! 4. **Ring**: [`fanout::router`] pushes it to the `rtrb` ring of each worker
 //!    with interest in the symbol ([`fanout::ring::ToWorker`]); the worker is
 //!    woken only if it may sleep (`net::ring_wake`).

@@ -11,10 +11,10 @@ mod common;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::thread::sleep;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::harness::{WAIT, config, delta, metric, proto, snap, wait_until};
-use common::{Client, http_request};
+use common::{Client, SocketOpts, http_request};
 use tickwire::net::engine::{Engine, EngineConfig};
 use tickwire::wire::pb::{self, server_message::Body};
 
@@ -265,4 +265,45 @@ fn bad_streams_get_http_errors_and_disturb_nothing() {
     });
     assert!(good.violations.is_empty(), "{:?}", good.violations);
     assert_eq!(good.closed, None);
+}
+
+/// PROTOCOL §11: where a WebSocket would be closed, the response ends. A
+/// stream that stops reading is a slow consumer like any connection: past
+/// the maximum lag it is ended (after the bytes already queued, never a gap
+/// before), and the stream beside it is untouched.
+#[test]
+fn a_stalled_stream_is_ended_at_the_max_lag_and_others_carry_on() {
+    let mut cfg = config(1);
+    cfg.worker.max_lag_ns = 1_000_000_000;
+    let (e, mut feed) = start(cfg);
+    let path = "/sse?symbols=AAA&channels=book,trades";
+    let mut fast = open(e.ws_addr, path, None);
+    let small = SocketOpts {
+        bind: None,
+        recv_buffer: Some(4096),
+    };
+    let mut slow = Client::connect_sse_with(e.ws_addr, path, None, small);
+    // 250 deltas and trades over 2.5 s.
+    let started = Instant::now();
+    for s in 2..252u64 {
+        feed.write_all(&proto(&[delta("AAA", s, 100, s as i64), trade("AAA", 100)]))
+            .unwrap();
+        fast.read_for(Duration::from_millis(1));
+        let due = started + Duration::from_millis(10 * (s - 1));
+        sleep(due.saturating_duration_since(Instant::now()));
+    }
+    wait_until("the lag close", || {
+        metric(&e, "tickwire_lag_closes_total") == 1
+    });
+    wait_until("fast caught up", || {
+        fast.read_for(Duration::from_millis(10));
+        fast.books.get("AAA").is_some_and(|b| b.seq == 251)
+    });
+    assert!(fast.violations.is_empty(), "{:?}", fast.violations);
+    assert_eq!(fast.closed, None);
+    // The slow one reads now: what was queued, in order, then the end.
+    slow.read_until(WAIT, |_| false);
+    assert!(slow.closed.is_some(), "the stream ended");
+    assert!(slow.violations.is_empty(), "{:?}", slow.violations);
+    assert!(slow.books.get("AAA").is_none_or(|b| b.seq < 251));
 }

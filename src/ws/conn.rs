@@ -878,6 +878,34 @@ mod tests {
         c
     }
 
+    /// A request answered by a streamed response (SSE): no deadline, the
+    /// peer's further bytes are dropped (no events, no error), nothing is
+    /// written by the codec, and a close just ends it.
+    #[test]
+    fn a_streamed_response_has_no_deadline_and_ignores_input() {
+        let now = t0();
+        let mut c = Conn::server(now, Config::default());
+        c.handle_read(
+            now,
+            b"GET /sse?symbols=A&channels=book HTTP/1.1\r\nHost: h\r\n\r\nextra",
+        );
+        assert!(matches!(c.poll_event(now), Some(Event::Request(_))));
+        assert!(c.poll_timeout().is_some(), "the handshake deadline runs");
+        c.stream_response();
+        assert!(c.is_streaming() && !c.is_open() && !c.is_closed());
+        assert_eq!(c.state(), State::Streaming);
+        assert_eq!(c.poll_timeout(), None);
+        c.handle_read(now, &masked(Opcode::Text, true, b"hello"));
+        c.handle_read(now, b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(drain_events(&mut c, now), vec![]);
+        assert_eq!(tx(&mut c), b"");
+        c.handle_timeout(now + Duration::from_secs(3600));
+        assert!(c.is_streaming(), "no deadline ends a stream");
+        c.close(now, CloseCode::SLOW_CONSUMER, "slow");
+        assert!(c.is_closed());
+        assert_eq!(tx(&mut c), b"", "no close frame on a stream");
+    }
+
     fn masked(opcode: Opcode, fin: bool, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         write_client_frame(&mut out, fin, opcode, payload, KEY);

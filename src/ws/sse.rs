@@ -52,7 +52,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64URL;
 
 use super::http::Response;
 use crate::wire::json::write_json_str;
-use crate::wire::varint::{MAX_VARINT_BYTES, read_varint};
+use prost::encoding::encode_varint;
+
+use crate::wire::varint::read_varint;
 
 /// PROTOCOL §11: most symbols in one SSE stream.
 pub const MAX_SSE_SYMBOLS: usize = 50;
@@ -352,10 +354,10 @@ impl ResumeToken {
         let raw_start = out.len();
         out.push(TOKEN_VERSION);
         out.extend_from_slice(&digest.to_le_bytes());
-        write_varint(positions.len() as u64, out);
+        encode_varint(positions.len() as u64, out);
         for &(book, trades) in positions {
-            write_varint(book, out);
-            write_varint(trades, out);
+            encode_varint(book, out);
+            encode_varint(trades, out);
         }
         let raw_end = out.len();
         let text_len = base64::encoded_len(raw_end - raw_start, false)
@@ -414,19 +416,6 @@ impl ResumeToken {
             positions,
         })
     }
-}
-
-/// Appends `v` as a LEB128 varint.
-fn write_varint(mut v: u64, out: &mut Vec<u8>) {
-    let mut buf = [0u8; MAX_VARINT_BYTES];
-    let mut n = 0;
-    while v >= 0x80 {
-        buf[n] = (v as u8) | 0x80;
-        v >>= 7;
-        n += 1;
-    }
-    buf[n] = v as u8;
-    out.extend_from_slice(&buf[..=n]);
 }
 
 /// FNV-1a 64 over each (symbol name bytes, 0x00, epoch as 8 bytes

@@ -480,7 +480,17 @@ impl Client {
     /// Opens `GET path` as an `EventSource` would (with `Last-Event-ID`
     /// when given); panics unless the answer is a `text/event-stream` 200.
     pub fn connect_sse(addr: SocketAddr, path: &str, last_event_id: Option<&str>) -> Client {
-        let mut stream = TcpStream::connect(addr).unwrap();
+        Client::connect_sse_with(addr, path, last_event_id, SocketOpts::default())
+    }
+
+    /// [`Client::connect_sse`] on a socket made as `opts` say.
+    pub fn connect_sse_with(
+        addr: SocketAddr,
+        path: &str,
+        last_event_id: Option<&str>,
+        opts: SocketOpts,
+    ) -> Client {
+        let mut stream = tcp_connect(addr, opts);
         stream.set_nodelay(true).unwrap();
         let mut req = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n"
