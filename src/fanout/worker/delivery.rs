@@ -107,7 +107,13 @@ impl JoinedRun {
         frames: &mut Frames,
         now_ns: u64,
     ) -> Option<(FrameId, usize)> {
-        let r = rendering.index();
+        // A rendering whose frames are those of protobuf or JSON (short
+        // messages, uncompressed) shares their joined frame.
+        let r = [Rendering::Proto, Rendering::Json]
+            .into_iter()
+            .map(Rendering::index)
+            .find(|&plain| run.iter().all(|d| d.ids[rendering.index()] == d.ids[plain]))
+            .unwrap_or(rendering.index());
         *self.0[r].get_or_insert_with(|| {
             if rendering == Rendering::Sse || run.iter().any(|d| d.ids[r].is_none()) {
                 return None;
@@ -428,11 +434,22 @@ impl WorkerCore {
     /// A delta about to be delivered, its frames in the table (one count each,
     /// given back by `deliver_deltas`).
     fn run_delta(&mut self, seq: u64, prev_seq: u64, frames: &Rendered, now_ns: u64) -> RunDelta {
-        let mut ids = [None; Rendering::COUNT];
+        let mut ids: [Option<FrameId>; Rendering::COUNT] = [None; Rendering::COUNT];
         for r in frames.renderings().iter() {
-            if let Some(f) = frames.get(r) {
-                ids[r.index()] = Some(self.frames.insert(f.clone(), now_ns));
-            }
+            let Some(f) = frames.get(r) else { continue };
+            // A rendering that is another's frame (a short message's deflate
+            // rendering is its plain one) shares its slot.
+            let same = Rendering::ALL[..r.index()]
+                .iter()
+                .filter_map(|o| ids[o.index()])
+                .find(|&id| self.frames.get(id).same(f));
+            ids[r.index()] = Some(match same {
+                Some(id) => {
+                    self.frames.retain(id);
+                    id
+                }
+                None => self.frames.insert(f.clone(), now_ns),
+            });
         }
         RunDelta { seq, prev_seq, ids }
     }
