@@ -141,3 +141,62 @@ export async function until(what, fn, ms = T.live, every = 100) {
     await sleep(every);
   }
 }
+
+/**
+ * A TCP proxy on 127.0.0.1 (port 0) in front of `target` ("host:port"), for
+ * injecting faults between a page and the engine. Records every connection's
+ * request bytes as text (`conns[i].request`, the first 16 KiB), so that a test
+ * can see which requests (and headers) a connection carried, and
+ * `cut(pred)` destroys both sides of the connections `pred` selects (an
+ * abrupt close, as a dropped network would be). `rewriteRequest`, when set,
+ * maps each chunk the client sends (as latin1 text) before it goes on (for
+ * requests that fit one chunk, e.g. to drop a header). `close()` stops it.
+ */
+export async function startProxy(target) {
+  const [host, port] = [target.slice(0, target.lastIndexOf(':')), Number(target.slice(target.lastIndexOf(':') + 1))];
+  const conns = [];
+  const proxy = { rewriteRequest: null };
+  const server = net.createServer(client => {
+    const upstream = net.connect({ host, port });
+    const conn = { client, upstream, request: '', cut: false };
+    conns.push(conn);
+    client.on('data', d => {
+      let text = d.toString('latin1');
+      if (proxy.rewriteRequest) text = proxy.rewriteRequest(text, conn);
+      if (conn.request.length < 16384) conn.request += text;
+      if (!upstream.write(Buffer.from(text, 'latin1'))) { client.pause(); upstream.once('drain', () => client.resume()); }
+    });
+    upstream.pipe(client);
+    const end = () => { client.destroy(); upstream.destroy(); };
+    client.on('error', end);
+    upstream.on('error', end);
+    client.on('close', end);
+    upstream.on('close', end);
+  });
+  await new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', resolve);
+  });
+  const addr = `127.0.0.1:${server.address().port}`;
+  return Object.assign(proxy, {
+    addr,
+    url: `http://${addr}/`,
+    conns,
+    /** Destroys the open connections `pred(conn)` selects; returns how many. */
+    cut(pred = () => true) {
+      let n = 0;
+      for (const c of conns) {
+        if (c.cut || c.client.destroyed || !pred(c)) continue;
+        c.cut = true;
+        c.client.destroy();
+        c.upstream.destroy();
+        n += 1;
+      }
+      return n;
+    },
+    async close() {
+      for (const c of conns) { c.client.destroy(); c.upstream.destroy(); }
+      await Promise.race([new Promise(r => server.close(r)), sleep(T.stop)]);
+    },
+  });
+}
