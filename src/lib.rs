@@ -24,7 +24,7 @@
 //! 1. **Ingest read**: `net::ingest` reads feed sockets (bounded per turn) and
 //!    decodes with [`book::decode`] (protobuf) or [`wire::json`] (JSON lines).
 //! 2. **Book**: [`book::market::Market`] applies the delta to its
-//!    [`book::Book`], assigns the seq and checksum, or marks the book stale.
+//!    [`book::book::OrderBook`], assigns the seq and checksum, or marks the book stale.
 //! 3. **Encode once**: [`wire::EncodedFrame`] builds the whole WebSocket frame
 //!    and [`fanout::render`] builds each other rendering (JSON, compressed,
 //!    SSE: [`wire::Rendering`]) once, only while some worker has

@@ -1,5 +1,6 @@
 //! Fan-out: what crosses the rings between the ingest thread and the workers
-//! ([`ring`]), the ingest side's routing by interest ([`router`]), and the
+//! ([`ring`]), the ingest side's routing by interest ([`router`]) and the
+//! renderings it attaches ([`render`]: JSON, compressed, SSE), and the
 //! sans-IO worker core ([`worker`]): subscriptions, client requests,
 //! per-connection outboxes and the slow-consumer policy; the admission
 //! limits ([`limits`]) and the worker's timing wheel ([`timer`]).

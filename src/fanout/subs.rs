@@ -10,8 +10,8 @@
 //! and connections are dense indices), allocates per delivery.
 //!
 //! It also reports the 0↔1 transitions of each symbol-channel's local count
-//! and of each symbol's JSON entries, which become `ToIngest::Interest` and
-//! `ToIngest::Json`.
+//! and of each symbol's entries per rendering (other than protobuf), which
+//! become `ToIngest::Interest` and `ToIngest::Rendering`.
 
 use crate::book::SymbolId;
 use crate::fanout::ring::Lane;

@@ -24,7 +24,7 @@ pub(super) struct KernelBacklog {
 }
 
 impl WorkerCore {
-    /// The socket of `conn` accepted `n` bytes of [`Outbox::io_slices`].
+    /// The socket of `conn` accepted `n` bytes of [`Outbox::io_slices`](crate::fanout::outbox::Outbox::io_slices).
     /// Resyncs the dropped symbols when a dropping episode ends.
     pub fn handle_written(&mut self, conn: ConnId, n: usize, now_ns: u64) -> Consumed {
         let Some(c) = self.conns.get_mut(conn.0 as usize) else {

@@ -49,6 +49,9 @@
 //! - `requests.rs`: client requests (subscribe, unsubscribe, the rate limit).
 //! - `delivery.rs`: ring messages to outboxes (the hot path).
 //! - `backlog.rs`: writes, kernel backlogs, slow consumers, periodic duties.
+//! - `auth.rs`: tokens, tiers and entitlements (PROTOCOL §8).
+//! - `resume.rs`: subscribes waiting for their resume answers (PROTOCOL §10).
+//! - `sse.rs`: SSE streams and their `id:` lines (PROTOCOL §11).
 //! - `invariants.rs`: [`WorkerCore::check_invariants`].
 
 use std::collections::{HashMap, VecDeque};
@@ -161,7 +164,7 @@ struct Instrument {
 /// - Per (connection, symbol), the book frames queued are a snapshot `S` then
 ///   deltas `S+1, S+2, …`, until the next Stale or snapshot
 ///   (`debug_assert!` in the delta loop).
-/// - `ToIngest::Interest`/`Json` `on` is emitted before any `SnapshotRequest`
+/// - `ToIngest::Interest`/`Rendering` `on` is emitted before any `SnapshotRequest`
 ///   that needs it, and exactly at the 0↔1 transitions of the local counts.
 pub struct WorkerCore {
     cfg: WorkerConfig,
@@ -295,7 +298,7 @@ impl WorkerCore {
         ConnId((self.conns.len() - 1) as u32)
     }
 
-    /// Forgets `conn`: removes it from every index (emitting `Interest`/`Json`
+    /// Forgets `conn`: removes it from every index (emitting `Interest`/`Rendering`
     /// `off` where a local count drops to zero), frees its queue, and makes its
     /// slot reusable. Idempotent.
     pub fn close_conn(&mut self, conn: ConnId) {

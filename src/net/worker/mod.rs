@@ -12,7 +12,7 @@
 //! # The duty cycle ([`Worker::do_work`])
 //!
 //! When to drain, write and sleep is decided by the sans-IO
-//! [`Pacer`](crate::fanout::pacing::Pacer) (its module doc states the policy;
+//! [`Pacer`] (its module doc states the policy;
 //! its tests drive it with a manual clock). One turn:
 //!
 //! 1. Poll sockets, sleeping at most until the pacer's deadline
@@ -49,7 +49,7 @@
 //! [`Shared::epoch`](super::shared::Shared::epoch); only the delivery latency
 //! is measured against the wall clock (`ingest_ts_ns` is CLOCK_REALTIME).
 //!
-//! Every way out of a connection ([`Worker::drop_client`]) removes it from the
+//! Every way out of a connection (`Worker::drop_client`) removes it from the
 //! core's indexes, the wheel, the per-IP counts and the open count.
 //!
 //! No allocation per message once warm, no locks on the market-data path.

@@ -156,7 +156,7 @@ proptest! {
         prop_assert_eq!(s.index.symbols_with_interest, 0);
         prop_assert_eq!((s.connections, s.dirty_pending, s.buffered_bytes, s.awaiting_subs, s.live_frames), (0, 0, 0, 0, 0));
         prop_assert_eq!(s.contiguity_violations, 0);
-        // Interest and JSON interest alternate on/off per key and end off.
+        // Interest and rendering interest alternate on/off per key and end off.
         let mut state: BTreeMap<String, bool> = BTreeMap::new();
         for m in &polled {
             let (key, on) = match m {
