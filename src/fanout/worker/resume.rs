@@ -178,14 +178,15 @@ impl WorkerCore {
                     self.stats.resumed += 1;
                     let mut dropped = 0u32;
                     // Replayed seqs are contiguous: the k-th of n is `last - (n - 1 - k)`.
-                    let first = last + 1 - frames.len() as u64;
+                    let n = frames.len();
                     for (k, f) in frames.iter().enumerate() {
                         if dropped > 0 {
                             dropped += 1;
                             continue;
                         }
                         let mut sink = self.sink();
-                        sink.event = Some((it.stream, it.lane, first + k as u64));
+                        let seq = last.saturating_sub((n - 1 - k) as u64);
+                        sink.event = Some((it.stream, it.lane, seq));
                         match sink.admit(conn, f, FrameClass::Stream, now_ns) {
                             Admit::Queue => {}
                             Admit::DropStale => dropped = 1,

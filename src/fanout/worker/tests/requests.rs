@@ -343,3 +343,39 @@ fn unsubscribe_stops_data_and_interest_follows_zero_one_transitions() {
         vec!["subscribed", "snapshot", "delta", "delta", "unsubscribed"]
     );
 }
+
+/// A resume answer whose `last` is below its frame count (the market thread
+/// never sends one; the fuzz target's fake ingest did) is delivered without
+/// an arithmetic overflow: `Subscribed`, then the frames, in order.
+#[test]
+fn an_inconsistent_resume_answer_does_not_panic() {
+    use crate::fanout::ring::{ResumeAnswer, ToWorker};
+    let mut h = H::new(cfg());
+    let mut c = h.client(Encoding::Json);
+    h.text(
+        &c,
+        r#"{"op":"subscribe","symbols":["BTC-USD"],"channels":["trades"],"id":3,"resume":{"BTC-USD":{"epoch":0,"trades":0}}}"#,
+    );
+    let token = h
+        .drain_to_ingest()
+        .into_iter()
+        .find_map(|m| match m {
+            ToIngest::Resume { token, .. } => Some(token),
+            _ => None,
+        })
+        .expect("a resume request");
+    let t = h.ing.trade(BTC);
+    let ToWorker::Data { frames, .. } = t else {
+        unreachable!()
+    };
+    let f = frames.get(Rendering::Json).unwrap().clone();
+    h.ring(ToWorker::Resumed {
+        token,
+        answer: ResumeAnswer::Hit {
+            last: 1,
+            frames: vec![f.clone(), f.clone(), f],
+        },
+    });
+    c.read_all(&mut h.core, h.now_ns);
+    assert_eq!(c.types(), vec!["subscribed", "trade", "trade", "trade"]);
+}
