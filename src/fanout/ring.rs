@@ -148,3 +148,18 @@ pub enum ToIngest {
         rendering: Rendering,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ring slot holds one `ToWorker`: its size times `--ring-capacity`
+    /// is each worker ring's memory (80 bytes of it are the renderings).
+    #[test]
+    fn ring_messages_stay_small() {
+        let slot = std::mem::size_of::<ToWorker>();
+        // 128 bytes: 8 MiB per worker at the default 65,536 slots.
+        assert!(slot <= 128, "ToWorker is {slot} bytes");
+        assert!(std::mem::size_of::<ToIngest>() <= 48);
+    }
+}
