@@ -40,8 +40,13 @@ use crate::ws::deflate::Compressor;
 #[derive(Debug, Clone)]
 pub struct Rendered {
     proto: EncodedFrame,
-    /// Indexed by [`Rendering::index`]; slot 0 (protobuf) stays `None`.
-    others: [Option<EncodedFrame>; Rendering::COUNT],
+    /// The other renderings, at [`Rendering::index`] - 1.
+    others: [Option<EncodedFrame>; Rendering::COUNT - 1],
+}
+
+/// The slot of a rendering other than protobuf in `Rendered::others`.
+fn slot(r: Rendering) -> usize {
+    r.index() - 1
 }
 
 impl Rendered {
@@ -62,7 +67,7 @@ impl Rendered {
     pub fn get(&self, r: Rendering) -> Option<&EncodedFrame> {
         match r {
             Rendering::Proto => Some(&self.proto),
-            r => self.others[r.index()].as_ref(),
+            r => self.others[slot(r)].as_ref(),
         }
     }
 
@@ -70,16 +75,16 @@ impl Rendered {
     pub fn set(&mut self, r: Rendering, frame: EncodedFrame) {
         match r {
             Rendering::Proto => self.proto = frame,
-            r => self.others[r.index()] = Some(frame),
+            r => self.others[slot(r)] = Some(frame),
         }
     }
 
     /// The renderings held.
     pub fn renderings(&self) -> Renderings {
         let mut s = Renderings::of(Rendering::Proto);
-        for r in Rendering::ALL {
-            if self.others[r.index()].is_some() {
-                s.insert(r);
+        for r in &Rendering::ALL[1..] {
+            if self.others[slot(*r)].is_some() {
+                s.insert(*r);
             }
         }
         s
@@ -90,7 +95,7 @@ impl Rendered {
         let mut out = Rendered::proto(self.proto.clone());
         for r in wanted.iter() {
             if r != Rendering::Proto {
-                out.others[r.index()] = self.others[r.index()].clone();
+                out.others[slot(r)] = self.others[slot(r)].clone();
             }
         }
         out
