@@ -133,9 +133,7 @@ fn answer_snapshots(core: &mut WorkerCore, now_ns: u64) {
     while let Some(msg) = core.poll_to_ingest() {
         match msg {
             ToIngest::SnapshotRequest { symbol } => requests.push(symbol),
-            ToIngest::Resume {
-                token, after_seq, ..
-            } => resumes.push((token, after_seq)),
+            ToIngest::Resume(r) => resumes.push((r.token, r.after_seq)),
             _ => {}
         }
     }

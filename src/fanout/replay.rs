@@ -11,14 +11,13 @@
 //! argument. A book stale for a feed reason is answered with that reason (a
 //! client resuming it still needs its `Stale`, then the feed's snapshot).
 
-use crate::book::SymbolId;
 use crate::book::market::{Market, Published};
 use crate::book::resume::{HistoryCounters, HistoryLimits, Resume, ResumeHistory, StreamKey};
 use crate::wire::json::Decimals;
 use crate::wire::{EncodedFrame, Rendering, Renderings};
 
 use super::render::{Rendered, Renderer};
-use super::ring::{Lane, ResumeAnswer, ToWorker};
+use super::ring::{Lane, ResumeAnswer, ResumeRequest, ToWorker};
 
 /// One recorded message: its protobuf frame, and its JSON one if some
 /// worker had JSON interest when it was published (other renderings are
@@ -62,17 +61,6 @@ pub const MAX_REPLAY_BYTES: usize = 1 << 20;
 pub struct Replays {
     history: ResumeHistory<Recorded>,
     stats: ReplayStats,
-}
-
-/// One worker's request (the fields of `ToIngest::Resume`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ResumeRequest {
-    pub token: u64,
-    pub symbol: SymbolId,
-    pub lane: Lane,
-    pub epoch: u64,
-    pub after_seq: u64,
-    pub rendering: Rendering,
 }
 
 impl Replays {

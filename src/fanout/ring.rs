@@ -136,17 +136,22 @@ pub enum ToIngest {
     },
     /// One request per (worker, symbol) however many local clients wait.
     SnapshotRequest { symbol: SymbolId },
-    /// "Every message of `symbol`'s `lane` after `after_seq` in `epoch`"
-    /// for one client (PROTOCOL §10), answered by [`ToWorker::Resumed`]
-    /// through the same FIFO ring, so what follows it is gap-free.
-    Resume {
-        token: u64,
-        symbol: SymbolId,
-        lane: Lane,
-        epoch: u64,
-        after_seq: u64,
-        rendering: Rendering,
-    },
+    /// One client's resume (PROTOCOL §10), answered by
+    /// [`ToWorker::Resumed`] through the same FIFO ring, so what follows it
+    /// is gap-free.
+    Resume(ResumeRequest),
+}
+
+/// "Every message of `symbol`'s `lane` after `after_seq` in `epoch`, in
+/// `rendering`", for the answer with this `token`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumeRequest {
+    pub token: u64,
+    pub symbol: SymbolId,
+    pub lane: Lane,
+    pub epoch: u64,
+    pub after_seq: u64,
+    pub rendering: Rendering,
 }
 
 #[cfg(test)]

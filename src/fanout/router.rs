@@ -464,7 +464,7 @@ impl Router {
             }
             // Answered beside the router, from the resume history
             // (`fanout::replay`); a caller that passes one here gets nothing.
-            ToIngest::Resume { .. } => {}
+            ToIngest::Resume(_) => {}
             ToIngest::SnapshotRequest { symbol } => {
                 self.stats.snapshot_requests += 1;
                 let answer = self.snapshot_answer(w, symbol, market);

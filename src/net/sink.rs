@@ -13,7 +13,7 @@ use crate::book::market::{Market, Published};
 use crate::book::resume::HistoryLimits;
 use crate::fanout::derived::DerivedBooks;
 use crate::fanout::render::Renderer;
-use crate::fanout::replay::{Replays, ResumeRequest};
+use crate::fanout::replay::Replays;
 use crate::fanout::ring::{ToIngest, ToWorker};
 use crate::fanout::router::{Rings, Router};
 use crate::wire::pb::server_message::Body;
@@ -181,23 +181,8 @@ impl MarketSink for FanoutSink {
                 let followed = interest_in.map(|s| self.shared.streams.key(s).map_or(s, |k| k.0));
                 let before = followed.map(|s| self.holds(s));
                 match req {
-                    ToIngest::Resume {
-                        token,
-                        symbol,
-                        lane,
-                        epoch,
-                        after_seq,
-                        rendering,
-                    } => {
-                        let req = ResumeRequest {
-                            token,
-                            symbol,
-                            lane,
-                            epoch,
-                            after_seq,
-                            rendering,
-                        };
-                        let decimals = self.router.decimals(symbol);
+                    ToIngest::Resume(req) => {
+                        let decimals = self.router.decimals(req.symbol);
                         let answer = self.replays.answer(
                             req,
                             market,

@@ -14,7 +14,7 @@ use super::WorkerCore;
 use super::delivery::{encode_control, stale_msg};
 use crate::book::SymbolId;
 use crate::fanout::outbox::{Admit, FrameClass};
-use crate::fanout::ring::{Lane, ResumeAnswer, ToIngest};
+use crate::fanout::ring::{Lane, ResumeAnswer, ResumeRequest, ToIngest};
 use crate::fanout::subs::SubState;
 use crate::wire::pb::{self, server_message::Body};
 use crate::wire::{Rendering, StaleReason};
@@ -67,14 +67,14 @@ impl WorkerCore {
         rendering: Rendering,
     ) {
         self.stats.resume_requests += 1;
-        self.to_ingest.push_back(ToIngest::Resume {
+        self.to_ingest.push_back(ToIngest::Resume(ResumeRequest {
             token,
             symbol,
             lane,
             epoch,
             after_seq,
             rendering,
-        });
+        }));
     }
 
     /// One answer from the market thread; the subscribe it completes is

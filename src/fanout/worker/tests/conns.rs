@@ -162,7 +162,7 @@ proptest! {
             let (key, on) = match m {
                 ToIngest::Interest { symbol, channel, on } => (format!("{}/{:?}", symbol.0, channel), *on),
                 ToIngest::Rendering { symbol, rendering, on } => (format!("{}/{}", symbol.0, rendering.as_str()), *on),
-                ToIngest::SnapshotRequest { .. } | ToIngest::Resume { .. } => continue,
+                ToIngest::SnapshotRequest { .. } | ToIngest::Resume(_) => continue,
             };
             let prev = state.insert(key.clone(), on).unwrap_or(false);
             prop_assert_ne!(prev, on, "{} repeated", key);

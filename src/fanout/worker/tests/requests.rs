@@ -360,7 +360,7 @@ fn an_inconsistent_resume_answer_does_not_panic() {
         .drain_to_ingest()
         .into_iter()
         .find_map(|m| match m {
-            ToIngest::Resume { token, .. } => Some(token),
+            ToIngest::Resume(r) => Some(r.token),
             _ => None,
         })
         .expect("a resume request");
