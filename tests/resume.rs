@@ -11,22 +11,10 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::harness::{WAIT, config, delta, metric, proto, snap, wait_until};
+use common::harness::{WAIT, config, delta, metric, proto, snap, trade, wait_until};
 use common::{Client, Enc};
 use tickwire::net::engine::{Engine, EngineConfig};
 use tickwire::wire::pb::{self, server_message::Body};
-
-fn trade(symbol: &str, price: i64) -> pb::IngestMessage {
-    pb::IngestMessage {
-        body: Some(pb::ingest_message::Body::Trade(pb::Trade {
-            symbol: symbol.into(),
-            price,
-            size: 1,
-            aggressor: pb::Side::Bid as i32,
-            ..Default::default()
-        })),
-    }
-}
 
 fn start(cfg: EngineConfig) -> (Engine, TcpStream) {
     let e = Engine::start(cfg).expect("engine starts");

@@ -13,22 +13,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::harness::{WAIT, config, delta, metric, proto, snap, wait_until};
+use common::harness::{WAIT, config, delta, metric, proto, snap, trade, wait_until};
 use common::{Client, SocketOpts, http_request};
 use tickwire::net::engine::{Engine, EngineConfig};
-use tickwire::wire::pb::{self, server_message::Body};
-
-fn trade(symbol: &str, price: i64) -> pb::IngestMessage {
-    pb::IngestMessage {
-        body: Some(pb::ingest_message::Body::Trade(pb::Trade {
-            symbol: symbol.into(),
-            price,
-            size: 1,
-            aggressor: pb::Side::Ask as i32,
-            ..Default::default()
-        })),
-    }
-}
+use tickwire::wire::pb::server_message::Body;
 
 fn start(cfg: EngineConfig) -> (Engine, TcpStream) {
     let e = Engine::start(cfg).expect("engine starts");

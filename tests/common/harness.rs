@@ -108,6 +108,19 @@ pub fn delta(symbol: &str, seq: u64, price: i64, size: i64) -> pb::IngestMessage
     }
 }
 
+/// A trade of size 1 (bid aggressor) at `price`.
+pub fn trade(symbol: &str, price: i64) -> pb::IngestMessage {
+    pb::IngestMessage {
+        body: Some(ingest_message::Body::Trade(pb::Trade {
+            symbol: symbol.into(),
+            price,
+            size: 1,
+            aggressor: pb::Side::Bid as i32,
+            ..Default::default()
+        })),
+    }
+}
+
 /// The real binary as `tickwire serve` on loopback port 0 (ingest too),
 /// with `extra` arguments; returns the child and the WebSocket address it
 /// printed. Its stdout keeps being drained by a thread until it exits (a
