@@ -218,6 +218,16 @@ fn deflate_and_plain_clients_on_the_same_symbols_get_the_same_books() {
     {
         c.subscribe(&subs, &["book", "trades"], i as u64);
     }
+    // Every client holds its snapshots before the feed moves, so all three
+    // receive the same messages (their wire bytes compare below).
+    for c in [&mut zipped, &mut zipped_json, &mut plain] {
+        wait_until("snapshots", || {
+            c.read_for(Duration::from_millis(10));
+            names
+                .iter()
+                .all(|s| c.books.get(s).is_some_and(|b| b.snapshots == 1))
+        });
+    }
     let batch: Vec<_> = (0..500).map(|k| synth.next_event(100 + k)).collect();
     feed.write_all(&proto(&batch)).unwrap();
     wait_until("feed applied", || {
