@@ -82,6 +82,9 @@ fn a_stream_holds_verified_books_and_resumes_from_last_event_id() {
     let (e, mut feed) = start(config(2));
     let path = "/sse?symbols=AAA,BBB&channels=book,trades";
     let mut c = open(e.ws_addr, path, None);
+    // Both snapshots first: the stream's subscriptions are then in place on
+    // the market thread, so it receives every trade the feed sends next.
+    wait_until("snapshots", || caught_up(&mut c, 1));
     feed_some(&mut feed, 2, 30);
     wait_until("caught up", || caught_up(&mut c, 29));
     assert!(c.violations.is_empty(), "{:?}", c.violations);
