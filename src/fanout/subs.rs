@@ -13,6 +13,8 @@
 //! and of each symbol's entries per rendering (other than protobuf), which
 //! become `ToIngest::Interest` and `ToIngest::Rendering`.
 
+use smallvec::SmallVec;
+
 use crate::book::SymbolId;
 use crate::fanout::ring::Lane;
 use crate::wire::Rendering;
@@ -128,8 +130,13 @@ pub struct IndexSizes {
 #[derive(Debug, Default)]
 pub struct SubIndex {
     symbols: Vec<SymbolSubs>,
-    conns: Vec<Vec<ConnSub>>,
+    conns: Vec<ConnSubs>,
 }
+
+/// A connection's subscriptions. Most connections hold one symbol-channel:
+/// it is kept inline, so an idle subscribed connection allocates nothing
+/// here (a heap list of one cost 32 bytes more per connection).
+pub type ConnSubs = SmallVec<[ConnSub; 1]>;
 
 fn ch(c: Lane) -> usize {
     match c {
@@ -200,7 +207,7 @@ impl SubIndex {
             self.symbols.resize_with(si + 1, SymbolSubs::default);
         }
         if self.conns.len() <= conn as usize {
-            self.conns.resize_with(conn as usize + 1, Vec::new);
+            self.conns.resize_with(conn as usize + 1, ConnSubs::new);
         }
         let subs = &mut self.symbols[si];
         let clist = &mut self.conns[conn as usize];
@@ -214,11 +221,6 @@ impl SubIndex {
             state,
             rendering,
         });
-        if clist.capacity() == 0 {
-            // Most connections hold one symbol-channel: room for exactly one
-            // (a 32-byte allocation instead of 64 for the default four).
-            clist.reserve_exact(1);
-        }
         clist.push(ConnSub {
             symbol,
             channel,
@@ -280,7 +282,7 @@ impl SubIndex {
             on_removed(&last, t);
         }
         if let Some(l) = self.conns.get_mut(conn as usize) {
-            *l = Vec::new();
+            *l = ConnSubs::new();
         }
     }
 
@@ -294,7 +296,7 @@ impl SubIndex {
                 usize::from(!subs.lists[0].is_empty() || !subs.lists[1].is_empty());
             s.snapshots_outstanding += usize::from(subs.snapshot_outstanding);
         }
-        s.conn_entries = self.conns.iter().map(Vec::len).sum();
+        s.conn_entries = self.conns.iter().map(|l| l.len()).sum();
         s
     }
 
@@ -328,7 +330,7 @@ impl SubIndex {
                 ));
             }
         }
-        let total: usize = self.conns.iter().map(Vec::len).sum();
+        let total: usize = self.conns.iter().map(|l| l.len()).sum();
         let entries: usize = self
             .symbols
             .iter()
@@ -362,6 +364,7 @@ mod tests {
     fn sizes_of_entries_stay_small() {
         assert_eq!(std::mem::size_of::<Sub>(), 24);
         assert_eq!(std::mem::size_of::<ConnSub>(), 12);
+        assert_eq!(std::mem::size_of::<ConnSubs>(), 24);
     }
 
     #[test]

@@ -65,7 +65,7 @@ use crate::fanout::limits::RequestLimiter;
 use crate::fanout::outbox::{FrameClass, Outbox, OutboxLimits};
 use crate::fanout::ring::{Lane, ToIngest};
 use crate::fanout::streams::DerivedStreams;
-use crate::fanout::subs::{ConnSub, SubIndex, SubState, Transitions};
+use crate::fanout::subs::{ConnSubs, SubIndex, SubState, Transitions};
 use crate::wire::{CloseCode, EncodedFrame, Rendering};
 
 use backlog::KernelBacklog;
@@ -138,9 +138,9 @@ impl Conn {
 }
 
 /// Bytes of per-connection state held by the core outside allocations
-/// (connection slot + its subscription list header).
+/// (connection slot + its subscription list, which holds one inline).
 pub const CONN_STATE_BYTES: usize =
-    std::mem::size_of::<Conn>() + std::mem::size_of::<Vec<ConnSub>>();
+    std::mem::size_of::<Conn>() + std::mem::size_of::<ConnSubs>();
 
 #[derive(Debug)]
 struct Instrument {
