@@ -3,7 +3,8 @@
 //! renderings it attaches ([`render`]: JSON, compressed, SSE), and the
 //! sans-IO worker core ([`worker`]): subscriptions, client requests,
 //! per-connection outboxes and the slow-consumer policy; the admission
-//! limits ([`limits`]) and the worker's timing wheel ([`timer`]).
+//! limits ([`limits`]), the worker's timing wheel ([`timer`]) and its
+//! heartbeat sweep ([`sweep`]).
 //!
 //! Nothing here touches sockets, `mio` or the clock: `net` drives it.
 
@@ -19,5 +20,6 @@ pub mod ring;
 pub mod router;
 pub mod streams;
 pub mod subs;
+pub mod sweep;
 pub mod timer;
 pub mod worker;

@@ -115,7 +115,6 @@ impl Worker {
                 }
                 self.by_core[i] = slot as u32;
                 self.sync_codec_timer(slot);
-                self.schedule_heartbeat(slot);
                 self.sync_auth_deadlines();
             }
             Err(e) => {
@@ -202,7 +201,6 @@ impl Worker {
                     }
                     self.by_core[i] = slot as u32;
                 }
-                self.schedule_heartbeat(slot);
                 self.sync_auth_deadlines();
             }
             Route::Get(endpoint) => {

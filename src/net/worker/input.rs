@@ -86,7 +86,6 @@ impl Worker {
                 last_ping_ns: now_ns,
                 codec_deadline_ns: None,
                 codec_timer: None,
-                heartbeat_timer: None,
                 auth: None,
             });
             self.sync_codec_timer(slot);

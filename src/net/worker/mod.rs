@@ -71,6 +71,7 @@ use crate::fanout::limits::IpReject;
 use crate::fanout::outbox::Consumed;
 use crate::fanout::pacing::{Load, Pacer, PacingConfig};
 use crate::fanout::ring::{ToIngest, ToWorker, WorkerId};
+use crate::fanout::sweep::Sweep;
 use crate::fanout::timer::{TimerHandle, TimerWheel};
 use crate::fanout::worker::{ConnId, WorkerCore};
 use crate::wire::EncodedFrame;
@@ -203,7 +204,6 @@ struct Client {
     /// The codec deadline scheduled in the wheel (monotonic ns), and its entry.
     codec_deadline_ns: Option<NonZeroU64>,
     codec_timer: Option<TimerHandle>,
-    heartbeat_timer: Option<TimerHandle>,
     /// Auth state (PROTOCOL §8), boxed: most connections have none.
     auth: Option<Box<ClientAuth>>,
 }
@@ -250,6 +250,9 @@ pub struct Worker {
     pending_writes: Vec<usize>,
     timers: TimerWheel<TimerKey>,
     expired: Vec<(u64, TimerKey)>,
+    /// Hands out the connections due a heartbeat check (`None`: heartbeats
+    /// off); see `timers.rs`.
+    sweep: Option<Sweep>,
     read_buf: Box<[u8]>,
     scratch: Vec<u8>,
     latency: Histogram<u64>,
@@ -315,6 +318,7 @@ impl Worker {
             pending_writes: Vec::new(),
             timers: TimerWheel::new(WHEEL_TICK_NS, WHEEL_SLOTS, start_ns),
             expired: Vec::new(),
+            sweep: Worker::sweep_period_ns(&p.shell).map(|period| Sweep::new(period, start_ns)),
             read_buf: vec![0; READ_BUF_BYTES].into_boxed_slice(),
             scratch: Vec::new(),
             latency: new_latency_histogram(),
@@ -513,7 +517,7 @@ impl Worker {
                 *s = u32::MAX;
             }
         }
-        for h in [c.codec_timer, c.heartbeat_timer].into_iter().flatten() {
+        if let Some(h) = c.codec_timer {
             self.timers.cancel(h);
         }
         self.release_user(&mut c);

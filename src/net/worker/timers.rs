@@ -1,6 +1,7 @@
-//! Step 7 of the duty cycle: the timing wheel (handshake and close
-//! deadlines, heartbeats: ping / 4003), housekeeping every 100 ms (kernel
-//! unsent bytes, the core's lag and idle duties) and publishing statistics.
+//! Step 7 of the duty cycle: the timing wheel (handshake, close and auth
+//! deadlines), the heartbeat sweep (ping / 4003, the SSE comment line),
+//! housekeeping every 100 ms (kernel unsent bytes, the core's lag and idle
+//! duties) and publishing statistics.
 
 use super::*;
 
@@ -9,8 +10,6 @@ use super::*;
 pub(super) enum TimerKind {
     /// The codec's deadline: the handshake or the close handshake.
     Codec,
-    /// Ping due, or silence past ping interval + pong timeout (4003).
-    Heartbeat,
     /// The connection's auth deadline: 5 s to authenticate (4005), or its
     /// token's `exp` (4004) (PROTOCOL §8; `auth.rs`).
     Auth,
@@ -53,33 +52,52 @@ impl Worker {
         }
     }
 
-    /// Schedules the next heartbeat check of an open connection: the next
-    /// ping, or the end of its allowed silence, whichever comes first.
-    pub(super) fn schedule_heartbeat(&mut self, slot: usize) {
+    /// When the open connection in `slot` is next due for a heartbeat check:
+    /// its next ping, or the end of its allowed silence, whichever comes
+    /// first. `None`: never (heartbeats off, or not an open connection).
+    fn heartbeat_due_ns(&self, c: &Client) -> Option<u64> {
         let ping_ns = self.cfg.ping_interval_ms * 1_000_000;
         let silence_ns = ping_ns + self.cfg.pong_timeout_ms * 1_000_000;
         let sse_ping_ns = self.cfg.sse_ping_interval_ms * 1_000_000;
-        let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
-            return;
-        };
-        if let Some(h) = c.heartbeat_timer.take() {
-            self.timers.cancel(h);
+        if !c.upgraded {
+            return None;
         }
         // An SSE stream gets a comment line every 15 s and answers nothing
         // (PROTOCOL §11): no silence limit; a dead peer shows as a write error
         // or a slow consumer.
-        let at = match c.ws.is_streaming() {
-            true if sse_ping_ns == 0 => return,
-            true => c.last_ping_ns + sse_ping_ns,
-            false if ping_ns == 0 => return,
-            false => (c.last_ping_ns + ping_ns).min(c.last_read_ns + silence_ns),
+        match c.ws.is_streaming() {
+            true if sse_ping_ns == 0 => None,
+            true => Some(c.last_ping_ns + sse_ping_ns),
+            false if ping_ns == 0 => None,
+            false => Some((c.last_ping_ns + ping_ns).min(c.last_read_ns + silence_ns)),
+        }
+    }
+
+    /// The heartbeat sweep's period: an eighth of the shortest ping interval
+    /// (a ping is late by at most that), at least one wheel tick. `None`:
+    /// heartbeats are off.
+    pub(super) fn sweep_period_ns(cfg: &ShellConfig) -> Option<u64> {
+        [cfg.ping_interval_ms, cfg.sse_ping_interval_ms]
+            .into_iter()
+            .filter(|&ms| ms > 0)
+            .min()
+            .map(|ms| (ms * 1_000_000 / 8).max(WHEEL_TICK_NS))
+    }
+
+    /// Checks the share of the connections the heartbeat sweep hands out now
+    /// ([`fanout::sweep`](crate::fanout::sweep)).
+    fn sweep_heartbeats(&mut self, now: Instant, now_ns: u64) {
+        let Some(sweep) = self.sweep.as_mut() else {
+            return;
         };
-        let key = TimerKey {
-            slot: slot as u32,
-            generation: c.generation,
-            kind: TimerKind::Heartbeat,
-        };
-        c.heartbeat_timer = Some(self.timers.insert(at, key));
+        for slot in sweep.advance(now_ns, self.clients.len()) {
+            let due = self.clients[slot]
+                .as_ref()
+                .and_then(|c| self.heartbeat_due_ns(c));
+            if due.is_some_and(|at| now_ns >= at) {
+                self.heartbeat(slot, now, now_ns);
+            }
+        }
     }
 
     pub(super) fn timers(&mut self, now: Instant, now_ns: u64) -> usize {
@@ -109,14 +127,11 @@ impl Worker {
                         self.sync_codec_timer(slot);
                     }
                 }
-                TimerKind::Heartbeat => {
-                    c.heartbeat_timer = None;
-                    self.heartbeat(slot, now, now_ns);
-                }
                 TimerKind::Auth => self.auth_deadline(slot, now, now_ns),
             }
         }
         self.expired = expired;
+        self.sweep_heartbeats(now, now_ns);
         if now_ns.saturating_sub(self.last_housekeeping_ns) >= HOUSEKEEPING_NS {
             self.last_housekeeping_ns = now_ns;
             // Sockets that held unsent bytes get no event as the kernel
@@ -147,7 +162,7 @@ impl Worker {
         fired
     }
 
-    /// A heartbeat entry fired (PROTOCOL §7): close 4003 after ping interval +
+    /// A heartbeat is due (PROTOCOL §7): close 4003 after ping interval +
     /// pong timeout of silence, else ping when a ping interval has passed.
     pub(super) fn heartbeat(&mut self, slot: usize, now: Instant, now_ns: u64) {
         let ping_ns = self.cfg.ping_interval_ms * 1_000_000;
@@ -161,7 +176,6 @@ impl Worker {
                 self.core
                     .queue_control(id, EncodedFrame::raw(ws::sse::PING));
             }
-            self.schedule_heartbeat(slot);
             return;
         }
         if !c.ws.is_open() {
@@ -180,7 +194,6 @@ impl Worker {
             let _ = c.ws.send_ping(&[]);
             self.move_codec_output(slot);
         }
-        self.schedule_heartbeat(slot);
     }
 
     /// Publishes the core's counters for scrapes (O(connections): once a second).
