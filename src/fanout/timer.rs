@@ -12,12 +12,15 @@
 //! (each slab slot carries a generation), so a connection can always cancel
 //! its handles when it closes and no entry survives it.
 
-/// Names one scheduled entry.
+/// Names one scheduled entry. 8 bytes, and so is an `Option` of it (the
+/// generation is never 0): connection slots hold one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimerHandle {
     index: u32,
-    generation: u32,
+    generation: NonZeroU32,
 }
+
+use std::num::NonZeroU32;
 
 const NIL: u32 = u32::MAX;
 
@@ -25,7 +28,7 @@ const NIL: u32 = u32::MAX;
 struct Node<T> {
     deadline_ns: u64,
     value: Option<T>,
-    generation: u32,
+    generation: NonZeroU32,
     slot: u32,
     prev: u32,
     next: u32,
@@ -86,7 +89,7 @@ impl<T: Copy> TimerWheel<T> {
                 self.nodes.push(Node {
                     deadline_ns: 0,
                     value: None,
-                    generation: 0,
+                    generation: NonZeroU32::MIN,
                     slot: 0,
                     prev: NIL,
                     next: NIL,
@@ -108,6 +111,12 @@ impl<T: Copy> TimerWheel<T> {
         self.heads[slot as usize] = index;
         self.len += 1;
         TimerHandle { index, generation }
+    }
+
+    /// The deadline of the entry, if it is still scheduled.
+    pub fn deadline_ns(&self, h: TimerHandle) -> Option<u64> {
+        let n = self.nodes.get(h.index as usize)?;
+        (n.generation == h.generation && n.value.is_some()).then_some(n.deadline_ns)
     }
 
     /// Removes the entry if it is still scheduled; returns its value.
@@ -133,7 +142,7 @@ impl<T: Copy> TimerWheel<T> {
             self.nodes[next as usize].prev = prev;
         }
         let n = &mut self.nodes[index as usize];
-        n.generation = n.generation.wrapping_add(1);
+        n.generation = n.generation.checked_add(1).unwrap_or(NonZeroU32::MIN);
         n.prev = NIL;
         n.next = NIL;
         self.free.push(index);

@@ -84,7 +84,6 @@ impl Worker {
                 blocked: false,
                 last_read_ns: now_ns,
                 last_ping_ns: now_ns,
-                codec_deadline_ns: None,
                 codec_timer: None,
                 auth: None,
             });

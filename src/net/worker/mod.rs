@@ -57,7 +57,6 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::IpAddr;
-use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -201,8 +200,7 @@ struct Client {
     /// Monotonic ns of the last bytes read (heartbeat) and the last ping sent.
     last_read_ns: u64,
     last_ping_ns: u64,
-    /// The codec deadline scheduled in the wheel (monotonic ns), and its entry.
-    codec_deadline_ns: Option<NonZeroU64>,
+    /// The wheel's entry for the codec's deadline (it holds the deadline).
     codec_timer: Option<TimerHandle>,
     /// Auth state (PROTOCOL §8), boxed: most connections have none.
     auth: Option<Box<ClientAuth>>,

@@ -32,23 +32,22 @@ impl Worker {
         };
         let want = c.ws.poll_timeout().map(|d| {
             // A deadline at the epoch itself reads as 1 ns after it.
-            NonZeroU64::new(d.saturating_duration_since(epoch).as_nanos() as u64)
-                .unwrap_or(NonZeroU64::MIN)
+            (d.saturating_duration_since(epoch).as_nanos() as u64).max(1)
         });
-        if want == c.codec_deadline_ns {
+        let have = c.codec_timer.and_then(|h| self.timers.deadline_ns(h));
+        if want == have {
             return;
         }
         if let Some(h) = c.codec_timer.take() {
             self.timers.cancel(h);
         }
-        c.codec_deadline_ns = want;
         if let Some(at) = want {
             let key = TimerKey {
                 slot: slot as u32,
                 generation: c.generation,
                 kind: TimerKind::Codec,
             };
-            c.codec_timer = Some(self.timers.insert(at.get(), key));
+            c.codec_timer = Some(self.timers.insert(at, key));
         }
     }
 
@@ -115,7 +114,6 @@ impl Worker {
             match key.kind {
                 TimerKind::Codec => {
                     c.codec_timer = None;
-                    c.codec_deadline_ns = None;
                     if c.ws.state() == ws::State::Handshake {
                         self.me.counters.reject(Reject::HandshakeTimeout);
                     }
