@@ -125,7 +125,7 @@ impl Worker {
             }
             let key = TimerKey {
                 slot,
-                generation: c.generation,
+                generation: self.generations[slot as usize],
                 kind: TimerKind::Auth,
             };
             auth.timer = Some(self.timers.insert(at_ns, key));

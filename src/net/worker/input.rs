@@ -70,7 +70,6 @@ impl Worker {
                 self.shared.ip_limits().connect(addr.ip());
             }
             self.generations[slot] = self.generations[slot].wrapping_add(1);
-            let generation = self.generations[slot];
             self.me.counters.sockets.inc();
             self.clients[slot] = Some(Client {
                 stream,
@@ -78,7 +77,6 @@ impl Worker {
                 ws: ws::Conn::server(now, self.ws_config),
                 core: None,
                 out: None,
-                generation,
                 upgraded: false,
                 read_paused: false,
                 blocked: false,

@@ -188,8 +188,6 @@ struct Client {
     /// Bytes not yet written for a connection the core does not hold
     /// (HTTP answers, the echo endpoint); boxed, as most slots never have any.
     out: Option<Box<ShellOut>>,
-    /// Incremented on each reuse of the slot, so stale timer entries miss.
-    generation: u32,
     /// Upgraded to a WebSocket (`/ws` or the echo endpoint): counted as open.
     upgraded: bool,
     /// Not read while its queue is over high-water (see `Worker::read_client`).
@@ -238,7 +236,9 @@ pub struct Worker {
     stop: Arc<AtomicBool>,
     cfg: ShellConfig,
     clients: Vec<Option<Client>>,
-    /// Slot generation survives the slot's client.
+    /// Each slot's generation, incremented on each reuse of the slot, so
+    /// stale timer entries miss (kept beside the slots: it survives the
+    /// slot's client).
     generations: Vec<u32>,
     free: Vec<usize>,
     by_core: Vec<u32>,

@@ -44,7 +44,7 @@ impl Worker {
         if let Some(at) = want {
             let key = TimerKey {
                 slot: slot as u32,
-                generation: c.generation,
+                generation: self.generations[slot],
                 kind: TimerKind::Codec,
             };
             c.codec_timer = Some(self.timers.insert(at, key));
@@ -108,7 +108,7 @@ impl Worker {
             let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
                 continue;
             };
-            if c.generation != key.generation {
+            if self.generations[slot] != key.generation {
                 continue;
             }
             match key.kind {
