@@ -23,6 +23,9 @@ pub struct TimerHandle {
 use std::num::NonZeroU32;
 
 const NIL: u32 = u32::MAX;
+/// An empty wheel with room for more nodes than this gives the room back
+/// (after a storm of handshakes, say).
+const KEEP_NODES: usize = 256;
 
 #[derive(Debug, Clone)]
 struct Node<T> {
@@ -41,7 +44,9 @@ struct Node<T> {
 /// - Every live node is in exactly one slot list, the one of
 ///   `max(its deadline tick, done_tick)` modulo `slots`.
 /// - `len` is the number of live nodes; `free` lists the others.
-/// - A node's `generation` changes whenever it is freed, so stale handles miss.
+/// - A node's `generation` changes whenever it is freed, to a value no node
+///   of this wheel had before (one counter for the wheel), so stale handles
+///   miss, even after the nodes were given back and made anew.
 #[derive(Debug)]
 pub struct TimerWheel<T> {
     tick_ns: u64,
@@ -49,6 +54,8 @@ pub struct TimerWheel<T> {
     nodes: Vec<Node<T>>,
     free: Vec<u32>,
     len: usize,
+    /// The generation the next created or freed node takes.
+    next_generation: NonZeroU32,
     /// The last tick processed (its slot is visited again by the next poll,
     /// so entries inserted past due there still fire at once).
     done_tick: u64,
@@ -65,6 +72,7 @@ impl<T: Copy> TimerWheel<T> {
             nodes: Vec::new(),
             free: Vec::new(),
             len: 0,
+            next_generation: NonZeroU32::MIN,
             done_tick: now_ns / tick_ns,
         }
     }
@@ -86,10 +94,11 @@ impl<T: Copy> TimerWheel<T> {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
+                let generation = self.take_generation();
                 self.nodes.push(Node {
                     deadline_ns: 0,
                     value: None,
-                    generation: NonZeroU32::MIN,
+                    generation,
                     slot: 0,
                     prev: NIL,
                     next: NIL,
@@ -125,7 +134,30 @@ impl<T: Copy> TimerWheel<T> {
         if n.generation != h.generation || n.value.is_none() {
             return None;
         }
-        Some(self.remove(h.index))
+        let v = self.remove(h.index);
+        self.give_back_room();
+        Some(v)
+    }
+
+    fn take_generation(&mut self) -> NonZeroU32 {
+        let g = self.next_generation;
+        self.next_generation = g.checked_add(1).unwrap_or(NonZeroU32::MIN);
+        g
+    }
+
+    /// An empty wheel keeps room for at most [`KEEP_NODES`] nodes: the
+    /// handshakes of a reconnect storm do not stay resident for the life of
+    /// the process.
+    fn give_back_room(&mut self) {
+        if self.len == 0 && self.nodes.capacity() > KEEP_NODES {
+            self.nodes = Vec::new();
+            self.free = Vec::new();
+        }
+    }
+
+    /// Room for nodes, live or free (for tests and metrics).
+    pub fn capacity(&self) -> usize {
+        self.nodes.capacity()
     }
 
     fn remove(&mut self, index: u32) -> T {
@@ -141,8 +173,9 @@ impl<T: Copy> TimerWheel<T> {
         if next != NIL {
             self.nodes[next as usize].prev = prev;
         }
+        let generation = self.take_generation();
         let n = &mut self.nodes[index as usize];
-        n.generation = n.generation.checked_add(1).unwrap_or(NonZeroU32::MIN);
+        n.generation = generation;
         n.prev = NIL;
         n.next = NIL;
         self.free.push(index);
@@ -179,6 +212,7 @@ impl<T: Copy> TimerWheel<T> {
             }
         }
         self.done_tick = now_tick;
+        self.give_back_room();
         fired
     }
 }
@@ -244,6 +278,27 @@ mod tests {
         // Past deadlines inserted later fire on the next poll.
         w.insert(0, 5);
         assert_eq!(fired(&mut w, 1_000 * MS), vec![5]);
+    }
+
+    #[test]
+    fn an_empty_wheel_gives_back_its_room_and_old_handles_still_miss() {
+        let mut w = TimerWheel::new(10 * MS, 64, 0);
+        let storm: Vec<_> = (0..5_000u32).map(|i| w.insert(20 * MS, i)).collect();
+        assert!(w.capacity() >= 5_000);
+        for &h in &storm[..4_000] {
+            assert!(w.cancel(h).is_some());
+        }
+        assert!(w.capacity() >= 5_000, "not empty: the room stays");
+        assert_eq!(fired(&mut w, 20 * MS).len(), 1_000);
+        assert_eq!(w.capacity(), 0, "empty: the room is given back");
+        // New entries reuse the indices of the storm's; none of its handles
+        // names them.
+        let fresh: Vec<_> = (0..10u32).map(|i| w.insert(50 * MS, 100 + i)).collect();
+        for &h in &storm {
+            assert_eq!(w.cancel(h), None);
+        }
+        assert_eq!(w.len(), 10);
+        assert_eq!(w.cancel(fresh[3]), Some(103));
     }
 
     #[test]

@@ -201,6 +201,14 @@ impl WorkerCore {
             self.idle.swap_remove(i);
         }
         self.finish_closes();
+        give_back_room(&mut self.idle);
+        give_back_room(&mut self.dropping);
+        give_back_room(&mut self.backlogged);
+        give_back_room(&mut self.unmeasured);
+        give_back_room(&mut self.pending_close);
+        if self.dirty.capacity() > KEEP_ROOM && self.dirty.len() < self.dirty.capacity() / 4 {
+            self.dirty.shrink_to(self.dirty.len() * 2);
+        }
         done
     }
 
@@ -286,5 +294,17 @@ impl WorkerCore {
             self.closes
                 .push_back((ConnId(id), CloseCode::SLOW_CONSUMER, "slow consumer"));
         }
+    }
+}
+
+/// Lists of connections keep room for this many entries at least.
+const KEEP_ROOM: usize = 1024;
+
+/// A list grown by a storm (every connection's snapshot at once, say) keeps
+/// room for at most four times what it holds: the room is given back, so it
+/// does not stay resident for the life of the process.
+fn give_back_room<T>(v: &mut Vec<T>) {
+    if v.capacity() > KEEP_ROOM && v.len() < v.capacity() / 4 {
+        v.shrink_to(v.len() * 2);
     }
 }

@@ -69,6 +69,9 @@ pub struct WorkerStats {
     pub closes_pending: usize,
     pub dropping_list: usize,
     pub idle_list: usize,
+    /// Room (entries) of the lists of connections (dirty, idle, dropping,
+    /// backlogged, unmeasured, closing): given back after a storm.
+    pub lists_room: usize,
     pub buffered_bytes: usize,
     pub queue_capacity_bytes: usize,
     /// Resume requests sent to the market thread (PROTOCOL §10).

@@ -434,6 +434,12 @@ impl WorkerCore {
         s.closes_pending = self.closes.len();
         s.dropping_list = self.dropping.len();
         s.idle_list = self.idle.len();
+        s.lists_room = self.dirty.capacity()
+            + self.idle.capacity()
+            + self.dropping.capacity()
+            + self.backlogged.capacity()
+            + self.unmeasured.capacity()
+            + self.pending_close.capacity();
         s.buffered_bytes = self.conns.iter().map(|c| c.outbox.buffered_bytes()).sum();
         s.queue_capacity_bytes = self.conns.iter().map(|c| c.outbox.capacity_bytes()).sum();
         s.live_frames = self.frames.live();

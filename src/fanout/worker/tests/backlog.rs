@@ -341,3 +341,32 @@ fn idle_buffers_are_released_after_the_grace_period() {
     assert_eq!(h.core.stats().queue_capacity_bytes, 0);
     assert_eq!(h.core.stats().idle_list, 0);
 }
+
+/// A storm (5,000 connections served their snapshots at once) grows the
+/// lists of connections; once they empty, their room is given back rather
+/// than staying resident.
+#[test]
+fn lists_grown_by_a_storm_give_their_room_back() {
+    let mut h = H::new(WorkerConfig {
+        idle_release_ns: 100,
+        ..cfg()
+    });
+    let mut clients: Vec<_> = (0..5_000).map(|_| h.client(Encoding::Proto)).collect();
+    for c in &clients {
+        h.text(c, &sub_text(&["BTC-USD"], &["book"], 1));
+    }
+    for c in &mut clients {
+        c.read_all(&mut h.core, h.now_ns);
+    }
+    let stormy = h.core.stats();
+    assert_eq!(stormy.idle_list, 5_000);
+    assert!(stormy.lists_room >= 10_000, "{}", stormy.lists_room);
+    // The shell takes the written connections off the dirty queue and
+    // measures their sockets' kernel backlog meanwhile.
+    while h.core.poll_dirty().is_some() {}
+    while h.core.poll_unmeasured().is_some() {}
+    h.core.handle_timeout(h.now_ns + 100);
+    let calm = h.core.stats();
+    assert_eq!(calm.idle_list, 0);
+    assert!(calm.lists_room <= 6 * 1024, "{}", calm.lists_room);
+}
