@@ -1,6 +1,7 @@
 //! [`TimerWheel`]: the one timer structure of a worker (DESIGN "Connections"):
 //! a hashed timing wheel (Varghese & Lauck) holding every deadline of every
-//! connection (handshake, heartbeat, close handshake).
+//! connection (handshake, close handshake, auth) and the worker's one
+//! recurring heartbeat entry (see [`sweep`](super::sweep)).
 //!
 //! Owned by one worker thread. Never reads the clock: `now_ns` is an argument
 //! (any monotonic origin). O(1) to insert and to cancel; expiry costs one

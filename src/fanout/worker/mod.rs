@@ -139,8 +139,7 @@ impl Conn {
 
 /// Bytes of per-connection state held by the core outside allocations
 /// (connection slot + its subscription list, which holds one inline).
-pub const CONN_STATE_BYTES: usize =
-    std::mem::size_of::<Conn>() + std::mem::size_of::<ConnSubs>();
+pub const CONN_STATE_BYTES: usize = std::mem::size_of::<Conn>() + std::mem::size_of::<ConnSubs>();
 
 #[derive(Debug)]
 struct Instrument {

@@ -34,8 +34,10 @@
 //!    waits at most one pass over the connections dirty before it. The only
 //!    step that writes market data.
 //! 7. Timers: one [`TimerWheel`] holds every connection's deadlines
-//!    (handshake, close handshake, heartbeat: ping / 4003, auth: 4005 /
-//!    4004 in `auth.rs`); every ~100 ms the
+//!    (handshake, close handshake, auth: 4005 / 4004 in `auth.rs`) and one
+//!    recurring entry for heartbeats (ping / 4003), which checks a share of
+//!    the connections each tick ([`Sweep`]: no entry per idle connection);
+//!    every ~100 ms the
 //!    kernel's unsent bytes of sockets that held some are measured again and
 //!    the core's duties run (backlog older than the max lag → 4001, release
 //!    of idle buffers); and up to 1,000 sockets written since their last
@@ -88,7 +90,7 @@ mod timers;
 mod write;
 
 pub use http::DASHBOARD_HTML;
-use timers::TimerKey;
+use timers::{TimerKey, TimerKind};
 pub use write::{Flush, flush_conn};
 
 const LISTENER: Token = Token(0);
@@ -293,6 +295,16 @@ impl Worker {
         let conn_slots = p.shell.max_connections.min(MAX_RESERVED_SLOTS);
         let mut core = p.core;
         core.reserve_conns(conn_slots);
+        let mut timers = TimerWheel::new(WHEEL_TICK_NS, WHEEL_SLOTS, start_ns);
+        let sweep = Worker::sweep_period_ns(&p.shell).map(|period| {
+            let key = TimerKey {
+                slot: u32::MAX,
+                generation: 0,
+                kind: TimerKind::HeartbeatSweep,
+            };
+            timers.insert(start_ns + WHEEL_TICK_NS, key);
+            Sweep::new(period, start_ns)
+        });
         Ok(Worker {
             name: format!("worker-{}", p.id.0),
             id: p.id,
@@ -314,9 +326,9 @@ impl Worker {
             by_core: Vec::with_capacity(conn_slots),
             pending_reads: Vec::new(),
             pending_writes: Vec::new(),
-            timers: TimerWheel::new(WHEEL_TICK_NS, WHEEL_SLOTS, start_ns),
+            timers,
             expired: Vec::new(),
-            sweep: Worker::sweep_period_ns(&p.shell).map(|period| Sweep::new(period, start_ns)),
+            sweep,
             read_buf: vec![0; READ_BUF_BYTES].into_boxed_slice(),
             scratch: Vec::new(),
             latency: new_latency_histogram(),

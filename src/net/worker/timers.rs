@@ -10,6 +10,9 @@ use super::*;
 pub(super) enum TimerKind {
     /// The codec's deadline: the handshake or the close handshake.
     Codec,
+    /// The worker's one recurring entry (not a connection's): the heartbeat
+    /// sweep checks its share of the connections, every wheel tick.
+    HeartbeatSweep,
     /// The connection's auth deadline: 5 s to authenticate (4005), or its
     /// token's `exp` (4004) (PROTOCOL §8; `auth.rs`).
     Auth,
@@ -84,7 +87,9 @@ impl Worker {
     }
 
     /// Checks the share of the connections the heartbeat sweep hands out now
-    /// ([`fanout::sweep`](crate::fanout::sweep)).
+    /// ([`fanout::sweep`](crate::fanout::sweep)). Run by the worker's one
+    /// [`TimerKind::HeartbeatSweep`] entry, so heartbeats cost the wheel one
+    /// entry per worker, not one per connection.
     fn sweep_heartbeats(&mut self, now: Instant, now_ns: u64) {
         let Some(sweep) = self.sweep.as_mut() else {
             return;
@@ -104,6 +109,11 @@ impl Worker {
         expired.clear();
         let fired = self.timers.poll_expired(now_ns, &mut expired);
         for &(_, key) in &expired {
+            if key.kind == TimerKind::HeartbeatSweep {
+                self.sweep_heartbeats(now, now_ns);
+                self.timers.insert(now_ns + WHEEL_TICK_NS, key);
+                continue;
+            }
             let slot = key.slot as usize;
             let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
                 continue;
@@ -126,10 +136,11 @@ impl Worker {
                     }
                 }
                 TimerKind::Auth => self.auth_deadline(slot, now, now_ns),
+                // Not a connection's: run above.
+                TimerKind::HeartbeatSweep => {}
             }
         }
         self.expired = expired;
-        self.sweep_heartbeats(now, now_ns);
         if now_ns.saturating_sub(self.last_housekeeping_ns) >= HOUSEKEEPING_NS {
             self.last_housekeeping_ns = now_ns;
             // Sockets that held unsent bytes get no event as the kernel
@@ -234,7 +245,9 @@ impl Worker {
         for (gauge, &v) in c.tiers.iter().zip(&s.tiers) {
             gauge.set(v as u64);
         }
-        c.timers.set(self.timers.len() as u64);
+        // Connections' deadlines: the heartbeat sweep's entry is the worker's.
+        let own = usize::from(self.sweep.is_some());
+        c.timers.set(self.timers.len().saturating_sub(own) as u64);
         c.oldest_backlog_age_ns.set(s.oldest_backlog_age_ns);
         c.lag_closes.set(s.lag_closes);
         if let Ok(mut h) = self.me.resync_lag.lock() {
