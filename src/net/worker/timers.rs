@@ -54,9 +54,9 @@ impl Worker {
         }
     }
 
-    /// When the open connection in `slot` is next due for a heartbeat check:
-    /// its next ping, or the end of its allowed silence, whichever comes
-    /// first. `None`: never (heartbeats off, or not an open connection).
+    /// When connection `c` is next due for a heartbeat check: its next ping,
+    /// or the end of its allowed silence, whichever comes first. `None`:
+    /// never (heartbeats off, or not upgraded).
     fn heartbeat_due_ns(&self, c: &Client) -> Option<u64> {
         let ping_ns = self.cfg.ping_interval_ms * 1_000_000;
         let silence_ns = ping_ns + self.cfg.pong_timeout_ms * 1_000_000;
