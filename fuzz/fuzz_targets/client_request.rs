@@ -19,7 +19,7 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use tickwire::book::SymbolId;
 use tickwire::book::symbol::is_valid_symbol;
-use tickwire::fanout::request::{MAX_SYMBOLS_PER_REQUEST, parse_request};
+use tickwire::fanout::request::{MAX_SYMBOLS_PER_REQUEST, Op, parse_request};
 use tickwire::book::market::FeedStale;
 use tickwire::fanout::ring::{ResumeAnswer, ToIngest, ToWorker};
 use tickwire::fanout::worker::{Encoding, WorkerConfig, WorkerCore};
@@ -100,7 +100,8 @@ fn check(core: &WorkerCore, when: &str) {
 fn check_parse(text: &str) {
     match parse_request(text) {
         Ok(req) => {
-            assert!(!req.symbols.is_empty());
+            // Only an unsubscribe may name no symbol (the protocol's no-op).
+            assert!(!req.symbols.is_empty() || req.op == Op::Unsubscribe);
             assert!(req.symbols.len() <= MAX_SYMBOLS_PER_REQUEST);
             for s in &req.symbols {
                 assert!(is_valid_symbol(s), "invalid symbol {s:?} accepted");

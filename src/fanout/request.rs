@@ -261,7 +261,11 @@ pub fn parse_client_request(text: &str) -> Result<ClientRequest, RequestError> {
         .get("symbols")
         .and_then(|s| s.as_array())
         .ok_or_else(|| bad(id, "symbols must be an array of strings"))?;
-    if arr.is_empty() {
+    // An empty unsubscribe changes nothing and is answered `Unsubscribed`:
+    // the no-op that clients without WebSocket pings (browsers) send as a
+    // keepalive probe (docs/protocol.md appendix D). Subscribing to nothing
+    // is a mistake.
+    if arr.is_empty() && op == Op::Subscribe {
         return Err(bad(id, "symbols is empty"));
     }
     if arr.len() > MAX_SYMBOLS_PER_REQUEST {
@@ -457,6 +461,10 @@ mod tests {
             (4, B)
         );
         assert_eq!(err(r#"{"op":"subscribe","symbols":[],"id":5}"#), (5, B));
+        // Unsubscribing nothing is the protocol's no-op (a keepalive probe).
+        let r = parse_request(r#"{"op":"unsubscribe","symbols":[],"channels":["trades"],"id":6}"#)
+            .unwrap();
+        assert_eq!((r.op, r.id, r.symbols.len()), (Op::Unsubscribe, 6, 0));
         assert_eq!(err(r#"{"op":"subscribe","symbols":"A","id":5}"#), (5, B));
         assert_eq!(
             err(r#"{"op":"subscribe","symbols":["A",1],"id":5}"#),

@@ -435,7 +435,8 @@ export class TickwireClient extends Emitter<ClientEvents> {
     }
     if (conn.live) this.checkOwedSnapshots(now);
     if (conn.live && now - conn.lastRxMs >= this.opts.keepaliveMs && now - conn.lastTxMs >= this.opts.keepaliveMs) {
-      // An empty unsubscribe changes nothing and is answered (Unsubscribed or Error): proof of life.
+      // An empty unsubscribe changes nothing and is answered Unsubscribed
+      // (docs/protocol.md "Answers"): proof of life.
       this.send({ kind: "probe", symbols: [], channels: ["trades"] });
     }
   }

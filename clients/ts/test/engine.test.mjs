@@ -105,6 +105,37 @@ test("derived channels (§9): book.N, book.N@Tms and book@Tms books equal the re
   }
 });
 
+test("keepalive probes (an empty unsubscribe) are answered by the engine: the link holds, nothing counts as a bad request", { timeout: 60_000 }, async (t) => {
+  const { engine, ref } = await setup(t);
+  const sent = [];
+  class RecordingWebSocket extends WebSocket {
+    send(data, ...rest) {
+      sent.push(String(data));
+      return super.send(data, ...rest);
+    }
+  }
+  const { client, seen } = newClient(t, engine.url, { WebSocket: RecordingWebSocket, keepaliveMs: 200, silenceTimeoutMs: 1_000 });
+  await client.connect();
+  await subscribeWhenKnown(client);
+  await waitFor(() => sameBook(client.book(SYM), ref), "the snapshot");
+  // Idle (the feed is quiet): a probe whenever nothing came for 200 ms; an
+  // unanswered one would cost a reconnect after 1 s of silence.
+  await sleep(2_500);
+  const probes = sent.map((x) => JSON.parse(x)).filter((m) => m.op === "unsubscribe" && m.symbols.length === 0);
+  assert.ok(probes.length >= 3, `${probes.length} probes sent`);
+  assert.deepEqual(seen.errors, []);
+  assert.equal(client.book(SYM).status, "live");
+  assert.equal(client.status, "live");
+  // Rejections are published once a second.
+  await sleep(1_200);
+  const metrics = await (await fetch(engine.url.replace(/^ws/, "http").replace(/\/ws$/, "/metrics"))).text();
+  const bad = metrics
+    .split("\n")
+    .filter((l) => l.startsWith("tickwire_rejections_total") && l.includes('reason="bad_request"'))
+    .map((l) => Number(l.split(" ").pop()));
+  assert.deepEqual(bad, [0], "no probe counted as a bad request");
+});
+
 test("a feed gap: Stale{feed_gap}, the book shown stale, then live again from the new snapshot", { timeout: 60_000 }, async (t) => {
   const { engine, feed, ref } = await setup(t);
   const { client, seen } = newClient(t, engine.url);

@@ -320,6 +320,21 @@ fn unsubscribe_stops_data_and_interest_follows_zero_one_transitions() {
     h.text(&a, &unsub_text(&["ETH-USD"], &["book", "trades"], 10));
     a.read_all(&mut h.core, h.now_ns);
     assert_eq!(a.types(), vec!["unsubscribed"]);
+    // Unsubscribing nothing (a browser's keepalive probe) is answered, changes
+    // nothing and is no bad request.
+    h.text(&a, &unsub_text(&[], &["trades"], 12));
+    assert!(h.drain_to_ingest().is_empty());
+    let t = h.ing.trade(BTC);
+    h.ring(t);
+    a.read_all(&mut h.core, h.now_ns);
+    let evs = a.take();
+    let got: Vec<_> = evs.iter().map(|e| (e.ty.as_str(), e.id)).collect();
+    assert_eq!(
+        got,
+        vec![("unsubscribed", 12), ("trade", 0)],
+        "trades still held"
+    );
+    assert_eq!(h.core.stats().rejected_bad_request, 0);
     h.text(&b, &unsub_text(&["BTC-USD"], &["book"], 11));
     assert_eq!(
         h.drain_to_ingest(),
