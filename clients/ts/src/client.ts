@@ -48,6 +48,8 @@ export interface WebSocketLike {
   send(data: string): void;
   close(code?: number, reason?: string): void;
 }
+/** `WebSocket.OPEN` (the same in browsers and the `ws` package). */
+const WS_OPEN = 1;
 export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
 
 export interface ClientOptions {
@@ -601,6 +603,10 @@ export class TickwireClient extends Emitter<ClientEvents> {
   }
 
   private drain(conn: Connection): void {
+    // A socket that is closing (the server's close frame came first) takes
+    // nothing: a browser would log each send as an error, and the close
+    // handler asks again for whatever is wanted on the next connection.
+    if (conn.ws.readyState !== WS_OPEN) return;
     const now = Date.now();
     conn.tokens = Math.min(this.opts.requestBurst, conn.tokens + ((now - conn.refillMs) / 1000) * this.opts.requestsPerSec);
     conn.refillMs = now;

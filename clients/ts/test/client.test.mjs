@@ -210,3 +210,43 @@ test("a burst of requests is paced under the server's rate limit; a rate_limited
   assert.ok(times.at(-1) - times[0] >= 450, `paced: ${times.at(-1) - times[0]} ms`);
   assert.deepEqual(errors.map((e) => e.code), ["rate_limited"]);
 });
+
+test("nothing is sent on a socket that is closing (a browser logs each such send); what is wanted goes out on the next connection", async (t) => {
+  const server = await fakeServer((req, conn) => {
+    conn.send(jsonSubscribed(req));
+    for (const s of req.symbols) conn.send(jsonSnapshot(s, 1, [L(1, 1)], [L(2, 1)]));
+  });
+  const sockets = [];
+  const sentWhileClosing = [];
+  class ClosingWebSocket extends WebSocket {
+    constructor(...args) {
+      super(...args);
+      this.pretendClosing = false;
+      sockets.push(this);
+    }
+    get readyState() {
+      return this.pretendClosing ? 2 : super.readyState;
+    }
+    send(data, ...rest) {
+      if (this.readyState !== 1) sentWhileClosing.push(String(data));
+      return super.send(data, ...rest);
+    }
+  }
+  const client = new TickwireClient({ url: server.url, WebSocket: ClosingWebSocket, encoding: "json", initialBackoffMs: 50 });
+  const errors = track(t, client, server);
+  await client.connect();
+  await client.subscribe(["X"]);
+  // The server's close frame has come: the socket is closing, not yet closed.
+  sockets[0].pretendClosing = true;
+  const y = client.subscribe(["Y"]);
+  await new Promise((r) => setTimeout(r, 100));
+  assert.deepEqual(sentWhileClosing, []);
+  sockets[0].pretendClosing = false;
+  server.connections[0].ws.close(1001, "going away");
+  await y;
+  await waitFor(() => client.book("X")?.status === "live" && client.book("Y")?.status === "live", "both books on the next connection");
+  const second = server.requests.filter((q) => q.conn === 2 && q.op === "subscribe").flatMap((q) => q.symbols);
+  assert.ok(second.includes("X") && second.includes("Y"), `resubscribed: ${second}`);
+  assert.deepEqual(sentWhileClosing, []);
+  assert.deepEqual(errors.filter((e) => e.code !== "connection_closed" && e.code !== "connection_lost"), []);
+});
