@@ -13,6 +13,8 @@
 //! (each slab slot carries a generation), so a connection can always cancel
 //! its handles when it closes and no entry survives it.
 
+use std::num::NonZeroU32;
+
 /// Names one scheduled entry. 8 bytes, and so is an `Option` of it (the
 /// generation is never 0): connection slots hold one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,8 +22,6 @@ pub struct TimerHandle {
     index: u32,
     generation: NonZeroU32,
 }
-
-use std::num::NonZeroU32;
 
 const NIL: u32 = u32::MAX;
 /// An empty wheel with room for more nodes than this gives the room back
