@@ -301,6 +301,31 @@ pub fn try_upgrade_to(
 }
 
 impl Client {
+    /// A client over an open `stream`, nothing received yet.
+    fn new(
+        stream: TcpStream,
+        conn: ws::Conn,
+        json: bool,
+        deflate: Option<ws::deflate::Deflate>,
+        sse: Option<SseReader>,
+    ) -> Client {
+        Client {
+            stream,
+            conn,
+            json,
+            pending: Vec::new(),
+            decimals: HashMap::new(),
+            books: HashMap::new(),
+            log: Vec::new(),
+            violations: Vec::new(),
+            closed: None,
+            cursor: 0,
+            deflate,
+            wire_bytes: 0,
+            sse,
+        }
+    }
+
     pub fn connect(addr: SocketAddr, enc: Enc, seed: u64) -> Client {
         Client::connect_with(addr, enc, seed, SocketOpts::default())
     }
@@ -376,21 +401,8 @@ impl Client {
         let mut conn = ws::Conn::client(ws::Config::default(), seed | 1);
         conn.set_deflate(agreed);
         conn.handle_read(Instant::now(), &rest);
-        let mut c = Client {
-            stream,
-            conn,
-            json: enc != Enc::Proto,
-            pending: Vec::new(),
-            decimals: HashMap::new(),
-            books: HashMap::new(),
-            log: Vec::new(),
-            violations: Vec::new(),
-            closed: None,
-            cursor: 0,
-            deflate: agreed,
-            wire_bytes: rest.len() as u64,
-            sse: None,
-        };
+        let mut c = Client::new(stream, conn, enc != Enc::Proto, agreed, None);
+        c.wire_bytes = rest.len() as u64;
         c.collect_events();
         c
     }
@@ -528,21 +540,8 @@ impl Client {
                 .contains("content-type: text/event-stream"),
             "{head}"
         );
-        let mut c = Client {
-            stream,
-            conn: ws::Conn::client(ws::Config::default(), 1),
-            json: true,
-            pending: Vec::new(),
-            decimals: HashMap::new(),
-            books: HashMap::new(),
-            log: Vec::new(),
-            violations: Vec::new(),
-            closed: None,
-            cursor: 0,
-            deflate: None,
-            wire_bytes: 0,
-            sse: Some(SseReader::default()),
-        };
+        let conn = ws::Conn::client(ws::Config::default(), 1);
+        let mut c = Client::new(stream, conn, true, None, Some(SseReader::default()));
         let rest = buf[end + 4..].to_vec();
         c.collect_sse(&rest);
         c
