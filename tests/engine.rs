@@ -9,49 +9,25 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::harness::{metric, metric_with};
+use common::harness::{WAIT, config, delta, metric, metric_with, proto, snap, trade, wait_until};
 use common::{Client, Enc};
-use tickwire::book::decode::encode_proto;
 use tickwire::book::synth::{Rng, SynthConfig, SynthMarket};
 use tickwire::fanout::worker::WorkerConfig;
 use tickwire::net::engine::{Engine, EngineConfig};
-use tickwire::wire::pb::{self, ingest_message, server_message::Body};
-
-const WAIT: Duration = Duration::from_secs(20);
+use tickwire::wire::pb::server_message::Body;
 
 fn engine_with(worker: WorkerConfig) -> Engine {
-    let mut cfg = EngineConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        workers: 2,
-        pin: false,
+    Engine::start(EngineConfig {
         worker,
-        ..EngineConfig::default()
-    };
-    cfg.ingest.proto_addr = "127.0.0.1:0".parse().unwrap();
-    cfg.ingest.json_addr = "127.0.0.1:0".parse().unwrap();
-    Engine::start(cfg).expect("engine starts")
+        ..config(2)
+    })
+    .expect("engine starts")
 }
 
 fn engine() -> Engine {
     engine_with(WorkerConfig::default())
-}
-
-fn proto(msgs: &[pb::IngestMessage]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for m in msgs {
-        encode_proto(m, &mut out);
-    }
-    out
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn seqs(e: &Engine) -> HashMap<String, u64> {
@@ -282,54 +258,6 @@ fn deflate_and_plain_clients_on_the_same_symbols_get_the_same_books() {
         zipped.wire_bytes,
         plain.wire_bytes
     );
-}
-
-fn snap(symbol: &str, seq: u64, bid: i64, ask: i64) -> pb::IngestMessage {
-    pb::IngestMessage {
-        body: Some(ingest_message::Body::Snapshot(pb::BookSnapshot {
-            symbol: symbol.into(),
-            seq,
-            bids: vec![pb::Level {
-                price: bid,
-                size: 10,
-            }],
-            asks: vec![pb::Level {
-                price: ask,
-                size: 10,
-            }],
-            price_decimals: 2,
-            size_decimals: 0,
-            ..Default::default()
-        })),
-    }
-}
-
-fn delta(symbol: &str, seq: u64, price: i64, size: i64) -> pb::IngestMessage {
-    pb::IngestMessage {
-        body: Some(ingest_message::Body::Delta(pb::BookDelta {
-            symbol: symbol.into(),
-            seq,
-            updates: vec![pb::LevelUpdate {
-                side: pb::Side::Bid as i32,
-                price,
-                size,
-            }],
-            ..Default::default()
-        })),
-    }
-}
-
-fn trade(symbol: &str, price: i64) -> pb::IngestMessage {
-    pb::IngestMessage {
-        body: Some(ingest_message::Body::Trade(pb::Trade {
-            symbol: symbol.into(),
-            price,
-            size: 1,
-            aggressor: pb::Side::Ask as i32,
-            trade_id: "t".into(),
-            ..Default::default()
-        })),
-    }
 }
 
 fn is_stale(reason: &'static str) -> impl FnMut(&Body) -> bool {
