@@ -20,6 +20,11 @@
 //! it closes the sockets, and the receiver, having read every byte, reports
 //! what it received and exits.
 //!
+//! With `--uring-batch B` the same sends go through io_uring, `B` of them
+//! per system call (registered files, `MSG_DONTWAIT`): what a server saves by
+//! batching its system calls, measured against one `send()` each in the same
+//! run of the machine.
+//!
 //! What it must never do: block in the measured loop (every socket is
 //! nonblocking), write anything but the payload (no framing: this is the
 //! kernel's cost, not tickwire's), or outlive its budget. Each wait is bounded,
@@ -85,6 +90,10 @@ pub struct Args {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Submit the sends through io_uring, this many per system call (0: one
+    /// `send()` each).
+    #[arg(long, default_value_t = 0)]
+    uring_batch: u32,
 }
 
 /// The receiving end, started by `ceiling` itself (hidden from `--help`).
@@ -108,6 +117,8 @@ struct Report {
     env: Env,
     connections: usize,
     bytes_per_send: usize,
+    /// Sends per io_uring submission; 0: one `send()` system call each.
+    uring_batch: u32,
     sender_core: usize,
     sender_pinned: bool,
     receiver_core: usize,
@@ -316,6 +327,104 @@ fn pass(streams: &mut [StdTcpStream], payload: &[u8], counts: &mut Counts) -> an
     Ok(())
 }
 
+/// The sends of a pass submitted through io_uring, `batch` per system call.
+struct UringSender {
+    ring: io_uring::IoUring,
+    batch: usize,
+}
+
+/// `MSG_DONTWAIT`: a full socket buffer completes with `EAGAIN`, as `send()`
+/// on a nonblocking socket returns `WouldBlock`.
+const MSG_DONTWAIT: i32 = 0x40;
+const EAGAIN: i32 = 11;
+const EINTR: i32 = 4;
+
+impl UringSender {
+    /// A ring of `batch` entries with every socket registered (fixed files:
+    /// no file-table lookup per send).
+    fn new(streams: &[StdTcpStream], batch: u32) -> anyhow::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let ring = io_uring::IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(batch.next_power_of_two())
+            .context("set up io_uring (kernel 6.1 or later)")?;
+        let fds: Vec<i32> = streams.iter().map(AsRawFd::as_raw_fd).collect();
+        ring.submitter()
+            .register_files(&fds)
+            .context("register the sockets with io_uring")?;
+        Ok(UringSender {
+            ring,
+            batch: batch as usize,
+        })
+    }
+
+    /// One pass over `n` registered sockets, `batch` sends per submission,
+    /// each batch complete before the next.
+    fn pass(&mut self, n: usize, payload: &[u8], counts: &mut Counts) -> anyhow::Result<()> {
+        use io_uring::{opcode, types};
+        let mut first = 0;
+        while first < n {
+            let end = (first + self.batch).min(n);
+            {
+                let mut sq = self.ring.submission();
+                for i in first..end {
+                    let send = opcode::Send::new(
+                        types::Fixed(i as u32),
+                        payload.as_ptr(),
+                        payload.len() as u32,
+                    )
+                    .flags(MSG_DONTWAIT)
+                    .build()
+                    .user_data(i as u64);
+                    // SAFETY: `payload` outlives the batch: every entry is
+                    // completed below before this function returns.
+                    unsafe { sq.push(&send) }
+                        .map_err(|_| anyhow::anyhow!("io_uring queue full"))?;
+                }
+            }
+            let mut left = end - first;
+            while left > 0 {
+                self.ring.submit_and_wait(1).context("io_uring submit")?;
+                for cqe in self.ring.completion() {
+                    left -= 1;
+                    match cqe.result() {
+                        n if n >= 0 => {
+                            counts.sends += 1;
+                            counts.bytes += n as u64;
+                            counts.partial += u64::from((n as usize) < payload.len());
+                        }
+                        e if e == -EAGAIN || e == -EINTR => counts.would_block += 1,
+                        e => bail!("send on socket {}: errno {}", cqe.user_data(), -e),
+                    }
+                }
+            }
+            first = end;
+        }
+        Ok(())
+    }
+}
+
+/// How a pass is written: one `send()` each, or batched through io_uring.
+enum Sender {
+    Syscalls,
+    Uring(UringSender),
+}
+
+impl Sender {
+    fn pass(
+        &mut self,
+        streams: &mut [StdTcpStream],
+        payload: &[u8],
+        counts: &mut Counts,
+    ) -> anyhow::Result<()> {
+        match self {
+            Sender::Syscalls => pass(streams, payload, counts),
+            Sender::Uring(u) => u.pass(streams.len(), payload, counts),
+        }
+    }
+}
+
 /// `tickwire-loadgen ceiling`: see the module doc.
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.connections == 0 || args.bytes == 0 {
@@ -357,10 +466,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let receiver_pinned = ready.split_whitespace().nth(1) == Some("1");
 
     let payload = vec![b'x'; args.bytes];
+    let mut sender = match args.uring_batch {
+        0 => Sender::Syscalls,
+        batch => Sender::Uring(UringSender::new(&streams, batch)?),
+    };
     let mut warm = Counts::default();
     let warm_end = Instant::now() + WARMUP;
     while Instant::now() < warm_end {
-        pass(&mut streams, &payload, &mut warm)?;
+        sender.pass(&mut streams, &payload, &mut warm)?;
     }
 
     let mut counts = Counts::default();
@@ -372,7 +485,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // One clock read per pass: the end of one pass is the start of the next.
     let mut t = t0;
     while t < end {
-        pass(&mut streams, &payload, &mut counts)?;
+        sender.pass(&mut streams, &payload, &mut counts)?;
         let now = Instant::now();
         pass_ns.push((now - t).as_nanos() as u64);
         t = now;
@@ -384,6 +497,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let rx_cpu_ns = rx_cpu0.zip(rx.cpu_ns()).map(|(a, b)| b.saturating_sub(a));
 
     // Closing sends a FIN after the buffered bytes; the receiver reads to EOF.
+    // A ring holds its registered sockets open: it goes first.
+    drop(sender);
     drop(streams);
     let done = rx.expect("done", DRAIN_BUDGET)?;
     let bytes_received_total: u64 = done
@@ -400,6 +515,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         env,
         connections: args.connections,
         bytes_per_send: args.bytes,
+        uring_batch: args.uring_batch,
         sender_core: args.sender_core,
         sender_pinned,
         receiver_core: args.receiver_core,
@@ -450,6 +566,13 @@ fn table(r: &Report) -> String {
         format!("environment              {}", r.env.one_line()),
         format!("connections              {}", r.connections),
         format!("bytes per send           {}", r.bytes_per_send),
+        format!(
+            "sent by                  {}",
+            match r.uring_batch {
+                0 => "one send() each".to_owned(),
+                b => format!("io_uring, {b} sends per submission"),
+            }
+        ),
         format!(
             "sender core              {} ({})",
             r.sender_core,

@@ -22,10 +22,13 @@ fn collect(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
     })
 }
 
-#[test]
-fn ceiling_json_with_50_connections_finishes_by_itself() {
+/// Runs `ceiling --json` over 50 connections for one second with `extra`
+/// arguments; checks that it finished by itself, that every byte sent was
+/// read and that sends and passes were counted; returns the report.
+fn ceiling_report(extra: &[&str]) -> sonic_rs::Value {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tickwire-loadgen"))
         .args(["ceiling", "--connections", "50", "--seconds", "1", "--json"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -69,6 +72,21 @@ fn ceiling_json_with_50_connections_finishes_by_itself() {
         number("bytes_received_total"),
         "every byte sent is read by the receiver: {stdout}"
     );
+    report
+}
+
+#[test]
+fn ceiling_json_with_50_connections_finishes_by_itself() {
+    let report = ceiling_report(&[]);
+    assert_eq!(report.get("uring_batch").and_then(|v| v.as_u64()), Some(0));
+}
+
+/// The same sends through io_uring, 16 per submission: counted like
+/// `send()`s, every byte read by the receiver.
+#[test]
+fn ceiling_through_io_uring_sends_every_byte() {
+    let report = ceiling_report(&["--uring-batch", "16"]);
+    assert_eq!(report.get("uring_batch").and_then(|v| v.as_u64()), Some(16));
 }
 
 /// Arguments it cannot honour are refused up front, with a message naming
