@@ -44,6 +44,10 @@ pub enum ConfigError {
         drain_min_ns: u64,
         drain_max_ns: u64,
     },
+    /// The ring's drain share is a percentage of a worker's time: 0 would
+    /// never drain under load, above 100 is no share.
+    #[error("the ring's drain share must be 1 to 100 percent, not {0}")]
+    DrainShareOutOfRange(u32),
     /// Pings with no pong timeout would never detect a dead peer.
     #[error("a ping interval needs a pong timeout")]
     PingWithoutPongTimeout,

@@ -194,10 +194,12 @@ struct ServeArgs {
     /// short, costs at most this much latency; 0: never wait).
     #[arg(long, default_value_t = PacingConfig::default().min_pass_ns / 1_000)]
     min_pass_us: u64,
-    /// Pacing: under load the ring is drained every pass / this, within
-    /// --drain-min-us and 25 ms.
-    #[arg(long, default_value_t = PacingConfig::default().drain_pass_divisor)]
-    drain_pass_divisor: u32,
+    /// Pacing: under load, draining the ring takes at most this share of a
+    /// worker's time (percent, 1–100): after a drain that took d, the next
+    /// waits d × (100 − share) / share, within --drain-min-us and 25 ms.
+    #[arg(long, default_value_t = PacingConfig::default().drain_share_pct)]
+    drain_share_pct: u32,
+    /// Pacing: under load the ring is drained no more often than this (µs).
     #[arg(long, default_value_t = PacingConfig::default().drain_min_ns / 1_000)]
     drain_min_us: u64,
     /// Slots of each ingest → worker ring (messages).
@@ -394,7 +396,7 @@ impl ServeArgs {
             },
             pacing: PacingConfig {
                 min_pass_ns: self.min_pass_us.saturating_mul(1_000),
-                drain_pass_divisor: self.drain_pass_divisor.max(1),
+                drain_share_pct: self.drain_share_pct,
                 drain_min_ns: self.drain_min_us.saturating_mul(1_000),
                 ..PacingConfig::default()
             },

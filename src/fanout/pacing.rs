@@ -20,14 +20,19 @@
 //! 2. **Under load, writing never pauses after a long pass.** Passes follow
 //!    each other, in slices of [`PacingConfig::flush_slice_ns`] so that
 //!    accepts, reads and timers are served between slices (no starvation).
-//! 3. **The ring is drained every fraction of a pass** (the last pass's
-//!    length / [`PacingConfig::drain_pass_divisor`], within
-//!    [`PacingConfig::drain_min_ns`]..[`PacingConfig::drain_max_ns`]), sooner
-//!    when it is a quarter full or the last batch was full. The messages that
-//!    arrived meanwhile then reach their subscribers' queues together (one
-//!    visit of each queue for several messages), and join the pass in
-//!    progress: connections the pass has not reached yet carry them in this
-//!    pass. A message waits at most one drain interval plus one pass.
+//! 3. **Under load the ring is drained as often as its cost allows.** A
+//!    drain visits the queue of every subscriber of what it carries, so its
+//!    cost grows with the subscribers, not with the messages (a run of deltas
+//!    is one visit). After a drain that took `d`, the next waits
+//!    `d × (100 − share) / share` ([`PacingConfig::drain_share_pct`]: draining
+//!    takes at most that share of the worker), within
+//!    [`PacingConfig::drain_min_ns`]..[`PacingConfig::drain_max_ns`]; sooner
+//!    when the ring is a quarter full or the last batch was full. Drained
+//!    messages join the pass in progress: connections the pass has not
+//!    reached yet carry them in this pass. A message waits at most one drain
+//!    interval, the slice in progress and one pass. Cheap drains (few
+//!    subscribers, or none of the messages) make the interval the minimum:
+//!    under load, about every slice.
 //! 4. **Short passes are spaced to [`PacingConfig::min_pass_ns`].** When few
 //!    connections are dirty, a pass takes microseconds and each write would
 //!    carry a single frame; starting the next pass no sooner than this after
@@ -43,9 +48,10 @@ pub struct PacingConfig {
     /// A turn writes for about this long before serving accepts, reads,
     /// timers and the ring again. Default 500 µs.
     pub flush_slice_ns: u64,
-    /// Under load the ring is drained every pass / this. Default 8.
-    pub drain_pass_divisor: u32,
-    /// Bounds of the drain interval under load. Defaults 1 ms and 25 ms.
+    /// Under load, draining the ring takes at most this share of the
+    /// worker's time (percent, 1..=100). Default 10.
+    pub drain_share_pct: u32,
+    /// Bounds of the drain interval under load. Defaults 250 µs and 25 ms.
     pub drain_min_ns: u64,
     pub drain_max_ns: u64,
     /// A pass starts no sooner than this after the previous one started.
@@ -59,8 +65,8 @@ impl Default for PacingConfig {
     fn default() -> Self {
         PacingConfig {
             flush_slice_ns: 500_000,
-            drain_pass_divisor: 8,
-            drain_min_ns: 1_000_000,
+            drain_share_pct: 10,
+            drain_min_ns: 250_000,
             drain_max_ns: 25_000_000,
             min_pass_ns: 2_000_000,
             idle_wake_ns: 50_000_000,
@@ -89,7 +95,10 @@ pub struct Load {
 #[derive(Debug, Clone)]
 pub struct Pacer {
     cfg: PacingConfig,
+    /// When the last drain ended.
     last_drain_ns: u64,
+    /// The wait before the next drain under load, from the last one's cost.
+    drain_interval_ns: u64,
     /// The last drain filled its batch: more is waiting.
     ring_busy: bool,
     /// The pass in progress: when it started, and the dirty mark that ends it.
@@ -105,6 +114,7 @@ impl Pacer {
         Pacer {
             cfg,
             last_drain_ns: 0,
+            drain_interval_ns: cfg.drain_min_ns,
             ring_busy: false,
             pass: None,
             last_pass_ns: 0,
@@ -117,12 +127,10 @@ impl Pacer {
         self.last_pass_ns
     }
 
-    /// Under load, the ring is drained this often.
+    /// Under load, the next drain comes this long after the last one ended
+    /// (policy step 3).
     pub fn drain_interval_ns(&self) -> u64 {
-        (self.last_pass_ns / u64::from(self.cfg.drain_pass_divisor.max(1))).clamp(
-            self.cfg.drain_min_ns,
-            self.cfg.drain_max_ns.max(self.cfg.drain_min_ns),
-        )
+        self.drain_interval_ns
     }
 
     /// When the loop must wake at the latest (it also wakes on any socket
@@ -154,9 +162,16 @@ impl Pacer {
             || load.ring_len >= load.ring_capacity / 4
     }
 
-    /// The ring was drained; `full` when the batch limit was hit.
-    pub fn handle_drained(&mut self, now_ns: u64, full: bool) {
-        self.last_drain_ns = now_ns;
+    /// The ring was drained from `start_ns` to `end_ns`; `full` when the
+    /// batch limit was hit.
+    pub fn handle_drained(&mut self, start_ns: u64, end_ns: u64, full: bool) {
+        let share = u64::from(self.cfg.drain_share_pct.clamp(1, 100));
+        let cost = end_ns.saturating_sub(start_ns);
+        self.drain_interval_ns = (cost.saturating_mul(100 - share) / share).clamp(
+            self.cfg.drain_min_ns,
+            self.cfg.drain_max_ns.max(self.cfg.drain_min_ns),
+        );
+        self.last_drain_ns = end_ns;
         self.ring_busy = full;
     }
 
@@ -210,12 +225,19 @@ mod tests {
 
     /// A model of the shell and the core's FIFO dirty queue, with a manual
     /// clock: messages arrive in the ring at given times; a drain queues
-    /// every message for every connection; a write of a connection takes
-    /// `per_conn_ns` and delivers everything queued for it.
+    /// every message for every connection, visiting each once (`visit_ns`);
+    /// a write of a connection takes `per_conn_ns` and delivers everything
+    /// queued for it.
     struct Model {
         pacer: Pacer,
         now: u64,
         per_conn_ns: u64,
+        visit_ns: u64,
+        /// Time spent draining.
+        drain_ns: u64,
+        /// Longest drain interval the pacer chose, and longest pass.
+        max_drain_interval_ns: u64,
+        max_pass_ns: u64,
         /// Arrival time of each message in the ring.
         ring: VecDeque<u64>,
         /// Drained messages by index: their arrival times.
@@ -238,6 +260,10 @@ mod tests {
                 pacer: Pacer::new(cfg),
                 now: 1_000 * MS,
                 per_conn_ns,
+                visit_ns: 0,
+                drain_ns: 0,
+                max_drain_interval_ns: 0,
+                max_pass_ns: 0,
                 ring: VecDeque::new(),
                 drained: Vec::new(),
                 queue: VecDeque::new(),
@@ -261,6 +287,7 @@ mod tests {
         }
 
         fn drain(&mut self) {
+            let start = self.now;
             let full = self.ring.len() > 64;
             for _ in 0..self.ring.len().min(64) {
                 let t = self.ring.pop_front().unwrap();
@@ -273,7 +300,13 @@ mod tests {
                     }
                 }
             }
-            self.pacer.handle_drained(self.now, full);
+            let cost = self.visit_ns * self.is_dirty.len() as u64;
+            self.now += cost;
+            self.drain_ns += cost;
+            self.pacer.handle_drained(start, self.now, full);
+            self.max_drain_interval_ns = self
+                .max_drain_interval_ns
+                .max(self.pacer.drain_interval_ns());
         }
 
         fn flush(&mut self) {
@@ -296,6 +329,7 @@ mod tests {
             let dirty = !self.queue.is_empty();
             self.pacer
                 .handle_flushed(self.now, start, self.done, self.mark, dirty);
+            self.max_pass_ns = self.max_pass_ns.max(self.pacer.last_pass_ns());
         }
 
         /// Runs the shell's loop turn (poll, drain, flush) until `end_ns`,
@@ -361,7 +395,10 @@ mod tests {
         assert!(m.all_delivered());
         let pass = m.pacer.last_pass_ns();
         assert!((59 * MS..=62 * MS).contains(&pass), "pass {pass} ns");
-        let bound = m.pacer.drain_interval_ns() + pass + m.per_conn_ns;
+        // Drains happen between slices: a message waits for the interval,
+        // then for the slice in progress, then for the pass to reach it.
+        let bound =
+            m.pacer.drain_interval_ns() + cfg.flush_slice_ns + m.max_pass_ns + m.per_conn_ns;
         assert!(
             m.max_latency_ns <= bound,
             "latency {} > bound {bound}",
@@ -437,28 +474,74 @@ mod tests {
     }
 
     #[test]
-    fn drain_interval_is_a_fraction_of_the_pass_within_bounds() {
+    fn drain_interval_is_the_last_drains_cost_over_its_share_within_bounds() {
         let cfg = PacingConfig::default();
         let mut p = Pacer::new(cfg);
         assert_eq!(
             p.drain_interval_ns(),
             cfg.drain_min_ns,
-            "no pass yet: the minimum"
+            "no drain yet: the minimum"
         );
-        p.last_pass_ns = 80 * MS;
-        assert_eq!(p.drain_interval_ns(), 10 * MS);
-        p.last_pass_ns = 10_000 * MS;
+        let t0 = 3_000 * MS;
+        p.handle_drained(t0, t0 + MS, false);
+        assert_eq!(p.drain_interval_ns(), 9 * MS, "1 ms at 10 %: 9 ms after it");
+        p.handle_drained(t0, t0 + 10_000 * MS, false);
         assert_eq!(p.drain_interval_ns(), cfg.drain_max_ns);
-        p.last_pass_ns = 2 * MS;
-        assert_eq!(p.drain_interval_ns(), cfg.drain_min_ns);
+        p.handle_drained(t0, t0 + 1_000, false);
+        assert_eq!(p.drain_interval_ns(), cfg.drain_min_ns, "a cheap drain");
+        let all = Pacer::new(PacingConfig {
+            drain_share_pct: 100,
+            drain_min_ns: 0,
+            ..cfg
+        });
+        let mut all = all;
+        all.handle_drained(t0, t0 + MS, false);
+        assert_eq!(all.drain_interval_ns(), 0, "100 %: drained every turn");
+    }
+
+    #[test]
+    fn drains_take_at_most_their_share_and_latency_stays_within_interval_plus_pass() {
+        // 10,000 connections at 6 µs (60 ms passes), a drain visiting each
+        // for 40 ns (0.4 ms), a message every 500 µs: draining at every turn
+        // would take 0.4 ms of each 0.5 ms.
+        let cfg = PacingConfig::default();
+        let mut m = Model::new(cfg, 10_000, 6_000);
+        m.visit_ns = 40;
+        let t0 = m.now;
+        m.run(500_000, t0 + 300 * MS, t0 + 600 * MS);
+        assert!(m.all_delivered());
+        let elapsed = m.now - t0;
+        assert!(
+            m.drain_ns * 100 <= elapsed * u64::from(cfg.drain_share_pct + 1),
+            "draining took {} of {elapsed} ns",
+            m.drain_ns
+        );
+        assert_eq!(
+            m.max_drain_interval_ns, 3_600_000,
+            "0.4 ms drains at 10 %: 3.6 ms apart"
+        );
+        let bound =
+            m.max_drain_interval_ns + cfg.flush_slice_ns + 400_000 + m.max_pass_ns + m.per_conn_ns;
+        assert!(
+            m.max_latency_ns <= bound,
+            "latency {} > bound {bound}",
+            m.max_latency_ns
+        );
+        // Free drains are taken at the minimum interval: the same load
+        // waits less for them.
+        let mut free = Model::new(cfg, 10_000, 6_000);
+        let t0 = free.now;
+        free.run(500_000, t0 + 300 * MS, t0 + 600 * MS);
+        assert_eq!(free.max_drain_interval_ns, cfg.drain_min_ns);
+        assert!(free.max_latency_ns < m.max_latency_ns);
     }
 
     #[test]
     fn under_load_the_ring_waits_for_the_drain_interval_then_is_drained() {
         let mut p = Pacer::new(PacingConfig::default());
-        p.last_pass_ns = 80 * MS;
         let t0 = 5_000 * MS;
-        p.handle_drained(t0, false);
+        // A drain of 1 ms: the next is due 9 ms after it (10 %).
+        p.handle_drained(t0 - MS, t0, false);
         // Between two passes (min_pass): the loop sleeps until the earlier of
         // the drain and the next pass.
         p.resume_at_ns = t0 + 20 * MS;
@@ -468,14 +551,11 @@ mod tests {
             ring_capacity: 1024,
             io_ready: false,
         };
-        assert!(
-            !p.drain_due(t0 + 9 * MS, load),
-            "9 ms < an eighth of the pass"
-        );
-        assert!(p.drain_due(t0 + 10 * MS, load));
+        assert!(!p.drain_due(t0 + 9 * MS - 1, load), "before the interval");
+        assert!(p.drain_due(t0 + 9 * MS, load));
         assert_eq!(
             p.poll_timeout(t0 + MS, load),
-            t0 + 10 * MS,
+            t0 + 9 * MS,
             "sleeps until the drain is due"
         );
         let quarter_full = Load {
@@ -486,7 +566,7 @@ mod tests {
             p.drain_due(t0 + MS, quarter_full),
             "a quarter-full ring is drained at once"
         );
-        p.handle_drained(t0 + MS, true);
+        p.handle_drained(t0 + MS, t0 + MS, true);
         assert!(
             p.drain_due(t0 + MS, load),
             "after a full batch, drained again next turn"
@@ -520,7 +600,7 @@ mod tests {
             now,
             "reads and accepts first"
         );
-        p.handle_drained(now, true);
+        p.handle_drained(now, now, true);
         assert_eq!(p.poll_timeout(now, idle), now, "a full batch: more waits");
     }
 

@@ -151,6 +151,11 @@ impl EngineConfig {
                 drain_max_ns: self.pacing.drain_max_ns,
             });
         }
+        if !(1..=100).contains(&self.pacing.drain_share_pct) {
+            return Err(ConfigError::DrainShareOutOfRange(
+                self.pacing.drain_share_pct,
+            ));
+        }
         if self.shell.ping_interval_ms > 0 && self.shell.pong_timeout_ms == 0 {
             return Err(ConfigError::PingWithoutPongTimeout);
         }
@@ -470,6 +475,19 @@ mod tests {
                 drain_max_ns: 25_000_000,
             })
         );
+    }
+
+    #[test]
+    fn the_drain_share_is_a_percentage() {
+        let mut cfg = valid();
+        for ok in [1, 10, 100] {
+            cfg.pacing.drain_share_pct = ok;
+            assert_eq!(cfg.validate(), Ok(()));
+        }
+        for bad in [0, 101] {
+            cfg.pacing.drain_share_pct = bad;
+            assert_eq!(cfg.validate(), Err(ConfigError::DrainShareOutOfRange(bad)));
+        }
     }
 
     #[test]

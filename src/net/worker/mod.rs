@@ -21,9 +21,9 @@
 //! 2. Accept (bounded per turn), read clients (bounded per client per turn),
 //!    handle their HTTP requests (limits: 503, 429) and WebSocket messages.
 //! 3. Drain the ingest ring in one bounded batch when the pacer says so
-//!    ([`Pacer::drain_due`]: at once when idle, every fraction of a pass under
-//!    load): the core queues each frame for each local subscriber and marks
-//!    connections dirty.
+//!    ([`Pacer::drain_due`]: at once when idle; under load as often as a
+//!    tenth of the worker's time allows): the core queues each frame for
+//!    each local subscriber and marks connections dirty.
 //! 4. Push the core's requests (interest, snapshot requests) into the ingest
 //!    ring, waking the ingest thread only if it may be asleep.
 //! 5. Closes the core decided (4001, 4002): queue the close frame.
@@ -444,6 +444,8 @@ impl Worker {
     }
 
     fn drain_ring(&mut self, now_ns: u64) -> usize {
+        // The drain's own cost, for the pacer: the turn's reads came first.
+        let start_ns = self.mono_ns(Instant::now());
         let limit = self.core.config().ring_batch;
         let mut batch = std::mem::take(&mut self.drained);
         let mut stamps = std::mem::take(&mut self.drained_ts);
@@ -467,7 +469,8 @@ impl Worker {
         }
         self.drained = batch;
         self.drained_ts = stamps;
-        self.pacer.handle_drained(now_ns, n == limit);
+        let end_ns = self.mono_ns(Instant::now());
+        self.pacer.handle_drained(start_ns, end_ns, n == limit);
         self.me.counters.ring_messages.add(n as u64);
         n
     }
