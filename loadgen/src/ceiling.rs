@@ -408,7 +408,7 @@ impl UringSender {
 /// How a pass is written: one `send()` each, or batched through io_uring.
 enum Sender {
     Syscalls,
-    Uring(UringSender),
+    Uring(Box<UringSender>),
 }
 
 impl Sender {
@@ -468,7 +468,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let payload = vec![b'x'; args.bytes];
     let mut sender = match args.uring_batch {
         0 => Sender::Syscalls,
-        batch => Sender::Uring(UringSender::new(&streams, batch)?),
+        batch => Sender::Uring(Box::new(UringSender::new(&streams, batch)?)),
     };
     let mut warm = Counts::default();
     let warm_end = Instant::now() + WARMUP;
