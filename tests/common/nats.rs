@@ -303,12 +303,19 @@ impl NatsServer {
 
     /// Starts the server again on the same ports and config (killing it
     /// first if it runs); panics if it is not ready within [`READY_WAIT`].
+    /// A port freed by the kill can be taken for a moment by another test's
+    /// outgoing connection, so an exit at startup is retried after a pause.
     pub fn restart(&mut self) {
         self.kill();
-        if let Err(e) = self.spawn().and_then(|()| self.wait_ready()) {
-            self.kill();
-            panic!("restart failed: {}", e.text());
-        }
+        let what = format!("restart {}", self.name);
+        with_retries(&what, || {
+            let started = self.spawn().and_then(|()| self.wait_ready());
+            if started.is_err() {
+                self.kill();
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            started
+        });
     }
 
     /// Plain HTTP/1.0 GET on the monitoring port: (status, body).
