@@ -308,15 +308,20 @@ struct Counts {
     bytes: u64,
 }
 
+impl Counts {
+    /// A send that wrote `n` bytes of a `len`-byte payload.
+    fn wrote(&mut self, n: usize, len: usize) {
+        self.sends += 1;
+        self.bytes += n as u64;
+        self.partial += u64::from(n < len);
+    }
+}
+
 /// One pass: `payload` to every socket once, in order. Never blocks.
 fn pass(streams: &mut [StdTcpStream], payload: &[u8], counts: &mut Counts) -> anyhow::Result<()> {
     for (i, s) in streams.iter_mut().enumerate() {
         match s.write(payload) {
-            Ok(n) => {
-                counts.sends += 1;
-                counts.bytes += n as u64;
-                counts.partial += u64::from(n < payload.len());
-            }
+            Ok(n) => counts.wrote(n, payload.len()),
             // EINTR wrote nothing either; like a full buffer, the next pass retries.
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
                 counts.would_block += 1;
@@ -389,11 +394,7 @@ impl UringSender {
                 for cqe in self.ring.completion() {
                     left -= 1;
                     match cqe.result() {
-                        n if n >= 0 => {
-                            counts.sends += 1;
-                            counts.bytes += n as u64;
-                            counts.partial += u64::from((n as usize) < payload.len());
-                        }
+                        n if n >= 0 => counts.wrote(n as usize, payload.len()),
                         e if e == -EAGAIN || e == -EINTR => counts.would_block += 1,
                         e => bail!("send on socket {}: errno {}", cqe.user_data(), -e),
                     }
