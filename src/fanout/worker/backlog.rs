@@ -206,8 +206,8 @@ impl WorkerCore {
         give_back_room(&mut self.backlogged);
         give_back_room(&mut self.unmeasured);
         give_back_room(&mut self.pending_close);
-        if self.dirty.capacity() > KEEP_ROOM && self.dirty.len() < self.dirty.capacity() / 4 {
-            self.dirty.shrink_to(self.dirty.len() * 2);
+        if let Some(room) = room_to_keep(self.dirty.len(), self.dirty.capacity()) {
+            self.dirty.shrink_to(room);
         }
         done
     }
@@ -304,7 +304,13 @@ const KEEP_ROOM: usize = 1024;
 /// room for at most four times what it holds: the room is given back, so it
 /// does not stay resident for the life of the process.
 fn give_back_room<T>(v: &mut Vec<T>) {
-    if v.capacity() > KEEP_ROOM && v.len() < v.capacity() / 4 {
-        v.shrink_to(v.len() * 2);
+    if let Some(room) = room_to_keep(v.len(), v.capacity()) {
+        v.shrink_to(room);
     }
+}
+
+/// The room a list of `len` entries with room for `capacity` shrinks to, if
+/// it is over a quarter empty (and larger than [`KEEP_ROOM`]).
+fn room_to_keep(len: usize, capacity: usize) -> Option<usize> {
+    (capacity > KEEP_ROOM && len < capacity / 4).then_some(len * 2)
 }
