@@ -45,10 +45,6 @@ impl Sweep {
         }
     }
 
-    pub fn period_ns(&self) -> u64 {
-        self.period_ns
-    }
-
     /// The slots to visit now, of `len` in all: the share of `len` that the
     /// time since the last call is of the period, following on from the last
     /// visit. A clock that went back hands out nothing.
