@@ -148,7 +148,9 @@ impl<T: Copy> TimerWheel<T> {
 
     /// An empty wheel keeps room for at most [`KEEP_NODES`] nodes: the
     /// handshakes of a reconnect storm do not stay resident for the life of
-    /// the process.
+    /// the process. Checked after a cancel and at the end of a poll, when a
+    /// recurring entry that just fired (a worker's heartbeat sweep) is out
+    /// of the wheel until it is inserted again.
     fn give_back_room(&mut self) {
         if self.len == 0 && self.nodes.capacity() > KEEP_NODES {
             self.nodes = Vec::new();
